@@ -1,0 +1,149 @@
+"""Recipe -> components -> model, with the wiring between components and errors that name the recipe key.
+
+Wiring: a decoder needs the encoder's width and grid and the target's size per patch; a target needs the
+patch size (and a teacher target the encoder). The builder passes these *wiring arguments* to every factory
+whose signature accepts them; a recipe may not set them itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any, Callable, Mapping
+
+from maskkit.errors import ConfigError, expected
+from maskkit.model import MaskedModel
+from maskkit.recipe import Recipe
+from maskkit.registry import Registry, default_registry
+
+WIRING = {
+    "decoder": ("in_dim", "grid", "out_dim", "num_prefix_tokens", "patch_size", "in_chans"),
+    "target": ("patch_size", "in_chans", "grid", "encoder", "img_size"),
+    "dataset": ("split",),
+}
+
+
+def _signature(factory: Callable) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+
+
+def _type_hints(factory: Callable) -> Mapping[str, Any]:
+    func = getattr(factory, "func", factory)  # functools.partial
+    func = func.__init__ if inspect.isclass(func) else func
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # unresolvable annotations: skip type checks rather than fail
+        return {}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """A light check of recipe values (plain YAML data) against a parameter's annotation."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        return isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # other annotations (callables, modules...) are not recipe data
+
+
+def _describe(hint: Any) -> str:
+    text = getattr(hint, "__name__", None) or str(hint)
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, section: str | None = None,
+                    file: str | None = None, wiring: Mapping[str, Any] | None = None) -> Any:
+    """Build ``kind`` from a recipe spec ``{name: ..., **kwargs}``, checking argument names and types.
+
+    ``wiring`` holds builder-provided arguments, passed only where the factory accepts them.
+    """
+    section = section or kind
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"{section}.name", expected("a registry name", name), file=file)
+    try:
+        entry = registry.get(kind, name)
+    except ConfigError as exc:
+        raise exc.within(section, file) from None
+    wiring = dict(wiring or {})
+    sig = _signature(entry.factory)
+    params = sig.parameters if sig else {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    hints = _type_hints(entry.factory)
+    for key, value in spec.items():
+        if key in WIRING.get(kind, ()):
+            raise ConfigError(f"{section}.{key}", "is set by the builder from the other components; remove it",
+                              file=file)
+        if sig is not None and key not in params and not var_kw:
+            user_args = [a for a in accepted if a not in WIRING.get(kind, ())]
+            raise ConfigError(f"{section}.{key}", f"{name} has no argument {key!r}; it takes: "
+                              f"{', '.join(user_args) or 'no arguments'}", file=file)
+        if key in hints and not _matches(value, hints[key]):
+            raise ConfigError(f"{section}.{key}", expected(_describe(hints[key]), value), file=file)
+    kwargs = dict(spec)
+    for key, value in wiring.items():
+        if key in params:
+            kwargs[key] = value
+    try:
+        return entry.factory(**kwargs)
+    except ConfigError as exc:
+        raise exc.within(section, file) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(section, f"{name}: {exc}", file=file) from None
+
+
+def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel:
+    """The :class:`MaskedModel` a recipe describes (random init; nothing downloads).
+
+    Validates the masker/encoder pairing before building anything heavy: a sparse encoder needs a masker that
+    hides a fixed count.
+    """
+    registry = registry or default_registry()
+    file = recipe.file
+    masker = build_component(registry, "masker", recipe.component("masker"), file=file)
+    encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
+    if encoder.sparse and masker.num_hidden(encoder.grid) is None:
+        raise ConfigError("masker", f"{recipe.component('masker')['name']} hides a varying number of patches per "
+                          f"sample, but encoder {recipe.component('encoder')['name']} is sparse (visible tokens "
+                          "only); use a dense encoder or a fixed-count masker", file=file)
+    common = {"patch_size": encoder.patch_size, "in_chans": encoder.in_chans, "grid": encoder.grid,
+              "img_size": encoder.img_size}
+    target = build_component(registry, "target", recipe.component("target"), file=file,
+                             wiring={**common, "encoder": encoder})
+    decoder = build_component(registry, "decoder", recipe.component("decoder"), file=file,
+                              wiring={**common, "in_dim": encoder.embed_dim, "out_dim": target.dim,
+                                      "num_prefix_tokens": encoder.num_prefix_tokens})
+    loss = build_component(registry, "loss", recipe.component("loss"), file=file)
+    try:
+        return MaskedModel(masker, encoder, decoder, target, loss)
+    except ConfigError as exc:
+        raise exc.within(None, file) from None
+
+
+def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None) -> Any:
+    """The dataset of the recipe's ``data`` section for ``split`` (``"train"`` or ``"test"``)."""
+    registry = registry or default_registry()
+    spec = recipe.component("data")
+    try:
+        return build_component(registry, "dataset", spec, section="data", file=recipe.file, wiring={"split": split})
+    except FileNotFoundError as exc:
+        raise ConfigError("data", str(exc), file=recipe.file) from None

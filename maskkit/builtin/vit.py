@@ -1,0 +1,136 @@
+"""Any timm Vision Transformer as a maskkit encoder, run on the visible patches only (MAE's sparse design).
+
+The timm model is built through ``timm.create_model`` (never with pretrained weights: nothing downloads) and
+used through its standard attributes (``patch_embed``, ``cls_token``, ``reg_token``, ``pos_embed``, ``norm_pre``,
+``blocks``, ``norm``), the names timm keeps stable for checkpoint compatibility. Its state-dict keys are
+therefore timm's, which are also the official MAE encoder's.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from maskkit.errors import ConfigError, expected
+from maskkit.interfaces import Encoder
+from maskkit.layers import mae_init_
+from maskkit.patches import sincos_pos_embed_2d, to_2tuple, visible_indices
+
+
+class TimmViTEncoder(Encoder):
+    """A timm ViT that encodes the visible patches only (``sparse=True``), or all of them with a learned mask
+    token in place of the hidden ones (``dense=True``, the paper's baseline and SimMIM's ViT setting).
+
+    ``model_name`` is any timm ViT (``vit_base_patch16_224``...); ``img_size``, ``patch_size`` and
+    ``in_chans`` override its defaults; further keyword arguments (``depth``, ``embed_dim``, ``num_heads``,
+    ``drop_path_rate``...) go to ``timm.create_model``. ``sincos_pos_embed`` fixes the position embedding to
+    MAE's 2-D sin-cos (frozen); ``mae_init`` applies the official initialisation.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        sincos_pos_embed: bool = True,
+        mae_init: bool = True,
+        dense: bool = False,
+        **timm_kwargs: Any,
+    ):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        for axis, (size, patch) in enumerate(zip(self.img_size, self.patch_size)):
+            if patch <= 0 or size % patch:
+                raise ConfigError("img_size", expected(f"a multiple of patch_size {patch} (axis {axis})", size))
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ConfigError("in_chans", expected("a positive int", in_chans))
+        try:
+            vit = timm.create_model(model_name, pretrained=False, num_classes=0, global_pool="",
+                                    img_size=self.img_size, patch_size=self.patch_size, in_chans=in_chans,
+                                    **timm_kwargs)
+        except TypeError as exc:
+            raise ConfigError("", f"timm rejected the arguments of {model_name}: {exc}") from None
+        self.model_name = model_name
+        self.in_chans = in_chans
+        self.sparse = not dense
+        self.embed_dim = vit.embed_dim
+        self.grid = tuple(vit.patch_embed.grid_size)
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self._pos_covers_prefix = not getattr(vit, "no_embed_class", False)
+        # Keep timm's attribute names at our top level, so state-dict keys are the official ones.
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.reg_token = getattr(vit, "reg_token", None)
+        self.pos_embed = vit.pos_embed
+        self.norm_pre = vit.norm_pre
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        if dense:
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        if sincos_pos_embed:
+            prefix = self.num_prefix_tokens if self._pos_covers_prefix else 0
+            self.pos_embed.requires_grad_(False)
+            self.pos_embed.data.copy_(sincos_pos_embed_2d(self.embed_dim, self.grid, prefix)[None])
+        if mae_init:
+            self._mae_init()
+
+    def _mae_init(self) -> None:
+        self.blocks.apply(mae_init_)
+        self.norm.apply(mae_init_)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear layer, like the official code
+        for token in (self.cls_token, self.reg_token, getattr(self, "encoder_mask_token", None)):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "reg_token", "pos_embed", "encoder_mask_token"}
+
+    def _prefix(self, batch_size: int) -> torch.Tensor:
+        """The prefix tokens (cls, registers) with their position embedding: ``[B, P, D]``."""
+        tokens = [t for t in (self.cls_token, self.reg_token) if t is not None]
+        if not tokens:
+            return self.pos_embed.new_zeros(batch_size, 0, self.embed_dim)
+        prefix = torch.cat(tokens, dim=1)
+        if self._pos_covers_prefix:
+            prefix = prefix + self.pos_embed[:, : self.num_prefix_tokens]
+        return prefix.expand(batch_size, -1, -1)
+
+    def _patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, N, D]``: patch embedding plus position embedding."""
+        x = self.patch_embed(images)
+        offset = self.num_prefix_tokens if self._pos_covers_prefix else 0
+        return x + self.pos_embed[:, offset:]
+
+    def _blocks(self, patches: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self._prefix(patches.shape[0]), patches], dim=1)  # [B, P + n, D]
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward(self, images, mask, *, num_visible=None):
+        x = self._patch_tokens(images)  # [B, N, D]
+        if self.sparse:
+            ids_keep = visible_indices(mask, num_visible)  # [B, N_vis]
+            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))  # [B, N_vis, D]
+        else:
+            x = torch.where(mask[..., None], self.encoder_mask_token.to(x.dtype), x)
+        return self._blocks(x)
+
+    def forward_features(self, images):
+        return self._blocks(self._patch_tokens(images))
+
+    def extra_repr(self) -> str:
+        mode = "sparse" if self.sparse else "dense"
+        return f"{self.model_name}, img_size={self.img_size}, patch_size={self.patch_size}, {mode}"
+
+
+def timm_vit_factories() -> dict[str, Any]:
+    """``{timm ViT name: factory}`` for every ViT timm knows (``vit_*``); nothing is built or downloaded."""
+    return {name: partial(TimmViTEncoder, name) for name in timm.list_models("vit_*")}

@@ -1,0 +1,149 @@
+"""The five interfaces of a masked-modeling step, and the conventions every implementation keeps.
+
+One training step is always the same five moves::
+
+    mask   = masker(B, grid, generator=g)          # bool [B, N], True = hidden
+    latent = encoder(images, mask)                 # [B, P + N_visible, D] (sparse) or [B, P + N, D] (dense)
+    pred   = decoder(latent, mask)                 # [B, N, D_target]
+    target = target(images)                        # [B, N, D_target]
+    loss   = loss(pred, target, mask)              # scalar
+
+Conventions (never broken):
+
+* ``N = h * w`` patches in **row-major** order over the patch grid ``(h, w)``.
+* A mask is a ``torch.bool`` tensor ``[B, N]`` with **True = hidden** (masked, to be predicted).
+* Tokens are ``[B, T, D]``. Prefix tokens (cls, registers: ``P = encoder.num_prefix_tokens``) come first and
+  are never masked.
+* A *sparse* encoder processes the visible patches only, in increasing patch index, so every sample of a
+  batch must hide the same number of patches: a sparse encoder requires a masker whose ``num_hidden`` is not
+  ``None``. A *dense* encoder processes all ``N`` patches (hidden ones replaced by a mask token).
+* Images are ``[B, C, H, W]`` float tensors, normalized by the data pipeline; ``H, W`` need not be equal,
+  ``C`` is any channel count; ``H`` and ``W`` are multiples of the patch size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import attrs
+import torch
+from torch import nn
+
+Grid = tuple[int, int]
+
+
+class Masker(ABC):
+    """Decides which patches are hidden.
+
+    Implementations are plain objects (no parameters), configured by keyword arguments. All randomness comes
+    from ``generator`` so masks are reproducible; the mask is created on ``device`` (never on the host and
+    copied) so GPU training does not wait on the CPU.
+    """
+
+    @abstractmethod
+    def __call__(
+        self,
+        batch_size: int,
+        grid: Grid,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Return a bool mask ``[batch_size, h * w]``, True = hidden, for ``grid = (h, w)``.
+
+        ``generator`` must live on ``device`` when given (``torch.Generator(device=...)``).
+        """
+
+    @abstractmethod
+    def num_hidden(self, grid: Grid) -> int | None:
+        """How many patches every sample hides on ``grid``, or ``None`` when the count varies per sample.
+
+        A sparse encoder needs an ``int`` here; recipe validation refuses the pair otherwise.
+        """
+
+
+class Encoder(nn.Module, ABC):
+    """Images (+ mask) to latent tokens.
+
+    Attributes every encoder sets: ``sparse`` (bool, see the module docstring), ``embed_dim`` (D),
+    ``img_size`` ``(H, W)``, ``patch_size`` ``(ph, pw)``, ``in_chans`` (C), ``grid`` ``(H // ph, W // pw)``,
+    ``num_prefix_tokens`` (P).
+    """
+
+    sparse: bool
+    embed_dim: int
+    img_size: Grid
+    patch_size: Grid
+    in_chans: int
+    grid: Grid
+    num_prefix_tokens: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, *, num_visible: int | None = None) -> torch.Tensor:
+        """Encode ``images [B, C, H, W]`` under ``mask [B, N]``.
+
+        Returns ``[B, P + N_visible, D]`` for a sparse encoder (visible patches in increasing patch index;
+        ``num_visible`` may be passed when the caller knows it, which spares a device-to-host sync) and
+        ``[B, P + N, D]`` for a dense one.
+        """
+
+    @abstractmethod
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode the whole image, nothing hidden: ``[B, C, H, W] -> [B, P + N, D]`` (final norm applied).
+
+        This is what evaluation (kNN, linear probe) and export use.
+        """
+
+
+class Decoder(nn.Module, ABC):
+    """Latent tokens to one prediction per patch.
+
+    The builder passes the wiring arguments the constructor accepts: ``in_dim`` (the encoder's D), ``grid``,
+    ``out_dim`` (the target's D per patch), ``num_prefix_tokens``, ``patch_size``, ``in_chans``.
+    """
+
+    @abstractmethod
+    def forward(self, latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``latent`` from the encoder (sparse or dense: tell by ``latent.shape[1]``), ``mask [B, N]``.
+
+        Returns predictions ``[B, N, out_dim]`` for every patch (the loss decides which ones count).
+        """
+
+
+class Target(nn.Module, ABC):
+    """What the decoder must predict, per patch.
+
+    The builder passes the wiring arguments the constructor accepts: ``patch_size``, ``in_chans``, ``grid``,
+    and ``encoder`` (for teacher targets). ``dim`` is the size of one patch's target.
+    """
+
+    dim: int
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, C, H, W] -> target [B, N, dim]``, computed without gradients."""
+
+
+class Loss(nn.Module, ABC):
+    """Compares prediction and target."""
+
+    @abstractmethod
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``pred, target [B, N, D]``, ``mask [B, N]`` (True = hidden) -> scalar loss."""
+
+
+@attrs.frozen
+class MaskedOutput:
+    """What a :class:`MaskedModel` returns.
+
+    ``loss`` scalar; ``pred [B, N, D_target]``; ``mask [B, N]`` bool, True = hidden; ``target [B, N, D_target]``.
+    """
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor

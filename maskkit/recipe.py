@@ -1,0 +1,261 @@
+"""YAML recipes: load, apply dotted overrides, validate the engine's sections.
+
+A recipe is a mapping of sections. Component sections are a registry name plus the constructor's keyword
+arguments (``masker: {name: random, ratio: 0.75}``); there are no import paths. The ``train`` section is
+validated here (:class:`TrainConfig`); component arguments are validated against the factory signatures when
+the model is built (:mod:`maskkit.builder`). Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import attrs
+import yaml
+
+from maskkit.errors import ConfigError, expected
+
+COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
+SECTIONS = ("description", "seed", "data", "augment", "masker", "encoder", "decoder", "target", "loss",
+            "train", "eval", "distributed")
+
+
+def _positive_int(inst, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(attribute.name, expected("a positive int", value))
+
+
+def _non_negative_int(inst, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(attribute.name, expected("an int >= 0", value))
+
+
+def _non_negative_float(inst, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(attribute.name, expected("a number >= 0", value))
+
+
+def _optional(validator):
+    def check(inst, attribute, value):
+        if value is not None:
+            validator(inst, attribute, value)
+
+    return check
+
+
+def _one_of(*choices):
+    def check(inst, attribute, value):
+        if value not in choices:
+            raise ConfigError(attribute.name, expected(f"one of {', '.join(map(str, choices))}", value))
+
+    return check
+
+
+def _betas(inst, attribute, value):
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
+    if not ok:
+        raise ConfigError(attribute.name, expected("two floats in [0, 1)", value))
+
+
+def _bool(inst, attribute, value):
+    if not isinstance(value, bool):
+        raise ConfigError(attribute.name, expected("true or false", value))
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """The ``train`` section. ``batch_size`` is per process and micro-step; the effective batch is
+    ``batch_size * accum_steps * world_size``; ``lr`` defaults to ``base_lr * effective_batch / 256``."""
+
+    epochs: int = attrs.field(default=1, validator=_positive_int)
+    max_steps: int | None = attrs.field(default=None, validator=_optional(_positive_int))
+    batch_size: int = attrs.field(default=64, validator=_positive_int)
+    accum_steps: int = attrs.field(default=1, validator=_positive_int)
+    base_lr: float = attrs.field(default=1.5e-4, validator=_non_negative_float)
+    lr: float | None = attrs.field(default=None, validator=_optional(_non_negative_float))
+    min_lr: float = attrs.field(default=0.0, validator=_non_negative_float)
+    warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative_float)
+    weight_decay: float = attrs.field(default=0.05, validator=_non_negative_float)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=_betas, converter=tuple)
+    clip_grad: float | None = attrs.field(default=None, validator=_optional(_non_negative_float))
+    precision: str = attrs.field(default="auto", validator=_one_of("auto", "fp32", "bf16"))
+    compile: bool = attrs.field(default=False, validator=_bool)
+    device: str = attrs.field(default="auto")
+    num_workers: int = attrs.field(default=0, validator=_non_negative_int)
+    log_every: int = attrs.field(default=10, validator=_positive_int)
+    ckpt_every: int = attrs.field(default=0, validator=_non_negative_int)
+
+
+@attrs.frozen(kw_only=True)
+class AugmentConfig:
+    """The ``augment`` section: MAE's RandomResizedCrop (``scale``, ``ratio``; ``scale: null`` = resize only)
+    and horizontal flip."""
+
+    scale: tuple[float, float] | None = attrs.field(default=(0.2, 1.0), converter=attrs.converters.optional(tuple))
+    ratio: tuple[float, float] = attrs.field(default=(3 / 4, 4 / 3), converter=tuple)
+    hflip: bool = attrs.field(default=True, validator=_bool)
+
+    @scale.validator
+    def _check_scale(self, attribute, value):
+        if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+            raise ConfigError("scale", expected("[min, max] with 0 < min <= max <= 1", list(value)))
+
+
+@attrs.frozen(kw_only=True)
+class EvalConfig:
+    """The ``eval`` section: what runs after training (kNN on frozen features, vs a random-init encoder)."""
+
+    knn: bool = attrs.field(default=True, validator=_bool)
+    k: int = attrs.field(default=20, validator=_positive_int)
+    temperature: float = attrs.field(default=0.07, validator=_non_negative_float)
+    pool: str = attrs.field(default="mean", validator=_one_of("mean", "cls"))
+    random_init_baseline: bool = attrs.field(default=True, validator=_bool)
+    linear: bool = attrs.field(default=False, validator=_bool)
+    reconstructions: int = attrs.field(default=8, validator=_non_negative_int)
+    batch_size: int = attrs.field(default=256, validator=_positive_int)
+
+
+def _section_config(cls, tree: dict, section: str, file: str | None):
+    raw = tree.get(section) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(section, expected("a mapping", raw), file=file)
+    fields = {f.name for f in attrs.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{section}.{key}", f"unknown key{hint}; expected one of {', '.join(sorted(fields))}",
+                              file=file)
+    try:
+        return cls(**raw)
+    except ConfigError as exc:
+        raise exc.within(section, file) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(section, str(exc), file=file) from None
+
+
+@attrs.frozen
+class Recipe:
+    """A loaded, overridden recipe: the resolved tree plus where it came from.
+
+    ``tree`` is plain data (dicts, lists, scalars), exactly what is written to ``recipe.yaml`` in a run folder.
+    """
+
+    tree: dict
+    path: str | None = None
+
+    @property
+    def file(self) -> str:
+        return self.path or "<recipe>"
+
+    @property
+    def train(self) -> TrainConfig:
+        return _section_config(TrainConfig, self.tree, "train", self.file)
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return _section_config(AugmentConfig, self.tree, "augment", self.file)
+
+    @property
+    def eval(self) -> EvalConfig:
+        return _section_config(EvalConfig, self.tree, "eval", self.file)
+
+    @property
+    def seed(self) -> int:
+        seed = self.tree.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError("seed", expected("an int", seed), file=self.file)
+        return seed
+
+    def component(self, section: str) -> dict:
+        """The ``{name: ..., **kwargs}`` spec of a component section."""
+        spec = self.tree.get(section)
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(section, expected("a mapping with a 'name' key", spec), file=self.file)
+        return dict(spec)
+
+    def with_overrides(self, overrides: Iterable[str]) -> "Recipe":
+        return Recipe(apply_overrides(self.tree, overrides, self.file), self.path)
+
+    def validate(self) -> None:
+        """Check the engine's sections and the top-level keys (component arguments are checked at build)."""
+        for key in self.tree:
+            if key not in SECTIONS:
+                close = difflib.get_close_matches(str(key), SECTIONS, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(str(key), f"unknown section{hint}; expected one of {', '.join(SECTIONS)}",
+                                  file=self.file)
+        for section in ("masker", "encoder", "decoder", "target", "loss"):
+            self.component(section)
+        _ = self.seed, self.train, self.augment, self.eval
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.tree, sort_keys=False)
+
+
+def parse_yaml(text: str, file: str) -> dict:
+    """``yaml.safe_load`` with errors naming the file and line."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("", f"YAML syntax error: {problem}", file=f"{file}{line}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError("", expected("a mapping of sections at the top level", type(tree).__name__), file=file)
+    return tree
+
+
+def apply_overrides(tree: dict, overrides: Iterable[str], file: str = "<recipe>") -> dict:
+    """Return a copy of ``tree`` with ``a.b.c=value`` overrides applied (``value`` parsed as YAML)."""
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError("", f"bad override {item!r}: expected key.path=value", file="command line")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(key, f"bad override value {raw!r}: not valid YAML", file="command line") from None
+        node = tree
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(key, f"cannot set inside {where}, which is {child!r} in {file}", file="command line")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, registry=None) -> Recipe:
+    """Load a recipe from a YAML path, a registered recipe name (``"quickstart"``), or a dict; apply overrides.
+
+    Raises :class:`~maskkit.errors.ConfigError` naming the file and key on any problem.
+    """
+    if isinstance(source, dict):
+        recipe = Recipe(copy.deepcopy(source), None)
+    else:
+        path = Path(source)
+        if not path.exists() and path.suffix not in (".yaml", ".yml"):
+            from maskkit.registry import default_registry
+
+            reg = registry or default_registry()
+            if str(source) in reg.entries("recipe"):
+                path = reg.recipe_path(str(source))
+        if not path.is_file():
+            raise ConfigError("", "no such recipe file (nor a registered recipe name; see `maskkit recipes`)",
+                              file=str(source))
+        recipe = Recipe(parse_yaml(path.read_text(), str(path)), str(path))
+    recipe = recipe.with_overrides(overrides)
+    recipe.validate()
+    return recipe
