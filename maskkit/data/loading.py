@@ -1,0 +1,219 @@
+"""Reproducible data loading: per-sample augmentation seeds, global-batch sampling, DataLoader setup.
+
+Two rules make a run's data independent of how it is executed (workers, ranks, resumes):
+
+* the augmentation of sample ``i`` in epoch ``e`` uses a generator seeded from ``(seed, e, i)`` alone
+  (:func:`sample_generator`, :class:`AugmentedDataset`);
+* the order of samples is one permutation per epoch seeded from ``(seed, e)``, cut into global batches,
+  each rank taking a contiguous slice of each global batch (:class:`GlobalBatchSampler`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+__all__ = ["sample_generator", "stable_seed", "AugmentedDataset", "GlobalBatchSampler", "stack_collate",
+           "make_loader"]
+
+
+def stable_seed(tag: str, *values: int) -> int:
+    """A 64-bit seed from a tag and integers, the same in every process and Python run.
+
+    (blake2b of the tag and each integer as 16 signed big-endian bytes; unlike ``hash`` it is not salted.)
+    """
+    h = hashlib.blake2b(tag.encode(), digest_size=8)
+    for v in values:
+        h.update(int(v).to_bytes(16, "big", signed=True))
+    return int.from_bytes(h.digest(), "big")
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A CPU generator for the augmentation of sample ``index`` in ``epoch`` of a run seeded ``seed``.
+
+    Its state depends on the three integers only, never on the process, worker or rank that builds it.
+    """
+    return torch.Generator().manual_seed(stable_seed("maskkit/sample", seed, epoch, index))
+
+
+def _takes_generator(transform: Callable[..., Any]) -> bool:
+    """Whether ``transform`` can be called as ``transform(img, generator)``."""
+    try:
+        params = inspect.signature(transform).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class AugmentedDataset(Dataset):
+    """``base`` with ``transform`` applied to each image, reproducibly.
+
+    ``ds[i]`` is ``(transform(img, sample_generator(seed, epoch, i)), label)`` for ``(img, label) =
+    base[i]``; a transform called as ``transform(img)`` (e.g. :class:`EvalTransform`) gets no
+    generator (``pass_generator=None`` decides from its signature). Call :meth:`set_epoch` before each
+    epoch. The epoch lives in shared memory, so DataLoader workers (persistent ones included) see the
+    new value as soon as it is set; set it only between epochs, never while a loader iterates.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[..., torch.Tensor], seed: int = 0,
+                 *, pass_generator: bool | None = None):
+        self.base = base
+        self.transform = transform
+        self.seed = int(seed)
+        self.pass_generator = _takes_generator(transform) if pass_generator is None else pass_generator
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the augmentations of ``epoch`` from now on (in this process and in the loader's workers)."""
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        """``(transformed image, label)``; image shape and dtype as the transform returns."""
+        img, label = self.base[index]
+        if self.pass_generator:
+            return self.transform(img, sample_generator(self.seed, self.epoch, index)), label
+        return self.transform(img), label
+
+    def __repr__(self) -> str:
+        return f"AugmentedDataset({self.base!r}, {self.transform!r}, seed={self.seed}, epoch={self.epoch})"
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches of indices for one rank, cut from one global batch sequence shared by all ranks.
+
+    Each epoch draws ONE permutation of ``range(num_samples)`` from a generator seeded by
+    ``(seed, epoch)``. Global batch ``b`` is ``perm[b*G:(b+1)*G]`` (``G = global_batch_size``); rank
+    ``r`` of ``W`` yields its contiguous slice ``[r*G/W:(r+1)*G/W]``. So the ranks' batches, concatenated
+    in rank order, are exactly the batches of a single process with batch size ``G``, and no sample
+    appears twice in an epoch. ``G`` must be divisible by ``world_size``.
+
+    ``drop_last=True`` drops the incomplete last global batch; with ``False`` it is kept and split into
+    ``W`` contiguous slices whose sizes differ by at most one (a rank whose slice is empty yields nothing,
+    so ranks may then disagree on ``len``; keep ``drop_last=True`` for multi-rank training).
+
+    :meth:`set_epoch` selects the epoch (and resets the start to 0 when the epoch changes);
+    :meth:`set_start` skips the first ``k`` global batches of the current epoch, for an exact resume
+    (call it after ``set_epoch``). ``len`` is the number of batches this rank has left in the epoch.
+    """
+
+    def __init__(self, num_samples: int, global_batch_size: int, *, seed: int, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True):
+        if num_samples < 0:
+            raise ValueError(f"num_samples: expected >= 0, got {num_samples}")
+        if global_batch_size < 1:
+            raise ValueError(f"global_batch_size: expected >= 1, got {global_batch_size}")
+        if world_size < 1 or not (0 <= rank < world_size):
+            raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got {rank}/{world_size}")
+        if global_batch_size % world_size:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by world_size "
+                             f"{world_size}")
+        self.num_samples = int(num_samples)
+        self.global_batch_size = int(global_batch_size)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def batch_size(self) -> int:
+        """The per-rank batch size ``G / W`` (of every batch but possibly a kept incomplete last one)."""
+        return self.global_batch_size // self.world_size
+
+    @property
+    def num_global_batches(self) -> int:
+        """Global batches in a whole epoch."""
+        n, g = self.num_samples, self.global_batch_size
+        return n // g if self.drop_last else -(-n // g)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select ``epoch``; a different epoch than the current one also resets the start to 0."""
+        if int(epoch) != self.epoch:
+            self.start = 0
+        self.epoch = int(epoch)
+
+    def set_start(self, batch_index: int) -> None:
+        """Skip the first ``batch_index`` global batches of the current epoch (0 <= k <= batches)."""
+        if not (0 <= batch_index <= self.num_global_batches):
+            raise ValueError(f"set_start: expected 0 <= batch_index <= {self.num_global_batches}, "
+                             f"got {batch_index}")
+        self.start = int(batch_index)
+
+    def permutation(self, epoch: int | None = None) -> torch.Tensor:
+        """The epoch's permutation of all sample indices (int64 ``[num_samples]``)."""
+        epoch = self.epoch if epoch is None else epoch
+        g = torch.Generator().manual_seed(stable_seed("maskkit/epoch-permutation", self.seed, epoch))
+        return torch.randperm(self.num_samples, generator=g)
+
+    def _slice(self, size: int) -> tuple[int, int]:
+        return self.rank * size // self.world_size, (self.rank + 1) * size // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = self.permutation().tolist()
+        g = self.global_batch_size
+        for b in range(self.start, self.num_global_batches):
+            batch = perm[b * g:(b + 1) * g]
+            lo, hi = self._slice(len(batch))
+            if hi > lo:
+                yield batch[lo:hi]
+
+    def __len__(self) -> int:
+        full = self.num_samples // self.global_batch_size
+        left = self.num_global_batches - self.start
+        if left > 0 and self.num_global_batches > full:  # a kept incomplete last batch
+            lo, hi = self._slice(self.num_samples - full * self.global_batch_size)
+            return left - (hi == lo)
+        return left
+
+
+def stack_collate(batch: Sequence[Any]) -> Any:
+    """Collate ``(tensor [*S], label int)`` pairs into ``(tensor [B, *S], int64 [B])``.
+
+    Anything else goes to PyTorch's ``default_collate``.
+    """
+    if batch and all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.Tensor)
+                     and isinstance(item[1], int) for item in batch):
+        return torch.stack([item[0] for item in batch]), torch.tensor([item[1] for item in batch],
+                                                                      dtype=torch.int64)
+    return default_collate(batch)
+
+
+def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int = 0,
+                pin_memory: bool = False, persistent_workers: bool | None = None,
+                prefetch_factor: int | None = None,
+                collate_fn: Callable[[Sequence[Any]], Any] = stack_collate) -> DataLoader:
+    """A ``DataLoader`` yielding the batches of ``sampler`` (a batch sampler such as
+    :class:`GlobalBatchSampler`), collated by stacking: ``(images [B, ...], labels int64 [B])``.
+
+    With ``num_workers > 0`` workers are persistent and prefetch 4 batches each unless told otherwise;
+    with 0 workers neither option applies (setting them is an error). ``pin_memory`` pins batches for
+    fast host-to-GPU copies. The loader is given its own generator, so building and iterating it never
+    consumes the global RNG (order and augmentations come from the sampler and the dataset).
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+    if num_workers == 0:
+        if persistent_workers or prefetch_factor is not None:
+            raise ValueError("persistent_workers and prefetch_factor need num_workers > 0")
+        persistent_workers, prefetch_factor = False, None
+    else:
+        persistent_workers = True if persistent_workers is None else persistent_workers
+        prefetch_factor = 4 if prefetch_factor is None else prefetch_factor
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+                      pin_memory=pin_memory, persistent_workers=persistent_workers,
+                      prefetch_factor=prefetch_factor, generator=torch.Generator().manual_seed(0))
