@@ -127,6 +127,11 @@ class Target(nn.Module, ABC):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, C, H, W] -> target [B, N, dim]``, computed without gradients."""
 
+    def to_pixels(self, pred: torch.Tensor, images: torch.Tensor) -> torch.Tensor | None:
+        """Map predictions ``[B, N, dim]`` back to patch pixels ``[B, N, ph * pw * C]`` in the images' scale,
+        for pictures of reconstructions; ``None`` (the default) when the target is not pixels."""
+        return None
+
 
 class Loss(nn.Module, ABC):
     """Compares prediction and target."""

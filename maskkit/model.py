@@ -54,7 +54,9 @@ class MaskedModel(nn.Module):
         return self.masker(batch_size, self.grid, generator=generator, device=device)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None, *,
-                generator: torch.Generator | None = None) -> MaskedOutput:
+                generator: torch.Generator | None = None, num_visible: int | None = None) -> MaskedOutput:
+        """``num_visible``: with a ``mask`` whose visible count per sample is known to the caller (the engine
+        draws it from this model's fixed-count masker), skip the check that would sync the device."""
         n = self.encoder.num_patches
         if mask is None:
             mask = self.draw_mask(images.shape[0], generator, images.device)
@@ -64,8 +66,7 @@ class MaskedModel(nn.Module):
             mask = mask.to(device=images.device, dtype=torch.bool)
             if mask.shape != (images.shape[0], n):
                 raise ValueError(f"mask must be [B, N] = [{images.shape[0]}, {n}], got {list(mask.shape)}")
-            num_visible = None
-            if self.encoder.sparse:
+            if self.encoder.sparse and num_visible is None:
                 counts = (~mask).sum(dim=1)
                 if bool((counts != counts[0]).any()):
                     raise ValueError("a sparse encoder needs the same number of visible patches in every sample")

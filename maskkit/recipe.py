@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -197,10 +198,29 @@ class Recipe:
         return yaml.safe_dump(self.tree, sort_keys=False)
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.2 does; PyYAML's 1.1 rules need ``1.0e-3``)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def safe_load(text: str):
+    """Safe YAML loading (no Python objects) with YAML 1.2 floats."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_yaml(text: str, file: str) -> dict:
-    """``yaml.safe_load`` with errors naming the file and line."""
+    """:func:`safe_load` with errors naming the file and line."""
     try:
-        tree = yaml.safe_load(text)
+        tree = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -222,7 +242,7 @@ def apply_overrides(tree: dict, overrides: Iterable[str], file: str = "<recipe>"
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError("", f"bad override {item!r}: expected key.path=value", file="command line")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(key, f"bad override value {raw!r}: not valid YAML", file="command line") from None
         node = tree

@@ -65,11 +65,12 @@ class LoadedPlugins:
     versions: Mapping[str, str]
 
 
-def make_plugin_manager(autoload: bool | None = None) -> LoadedPlugins:
+def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, object] | None = None) -> LoadedPlugins:
     """Build a plugin manager with the built-ins and (unless disabled) every ``maskkit`` entry point.
 
     ``autoload=None`` reads ``MASKKIT_DISABLE_PLUGIN_AUTOLOAD``. Entry points that fail to import are
-    recorded by name in ``failures``; they do not stop the others.
+    recorded by name in ``failures``; they do not stop the others. ``plugins`` registers further plugin
+    objects by name (a notebook's or a test's own hooks), after the entry points.
     """
     from maskkit import __version__
     from maskkit.builtin import plugin as builtin_plugin
@@ -93,6 +94,9 @@ def make_plugin_manager(autoload: bool | None = None) -> LoadedPlugins:
                 failures.append(PluginFailure(ep.name, last))
                 continue
             versions[ep.name] = ep.dist.version if ep.dist is not None else "-"
+    for name, plugin in (plugins or {}).items():
+        pm.register(plugin, name=name)
+        versions.setdefault(name, "-")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -120,9 +124,9 @@ class Registry:
         self._collect("maskkit_add_recipes", "recipe", self._recipes)
 
     @classmethod
-    def from_plugins(cls, autoload: bool | None = None) -> "Registry":
-        """A registry of the built-ins plus every installed plugin (see :func:`make_plugin_manager`)."""
-        return cls(make_plugin_manager(autoload))
+    def from_plugins(cls, autoload: bool | None = None, plugins: Mapping[str, object] | None = None) -> "Registry":
+        """A registry of the built-ins, every installed plugin, and ``plugins`` (see :func:`make_plugin_manager`)."""
+        return cls(make_plugin_manager(autoload, plugins))
 
     def _collect(self, hook_name: str, kind: str, into: dict[str, Entry]) -> None:
         hook = getattr(self.plugin_manager.hook, hook_name)

@@ -44,9 +44,9 @@ def maskkit_add_losses():
 @hookimpl
 def maskkit_add_datasets():
     from maskkit.data.fashion_mnist import FashionMNIST
-    from maskkit.data.image_folder import ImageFolder
+    from maskkit.data.image_folder import image_folder_split
 
-    return {"fashion_mnist": FashionMNIST, "image_folder": ImageFolder}
+    return {"fashion_mnist": FashionMNIST, "image_folder": image_folder_split}
 
 
 @hookimpl

@@ -30,6 +30,15 @@ class PixelTarget(Target):
             target = normalize_patches(target, self.eps)
         return target
 
+    def to_pixels(self, pred: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Undo the per-patch normalisation with each patch's own mean and variance in ``images``."""
+        if not self.normalize:
+            return pred
+        patches = patchify(images, self.patch_size)
+        mean = patches.mean(dim=-1, keepdim=True)
+        var = patches.var(dim=-1, keepdim=True)
+        return pred * (var + self.eps) ** 0.5 + mean
+
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch standardisation of ``[..., D]`` over the last dimension (unbiased variance, as MAE)."""

@@ -1,0 +1,279 @@
+"""The ``maskkit`` command line. Each sub-command is one function; errors are one line and exit status 2.
+
+    maskkit train RECIPE [key.path=value ...] [--out DIR] [--resume CKPT]
+    maskkit eval knn|linear CHECKPOINT
+    maskkit visualize CHECKPOINT [--out recon.png]
+    maskkit export CHECKPOINT --out encoder.pth
+    maskkit plugins | maskkit recipes | maskkit list KIND [PATTERN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from maskkit.errors import MaskkitError
+
+Command = Callable[[argparse.Namespace, Console], int]
+
+
+def _registry():
+    from maskkit.registry import default_registry
+
+    return default_registry()
+
+
+def _default_run_dir(recipe_source: str) -> Path:
+    stem = Path(recipe_source).stem or "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# -- train --------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from maskkit.engine.checkpoint import load_training_checkpoint
+    from maskkit.engine.trainer import Trainer
+    from maskkit.evaluate import evaluate
+    from maskkit.recipe import Recipe, load_recipe
+
+    registry = _registry()
+    if args.recipe is None and args.resume is None:
+        raise MaskkitError("train: give a RECIPE (a .yaml path or a name from `maskkit recipes`), or --resume")
+    if args.recipe is None or "=" in args.recipe:  # `maskkit train --resume ckpt a.b=1`: recipe from checkpoint
+        if args.recipe is not None:
+            args.overrides.insert(0, args.recipe)
+        state = load_training_checkpoint(args.resume)
+        recipe = Recipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
+        recipe.validate()
+    else:
+        recipe = load_recipe(args.recipe, args.overrides, registry=registry)
+    out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else _default_run_dir(args.recipe))
+    trainer = Trainer(recipe, out, registry=registry, resume=args.resume, console=console,
+                      progress=not args.no_progress)
+    result = trainer.fit()
+    if not trainer.dist.is_main:
+        trainer.dist.shutdown()
+        return 0
+    console.print(f"trained {result.steps} steps in {result.wall_time:.1f} s "
+                  f"({result.images_per_s:.0f} images/s), final loss {result.final_loss:.4f}; run folder: {out}")
+    if recipe.eval.knn and not args.no_eval:
+        with torch.no_grad():
+            scores = evaluate(trainer.model, recipe, device=trainer.device, registry=registry, run_dir=out)
+        _print_eval(console, scores)
+    trainer.dist.shutdown()
+    return 0
+
+
+def _print_eval(console: Console, scores: dict) -> None:
+    table = Table(title=f"frozen-feature kNN (k={scores['k']}, cosine, T={scores['temperature']}, "
+                        f"{scores['pool']} pooling; {scores['train_images']} train / {scores['test_images']} test)")
+    table.add_column("encoder")
+    table.add_column("kNN top-1", justify="right")
+    has_linear = "linear_top1" in scores
+    if has_linear:
+        table.add_column("linear top-1", justify="right")
+
+    def fmt(value):
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    table.add_row("trained", fmt(scores.get("knn_top1")), *( [fmt(scores.get("linear_top1"))] if has_linear else []))
+    if "random_init_knn_top1" in scores:
+        table.add_row("random init", fmt(scores["random_init_knn_top1"]),
+                      *([fmt(scores.get("random_init_linear_top1"))] if has_linear else []))
+    console.print(table)
+
+
+# -- checkpoints: eval, visualize, export -------------------------------------------------------------------
+
+
+def _model_from_checkpoint(path: str, overrides: Sequence[str] = ()):
+    """Rebuild the model of a maskkit checkpoint from the recipe stored in it, and load its weights."""
+    from maskkit.builder import build_model
+    from maskkit.engine.checkpoint import load_training_checkpoint
+    from maskkit.recipe import Recipe
+
+    state = load_training_checkpoint(path)
+    recipe = Recipe(state["recipe"], f"{path}:recipe").with_overrides(overrides)
+    recipe.validate()
+    model = build_model(recipe, _registry())
+    model.load_state_dict(state["model"])
+    return model, recipe
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from maskkit.engine.trainer import pick_device
+    from maskkit.evaluate import evaluate
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides += [f"data.{item}" for item in args.data]
+    model, recipe = _model_from_checkpoint(args.checkpoint, overrides)
+    device = pick_device(args.device)
+    model.to(device)
+    with torch.no_grad():
+        scores = evaluate(model, recipe, device=device, registry=_registry(), baseline=args.baseline,
+                          linear=args.method == "linear")
+    _print_eval(console, scores)
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from maskkit.builder import build_dataset
+    from maskkit.data.image_folder import ImageFolder
+    from maskkit.evaluate import eval_loader
+    from maskkit.visualize import save_reconstructions
+
+    model, recipe = _model_from_checkpoint(args.checkpoint)
+    if args.images:
+        dataset = ImageFolder(args.images, in_chans=model.encoder.in_chans)
+    else:
+        dataset = build_dataset(recipe, "test", _registry())
+    images = next(iter(eval_loader(dataset, model.encoder.img_size, args.count)))[0]
+    with torch.no_grad():
+        path = save_reconstructions(model, images, args.out, mean=dataset.mean, std=dataset.std, seed=args.seed)
+    console.print(f"wrote {path} (columns: original | masked | reconstruction | reconstruction + visible)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.engine.checkpoint import save_atomic
+
+    model, _ = _model_from_checkpoint(args.checkpoint)
+    encoder = model.encoder
+    state = {k: v for k, v in encoder.state_dict().items() if k != "encoder_mask_token"}
+    save_atomic(state, args.out)
+    name = getattr(encoder, "model_name", type(encoder).__name__)
+    console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names; load with\n"
+                  f"  timm.create_model('{name}', pretrained=True, num_classes=0, "
+                  f"pretrained_cfg_overlay=dict(file='{args.out}'), img_size={encoder.img_size}, "
+                  f"patch_size={encoder.patch_size}, in_chans={encoder.in_chans})")
+    return 0
+
+
+# -- listings -----------------------------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.registry import KINDS
+
+    registry = _registry()
+    table = Table(title="maskkit components")
+    for column in ("kind", "name", "plugin", "version"):
+        table.add_column(column)
+    for kind in (*KINDS, "recipe"):
+        entries = registry.entries(kind)
+        names = sorted(entries)
+        if kind == "encoder" and not args.all:  # hundreds of timm ViTs: summarise the built-in ones
+            own = [n for n in names if entries[n].plugin != "maskkit"]
+            builtin = len(names) - len(own)
+            table.add_row(kind, f"{builtin} timm ViTs (vit_*; --all lists them)", "maskkit", entries[names[0]].version)
+            names = own
+        for name in names:
+            entry = entries[name]
+            table.add_row(kind, name, entry.plugin, entry.version)
+    console.print(table)
+    for failure in registry.failures:
+        console.print(f"[red]plugin {failure.name!r} failed to load:[/red] {failure.error}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace, console: Console) -> int:
+    table = Table(title="recipes")
+    for column in ("name", "plugin", "path"):
+        table.add_column(column)
+    for name, entry in sorted(_registry().entries("recipe").items()):
+        table.add_row(name, entry.plugin, str(entry.factory))
+    console.print(table)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    for name in _registry().list(args.kind, args.pattern):
+        console.print(name, highlight=False)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskkit", description="Pluggable masked image modeling.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a recipe")
+    p.add_argument("recipe", nargs="?", help="recipe .yaml path or registered name (optional with --resume)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. masker.ratio=0.5 train.epochs=2")
+    p.add_argument("--out", help="run folder (default runs/RECIPE-TIME; with --resume, the checkpoint's folder)")
+    p.add_argument("--resume", help="checkpoint to continue from")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder")
+    p.add_argument("method", choices=["knn", "linear"])
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. eval.k=10")
+    p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data overrides, e.g. source=auto")
+    p.add_argument("--baseline", action="store_true", help="also score the random-init encoder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("visualize", help="reconstruction grid of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--images", help="folder of images (default: the recipe's test split)")
+    p.add_argument("--out", default="recon.png")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("export", help="write the encoder alone under timm's names")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plugins", help="components and the plugins that provide them")
+    p.add_argument("--all", action="store_true", help="list every timm encoder too")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("recipes", help="registered recipes")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("list", help="registered names of one kind, with wildcards")
+    p.add_argument("kind", choices=["masker", "encoder", "decoder", "target", "loss", "dataset", "recipe"])
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return args.func(args, console)
+    except (MaskkitError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"maskkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maskkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

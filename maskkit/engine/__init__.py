@@ -1,0 +1,1 @@
+"""The training engine: optimizer and schedule, checkpoints, distribution, and the loop itself."""

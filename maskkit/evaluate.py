@@ -1,0 +1,84 @@
+"""Evaluate a trained model from its recipe: frozen-feature kNN (and optionally a linear probe), compared with
+the same encoder at its random initialisation, and a reconstruction picture. Used after ``maskkit train`` and
+by ``maskkit eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, SequentialSampler
+
+from maskkit.builder import build_dataset, build_model
+from maskkit.data.loading import AugmentedDataset, make_loader
+from maskkit.data.transforms import EvalTransform
+from maskkit.eval import extract_features, knn_accuracy, linear_probe
+from maskkit.model import MaskedModel
+from maskkit.recipe import Recipe
+from maskkit.registry import Registry, default_registry
+from maskkit.visualize import save_reconstructions
+
+
+def eval_loader(dataset: Any, img_size: tuple[int, int], batch_size: int, num_workers: int = 0):
+    """A loader over ``dataset`` in its natural order with the deterministic eval transform."""
+    data = AugmentedDataset(dataset, EvalTransform(img_size, dataset.mean, dataset.std))
+    batches = BatchSampler(SequentialSampler(data), batch_size, drop_last=False)
+    return make_loader(data, batches, num_workers=num_workers)
+
+
+def frozen_features(model: MaskedModel, dataset: Any, *, device: torch.device, pool: str, batch_size: int,
+                    amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled encoder features ``[M, D]`` and labels ``[M]`` of ``dataset`` (no augmentation)."""
+    loader = eval_loader(dataset, model.encoder.img_size, batch_size)
+    return extract_features(model.encoder, loader, device=device, pool=pool, amp_dtype=amp_dtype)
+
+
+def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, registry: Registry | None = None,
+             run_dir: Path | None = None, baseline: bool | None = None, linear: bool | None = None) -> dict:
+    """kNN top-1 (k, temperature, pooling from the recipe's ``eval`` section) of the model's frozen encoder;
+    with ``baseline`` also of the same architecture at its initialisation (built from the recipe's seed),
+    with ``linear`` a linear probe. Writes ``eval.json`` and ``reconstructions.png`` into ``run_dir``."""
+    registry = registry or default_registry()
+    cfg = recipe.eval
+    baseline = cfg.random_init_baseline if baseline is None else baseline
+    linear = cfg.linear if linear is None else linear
+    train_set = build_dataset(recipe, "train", registry)
+    test_set = build_dataset(recipe, "test", registry)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,
+                               "train_images": len(train_set), "test_images": len(test_set)}
+
+    def score(candidate: MaskedModel, prefix: str) -> None:
+        train_f, train_y = frozen_features(candidate, train_set, device=device, pool=cfg.pool,
+                                           batch_size=cfg.batch_size, amp_dtype=amp)
+        test_f, test_y = frozen_features(candidate, test_set, device=device, pool=cfg.pool,
+                                         batch_size=cfg.batch_size, amp_dtype=amp)
+        if train_y.min() < 0:
+            results[f"{prefix}knn_top1"] = None  # unlabelled data
+            return
+        results[f"{prefix}knn_top1"] = knn_accuracy(train_f, train_y, test_f, test_y, k=cfg.k,
+                                                    temperature=cfg.temperature)
+        if linear:
+            results[f"{prefix}linear_top1"] = linear_probe(train_f, train_y, test_f, test_y, seed=recipe.seed).top1
+
+    score(model, "")
+    if baseline:
+        torch.manual_seed(recipe.seed)
+        initial = build_model(recipe, registry).to(device)
+        score(initial, "random_init_")
+        del initial
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if cfg.reconstructions:
+            count = min(cfg.reconstructions, len(test_set))
+            images = next(iter(eval_loader(test_set, model.encoder.img_size, count)))[0].to(device)
+            try:
+                save_reconstructions(model, images, run_dir / "reconstructions.png", mean=test_set.mean,
+                                     std=test_set.std, seed=recipe.seed)
+                results["reconstructions"] = "reconstructions.png"
+            except ValueError:  # a target without pixel form (HOG, features)
+                pass
+        (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,0 +1,68 @@
+"""Pictures: reconstructions (original | masked | reconstruction | reconstruction + visible) and mask grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid, save_image
+
+from maskkit.model import MaskedModel
+from maskkit.patches import unpatchify, upsample_mask
+
+
+def _denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x * std_t + mean_t).clamp(0, 1)
+
+
+@torch.no_grad()
+def reconstruction_rows(model: MaskedModel, images: torch.Tensor, mask: torch.Tensor, mean: Sequence[float],
+                        std: Sequence[float]) -> torch.Tensor:
+    """``images [B, C, H, W]`` (normalized) and ``mask [B, N]`` -> ``[B * 4, C, H, W]`` pictures in [0, 1]:
+    per image original, masked (hidden patches grey), reconstruction, reconstruction with visible pasted back.
+
+    Raises ``ValueError`` when the model's target cannot be turned back into pixels (HOG, features).
+    """
+    was_training = model.training
+    model.eval()
+    out = model(images, mask=mask)
+    model.train(was_training)
+    pred_pixels = model.target.to_pixels(out.pred.float(), images)
+    if pred_pixels is None:
+        raise ValueError(f"target {type(model.target).__name__} has no pixel form to draw")
+    enc = model.encoder
+    recon = unpatchify(pred_pixels, enc.patch_size, enc.grid, enc.in_chans)
+    pixel_mask = upsample_mask(mask, enc.grid, enc.patch_size).to(images.dtype)  # [B, 1, H, W]
+    original = _denormalize(images, mean, std)
+    grey = torch.full_like(original, 0.5)
+    masked = original * (1 - pixel_mask) + grey * pixel_mask
+    recon_img = _denormalize(recon, mean, std)
+    pasted = original * (1 - pixel_mask) + recon_img * pixel_mask
+    rows = torch.stack([original, masked, recon_img, pasted], dim=1)  # [B, 4, C, H, W]
+    return rows.flatten(0, 1)
+
+
+def save_grid(pictures: torch.Tensor, path: str | Path, *, ncol: int, min_side: int = 112) -> Path:
+    """Save ``[M, C, H, W]`` pictures in [0, 1] as one PNG with ``ncol`` columns (small images upscaled)."""
+    h, w = pictures.shape[-2:]
+    scale = max(1, min_side // max(h, w))
+    if scale > 1:
+        pictures = F.interpolate(pictures, scale_factor=scale, mode="nearest")
+    if pictures.shape[1] not in (1, 3):
+        pictures = pictures[:, :1]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(make_grid(pictures.float().cpu(), nrow=ncol, padding=2, pad_value=1.0), path)
+    return path
+
+
+def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | Path, *, mean: Sequence[float],
+                         std: Sequence[float], seed: int = 0) -> Path:
+    """Draw masks from the model's masker (seeded) and save the four-column reconstruction grid."""
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    mask = model.draw_mask(images.shape[0], gen, images.device)
+    return save_grid(reconstruction_rows(model, images, mask, mean, std), path, ncol=4)

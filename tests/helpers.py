@@ -1,0 +1,53 @@
+"""Shared test helpers: a tiny MAE recipe on the embedded Fashion-MNIST data, and a variable-count masker."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import maskkit
+
+TINY = {
+    "seed": 0,
+    "data": {"name": "fashion_mnist", "source": "embedded"},
+    "augment": {"scale": [0.35, 1.0], "hflip": True},
+    "masker": {"name": "random", "ratio": 0.75},
+    "encoder": {"name": "vit_tiny_patch16_224", "img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32,
+                "depth": 1, "num_heads": 2},
+    "decoder": {"name": "mae", "embed_dim": 16, "depth": 1, "num_heads": 2},
+    "target": {"name": "norm_pixels"},
+    "loss": {"name": "mse"},
+    "train": {"epochs": 1, "max_steps": 6, "batch_size": 8, "base_lr": 1e-3, "warmup_epochs": 0.001,
+              "log_every": 1, "ckpt_every": 3},
+    "eval": {"knn": False},
+}
+
+
+def tiny_tree(**sections) -> dict:
+    tree = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        tree[key] = value
+    return tree
+
+
+class VariableMasker(maskkit.Masker):
+    """Hides a random count per sample (between 1 and N - 1): what a sparse encoder cannot take."""
+
+    def __call__(self, batch_size, grid, *, generator=None, device=None):
+        n = grid[0] * grid[1]
+        scores = torch.rand(batch_size, n, generator=generator, device=device)
+        cut = torch.rand(batch_size, 1, generator=generator, device=device) * 0.8 + 0.1
+        mask = scores < cut
+        mask[:, 0] = True
+        mask[:, 1] = False
+        return mask
+
+    def num_hidden(self, grid):
+        return None
+
+
+class VariableMaskerPlugin:
+    @maskkit.hookimpl
+    def maskkit_add_maskers(self):
+        return {"variable": VariableMasker}

@@ -1,0 +1,131 @@
+"""The command line: one-line errors with exit status 2, and the commands around checkpoints."""
+
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import yaml
+
+from maskkit.cli import main
+
+from helpers import TINY, tiny_tree
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-step tiny run, with checkpoint and evaluation (kNN on the embedded data)."""
+    out = tmp_path_factory.mktemp("run")
+    recipe = out / "tiny.yaml"
+    tree = tiny_tree(eval={"knn": True, "k": 5, "random_init_baseline": True, "reconstructions": 4})
+    tree["train"].update(max_steps=4)
+    recipe.write_text(yaml.safe_dump(tree))
+    assert main(["train", str(recipe), "--out", str(out / "run"), "--no-progress"]) == 0
+    return out / "run"
+
+
+def test_train_writes_run_folder_and_evaluation(trained):
+    for name in ("checkpoint.pth", "metrics.jsonl", "recipe.yaml", "versions.json", "eval.json",
+                 "reconstructions.png"):
+        assert (trained / name).is_file(), name
+    scores = yaml.safe_load((trained / "eval.json").read_text())
+    assert 0.1 < scores["knn_top1"] <= 1 and 0.1 < scores["random_init_knn_top1"] <= 1
+
+
+def test_export_loads_in_timm(trained, tmp_path, capsys):
+    out = tmp_path / "encoder.pth"
+    assert main(["export", str(trained / "checkpoint.pth"), "--out", str(out)]) == 0
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=28, patch_size=4,
+                              in_chans=1, embed_dim=32, depth=1, num_heads=2,
+                              pretrained_cfg_overlay=dict(file=str(out)))
+    state = torch.load(trained / "checkpoint.pth", weights_only=True)["model"]
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+    assert torch.equal(model.pos_embed, state["pos_embed"])
+
+
+def test_visualize(trained, tmp_path):
+    out = tmp_path / "recon.png"
+    assert main(["visualize", str(trained / "checkpoint.pth"), "--out", str(out), "--count", "3"]) == 0
+    from PIL import Image
+
+    width, height = Image.open(out).size
+    assert width > height  # four columns, three rows
+
+
+def test_eval_knn_command(trained, capsys):
+    assert main(["eval", "knn", str(trained / "checkpoint.pth"), "eval.k=3"]) == 0
+    assert "kNN top-1" in capsys.readouterr().out
+
+
+def test_resume_from_checkpoint_alone(trained, tmp_path):
+    """``maskkit train --resume CKPT train.max_steps=6`` takes the recipe from the checkpoint."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["train", "--resume", str(run / "checkpoint.pth"), "train.max_steps=6", "--no-progress",
+                 "--no-eval"]) == 0
+    steps = [yaml.safe_load(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _tiny_file(tmp_path, **changes):
+    tree = tiny_tree()
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        tree[section][field] = value
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"masker__name": "nope"}, "masker.name: unknown masker 'nope'"),
+    ({"decoder__width": 3}, "decoder.width: mae has no argument 'width'"),
+    ({"decoder__depth": "deep"}, "decoder.depth: expected int, got 'deep'"),
+    ({"masker__ratio": 1.5}, "masker.ratio: expected a float in (0, 1), got 1.5"),
+    ({"encoder__img_size": 30}, "encoder.img_size: expected a multiple of patch_size 4"),
+    ({"data__source": "/nonexistent/folder"}, "data: "),
+])
+def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys, changes, fragment):
+    path = _tiny_file(tmp_path, **changes)
+    code = main(["train", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"maskkit: error: {path}: ") and fragment in err, err
+    assert not (tmp_path / "out" / "checkpoint.pth").exists()
+
+
+def test_yaml_error_and_missing_file(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("masker: {name: random\n")
+    assert main(["train", str(broken)]) == 2
+    assert "broken.yaml:2: YAML syntax error" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such recipe file" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x00garbage")
+    assert main(["train", "--resume", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.pth: not a readable checkpoint" in err
+
+
+def test_debug_shows_traceback_and_subprocess_exit_code(tmp_path):
+    path = _tiny_file(tmp_path, masker__ratio=2.0)
+    plain = subprocess.run([sys.executable, "-m", "maskkit", "train", str(path)], capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    debug = subprocess.run([sys.executable, "-m", "maskkit", "--debug", "train", str(path)], capture_output=True,
+                           text=True)
+    assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_plugins_and_list(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "random" in out and "mae" in out and "norm_pixels" in out and "quickstart" in out
+    assert main(["list", "encoder", "vit_large_patch16_2*"]) == 0
+    assert "vit_large_patch16_224" in capsys.readouterr().out

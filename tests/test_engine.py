@@ -1,0 +1,194 @@
+"""The training engine: exact resume, metrics, atomic checkpoints, non-finite losses, schedules."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import maskkit
+from maskkit.engine import checkpoint as ckpt
+from maskkit.engine.optim import lr_at, param_groups
+from maskkit.engine.trainer import Trainer
+from maskkit.errors import CheckpointError, TrainingError
+from maskkit.recipe import load_recipe
+
+from helpers import tiny_tree
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfterCheckpoint:
+    """Simulates a crash right after the checkpoint of ``step`` is written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @maskkit.hookimpl
+    def maskkit_checkpoint_saved(self, path, step):
+        if step == self.step:
+            raise Crash(f"crash after step {step}")
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=6", "train.ckpt_every=3", "augment.scale=[0.2, 1.0]"])
+    full = Trainer(recipe, tmp_path / "full", registry=maskkit.Registry.from_plugins(autoload=False),
+                   progress=False).fit()
+    assert full.steps == 6
+    crashing = maskkit.Registry.from_plugins(autoload=False, plugins={"crash": CrashAfterCheckpoint(3)})
+    with pytest.raises(Crash):
+        Trainer(recipe, tmp_path / "part", registry=crashing, progress=False).fit()
+    assert ckpt.load_training_checkpoint(tmp_path / "part" / "checkpoint.pth")["step"] == 3
+    Trainer(recipe, tmp_path / "part", registry=maskkit.Registry.from_plugins(autoload=False),
+            resume=tmp_path / "part" / "checkpoint.pth", progress=False).fit()
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")  # exact float equality, every step
+    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_across_an_epoch_boundary_with_accumulation(tmp_path, builtin_registry):
+    """200 images make 12 batches of 16: 6 steps of 2 micro-batches per epoch; crash mid-epoch-2."""
+    tree = tiny_tree()
+    recipe = load_recipe(tree, ["train.max_steps=9", "train.batch_size=16", "train.accum_steps=2",
+                                "train.ckpt_every=4"])
+    subset = SmallFashion(200)
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": subset})
+    recipe = recipe.with_overrides(["data={name: small_fashion}"])
+    full = Trainer(recipe, tmp_path / "full", registry=registry, progress=False)
+    full.fit()
+    assert full.steps_per_epoch == 6
+    crash = maskkit.Registry.from_plugins(autoload=False, plugins={"small": subset, "crash": CrashAfterCheckpoint(8)})
+    with pytest.raises(Crash):
+        Trainer(recipe, tmp_path / "part", registry=crash, progress=False).fit()
+    Trainer(recipe, tmp_path / "part", registry=registry, resume=tmp_path / "part" / "checkpoint.pth",
+            progress=False).fit()
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")
+
+
+class SmallFashion:
+    """A plugin providing the first ``n`` embedded Fashion-MNIST images as dataset ``small_fashion``."""
+
+    def __init__(self, n):
+        self.n = n
+
+    @maskkit.hookimpl
+    def maskkit_add_datasets(self):
+        from maskkit.data.fashion_mnist import FashionMNIST
+
+        n = self.n
+
+        def small_fashion(split: str = "train"):
+            data = FashionMNIST(split, source="embedded")
+            data.images, data.labels = data.images[:n], data.labels[:n]
+            return data
+
+        return {"small_fashion": small_fashion}
+
+
+def test_run_folder_contents(tmp_path, builtin_registry):
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=4", "train.log_every=2"])
+    result = Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all({"step", "loss", "lr", "images_per_s", "epoch"} <= set(r) for r in records)
+    assert result.final_loss == records[-1]["loss"]
+    assert load_recipe(tmp_path / "recipe.yaml").tree == recipe.tree
+    versions = json.loads((tmp_path / "versions.json").read_text())
+    assert {"maskkit", "torch", "timm", "plugin:maskkit"} <= set(versions)
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)  # plain data and tensors only
+    assert state["step"] == 4 and state["format"] == "maskkit"
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+class PoisonAtStep:
+    """Sets a weight to NaN before ``step``, so that step's loss is non-finite."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, model, step):
+        if step == self.step:
+            with torch.no_grad():
+                model.decoder.decoder_pred.weight.fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=6", "train.ckpt_every=2", "train.log_every=3"])
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"poison": PoisonAtStep(3)})
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 3 .*last good checkpoint is .*checkpoint.pth"):
+        Trainer(recipe, tmp_path, registry=registry, progress=False).fit()
+    state = ckpt.load_training_checkpoint(tmp_path / "checkpoint.pth")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "c.pth"
+    ckpt.save_atomic({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ckpt.save_atomic({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pth: not a readable checkpoint"):
+        ckpt.load_training_checkpoint(bad)
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {"w": torch.ones(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pth: not a maskkit training checkpoint"):
+        ckpt.load_training_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        ckpt.load_training_checkpoint(tmp_path / "missing.pth")
+
+
+def test_resume_with_a_different_recipe_is_refused(tmp_path, builtin_registry):
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=2"])
+    Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    other = recipe.with_overrides(["masker.ratio=0.5"])
+    with pytest.raises(CheckpointError, match="differs from the checkpoint's in masker.ratio"):
+        Trainer(other, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth", progress=False).fit()
+
+
+def test_weight_decay_groups(builtin_registry):
+    model = maskkit.build_model(load_recipe(tiny_tree()), builtin_registry)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"encoder.cls_token", "decoder.mask_token"} <= no_decay_names
+    assert any(n.endswith("norm1.weight") for n in no_decay_names)
+    assert all(n.endswith("weight") and "norm" not in n for n in decay_names)
+    assert "encoder.pos_embed" not in decay_names | no_decay_names  # frozen sin-cos
+
+
+def test_lr_schedule_warmup_then_cosine():
+    kw = dict(base=1.0, total_steps=100, warmup_steps=10, min_lr=0.1)
+    assert lr_at(0, **kw) == 0.0 and lr_at(5, **kw) == 0.5 and lr_at(10, **kw) == 1.0
+    assert math.isclose(lr_at(55, **kw), 0.1 + 0.9 * 0.5, rel_tol=1e-9)
+    assert math.isclose(lr_at(100, **kw), 0.1)
+    values = [lr_at(s, **kw) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_lr_scales_with_effective_batch(tmp_path, builtin_registry):
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=1", "train.batch_size=8", "train.accum_steps=4",
+                                       "train.base_lr=1e-3"])
+    trainer = Trainer(recipe, tmp_path, registry=builtin_registry, progress=False)
+    trainer.fit()
+    assert trainer.effective_batch == 32 and math.isclose(trainer.base_lr, 1e-3 * 32 / 256)
