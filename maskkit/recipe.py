@@ -20,7 +20,7 @@ import yaml
 from maskkit.errors import ConfigError, expected
 
 COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
-SECTIONS = ("description", "seed", "data", "augment", "masker", "encoder", "decoder", "target", "loss",
+SECTIONS = ("description", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder", "target", "loss",
             "train", "eval", "distributed")
 
 
@@ -172,6 +172,15 @@ class Recipe:
             raise ConfigError("seed", expected("an int", seed), file=self.file)
         return seed
 
+    @property
+    def data_seed(self) -> int:
+        """Seed of the data order and augmentations (default: ``seed``). Comparisons keep it fixed across
+        seeds so every run sees the same images in the same order while init and masks vary."""
+        value = self.tree.get("data_seed", self.seed)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError("data_seed", expected("an int", value), file=self.file)
+        return value
+
     def component(self, section: str) -> dict:
         """The ``{name: ..., **kwargs}`` spec of a component section."""
         spec = self.tree.get(section)
@@ -192,7 +201,7 @@ class Recipe:
                                   file=self.file)
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
-        _ = self.seed, self.train, self.augment, self.eval
+        _ = self.seed, self.data_seed, self.train, self.augment, self.eval
 
     def dump(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)

@@ -1,8 +1,8 @@
 """The training loop: one recipe in, a run folder out (recipe, versions, metrics, checkpoints, evaluation).
 
-Reproducibility contract: the data order is a permutation drawn from ``(seed, epoch)``, each sample's
-augmentation is seeded by ``(seed, epoch, index)``, and each micro-step's masks are drawn for the *global*
-batch from a generator seeded by ``(seed, micro_step)``; every rank keeps its slice. So a run resumed from a
+Reproducibility contract: the data order is a permutation drawn from ``(data_seed, epoch)``, each sample's
+augmentation is seeded by ``(data_seed, epoch, index)`` (``data_seed`` defaults to ``seed``), and each
+micro-step's masks are drawn for the *global* batch from a generator seeded by ``(seed, micro_step)``; every rank keeps its slice. So a run resumed from a
 checkpoint continues exactly, and results do not depend on how the global batch is split over processes.
 """
 
@@ -116,9 +116,9 @@ class Trainer:
         aug = recipe.augment
         transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
                                    mean=train_set.mean, std=train_set.std)
-        self.train_set = AugmentedDataset(train_set, transform, recipe.seed)
+        self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed)
         self.global_batch = cfg.batch_size * self.dist.world_size
-        self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.seed,
+        self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
                                           rank=self.dist.rank, world_size=self.dist.world_size)
         micro_per_epoch = len(self.sampler)
         if micro_per_epoch < cfg.accum_steps:
