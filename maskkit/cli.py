@@ -163,6 +163,36 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.builder import build_component
+    from maskkit.recipe import apply_overrides
+    from maskkit.visualize import save_mask_samples
+
+    spec = apply_overrides({"masker": {"name": args.name}}, [f"masker.{kv}" for kv in args.arguments],
+                           file="command line")["masker"]
+    masker = build_component(_registry(), "masker", spec, file="command line")
+    grid = _parse_grid(args.grid)
+    label = " ".join([args.name, *args.arguments])
+    path = save_mask_samples(masker, grid, args.out, count=args.count, seed=args.seed,
+                             title=f"{label} on a {grid[0]}x{grid[1]} grid (seed {args.seed})")
+    hidden = masker.num_hidden(grid)
+    count = f"{hidden} of {grid[0] * grid[1]} patches hidden in every sample" if hidden is not None else \
+        "a varying number of patches hidden per sample (needs a dense encoder)"
+    console.print(f"wrote {path}: {count}")
+    return 0
+
+
+def _parse_grid(text: str) -> tuple[int, int]:
+    try:
+        h, _, w = text.lower().partition("x")
+        grid = (int(h), int(w or h))
+    except ValueError:
+        raise MaskkitError(f"--grid: expected HxW such as 14x14, got {text!r}") from None
+    if min(grid) < 1:
+        raise MaskkitError(f"--grid: expected positive sizes, got {text!r}")
+    return grid
+
+
 # -- listings -----------------------------------------------------------------------------------------------
 
 
@@ -244,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("masks", help="look at masking strategies")
+    masks = p.add_subparsers(dest="masks_command", required=True)
+    p = masks.add_parser("show", help="render sample masks of a registered masker")
+    p.add_argument("name", help="masker name (see `maskkit list masker`)")
+    p.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="masker arguments, e.g. ratio=0.5")
+    p.add_argument("--grid", default="14x14", help="patch grid HxW (default 14x14, ViT-B/16 at 224)")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="masks.png")
+    p.set_defaults(func=cmd_masks_show)
 
     p = sub.add_parser("plugins", help="components and the plugins that provide them")
     p.add_argument("--all", action="store_true", help="list every timm encoder too")

@@ -66,3 +66,32 @@ def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | P
     gen = torch.Generator(device=images.device).manual_seed(seed)
     mask = model.draw_mask(images.shape[0], gen, images.device)
     return save_grid(reconstruction_rows(model, images, mask, mean, std), path, ncol=4)
+
+
+def save_mask_samples(masker, grid: tuple[int, int], path: str | Path, *, count: int = 8, seed: int = 0,
+                      title: str | None = None, columns: int = 8) -> Path:
+    """Render ``count`` masks of ``masker`` on ``grid`` (hidden patches dark), each titled with its hidden
+    fraction, as one PNG. Drawn with matplotlib (per-panel titles and a figure title come for free)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen = torch.Generator().manual_seed(seed)
+    masks = masker(count, grid, generator=gen, device="cpu").reshape(count, *grid)
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, mask) in enumerate(zip(axes.flat, masks)):
+        ax.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
+        ax.set_title(f"{100 * mask.float().mean():.1f}% hidden", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

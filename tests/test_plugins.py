@@ -3,10 +3,8 @@
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
-import pluggy
 import pytest
 
 import maskkit
@@ -86,56 +84,23 @@ def test_hookspecs_module_documents_every_hook():
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
 
 
-PLUGIN_PYPROJECT = """
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "maskkit-checkerboard-test"
-version = "0.3.1"
-
-[project.entry-points.maskkit]
-checkerboard = "mk_checkerboard"
-broken = "mk_broken"
-
-[tool.setuptools]
-py-modules = ["mk_checkerboard", "mk_broken"]
-"""
-
-PLUGIN_MODULE = '''
-import torch
-import maskkit
-
-
-class Checkerboard(maskkit.Masker):
-    """Hide every other patch (with a random phase per sample)."""
-
-    def __call__(self, batch_size, grid, *, generator=None, device=None):
-        h, w = grid
-        parity = (torch.arange(h, device=device)[:, None] + torch.arange(w, device=device)[None, :]) % 2
-        phase = torch.randint(0, 2, (batch_size, 1), generator=generator, device=device)
-        return (parity.flatten()[None, :] == phase)
-
-    def num_hidden(self, grid):
-        n = grid[0] * grid[1]
-        return n // 2 if n % 2 == 0 else None
-
-
-@maskkit.hookimpl
-def maskkit_add_maskers():
-    return {"checkerboard": Checkerboard}
-'''
-
-
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
-    """Install a real throwaway plugin package (pyproject + entry points) into a private site folder."""
+    """Install a real throwaway plugin package into a private site folder: CONTRIBUTING.md's checkerboard
+    walkthrough, plus a second entry point whose module fails to import."""
+    from test_contributing import walkthrough
+
     root = tmp_path_factory.mktemp("plugin")
     src = root / "src"
     src.mkdir()
-    (src / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
-    (src / "mk_checkerboard.py").write_text(PLUGIN_MODULE)
+    files, _ = walkthrough()
+    pyproject = files["pyproject.toml"].replace('version = "0.1.0"', 'version = "0.3.1"')
+    pyproject = pyproject.replace('checkerboard = "maskkit_checkerboard"',
+                                  'checkerboard = "maskkit_checkerboard"\nbroken = "mk_broken"')
+    pyproject = pyproject.replace('py-modules = ["maskkit_checkerboard"]',
+                                  'py-modules = ["maskkit_checkerboard", "mk_broken"]')
+    (src / "pyproject.toml").write_text(pyproject)
+    (src / "maskkit_checkerboard.py").write_text(files["maskkit_checkerboard.py"])
     (src / "mk_broken.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
     site = root / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
