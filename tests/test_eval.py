@@ -247,6 +247,15 @@ def test_linear_probe_small_set_and_ragged_batches():
         linear_probe(train, train_y, train, train_y, epochs=1, num_classes=1)
 
 
+def test_linear_probe_num_threads_is_restored():
+    train, train_y = gaussian_clusters(2, 10, 4, spread=0.1, seed=0)
+    assert torch.get_num_threads() == 1  # set by the autouse fixture
+    result = linear_probe(train, train_y, train, train_y, epochs=2, batch_size=8, num_threads=2)
+    assert torch.get_num_threads() == 1 and result.top1 == 1.0
+    with pytest.raises(ValueError, match="num_threads"):
+        linear_probe(train, train_y, train, train_y, epochs=1, num_threads=0)
+
+
 # -------------------------------------------------------------------------------------- feature extraction
 
 
