@@ -17,7 +17,7 @@ from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
 
 WIRING = {
-    "decoder": ("in_dim", "grid", "out_dim", "num_prefix_tokens", "patch_size", "in_chans"),
+    "decoder": ("in_dim", "grid", "out_dim", "num_prefix_tokens", "patch_size", "in_chans", "sparse"),
     "target": ("patch_size", "in_chans", "grid", "encoder", "img_size"),
     "dataset": ("split",),
 }
@@ -131,7 +131,7 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
                              wiring={**common, "encoder": encoder})
     decoder = build_component(registry, "decoder", recipe.component("decoder"), file=file,
                               wiring={**common, "in_dim": encoder.embed_dim, "out_dim": target.dim,
-                                      "num_prefix_tokens": encoder.num_prefix_tokens})
+                                      "num_prefix_tokens": encoder.num_prefix_tokens, "sparse": encoder.sparse})
     loss = build_component(registry, "loss", recipe.component("loss"), file=file)
     try:
         return MaskedModel(masker, encoder, decoder, target, loss)

@@ -63,7 +63,7 @@ def maskkit_add_maskers() -> Mapping[str, Factory]:
 def maskkit_add_encoders() -> Mapping[str, Factory]:
     """Encoders: factories returning a :class:`maskkit.Encoder`.
 
-    Built-in: every timm ViT (``vit_*``, ``deit_*``), run sparse on the visible tokens.
+    Built-in: every timm ViT (``vit_*``), run sparse on the visible tokens (``dense=True``: all tokens).
     """
 
 
@@ -72,7 +72,8 @@ def maskkit_add_decoders() -> Mapping[str, Factory]:
     """Decoders: factories returning a :class:`maskkit.Decoder`.
 
     The builder passes the wiring arguments the factory accepts (``in_dim``, ``grid``, ``out_dim``,
-    ``num_prefix_tokens``, ``patch_size``, ``in_chans``); recipes must not set them. Built-in: ``mae``.
+    ``num_prefix_tokens``, ``patch_size``, ``in_chans``, ``sparse``: whether the encoder's latent holds only
+    the visible patches); recipes must not set them. Built-in: ``mae``.
     """
 
 

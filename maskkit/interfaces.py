@@ -103,7 +103,8 @@ class Decoder(nn.Module, ABC):
     """Latent tokens to one prediction per patch.
 
     The builder passes the wiring arguments the constructor accepts: ``in_dim`` (the encoder's D), ``grid``,
-    ``out_dim`` (the target's D per patch), ``num_prefix_tokens``, ``patch_size``, ``in_chans``.
+    ``out_dim`` (the target's D per patch), ``num_prefix_tokens``, ``patch_size``, ``in_chans``, ``sparse``
+    (the encoder's mode: a decoder that needs dense latents can refuse a sparse encoder at build time).
     """
 
     @abstractmethod
