@@ -51,8 +51,8 @@ def maskkit_add_datasets():
 
 @hookimpl
 def maskkit_add_recipes():
-    """The recipes in the source tree's ``recipes/`` folder (maskkit is installed editable from a clone)."""
+    """The recipes in the source tree's ``recipes/`` folder (maskkit is installed editable from a clone);
+    ``recipes/compare/`` holds comparison specs, not recipes."""
     if not RECIPE_DIR.is_dir():
         return {}
-    return {path.relative_to(RECIPE_DIR).with_suffix("").as_posix(): path
-            for path in sorted(RECIPE_DIR.rglob("*.yaml"))}
+    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.yaml"))}
