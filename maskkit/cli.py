@@ -1,6 +1,7 @@
 """The ``maskkit`` command line. Each sub-command is one function; errors are one line and exit status 2.
 
     maskkit train RECIPE [key.path=value ...] [--out DIR] [--resume CKPT]
+    maskkit compare SPEC.yaml [--out DIR] [--gpus auto]
     maskkit eval knn|linear CHECKPOINT
     maskkit visualize CHECKPOINT [--out recon.png]
     maskkit export CHECKPOINT --out encoder.pth
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkit", description="Pluggable masked image modeling.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    from maskkit.compare.cli import add_parser as add_compare_parser
+
+    add_compare_parser(sub)
 
     p = sub.add_parser("train", help="train from a recipe")
     p.add_argument("recipe", nargs="?", help="recipe .yaml path or registered name (optional with --resume)")

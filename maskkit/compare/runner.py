@@ -1,0 +1,443 @@
+"""Running a comparison: every variant x seed trained, evaluated, and left in its own run folder.
+
+Layout of the output folder::
+
+    OUT/spec.yaml                    the spec as given (for the record)
+    OUT/plan.json                    the resolved plan: budget, costs, the recipe of every run
+    OUT/runs/VARIANT/seedS/          a trainer run folder (checkpoint.pth, metrics.jsonl, recipe.yaml, versions.json)
+        timing.json                  training wall time of every session (kept across resumes)
+        eval.json                    scores on frozen features, and the evaluation settings they used
+        samples.pt                   test reconstructions under this variant's masks, and mask samples
+        compare.json                 status: running / done / failed (with the error)
+    OUT/report/                      see :mod:`maskkit.compare.report`
+
+A run is *finished* when its checkpoint is at its final step and its ``eval.json`` was made with the spec's
+evaluation settings. Re-running a comparison skips finished runs, evaluates trained-but-unevaluated ones,
+resumes the others from their checkpoint (the trainer's resume is exact) and trains the missing ones. A run
+folder whose recipe differs from the one the spec now gives is refused (never silently mixed).
+
+Runs go one after another in this process; with several GPUs, one worker process per GPU
+(``CUDA_VISIBLE_DEVICES``) takes the next run as soon as it is free.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from maskkit.compare.plan import Plan, RunPlan
+from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
+from maskkit.errors import MaskkitError
+from maskkit.recipe import Recipe, safe_load
+
+STATUS_FILE = "compare.json"
+TIMING_FILE = "timing.json"
+EVAL_FILE = "eval.json"
+SAMPLES_FILE = "samples.pt"
+PLAN_FILE = "plan.json"
+
+PENDING, PARTIAL, TRAINED, DONE, FAILED = "pending", "partial", "trained", "done", "failed"
+# Recipe keys that may differ between a run folder and the plan without changing what the run computes.
+_IGNORED = {("train", "device"), ("train", "num_workers"), ("train", "log_every"), ("train", "ckpt_every"),
+            ("eval",), ("description",)}
+
+
+# -- small file helpers --------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically: readers (and a crash) see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a maskkit checkpoint, without reading its tensors (memory-mapped); None if unreadable."""
+    if not path.is_file():
+        return None
+    for mmap in (True, False):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return int(state["step"])
+        except Exception:  # not a zip checkpoint (mmap), truncated, foreign
+            continue
+    return None
+
+
+def _training_view(tree: dict) -> dict:
+    view = copy.deepcopy(tree)
+    for path in _IGNORED:
+        node = view
+        for part in path[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return view
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))]
+    return [] if a == b else [prefix or "(root)"]
+
+
+def eval_settings(plan: Plan) -> dict:
+    """What an ``eval.json`` must have been made with to count for this plan."""
+    return attrs.asdict(plan.eval)
+
+
+# -- run state ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunStatus:
+    run: RunPlan
+    state: str
+    step: int
+    error: str | None = None
+
+
+def run_status(run: RunPlan, plan: Plan, out_dir: Path) -> RunStatus:
+    """Where ``run`` stands in ``out_dir``. Raises when its folder holds a run of a different recipe."""
+    run_dir = run.run_dir(out_dir)
+    step = checkpoint_step(run_dir / CHECKPOINT_NAME)
+    recipe_file = run_dir / "recipe.yaml"
+    if step is not None and recipe_file.is_file():
+        old = safe_load(recipe_file.read_text()) or {}
+        changed = _diff(_training_view(old), _training_view(run.recipe))
+        if changed:
+            raise MaskkitError(f"{run_dir}: this run was trained with a different recipe than {plan.spec_file} now "
+                               f"gives (differs in {', '.join(changed[:4])}); delete that folder to retrain it, "
+                               "or write the comparison to another --out")
+    status = read_json(run_dir / STATUS_FILE) or {}
+    if status.get("status") == FAILED:
+        return RunStatus(run, FAILED, step or 0, status.get("error"))
+    if step is None or step == 0:
+        return RunStatus(run, PENDING, 0)
+    if step < run.steps:
+        return RunStatus(run, PARTIAL, step)
+    scores = read_json(run_dir / EVAL_FILE)
+    if isinstance(scores, dict) and scores.get("settings") == eval_settings(plan):
+        return RunStatus(run, DONE, step)
+    return RunStatus(run, TRAINED, step)
+
+
+# -- training ---------------------------------------------------------------------------------------------
+
+
+class CompareTrainer(Trainer):
+    """The trainer, plus ``timing.json``: the training wall time of each session up to each checkpoint, so the
+    wall time of a resumed run counts the work that its final checkpoint contains exactly once."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._timing_path = self.run_dir / TIMING_FILE
+        timing = read_json(self._timing_path) if self.step > 0 else None
+        if not isinstance(timing, dict) or not isinstance(timing.get("sessions"), list):
+            timing = {"sessions": []}
+        timing["sessions"].append({"start_step": self.step, "marks": []})
+        self._timing = timing
+        self._t0 = time.perf_counter()
+        if self.dist.is_main:
+            write_json(self._timing_path, timing)
+
+    def save_checkpoint(self, path: Path) -> None:
+        if self.dist.is_main:  # the mark first: a crash inside the save leaves a mark the resume never uses
+            self._timing["sessions"][-1]["marks"].append([self.step, time.perf_counter() - self._t0])
+            write_json(self._timing_path, self._timing)
+        super().save_checkpoint(path)
+
+
+def training_time(timing: dict | None, final_step: int | None = None) -> float | None:
+    """Seconds of training behind the final checkpoint: for each session, its time up to the checkpoint the
+    next session resumed from (the last session: up to ``final_step`` or its last checkpoint)."""
+    if not isinstance(timing, dict) or not timing.get("sessions"):
+        return None
+    sessions = timing["sessions"]
+    total = 0.0
+    for i, session in enumerate(sessions):
+        end = sessions[i + 1]["start_step"] if i + 1 < len(sessions) else final_step
+        marks = [(int(s), float(t)) for s, t in session.get("marks", []) if end is None or s <= end]
+        total += max((t for _, t in marks), default=0.0)
+    return total
+
+
+# -- evaluation -----------------------------------------------------------------------------------------------
+
+
+def _eval_recipe(run: RunPlan, plan: Plan) -> Recipe:
+    tree = copy.deepcopy(run.recipe)
+    tree["eval"] = {**(tree.get("eval") or {}), **plan.eval.recipe_overrides(), "knn": True,
+                    "linear": plan.eval.linear, "random_init_baseline": plan.eval.baseline, "reconstructions": 0}
+    return Recipe(tree, plan.spec_file)
+
+
+@torch.no_grad()
+def make_samples(model, recipe: Recipe, registry, *, images: int, masks: int, seed: int,
+                 device: torch.device) -> dict:
+    """Pictures for the report: the first ``images`` test images under this model's masks, reconstructed
+    (``pictures`` uint8 ``[K, 4, C, H, W]``: original, masked, reconstruction, reconstruction + visible; only the
+    first two when the target has no pixel form), and ``masks`` mask samples (bool ``[M, N]``)."""
+    from maskkit.builder import build_dataset
+    from maskkit.evaluate import eval_loader
+    from maskkit.patches import upsample_mask
+    from maskkit.visualize import reconstruction_rows
+
+    grid = tuple(model.grid)
+    out: dict[str, Any] = {"grid": list(grid)}
+    gen = torch.Generator().manual_seed(seed)
+    out["masks"] = model.masker(masks, grid, generator=gen, device="cpu").cpu() if masks else \
+        torch.zeros(0, grid[0] * grid[1], dtype=torch.bool)
+    if not images:
+        return out
+    test_set = build_dataset(recipe, "test", registry)
+    batch = next(iter(eval_loader(test_set, model.encoder.img_size, min(images, len(test_set)))))[0].to(device)
+    mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device)
+    k = batch.shape[0]
+    try:
+        rows = reconstruction_rows(model, batch, mask, test_set.mean, test_set.std)  # [K * 4, C, H, W]
+        pictures = rows.reshape(k, 4, *rows.shape[1:])
+    except ValueError:  # a target without pixel form: original and masked only
+        mean = torch.tensor(test_set.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(test_set.std, device=device).view(1, -1, 1, 1)
+        original = (batch * std + mean).clamp(0, 1)
+        pixel_mask = upsample_mask(mask, grid, model.encoder.patch_size).to(original.dtype)
+        masked = original * (1 - pixel_mask) + 0.5 * pixel_mask
+        pictures = torch.stack([original, masked], dim=1)
+    out["pictures"] = (pictures.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    out["image_masks"] = mask.cpu()
+    return out
+
+
+def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, device: torch.device) -> dict:
+    """Score ``model`` (trained by ``run``) on frozen features and write ``eval.json`` and ``samples.pt``."""
+    from maskkit.engine.checkpoint import save_atomic
+    from maskkit.evaluate import evaluate
+
+    run_dir = run.run_dir(out_dir)
+    recipe = _eval_recipe(run, plan)
+    start = time.perf_counter()
+    scores = evaluate(model, recipe, device=device, registry=registry, baseline=plan.eval.baseline,
+                      linear=plan.eval.linear)
+    elapsed = time.perf_counter() - start
+    samples = make_samples(model, recipe, registry, images=plan.eval.reconstructions,
+                           masks=plan.eval.mask_samples, seed=run.seed, device=device)
+    save_atomic(samples, run_dir / SAMPLES_FILE)
+    scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": eval_settings(plan)}
+    write_json(run_dir / EVAL_FILE, scores)
+    return scores
+
+
+def _model_from_checkpoint(run: RunPlan, run_dir: Path, registry, device: torch.device):
+    from maskkit.builder import build_model
+    from maskkit.engine.checkpoint import load_training_checkpoint
+
+    state = load_training_checkpoint(run_dir / CHECKPOINT_NAME)
+    recipe = Recipe(state["recipe"], str(run_dir / CHECKPOINT_NAME))
+    model = build_model(recipe, registry)
+    model.load_state_dict(state["model"])
+    return model.to(device)
+
+
+# -- one run ------------------------------------------------------------------------------------------------
+
+
+def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None, console: Console | None = None,
+                progress: bool = True, retry_failed: bool = False) -> RunStatus:
+    """Bring ``run`` to finished: train (from scratch or from its checkpoint), then evaluate. Errors a user can
+    act on (:class:`~maskkit.errors.MaskkitError`: a diverged loss, a bad component argument) mark the run
+    failed and are returned in the status; anything else propagates (the checkpoint stays for a resume)."""
+    from maskkit.registry import default_registry
+
+    out_dir = Path(out_dir)
+    registry = registry or default_registry()
+    console = console or Console(stderr=True)
+    status = run_status(run, plan, out_dir)
+    if status.state == DONE or (status.state == FAILED and not retry_failed):
+        return status
+    run_dir = run.run_dir(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / EVAL_FILE).unlink(missing_ok=True)
+    step = status.step
+    resume = step > 0 and step < run.steps
+    if step == 0:  # a fresh start: nothing of an earlier attempt may leak into this run's records
+        for name in ("metrics.jsonl", TIMING_FILE, SAMPLES_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+    write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": "running", "started": time.time(),
+                                       "pid": os.getpid()})
+    try:
+        recipe = Recipe(run.recipe, plan.spec_file)
+        if step < run.steps:
+            trainer = CompareTrainer(recipe, run_dir, registry=registry, console=console, progress=progress,
+                                     resume=run_dir / CHECKPOINT_NAME if resume else None)
+            trainer.fit()
+            model, device = trainer.model, trainer.device
+        else:
+            device = pick_device(recipe.train.device)
+            model = _model_from_checkpoint(run, run_dir, registry, device)
+        evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
+    except MaskkitError as exc:
+        write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": FAILED, "error": str(exc),
+                                           "time": time.time()})
+        return RunStatus(run, FAILED, checkpoint_step(run_dir / CHECKPOINT_NAME) or 0, str(exc))
+    write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": DONE, "time": time.time()})
+    return RunStatus(run, DONE, run.steps)
+
+
+# -- many runs ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CompareOutcome:
+    """What one invocation did: run ids by what happened to them."""
+
+    plan: Plan
+    out_dir: Path
+    trained: tuple[str, ...] = ()
+    resumed: tuple[str, ...] = ()
+    evaluated: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    errors: dict = attrs.field(factory=dict)
+    report_dir: Path | None = None
+
+
+def gpu_slots(gpus: str | Sequence[str] | None) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each worker. ``"auto"``: every visible GPU when there are two or
+    more (one or none: an empty list, i.e. runs in this process); ``"none"``: none; ``"0,2"``: those."""
+    if gpus is None or gpus == "none":
+        return []
+    if gpus == "auto":
+        if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+            return []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+        return ids[:torch.cuda.device_count()] if ids else [str(i) for i in range(torch.cuda.device_count())]
+    items = gpus.split(",") if isinstance(gpus, str) else list(gpus)
+    slots = [str(g).strip() for g in items if str(g).strip()]
+    if not slots:
+        raise MaskkitError(f"--gpus: expected auto, none or a list such as 0,1; got {gpus!r}")
+    return slots
+
+
+def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: Console,
+                 retry_failed: bool) -> dict[str, int]:
+    """One worker process per slot (``CUDA_VISIBLE_DEVICES=slot``), each taking the next run when free. Each
+    worker's output goes to its run folder's ``worker.log``. Returns each run's exit status."""
+    codes: dict[str, int] = {}
+    queue = collections.deque(runs)
+    active: dict[str, tuple[subprocess.Popen, RunPlan, Any]] = {}
+    try:
+        while queue or active:
+            for slot in slots:
+                if slot not in active and queue:
+                    run = queue.popleft()
+                    run_dir = run.run_dir(out_dir)
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    log = open(run_dir / "worker.log", "a")
+                    env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
+                    cmd = [sys.executable, "-m", "maskkit.compare.worker", str(out_dir), run.run_id]
+                    if retry_failed:
+                        cmd.append("--retry-failed")
+                    active[slot] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run, log)
+                    console.print(escape(f"[gpu {slot}] {run.run_id}: started (log: {run_dir / 'worker.log'})"))
+            time.sleep(0.5)
+            for slot, (proc, run, log) in list(active.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                log.close()
+                del active[slot]
+                codes[run.run_id] = code
+                state = (read_json(run.run_dir(out_dir) / STATUS_FILE) or {}).get("status")
+                word = "finished" if code == 0 and state == DONE else f"ended with exit status {code} ({state})"
+                console.print(escape(f"[gpu {slot}] {run.run_id}: {word}"))
+    finally:
+        for proc, _, log in active.values():  # interrupted: stop the workers (their checkpoints stay)
+            proc.terminate()
+        for proc, _, log in active.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    return codes
+
+
+def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: Console | None = None,
+                   progress: bool = True, gpus: str | Sequence[str] | None = "auto", retry_failed: bool = False,
+                   spec_text: str | None = None, report: bool = True) -> CompareOutcome:
+    """Run every unfinished run of ``plan`` into ``out_dir``, then write the report."""
+    out_dir = Path(out_dir)
+    console = console or Console(stderr=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec_text is not None:
+        (out_dir / "spec.yaml").write_text(spec_text)
+    statuses = [run_status(run, plan, out_dir) for run in plan.runs]  # refuses a mismatched folder up front
+    plan.save(out_dir / PLAN_FILE)
+    todo = [s for s in statuses if s.state not in (DONE,) and not (s.state == FAILED and not retry_failed)]
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for s in statuses:
+        groups[s.state].append(s.run.run_id)
+    console.print(f"{len(plan.runs)} runs: {len(groups[DONE])} finished, {len(groups[PARTIAL])} to resume, "
+                  f"{len(groups[TRAINED])} to evaluate, {len(groups[PENDING])} to train"
+                  + (f", {len(groups[FAILED])} failed earlier" + ("" if retry_failed else " (--retry-failed)")
+                     if groups[FAILED] else ""))
+    slots = gpu_slots(gpus) if todo else []
+    if len(slots) > 1 and len(todo) > 1:
+        codes = _run_workers([s.run for s in todo], out_dir, slots, console, retry_failed)
+        results = []
+        for s in todo:
+            status = run_status(s.run, plan, out_dir)
+            if status.state != DONE and status.error is None:
+                log = s.run.run_dir(out_dir) / "worker.log"
+                status = attrs.evolve(status, error=f"worker exited with status {codes.get(s.run.run_id)} at "
+                                                    f"step {status.step}; see {log}")
+            results.append(status)
+    else:
+        results = []
+        for i, s in enumerate(todo):
+            what = {PARTIAL: f"resuming at step {s.step}", TRAINED: "evaluating"}.get(s.state, "training")
+            console.print(escape(f"[{i + 1}/{len(todo)}] {s.run.run_id}: {what} ({s.run.steps} steps)"))
+            results.append(execute_run(s.run, plan, out_dir, registry=registry, console=console,
+                                       progress=progress, retry_failed=retry_failed))
+    final = {r.run.run_id: r for r in results}
+    failed = [s.run.run_id for s in statuses if s.state == FAILED and s.run.run_id not in final]
+    failed += [rid for rid, r in final.items() if r.state != DONE]
+    errors = {rid: (final[rid].error if rid in final else next(s.error for s in statuses if s.run.run_id == rid))
+              for rid in failed}
+    for rid, error in errors.items():
+        console.print(f"[red]{escape(rid)} failed:[/red] {escape(str(error))}")
+    outcome = CompareOutcome(
+        plan, out_dir,
+        trained=tuple(s.run.run_id for s in todo if s.state == PENDING and final[s.run.run_id].state == DONE),
+        resumed=tuple(s.run.run_id for s in todo if s.state == PARTIAL and final[s.run.run_id].state == DONE),
+        evaluated=tuple(s.run.run_id for s in todo if s.state == TRAINED and final[s.run.run_id].state == DONE),
+        skipped=tuple(groups[DONE]), failed=tuple(failed), errors=errors)
+    if report:
+        from maskkit.compare.report import write_report
+
+        outcome = attrs.evolve(outcome, report_dir=write_report(out_dir, plan))
+    return outcome

@@ -1,0 +1,309 @@
+"""maskkit compare: the spec format and its errors, matched budgets, a tiny comparison end to end, and resume."""
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from rich.console import Console
+
+import maskkit
+from maskkit.compare import load_spec, make_plan, run_comparison
+from maskkit.compare.cli import add_parser
+from maskkit.compare.runner import training_time
+from maskkit.compare.worker import main as worker_main
+from maskkit.errors import ConfigError, MaskkitError
+
+from helpers import tiny_tree
+
+REPORT_FILES = ("results.csv", "summary.csv", "results.json", "report.md", "report.html", "loss_curves.png",
+                "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
+
+
+class SmallFashion:
+    """Dataset ``small_fashion``: the first 96 train / 48 test embedded Fashion-MNIST images (fast evaluation)."""
+
+    @maskkit.hookimpl
+    def maskkit_add_datasets(self):
+        from maskkit.data.fashion_mnist import FashionMNIST
+
+        def small_fashion(split: str = "train"):
+            data = FashionMNIST(split, source="embedded")
+            n = 96 if split == "train" else 48
+            data.images, data.labels = data.images[:n], data.labels[:n]
+            return data
+
+        return {"small_fashion": small_fashion}
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfterCheckpoint:
+    """Crashes the run of ``variant`` right after its checkpoint of ``step`` is written."""
+
+    def __init__(self, variant, step):
+        self.variant, self.step = variant, step
+
+    @maskkit.hookimpl
+    def maskkit_checkpoint_saved(self, trainer, step):
+        if step == self.step and trainer.run_dir.parent.name == self.variant:
+            raise Crash(f"crash after step {step}")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+
+
+def quiet():
+    return Console(file=open("/dev/null", "w"), width=200)
+
+
+def write_spec(folder, **changes):
+    """A tiny spec: the tests' tiny recipe (7x7 grid, batch 8, 96 images = 12 steps/epoch) and two variants of
+    the built-in random masker, 4 steps each, one seed, kNN + linear probe."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tree = tiny_tree(data={"name": "small_fashion"})
+    tree["train"].update(max_steps=6, ckpt_every=2, log_every=1)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(tree))
+    spec = {"description": "random 75% against random 50%", "base": "tiny.yaml",
+            "variants": {"r75": {}, "r50": {"masker": {"name": "random", "ratio": 0.5}}},
+            "seeds": 1, "budget": {"match": "epochs", "steps": 4},
+            "eval": {"knn": True, "linear": True, "reconstructions": 3, "mask_samples": 4}}
+    spec.update(changes)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def scores(out, run_id):
+    data = json.loads((out / "runs" / run_id / "eval.json").read_text())
+    return {k: data[k] for k in ("knn_top1", "linear_top1")}
+
+
+def losses(out, run_id):
+    return [json.loads(line)["loss"] for line in (out / "runs" / run_id / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- the spec ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"variant": {"a": {}}}, "variant: unknown key (did you mean variants?)"),
+    ({"variants": {"a": {"maskr": {"name": "random"}}}}, "variants.a.maskr: unknown key (did you mean masker?)"),
+    ({"variants": {"a": ["masker.ratio"]}}, "variants.a: bad override 'masker.ratio': expected key.path=value"),
+    ({"variants": {"a": ["masker.ratio=[0.5"]}}, "variants.a: bad override 'masker.ratio=[0.5': the value is not"),
+    ({"variants": {"a": {"masker.ratio.x": 1}}}, "variants.a.masker.ratio.x: cannot set masker.ratio.x"),
+    ({"variants": {"a": {"masker": {"name": "blok", "ratio": 0.5}}}},
+     "variants.a.masker.name: unknown masker 'blok'"),
+    ({"variants": {"a": {"masker.ratio": 1.5}}}, "variants.a.masker.ratio: expected a float in (0, 1), got 1.5"),
+    ({"variants": {"a": {"masker.size": 3}}}, "variants.a.masker.size: random has no argument 'size'"),
+    ({"variants": {"a": {"train.batch_size": 4}}}, "variants.a.train.batch_size: a variant may not change this"),
+    ({"variants": {"a": {"seed": 3}}}, "variants.a.seed: a variant may not change this"),
+    ({"budget": {"match": "flops"}}, "budget.match: expected one of epochs, tokens, got 'flops'"),
+    ({"budget": {"match": "tokens", "reference": "r25"}}, "budget.reference: no variant named 'r25'"),
+    ({"budget": {"epochs": 1, "steps": 3}}, "budget: give one of epochs, steps, tokens, not epochs and steps"),
+    ({"eval": {"knn": False}}, "eval: measure something"),
+    ({"seeds": 0}, "seeds: expected a positive count"),
+    ({"base": "nothere.yaml"}, "base: 'nothere.yaml': no such recipe file"),
+])
+def test_spec_errors_are_one_line_naming_the_file_and_key(tmp_path, registry, changes, message):
+    path = write_spec(tmp_path, **changes)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path, registry=registry)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_spec_forms_resolve_to_recipes(tmp_path, registry):
+    path = write_spec(tmp_path, variants={"base": None, "swap": {"masker": {"name": "random", "ratio": 0.5}},
+                                          "dotted": {"masker.ratio": 0.5}, "cli": ["masker.ratio=0.5"]},
+                      seeds=[3, 7], overrides=["train.base_lr=2.0e-3"])
+    spec = load_spec(path, registry=registry)
+    trees = {v.name: v.tree for v in spec.variants}
+    assert trees["base"]["masker"] == {"name": "random", "ratio": 0.75}
+    assert trees["swap"] == trees["dotted"] == trees["cli"] != trees["base"]
+    assert all(t["train"]["base_lr"] == 2e-3 for t in trees.values())
+    assert spec.seeds == (3, 7) and spec.data_seed == 0 and [v.name for v in spec.variants] == list(trees)
+    assert spec.variant("swap").describe() == "masker={name: random, ratio: 0.5}"
+    plan = make_plan(spec, registry)
+    assert [r.run_id for r in plan.runs][:4] == ["base/seed3", "swap/seed3", "dotted/seed3", "cli/seed3"]
+    for run in plan.runs:  # every run: its own init/mask seed, the one data order, the budget's steps
+        assert run.recipe["seed"] == run.seed and run.recipe["data_seed"] == 0
+        assert run.recipe["train"]["max_steps"] == 4
+
+
+def test_matched_token_budget_steps_by_hand(tmp_path, registry):
+    """7x7 = 49 patches + 1 cls token, batch 8, 96 images -> 12 steps/epoch.
+    random 0.75 hides 49 - int(49 * 0.25) = 37: 12 visible + 1 = 13 tokens/image, 104/step.
+    random 0.5 hides 49 - int(49 * 0.5) = 25: 24 visible + 1 = 25 tokens/image, 200/step.
+    dense encoder: all 49 + 1 = 50 tokens/image, 400/step."""
+    variants = {"r75": {}, "r50": {"masker.ratio": 0.5}, "dense": {"encoder.dense": True}}
+    plan = make_plan(load_spec(write_spec(tmp_path, variants=variants,
+                                          budget={"match": "tokens", "steps": 50, "reference": "r75"}),
+                               registry=registry), registry)
+    assert plan.steps_per_epoch == 12
+    assert [v.tokens_per_image for v in plan.variants] == [13, 25, 50]
+    assert [v.tokens_per_step for v in plan.variants] == [104, 200, 400]
+    assert plan.budget_tokens == 50 * 104 == 5200
+    assert [v.steps for v in plan.variants] == [50, 26, 13]  # 5200/200 = 26, 5200/400 = 13
+    assert [r.recipe["train"]["max_steps"] for r in plan.runs] == [50, 26, 13]
+    assert "equal encoder tokens" in plan.budget_text()
+
+    plan = make_plan(load_spec(write_spec(tmp_path, variants=variants, budget={"match": "tokens", "tokens": 1000}),
+                               registry=registry), registry)
+    assert [v.steps for v in plan.variants] == [10, 5, 3]  # 9.6 -> 10, 5.0, 2.5 -> 3 (halves round up)
+
+    plan = make_plan(load_spec(write_spec(tmp_path, variants=variants, budget={"match": "epochs", "epochs": 2}),
+                               registry=registry), registry)
+    assert [v.steps for v in plan.variants] == [24, 24, 24]
+    assert [v.encoder_tokens for v in plan.variants] == [24 * 104, 24 * 200, 24 * 400]
+    assert "equal epochs" in plan.budget_text()
+
+
+def test_plan_refuses_a_variant_whose_model_cannot_be_built(tmp_path, registry):
+    """Caught before anything trains, not when that variant's run starts."""
+    spec = load_spec(write_spec(tmp_path, variants={"r75": {}, "deep": {"decoder.depthh": 2}}), registry=registry)
+    with pytest.raises(ConfigError, match=r"spec.yaml: variants.deep.decoder.depthh: mae has no argument 'depthh'"):
+        make_plan(spec, registry)
+
+
+def test_training_time_counts_the_work_behind_the_final_checkpoint():
+    timing = {"sessions": [{"start_step": 0, "marks": [[2, 1.0], [4, 2.0]]},  # crashed after step 5
+                           {"start_step": 4, "marks": [[6, 1.5]]}]}
+    assert training_time(timing, final_step=6) == 2.0 + 1.5
+    assert training_time({"sessions": [{"start_step": 0, "marks": []}]}) == 0.0
+    assert training_time(None) is None
+
+
+# -- end to end -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, registry):
+    """The two-variant comparison, uninterrupted."""
+    folder = tmp_path_factory.mktemp("full")
+    spec = load_spec(write_spec(folder), registry=registry)
+    outcome = run_comparison(make_plan(spec, registry), folder / "out", registry=registry, console=quiet(),
+                             progress=False)
+    return folder / "out", outcome
+
+
+def test_comparison_end_to_end_writes_every_report_file(full):
+    out, outcome = full
+    assert sorted(outcome.trained) == ["r50/seed0", "r75/seed0"] and not outcome.failed
+    for name in REPORT_FILES:
+        assert (out / "report" / name).is_file() and (out / "report" / name).stat().st_size > 0, name
+    from PIL import Image
+
+    for name in REPORT_FILES[5:]:
+        assert Image.open(out / "report" / name).size[0] > 100
+    with (out / "report" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["seed"], r["status"]) for r in rows] == [("r75", "0", "done"), ("r50", "0", "done")]
+    assert [int(r["tokens_per_step"]) for r in rows] == [104, 200]
+    for r in rows:
+        assert 0 <= float(r["knn_top1"]) <= 1 and 0 <= float(r["linear_top1"]) <= 1
+        assert float(r["final_loss"]) > 0 and float(r["images_per_s"]) > 0 and float(r["train_time_s"]) > 0
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["comparison"]["budget"]["match"] == "epochs"
+    r50 = results["variants"][1]
+    assert r50["variant"] == "r50" and r50["knn_top1"]["n"] == 1 and r50["knn_top1"]["std"] is None
+    assert r50["delta_knn_top1"]["mean"] == pytest.approx(float(rows[1]["knn_top1"]) - float(rows[0]["knn_top1"]))
+    report = (out / "report" / "report.md").read_text()
+    assert "| variant | masker | kNN top-1 (%) | linear top-1 (%) | final loss | images/s | enc. tokens/step" in report
+    assert "| r50 | random(ratio=0.5) |" in report
+    assert "equal epochs" in report and "data_seed 0" in report and "![" in report
+    # the same data order in every run, masks and init from the seed
+    recipes = [yaml.safe_load((out / "runs" / v / "seed0" / "recipe.yaml").read_text()) for v in ("r75", "r50")]
+    assert [(r["seed"], r["data_seed"], r["train"]["max_steps"]) for r in recipes] == [(0, 0, 4)] * 2
+    samples = torch.load(out / "runs" / "r50" / "seed0" / "samples.pt", weights_only=True)
+    assert samples["pictures"].shape == (3, 4, 1, 28, 28) and samples["masks"].shape == (4, 49)
+    assert samples["masks"].sum(1).tolist() == [25] * 4
+
+
+def test_resume_a_half_finished_comparison(full, tmp_path, registry):
+    full_out, _ = full
+    spec = load_spec(write_spec(tmp_path), registry=registry)
+    plan = make_plan(spec, registry)
+    out = tmp_path / "out"
+    crashing = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
+                                                                      "crash": CrashAfterCheckpoint("r50", 2)})
+    with pytest.raises(Crash):
+        run_comparison(plan, out, registry=crashing, console=quiet(), progress=False)
+    assert (out / "runs" / "r75" / "seed0" / "eval.json").is_file()
+    assert not (out / "runs" / "r50" / "seed0" / "eval.json").exists()
+
+    outcome = run_comparison(plan, out, registry=registry, console=quiet(), progress=False, report=False)
+    assert outcome.skipped == ("r75/seed0",) and outcome.resumed == ("r50/seed0",) and not outcome.trained
+    for run_id in ("r75/seed0", "r50/seed0"):  # exactly the uninterrupted numbers
+        assert scores(out, run_id) == scores(full_out, run_id)
+        assert losses(out, run_id) == losses(full_out, run_id)
+
+    (out / "runs" / "r75" / "seed0" / "eval.json").unlink()  # trained but not evaluated: evaluate only
+    outcome = run_comparison(plan, out, registry=registry, console=quiet(), progress=False, report=False)
+    assert outcome.evaluated == ("r75/seed0",) and outcome.skipped == ("r50/seed0",) and not outcome.trained
+    assert scores(out, "r75/seed0") == scores(full_out, "r75/seed0")
+
+    assert worker_main([str(out), "r50/seed0"]) == 0  # the per-GPU worker finds the run finished
+
+    changed = make_plan(load_spec(write_spec(tmp_path, budget={"match": "epochs", "steps": 5}), registry=registry),
+                        registry)
+    with pytest.raises(MaskkitError, match=r"trained with a different recipe.*differs in train\.max_steps"):
+        run_comparison(changed, out, registry=registry, console=quiet(), progress=False)
+
+
+def test_cli_report_only_and_dry_run(full, tmp_path, capsys):
+    out, _ = full
+    parser = argparse.ArgumentParser(prog="maskkit")
+    add_parser(parser.add_subparsers(dest="command"))
+    shutil.rmtree(out / "report")
+    args = parser.parse_args(["compare", str(tmp_path / "unused.yaml"), "--out", str(out), "--report-only"])
+    (tmp_path / "unused.yaml").write_text("{}")
+    console = Console(width=250, force_terminal=False)
+    assert args.func(args, console) == 0
+    printed = capsys.readouterr().out
+    assert "r75" in printed and "r50" in printed and "kNN top-1" in printed
+    assert all((out / "report" / name).is_file() for name in REPORT_FILES)
+
+    quickstart = str(Path(__file__).parents[1] / "recipes" / "quickstart.yaml")
+    spec = write_spec(tmp_path, base=quickstart, variants={"r75": {}, "block50": {
+        "masker": {"name": "blok", "ratio": 0.5}}})
+    args = parser.parse_args(["compare", str(spec), "--dry-run"])
+    with pytest.raises(ConfigError, match=rf"^{spec}: variants.block50.masker.name: unknown masker 'blok'"):
+        args.func(args, console)
+
+
+class PoisonVariant:
+    """Sets a weight of ``variant``'s model to NaN before its first step: a diverged run."""
+
+    def __init__(self, variant):
+        self.variant = variant
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, trainer, model, step):
+        if trainer.run_dir.parent.name == self.variant:
+            with torch.no_grad():
+                model.decoder.decoder_pred.weight.fill_(float("nan"))
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path):
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
+                                                                      "poison": PoisonVariant("r75")})
+    spec = load_spec(write_spec(tmp_path, budget={"steps": 2}, eval={"knn": True, "mask_samples": 2,
+                                                                     "reconstructions": 2}), registry=registry)
+    outcome = run_comparison(make_plan(spec, registry), tmp_path / "out", registry=registry, console=quiet(),
+                             progress=False)
+    assert outcome.failed == ("r75/seed0",) and outcome.trained == ("r50/seed0",)
+    assert "non-finite loss at step 0" in outcome.errors["r75/seed0"]
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "**Failed runs:**" in report and "r75/seed0: non-finite loss" in report
+    again = run_comparison(make_plan(spec, registry), tmp_path / "out", registry=registry, console=quiet(),
+                           progress=False, report=False)
+    assert again.failed == ("r75/seed0",) and again.skipped == ("r50/seed0",) and not again.trained  # not retried
