@@ -2,6 +2,7 @@
 
     maskkit train RECIPE [key.path=value ...] [--out DIR] [--resume CKPT]
     maskkit compare SPEC.yaml [--out DIR] [--gpus auto]
+    maskkit bench [--device cuda] [--models vit_base_patch16,vit_large_patch16]
     maskkit eval knn|linear CHECKPOINT
     maskkit visualize CHECKPOINT [--out recon.png]
     maskkit export CHECKPOINT --out encoder.pth
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     from maskkit.compare.cli import add_parser as add_compare_parser
 
     add_compare_parser(sub)
+    from maskkit.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
 
     p = sub.add_parser("train", help="train from a recipe")
     p.add_argument("recipe", nargs="?", help="recipe .yaml path or registered name (optional with --resume)")

@@ -202,6 +202,9 @@ class Recipe:
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
         _ = self.seed, self.data_seed, self.train, self.augment, self.eval
+        from maskkit.engine.distributed import distributed_config
+
+        distributed_config(self)
 
     def dump(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)

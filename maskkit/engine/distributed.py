@@ -1,17 +1,73 @@
-"""torch.distributed as started by ``torchrun``: who am I, and the few collectives the engine needs.
+"""torch.distributed as started by ``torchrun``: who am I, the few collectives the engine needs, and how the
+model is spread over the processes (DDP or FSDP2).
 
 ``torchrun --nproc_per_node N -m maskkit train R.yaml`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the
 engine then initialises the default process group (NCCL on GPU, gloo on CPU). A plain ``maskkit train`` runs
 as world size 1 with no process group.
+
+The recipe's ``distributed`` section (:class:`DistributedConfig`) picks the strategy: ``ddp`` (default) keeps a
+full replica per process and all-reduces gradients; ``fsdp`` shards parameters, gradients and optimizer state
+with ``torch.distributed.fsdp.fully_shard`` (FSDP2), one unit per transformer block plus the rest, for encoders
+too large to replicate. Checkpoints are always written unsharded (:func:`gather_state`), so a checkpoint of
+either strategy resumes under either, and loads into a plain model.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 
 import attrs
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from maskkit.errors import ConfigError, expected
+
+
+def _one_of(*choices):
+    def check(inst, attribute, value):
+        if value not in choices:
+            raise ConfigError(attribute.name, expected(f"one of {', '.join(choices)}", value))
+
+    return check
+
+
+def _bool(inst, attribute, value):
+    if not isinstance(value, bool):
+        raise ConfigError(attribute.name, expected("true or false", value))
+
+
+def _optional_bool(inst, attribute, value):
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(attribute.name, expected("true, false or null", value))
+
+
+@attrs.frozen(kw_only=True)
+class DistributedConfig:
+    """The recipe's ``distributed`` section; it matters only when launched with ``WORLD_SIZE > 1``.
+
+    ``strategy``: ``ddp`` (a full replica per process) or ``fsdp`` (FSDP2: parameters, gradients and
+    optimizer state sharded over the processes; each transformer block is one unit). ``find_unused_parameters``
+    (DDP): whether DDP searches each step's autograd graph for parameters that got no gradient (a small cost per
+    step); needed when some trainable parameter is unused, or DDP stops with "Expected to have finished
+    reduction". ``null`` (default): true when the encoder is dense (the MAE decoder's mask token is then
+    unused), false otherwise. ``reshard_after_forward`` (FSDP): free each block's gathered parameters after its
+    forward and gather them again in backward (least memory), or keep them until the backward (less traffic).
+    """
+
+    strategy: str = attrs.field(default="ddp", validator=_one_of("ddp", "fsdp"))
+    find_unused_parameters: bool | None = attrs.field(default=None, validator=_optional_bool)
+    reshard_after_forward: bool = attrs.field(default=True, validator=_bool)
+
+
+def distributed_config(recipe) -> DistributedConfig:
+    """The validated ``distributed`` section of ``recipe`` (defaults when absent)."""
+    from maskkit.recipe import _section_config
+
+    return _section_config(DistributedConfig, recipe.tree, "distributed", recipe.file)
 
 
 @attrs.frozen
@@ -64,3 +120,144 @@ class DistContext:
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# -- spreading the model ------------------------------------------------------------------------------------
+
+
+def _block_units(model: nn.Module) -> list[nn.Module]:
+    """The FSDP units below the root: every member of a ``ModuleList``/``Sequential`` whose attribute name
+    ends in ``blocks`` (timm's ``blocks``, the MAE decoder's ``decoder_blocks``, Swin's ``layers.i.blocks``)."""
+    units = []
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2].endswith("blocks") and isinstance(module, (nn.ModuleList, nn.Sequential)):
+            units.extend(module.children())
+    return units
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters were sharded by :func:`parallelize` (FSDP2)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+class _TupleOutput(nn.Module):
+    """The module DDP and FSDP wrap: ``model``'s forward, its output turned from an attrs class (such as
+    :class:`~maskkit.interfaces.MaskedOutput`) into a namedtuple with the same fields. DDP and FSDP find the
+    output tensors (to hook the backward pass) in tuples, dicts and dataclasses only; a namedtuple keeps the
+    attribute access (``out.loss``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._types: dict[type, type] = {}
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        if not attrs.has(type(out)):
+            return out
+        cls = self._types.get(type(out))
+        if cls is None:
+            cls = self._types[type(out)] = collections.namedtuple(type(out).__name__, attrs.fields_dict(type(out)))
+        return cls(*attrs.astuple(out, recurse=False))
+
+
+def parallelize(model: nn.Module, ctx: DistContext, cfg: DistributedConfig, device: torch.device) -> nn.Module:
+    """The module to call for the forward pass of a multi-process run, over ``model`` (its parameters stay
+    ``model``'s). Call it before building the optimizer: FSDP replaces the parameters by sharded ``DTensor`` ones.
+
+    ``ddp``: ``DistributedDataParallel`` (rank 0's parameters are broadcast to all at construction). ``fsdp``:
+    FSDP2 in place: ``fully_shard`` on each transformer block, then on the whole (the root unit)."""
+    wrapper = _TupleOutput(model)
+    if cfg.strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (ctx.world_size,))
+        for unit in _block_units(model):
+            fully_shard(unit, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward)
+        return fully_shard(wrapper, mesh=mesh)  # the root keeps its parameters gathered for the backward
+    ids = [device.index] if device.type == "cuda" else None
+    find = cfg.find_unused_parameters
+    if find is None:  # (DDP's static_graph would find them by itself, but it breaks with no_sync accumulation)
+        find = not getattr(getattr(model, "encoder", None), "sparse", True)
+    return nn.parallel.DistributedDataParallel(wrapper, device_ids=ids, find_unused_parameters=find)
+
+
+@contextlib.contextmanager
+def no_grad_sync(module: nn.Module) -> Iterator[None]:
+    """Accumulate gradients locally, without the all-reduce (DDP) or reduce-scatter (FSDP2), inside the block:
+    for every micro-step of an accumulation but the last. A plain module is left as it is."""
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    elif hasattr(module, "no_sync"):  # DDP
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+# -- unsharded state ----------------------------------------------------------------------------------------
+
+
+def _full(value):
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _like(value, ref):
+    """``value`` (a whole tensor) laid out as ``ref``: sharded like it when ``ref`` is a ``DTensor`` of the same
+    global shape (every process holds the whole ``value``, so each just keeps its piece); otherwise unchanged."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(ref, DTensor) and isinstance(value, torch.Tensor) and value.shape == ref.shape:
+        return distribute_tensor(value.to(ref.device), ref.device_mesh, ref.placements, src_data_rank=None)
+    return value
+
+
+def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext) -> tuple[dict, dict] | None:
+    """The whole model and optimizer state dicts on the main process (on the CPU when sharded), ``None`` on
+    the others. Under FSDP it gathers every shard, so every process must call it."""
+    if not is_sharded(model):
+        return (model.state_dict(), optimizer.state_dict()) if ctx.is_main else None
+
+    def whole(value):  # gathered one tensor at a time; only the main process keeps it (on the CPU)
+        value = _full(value)
+        if not ctx.is_main:
+            return None
+        return value.cpu() if isinstance(value, torch.Tensor) else value
+
+    model_state = {k: whole(v) for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    optim_state = {"state": {i: {k: whole(v) for k, v in s.items()} for i, s in optim["state"].items()},
+                   "param_groups": optim["param_groups"]}
+    return (model_state, optim_state) if ctx.is_main else None
+
+
+def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    """Load whole state dicts (as :func:`gather_state` returns them) into ``model`` and ``optimizer``, sharding
+    them like the model's parameters when it is sharded (every process reads the whole checkpoint)."""
+    if not is_sharded(model):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        return
+    current = model.state_dict()
+    model.load_state_dict({k: _like(v, current.get(k)) for k, v in model_state.items()})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {i: {k: _like(v, params[int(i)]) for k, v in s.items()} for i, s in optim_state["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": optim_state["param_groups"]})
+
+
+def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
+    """A plain (unsharded) model with ``model``'s weights, from ``build()``: what evaluation, export and
+    plugins need after FSDP training. Collective: every process must call it."""
+    state = {k: _full(v) for k, v in model.state_dict().items()}
+    plain = build()
+    plain.load_state_dict(state)
+    return plain

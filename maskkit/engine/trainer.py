@@ -25,7 +25,8 @@ from maskkit.builder import build_dataset, build_model
 from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
-from maskkit.engine.distributed import DistContext
+from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
+                                        no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
 from maskkit.errors import CheckpointError, ConfigError, TrainingError
 from maskkit.recipe import Recipe
@@ -34,7 +35,8 @@ from maskkit.registry import Registry, default_registry
 CHECKPOINT_NAME = "checkpoint.pth"
 # Sections that may change between a checkpoint and its resumption without breaking exactness.
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every"),
-                      ("train", "num_workers"), ("train", "device")}
+                      ("train", "num_workers"), ("train", "device"),
+                      ("distributed", "strategy")}  # checkpoints are unsharded: either strategy resumes either
 
 
 def mask_seed(seed: int, micro_step: int) -> int:
@@ -104,6 +106,7 @@ class Trainer:
         cfg, recipe = self.cfg, self.recipe
         self.device = pick_device(cfg.device)
         self.dist = DistContext.from_env(self.device.type)
+        self.dist_cfg = distributed_config(recipe)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         resume_state = ckpt.load_training_checkpoint(self.resume_path) if self.resume_path else None
@@ -111,6 +114,9 @@ class Trainer:
             self._check_resumable(resume_state)
         torch.manual_seed(recipe.seed)  # parameter init is a function of the seed
         self.model = build_model(recipe, self.registry).to(self.device)
+        self.forward_model: torch.nn.Module = self.model
+        if self.dist.enabled:  # DDP or FSDP, before the optimizer: FSDP swaps the parameters for sharded ones
+            self.forward_model = parallelize(self.model, self.dist, self.dist_cfg, self.device)
         self.grid = self.model.grid
         train_set = build_dataset(recipe, "train", self.registry)
         aug = recipe.augment
@@ -134,16 +140,12 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" or (cfg.precision == "auto" and
                                                                         self.device.type == "cuda")) else None
         if resume_state is not None:
-            self.model.load_state_dict(resume_state["model"])
-            self.optimizer.load_state_dict(resume_state["optimizer"])
+            load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
             self.step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"])
-        self.forward_model: torch.nn.Module = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
-            self.forward_model = torch.compile(self.forward_model)
+        if cfg.compile:  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
+            for component in self.model.children():
+                component.compile()
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
         if self.dist.is_main:
@@ -152,6 +154,11 @@ class Trainer:
             (self.run_dir / "versions.json").write_text(json.dumps(versions(self.registry), indent=2) + "\n")
 
     def _check_resumable(self, state: dict) -> None:
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(f"{self.resume_path}: written by {saved_world} process(es), resumed with "
+                                  f"{self.dist.world_size}; the batches of a run depend on the world size, so "
+                                  "resume with the same number of processes")
         old = state.get("recipe") or {}
         changed = [k for k in _diff_keys(old, self.recipe.tree) if k[:2] not in _RESUMABLE_CHANGES]
         if changed:
@@ -219,7 +226,7 @@ class Trainer:
                         images = images.to(self.device, non_blocking=True)
                         mask = self._draw_mask(self.step * cfg.accum_steps + micro)
                         sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
-                        with (self.forward_model.no_sync() if sync else contextlib.nullcontext()), self._autocast():
+                        with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), self._autocast():
                             out = self.forward_model(images, mask=mask, num_visible=num_visible)
                         (out.loss / cfg.accum_steps).backward()
                         step_loss += out.loss.detach().float() / cfg.accum_steps
@@ -261,6 +268,8 @@ class Trainer:
         finally:
             if metrics_file:
                 metrics_file.close()
+        if is_sharded(model):  # evaluation, export and plugins get the whole model (collective)
+            self.model = model = unsharded_copy(model, lambda: build_model(self.recipe, self.registry).to(self.device))
         self.hook.maskkit_train_end(trainer=self, model=model, run_dir=self.run_dir)
         wall = time.perf_counter() - start_time
         done = self.step - start_step
@@ -275,9 +284,10 @@ class Trainer:
             raise TrainingError(f"non-finite loss at step {bad_step} (0-based); stopping, {last}")
 
     def save_checkpoint(self, path: Path) -> None:
+        gathered = gather_state(self.model, self.optimizer, self.dist)  # whole state; collective under FSDP
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "step": self.step,
-                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "model": gathered[0], "optimizer": gathered[1], "world_size": self.dist.world_size,
                      "rng": ckpt.rng_state(), "recipe": self.recipe.tree, "versions": versions(self.registry)}
             ckpt.save_atomic(state, path)
             self.hook.maskkit_checkpoint_saved(trainer=self, path=path, step=self.step)

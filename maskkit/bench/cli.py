@@ -1,0 +1,297 @@
+"""``maskkit bench``: images/s, seconds/step and MFU of one MAE pretraining step, against the mask-token
+baseline and transformers' ViTMAE, plus the throughput of the data pipeline alone.
+
+    maskkit bench [--device auto|cpu|cuda] [--models vit_base_patch16,vit_large_patch16] [--batch-size B]
+                  [--steps N] [--dtype auto|bf16|fp32] [--compile] [--variants mae,dense,hf]
+                  [--workers W] [--no-data] [--set encoder.depth=2 ...] [--json results.json]
+
+Defaults depend on the device: on CUDA ViT-B/16 and ViT-L/16, batch 64, 10 timed rounds, bf16 autocast; on the
+CPU ViT-B/16 only, batch 8, 3 timed rounds, fp32 (a few minutes on 2 cores). The table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import time
+from typing import Any
+
+import attrs
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+CUDA_DEFAULTS = {"models": "vit_base_patch16,vit_large_patch16", "batch_size": 64, "steps": 10, "warmup": 3}
+CPU_DEFAULTS = {"models": "vit_base_patch16", "batch_size": 8, "steps": 3, "warmup": 1}
+WIDTH = 112  # the tables' least width (wider than an 80-column pipe: they would wrap there)
+SHORT_LABELS = {"mae": "MAE", "dense": "mask tokens", "hf": "HF ViTMAE"}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``bench`` on ``subparsers`` (``parser.add_subparsers()``); it sets ``func(args, console)``."""
+    p = subparsers.add_parser("bench", help="benchmark a pretraining step and the data pipeline",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--models", help="comma-separated timm ViT names (default: vit_base_patch16,vit_large_patch16 "
+                                    "on CUDA, vit_base_patch16 on CPU); the registered mae_<name> recipe is used "
+                                    "when there is one")
+    p.add_argument("--batch-size", type=int, help="images per step (default 64 on CUDA, 8 on CPU)")
+    p.add_argument("--steps", type=int, help="timed round-robin rounds (default 10 on CUDA, 3 on CPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps per variant, the FLOP-counted one included "
+                                              "(default 3 on CUDA, 1 on CPU; at least 3 with --compile)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on CPU, as training does)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--variants", default="mae,dense,hf",
+                   help="which of mae (maskkit), dense (mask-token encoder), hf (transformers) to run")
+    p.add_argument("--workers", type=int, help="data-loader workers for the data pipelines (default: CPU count, "
+                                               "at most 8)")
+    p.add_argument("--data-images", type=int, default=None,
+                   help="images timed per data pipeline (default 2048 quickstart / 256 JPEG on CPU; 4x on CUDA)")
+    p.add_argument("--no-data", action="store_true", help="skip the data-pipeline measurement")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override for the models, e.g. --set encoder.depth=2 (repeatable)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+@attrs.frozen
+class BenchSettings:
+    device: str
+    models: tuple[str, ...]
+    batch_size: int
+    steps: int
+    warmup: int
+    dtype: str  # bf16 | fp32
+    compile: bool
+    variants: tuple[str, ...]
+    workers: int
+    data_images: int | None
+    data: bool
+    overrides: tuple[str, ...]
+    seed: int
+    threads: int | None = None
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    import torch
+
+    from maskkit.bench.steps import VARIANTS
+    from maskkit.engine.trainer import pick_device
+    from maskkit.errors import ConfigError
+
+    device = pick_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "CUDA was asked for but torch.cuda.is_available() is False")
+    defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError("--variants", f"expected some of {', '.join(VARIANTS)}, got {args.variants!r}")
+    models = tuple(m.strip() for m in (args.models or defaults["models"]).split(",") if m.strip())
+    if not models:
+        raise ConfigError("--models", "expected at least one model name")
+    for name, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(name, f"expected a positive int, got {value}")
+    if args.warmup is not None and args.warmup < 1:
+        raise ConfigError("--warmup", f"expected a positive int (the FLOP-counted step), got {args.warmup}")
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    warmup = args.warmup or defaults["warmup"]
+    if args.compile:
+        warmup = max(warmup, 3)
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    return BenchSettings(str(device), models, args.batch_size or defaults["batch_size"],
+                         args.steps or defaults["steps"], warmup, dtype, args.compile, variants, workers,
+                         args.data_images, not args.no_data, tuple(args.overrides), args.seed, args.threads)
+
+
+def run_benchmark(settings: BenchSettings, console: Console | None = None, registry=None) -> dict[str, Any]:
+    """Run the data pipelines, then the step round-robin of every model; return plain results (the table's
+    content plus the environment)."""
+    import torch
+
+    from maskkit.bench import data as bench_data
+    from maskkit.bench import steps as bench_steps
+    from maskkit.registry import Registry
+
+    say = (lambda message: console.log(message)) if console is not None else (lambda message: None)
+    registry = registry or Registry.from_plugins(autoload=False)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    amp_dtype = torch.bfloat16 if settings.dtype == "bf16" else None
+    env = environment(device, settings)
+
+    data_results = []
+    if settings.data:
+        scale = 4 if device.type == "cuda" else 1
+        n_quick = settings.data_images or 2048 * scale
+        n_jpeg = settings.data_images or 256 * scale
+        say(f"data pipeline: quickstart loader, {settings.workers} workers")
+        data_results.append(bench_data.quickstart_pipeline(workers=settings.workers, images=n_quick,
+                                                           registry=registry, pin_memory=device.type == "cuda"))
+        say(f"data pipeline: ImageFolder JPEG decode + RandomResizedCrop, {settings.workers} workers")
+        data_results.append(bench_data.imagefolder_pipeline(workers=settings.workers, images=n_jpeg,
+                                                            batch_size=settings.batch_size,
+                                                            files=max(64, 2 * settings.batch_size),
+                                                            pin_memory=device.type == "cuda"))
+
+    kinds = list(settings.variants)
+    hf_missing = "hf" in kinds and not bench_steps.transformers_available()
+    if hf_missing:
+        kinds.remove("hf")
+        say("transformers is not installed: the ViTMAEForPreTraining reference is skipped")
+    peak = bench_steps.PeakProbe.for_device(device, amp_dtype or torch.float32)
+    step_results = []
+    for name in settings.models:
+        spec = bench_steps.model_spec(name, settings.overrides, registry)
+        say(f"building {name} ({spec.source}): {', '.join(kinds)}")
+        variants = []
+        for kind in kinds:
+            torch.manual_seed(settings.seed)
+            if kind == "hf":
+                model = bench_steps.build_hf_like(bench_steps.build_maskkit(spec, False, registry))
+            else:
+                model = bench_steps.build_maskkit(spec, kind == "dense", registry)
+            variants.append(bench_steps.make_variant(name, kind, model, batch_size=settings.batch_size,
+                                                     device=device, amp_dtype=amp_dtype,
+                                                     compile=settings.compile, seed=settings.seed))
+        bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup, device=device,
+                                    peak=peak, progress=say)
+        step_results += bench_steps.summarize(variants, settings.batch_size, peak.peak)
+        bench_steps.free(variants)
+    # MFU uses the best GEMM rate of the whole run (models measured earlier get the later rounds' best too)
+    step_results = [attrs.evolve(r, mfu=r.flops_per_s / peak.peak) for r in step_results]
+    env["load_after"] = _load()
+    return {"environment": env, "peak_flops_per_s": peak.peak,
+            "peak_gemm": {"size": peak.size, "dtype": settings.dtype},
+            "steps": [attrs.asdict(r) for r in step_results], "data": [attrs.asdict(r) for r in data_results],
+            "transformers_missing": hf_missing, "verdicts": verdicts(step_results, data_results)}
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on this platform
+        return None
+
+
+def environment(device, settings: BenchSettings) -> dict[str, Any]:
+    import timm
+    import torch
+
+    from maskkit import __version__
+
+    env = {"maskkit": __version__, "torch": str(torch.__version__), "timm": timm.__version__,
+           "python": platform.python_version(), "device": str(device), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "load_before": _load(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "settings": attrs.asdict(settings)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import transformers
+
+        env["transformers"] = transformers.__version__
+    except Exception:  # noqa: BLE001
+        env["transformers"] = None
+    return env
+
+
+def verdicts(step_results, data_results) -> list[str]:
+    """One line per model: the sparse-vs-dense and vs-transformers ratios, and which side limits."""
+    lines = []
+    jpeg = next((d for d in data_results if d.pipeline == "imagefolder"), None)
+    for model in dict.fromkeys(r.model for r in step_results):
+        rows = {r.variant: r for r in step_results if r.model == model}
+        mae = rows.get("mae")
+        if mae is None:
+            continue
+        parts = [f"{short_name(model)}: maskkit MAE {mae.images_per_s:.1f} img/s"]
+        if "dense" in rows:
+            d = rows["dense"]
+            parts.append(f"speed-up over the mask-token encoder {d.seconds / mae.seconds:.2f}x wall-clock, "
+                         f"{d.flops / mae.flops:.2f}x in FLOPs (the paper: 2.8-4.1x wall-clock)")
+        if "hf" in rows:
+            parts.append(f"over transformers' ViTMAE {rows['hf'].seconds / mae.seconds:.2f}x")
+        if jpeg is not None:
+            side = ("the data pipeline limits" if jpeg.images_per_s < mae.images_per_s else
+                    "the model step limits")
+            parts.append(f"JPEG pipeline {jpeg.images_per_s:.0f} img/s with {jpeg.workers} workers, so {side}")
+        lines.append("; ".join(parts))
+    return lines
+
+
+def short_name(model: str) -> str:
+    """``vit_base_patch16`` -> ``ViT-B/16`` (other names unchanged)."""
+    m = re.fullmatch(r"vit_(tiny|small|base|large|huge|giant)_patch(\d+)(_\d+)?", model)
+    return f"ViT-{m.group(1)[0].upper()}/{m.group(2)}" if m else model
+
+
+def _print_wide(console: Console, renderable) -> None:
+    """Print at least ``WIDTH`` columns wide (rich caps a print at the console's width: 80 on a pipe)."""
+    old = getattr(console, "_width", None)
+    if console.width < WIDTH:
+        console.width = WIDTH
+    try:
+        console.print(renderable)
+    finally:
+        console._width = old
+
+
+def print_report(console: Console, results: dict[str, Any]) -> None:
+    """The data table, the verdicts, then the step table (last)."""
+    env = results["environment"]
+    if results["data"]:
+        table = Table(title="data pipeline alone (the trainer's loader, no model)", box=box.SIMPLE_HEAD)
+        for column in ("pipeline", "what", "workers", "batch", "images/s"):
+            table.add_column(column, justify="right" if column in ("workers", "batch", "images/s") else "left")
+        for d in results["data"]:
+            table.add_row(d["pipeline"], d["description"], str(d["workers"]), str(d["batch_size"]),
+                          f"{d['images_per_s']:.0f}")
+        _print_wide(console, table)
+    if results["transformers_missing"]:
+        console.print("transformers is not installed: no ViTMAEForPreTraining reference rows")
+    for line in results["verdicts"]:
+        console.print(line, highlight=False)
+    s = env["settings"]
+    where = env.get("gpu") or f"CPU ({env['torch_threads']} threads, {env['cpu_count']} cores)"
+    table = Table(title=f"one pretraining step (forward, backward, AdamW) on {where}, {s['dtype']}"
+                        f"{', compiled' if s['compile'] else ''}, batch {s['batch_size']}, median of "
+                        f"{s['steps']} round-robin rounds", box=box.SIMPLE_HEAD)
+    columns = ["model", "variant", "params", "s/step", "img/s", "GFLOP/step", "TFLOP/s", "MFU", "vs MAE"]
+    with_memory = any(r["peak_memory"] for r in results["steps"])
+    if with_memory:
+        columns.append("memory")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
+    for r in results["steps"]:
+        row = [short_name(r["model"]), SHORT_LABELS[r["variant"]], f"{r['params'] / 1e6:.0f}M",
+               f"{r['seconds']:.3f}", f"{r['images_per_s']:.1f}", f"{r['flops'] / 1e9:.1f}",
+               f"{r['flops_per_s'] / 1e12:.3g}", f"{100 * r['mfu']:.1f}%",
+               "-" if r["slowdown_vs_mae"] is None else f"{r['slowdown_vs_mae']:.2f}x"]
+        if with_memory:
+            row.append("-" if not r["peak_memory"] else f"{r['peak_memory'] / 2**30:.1f}G")
+        table.add_row(*row)
+    table.caption = (f"MAE = maskkit (visible patches only); mask tokens = the same encoder fed all patches; HF = "
+                     f"transformers' ViTMAEForPreTraining (SDPA). vs MAE = its s/step over MAE's. MFU = model "
+                     f"FLOPs/s (FlopCounterMode) over {results['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, the best "
+                     f"{results['peak_gemm']['size']}^2 {results['peak_gemm']['dtype']} matmul of this run. "
+                     f"Load average (1, 5, 15 min) before {env['load_before']}, after {env.get('load_after')}.")
+    _print_wide(console, table)
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    settings = settings_from_args(args)
+    results = run_benchmark(settings, console)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    print_report(console, results)
+    return 0

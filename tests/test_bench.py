@@ -1,0 +1,174 @@
+"""``maskkit bench``: FLOP counting, the three variants, the round-robin, the data pipelines, the command.
+
+Everything here runs tiny models on the CPU; ``scripts/gpu-check.sh`` runs the real sizes on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from maskkit.bench import cli as bench_cli
+from maskkit.bench import data as bench_data
+from maskkit.bench import steps as bench_steps
+from maskkit.errors import ConfigError
+
+TINY = ("encoder.img_size=32", "encoder.depth=2", "decoder.depth=1", "decoder.embed_dim=32", "decoder.num_heads=2")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def one_thread():
+    torch.set_num_threads(1)  # tiny matrices: threads only add waiting on a shared machine
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="maskkit")
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["bench", *argv])
+
+
+def test_flop_counter_counts_matmuls_and_the_cpu_attention_kernel():
+    x = torch.randn(4, 10, 16, requires_grad=True)
+    layer = torch.nn.Linear(16, 32)
+    assert bench_steps.count_flops(lambda: layer(x)) == 2 * 4 * 10 * 16 * 32
+    q, k, v = (torch.randn(2, 3, 10, 8, requires_grad=True) for _ in range(3))
+    forward = 2 * (2 * 2 * 3 * 10 * 10 * 8)  # q @ k^T and attn @ v
+    assert bench_steps.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == forward
+    assert bench_steps.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3.5 * forward
+
+
+def test_sparse_mae_counts_fewer_flops_than_the_mask_token_encoder_and_as_many_as_transformers(builtin_registry,
+                                                                                                 one_thread):
+    spec = bench_steps.model_spec("vit_small_patch16", TINY, builtin_registry)
+    assert spec.source == "built-in defaults" and spec.tree["encoder"]["name"] == "vit_small_patch16_224"
+    flops = {}
+    for kind in ("mae", "dense", "hf"):
+        torch.manual_seed(0)
+        model = bench_steps.build_maskkit(spec, kind == "dense", builtin_registry)
+        if kind == "hf":
+            pytest.importorskip("transformers")
+            model = bench_steps.build_hf_like(model)
+        variant = bench_steps.make_variant("s", kind, model, batch_size=2, device=CPU, amp_dtype=None)
+        flops[kind] = bench_steps.count_flops(variant.step)
+        assert variant.params > 0
+    assert flops["mae"] < flops["dense"] < 4 * flops["mae"]
+    assert flops["hf"] == pytest.approx(flops["mae"], rel=0.01)  # the same architecture, counted alike
+
+
+def test_transformers_reference_has_the_same_sizes(builtin_registry):
+    transformers = pytest.importorskip("transformers")
+    spec = bench_steps.model_spec("vit_small_patch16", TINY, builtin_registry)
+    model = bench_steps.build_maskkit(spec, False, builtin_registry)
+    hf = bench_steps.build_hf_like(model)
+    assert isinstance(hf, transformers.ViTMAEForPreTraining)
+    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert trainable(hf) == trainable(model)
+    assert hf.config.hidden_size == model.encoder.embed_dim and hf.config.num_hidden_layers == 2
+    assert hf.config.decoder_hidden_size == 32 and hf.config.mask_ratio == 0.75 and hf.config.norm_pix_loss
+
+
+def test_registered_recipes_define_the_shipped_sizes(builtin_registry):
+    spec = bench_steps.model_spec("vit_large_patch16", (), builtin_registry)
+    assert spec.source == "mae_vit_large_patch16"
+    assert spec.tree["encoder"]["name"] == "vit_large_patch16_224" and spec.tree["decoder"]["embed_dim"] == 512
+    with pytest.raises(ConfigError, match="--models"):
+        bench_steps.model_spec("resnet_nonsense", (), builtin_registry)
+
+
+def test_round_robin_rotates_the_order_and_times_the_peak_each_round():
+    order = []
+
+    def fake(kind):
+        model = torch.nn.Linear(2, 2)
+        return bench_steps.Variant("m", kind, model, step=lambda: order.append(kind), params=6)
+
+    variants = [fake("mae"), fake("dense"), fake("hf")]
+    peak = bench_steps.PeakProbe(CPU, torch.float32, size=64, repeats=1)
+    bench_steps.benchmark_steps(variants, steps=4, warmup=2, device=CPU, peak=peak)
+    assert order[:6] == ["mae", "mae", "dense", "dense", "hf", "hf"]  # FLOP-counted step, then one more warm-up
+    timed = order[6:]
+    assert timed == ["mae", "dense", "hf", "dense", "hf", "mae", "hf", "mae", "dense", "mae", "dense", "hf"]
+    assert all(len(v.times) == 4 for v in variants) and len(peak.rates) == 4 and peak.peak > 0
+    results = bench_steps.summarize(variants, batch_size=2, peak=peak.peak)
+    assert results[0].slowdown_vs_mae == 1.0 and results[0].images_per_s == 2 / results[0].seconds
+
+
+def test_data_pipelines_run_with_workers(tmp_path):
+    quick = bench_data.quickstart_pipeline(workers=1, images=256)
+    assert quick.images >= 256 and quick.images_per_s > 0 and quick.batch_size == 128
+    jpeg = bench_data.imagefolder_pipeline(workers=0, images=6, batch_size=2, files=4, folder=tmp_path)
+    assert len(list((tmp_path / "images").glob("*.jpg"))) == 4
+    assert jpeg.images >= 6 and jpeg.images_per_s > 0
+
+
+def test_cpu_defaults_and_argument_errors():
+    settings = bench_cli.settings_from_args(parse("--device", "cpu"))
+    assert (settings.models, settings.batch_size, settings.steps, settings.dtype) == (("vit_base_patch16",), 8, 3,
+                                                                                     "fp32")
+    assert settings.variants == ("mae", "dense", "hf") and settings.warmup == 1
+    assert bench_cli.settings_from_args(parse("--device", "cpu", "--compile")).warmup == 3
+    assert bench_cli.settings_from_args(parse("--device", "cpu", "--dtype", "bf16")).dtype == "bf16"
+    with pytest.raises(ConfigError, match="--variants"):
+        bench_cli.settings_from_args(parse("--device", "cpu", "--variants", "mae,timm"))
+    with pytest.raises(ConfigError, match="--batch-size"):
+        bench_cli.settings_from_args(parse("--device", "cpu", "--batch-size", "0"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            bench_cli.settings_from_args(parse("--device", "cuda"))
+
+
+def test_bench_command_prints_ratios_and_the_table_last(tmp_path, one_thread):
+    console = Console(record=True, width=200)
+    args = parse("--device", "cpu", "--models", "vit_small_patch16", "--batch-size", "2", "--steps", "2",
+                 "--workers", "0", "--data-images", "4", "--threads", "1", "--json", str(tmp_path / "r.json"),
+                 *[f"--set={o}" for o in TINY])
+    assert args.func(args, console) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    kinds = [r["variant"] for r in results["steps"]]
+    assert kinds == (["mae", "dense", "hf"] if bench_steps.transformers_available() else ["mae", "dense"])
+    for row in results["steps"]:
+        assert row["seconds"] > 0 and row["flops"] > 0 and 0 < row["mfu"] and row["batch_size"] == 2
+    assert [d["pipeline"] for d in results["data"]] == ["quickstart", "imagefolder"]
+    assert results["peak_flops_per_s"] > 0 and results["environment"]["load_before"] is not None
+    text = console.export_text()
+    assert "speed-up over the mask-token encoder" in text and "the paper: 2.8-4.1x" in text
+    assert "limits" in text  # which side limits: the data pipeline or the model step
+    last_table = text.rindex("one pretraining step")
+    assert text.index("data pipeline alone") < text.index("speed-up over") < last_table
+    caption = " ".join(text[last_table:].split())
+    assert "Load average (1, 5, 15 min) before" in caption and "MFU = model FLOPs/s" in caption
+
+
+def test_without_transformers_the_reference_is_skipped(monkeypatch, one_thread, capsys):
+    monkeypatch.setattr(bench_steps, "transformers_available", lambda: False)
+    settings = bench_cli.BenchSettings(device="cpu", models=("vit_small_patch16",), batch_size=2, steps=1, warmup=1,
+                                       dtype="fp32", compile=False, variants=("mae", "hf"), workers=0,
+                                       data_images=None, data=False, overrides=TINY, seed=0)
+    results = bench_cli.run_benchmark(settings)
+    assert [r["variant"] for r in results["steps"]] == ["mae"] and results["transformers_missing"]
+    console = Console(record=True, width=150)
+    bench_cli.print_report(console, results)
+    assert "transformers is not installed" in console.export_text()
+
+
+def test_python_dash_m_maskkit_bench_entry_point(monkeypatch, capsys):
+    from maskkit.bench.__main__ import main
+
+    assert main(["--device", "cpu", "--variants", "nope"]) == 2
+    assert "--variants" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_compile_on_cpu(one_thread):
+    """``--compile``: maskkit's components and transformers' model through inductor (about a minute)."""
+    settings = bench_cli.BenchSettings(device="cpu", models=("vit_small_patch16",), batch_size=2, steps=1, warmup=3,
+                                       dtype="fp32", compile=True, variants=("mae", "hf"), workers=0,
+                                       data_images=None, data=False, overrides=TINY, seed=0)
+    results = bench_cli.run_benchmark(settings)
+    assert all(r["seconds"] > 0 and r["flops"] > 0 for r in results["steps"])

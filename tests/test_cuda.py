@@ -1,0 +1,219 @@
+"""The GPU path: no host synchronisation inside a training step, bf16 autocast and fused AdamW on CUDA, and
+``train.compile``.
+
+Tests marked ``cuda`` are skipped without a GPU (``pytest -m cuda``, as ``scripts/gpu-check.sh`` runs them).
+The unmarked ones check on the CPU what does not need a GPU: that model forward and backward ask the host for
+no tensor value (``.item()``, ``bool()``, ``nonzero``...) when the visible count is given, as the trainer does,
+and that ``torch.compile`` trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import maskkit
+from helpers import tiny_tree
+from maskkit.engine.trainer import Trainer
+
+# Operators whose result the host must wait for (a value, or an output size that depends on values).
+HOST_SYNC_OPS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::nonzero_static",
+                 "aten::masked_select", "aten::_unique", "aten::_unique2", "aten::unique_dim",
+                 "aten::unique_consecutive", "aten::equal", "aten::allclose", "aten::repeat_interleave"}
+SPIED_METHODS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+class HostSyncSpy(TorchDispatchMode):
+    """Records every operator in ``HOST_SYNC_OPS`` (and indexing by a boolean mask) run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in HOST_SYNC_OPS:
+            self.calls.append(name)
+        elif name == "aten::index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                            for i in (args[1] if len(args) > 1 else ())):
+            self.calls.append("aten::index (boolean mask)")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    """Yield a list of what inside the block read tensor values on the host: the Python methods that do
+    (``Tensor.item``, ``__bool__``...) monkeypatched, and the operators seen by a dispatch mode."""
+    calls: list[str] = []
+    active = [True]
+
+    def spy_on(name):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, **kwargs):
+            if active[0]:
+                calls.append(f"Tensor.{name}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+
+    for name in SPIED_METHODS:
+        spy_on(name)
+    mode = HostSyncSpy()
+    try:
+        with mode:
+            yield calls
+    finally:
+        active[0] = False
+        calls.extend(mode.calls)
+        monkeypatch.undo()
+
+
+def _model(registry, **encoder):
+    tree = tiny_tree()
+    tree["encoder"] = {**tree["encoder"], **encoder}
+    return maskkit.build_model(maskkit.Recipe(tree), registry)
+
+
+def _step_inputs(model, device, batch=4):
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = torch.randn(batch, 1, 28, 28, generator=gen, device=device)
+    hidden = model.masker.num_hidden(model.grid)
+    return images, gen, model.encoder.num_patches - hidden
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_forward_and_backward_read_no_tensor_values_when_num_visible_is_given(builtin_registry, monkeypatch, dense):
+    """The trainer's step on the CPU: mask drawn from a generator, forward with ``num_visible``, backward."""
+    model = _model(builtin_registry, dense=dense)
+    images, gen, num_visible = _step_inputs(model, "cpu")
+    with no_host_reads(monkeypatch) as calls:
+        mask = model.draw_mask(images.shape[0], gen, images.device)
+        out = model(images, mask=mask, num_visible=num_visible)
+        out.loss.backward()
+    assert calls == []
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "mask_token" not in n)
+
+
+def test_the_spy_sees_the_check_made_without_num_visible(builtin_registry, monkeypatch):
+    """Without ``num_visible`` a sparse model checks that every sample shows as many patches: a host read,
+    which the spy must catch (so the test above can fail)."""
+    model = _model(builtin_registry)
+    images, gen, _ = _step_inputs(model, "cpu")
+    mask = model.draw_mask(images.shape[0], gen)
+    with no_host_reads(monkeypatch) as calls:
+        model(images, mask=mask)
+    assert "Tensor.__bool__" in calls and "aten::_local_scalar_dense" in calls
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_compile_trains_like_eager_on_cpu(tmp_path, builtin_registry):
+    """``train.compile: true`` (inductor on the CPU; about a minute on 2 shared cores) logs the eager losses."""
+    tree = tiny_tree()
+    tree["train"].update(max_steps=3, ckpt_every=0)
+    eager = Trainer(maskkit.Recipe(tree), tmp_path / "eager", registry=builtin_registry, progress=False)
+    eager.fit()
+    tree["train"]["compile"] = True
+    compiled = Trainer(maskkit.Recipe(tree), tmp_path / "compiled", registry=builtin_registry, progress=False)
+    compiled.fit()
+    assert compiled.model.encoder._compiled_call_impl is not None  # nn.Module.compile() in place
+    torch.testing.assert_close(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), atol=1e-4, rtol=1e-4)
+
+
+# -- CUDA only ----------------------------------------------------------------------------------------------
+
+
+class SyncErrorsDuringSteps:
+    """A plugin that makes any host synchronisation an error from ``maskkit_step_start`` to
+    ``maskkit_step_end``: the whole step (data to the device, masks, forward, backward, AdamW), not the
+    logging after it."""
+
+    def __init__(self):
+        self.steps = 0
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, trainer, model, step):
+        torch.cuda.set_sync_debug_mode("error")
+
+    @maskkit.hookimpl
+    def maskkit_step_end(self, trainer, model, step, loss):
+        torch.cuda.set_sync_debug_mode("default")
+        self.steps += 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_training_steps_do_not_sync_the_host(tmp_path, dense):
+    spy = SyncErrorsDuringSteps()
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"sync-errors": spy})
+    tree = tiny_tree()
+    tree["encoder"]["dense"] = dense
+    tree["train"].update(max_steps=4, log_every=4, ckpt_every=0, accum_steps=2, clip_grad=1.0, device="cuda")
+    try:
+        trainer = Trainer(maskkit.Recipe(tree), tmp_path, registry=registry, progress=False)
+        result = trainer.fit()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert spy.steps == 4 and result.final_loss == result.final_loss  # finite, and every step ran
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_model_step_does_not_sync_on_cuda(builtin_registry, dense):
+    model = _model(builtin_registry, dense=dense).cuda()
+    images, gen, num_visible = _step_inputs(model, "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    model(images, generator=gen).loss.backward()  # first call: lazy initialisation outside the check
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            mask = model.draw_mask(images.shape[0], gen, images.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(images, mask=mask, num_visible=num_visible)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert mask.is_cuda and torch.isfinite(out.loss)
+
+
+@pytest.mark.cuda
+def test_cuda_defaults_bf16_autocast_fused_adamw_masks_on_device(tmp_path, builtin_registry):
+    tree = tiny_tree()
+    tree["train"].update(max_steps=2, ckpt_every=0)  # device auto, precision auto
+    trainer = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False)
+    trainer.fit()
+    assert trainer.device.type == "cuda" and trainer.amp_dtype == torch.bfloat16
+    assert trainer.optimizer.defaults["fused"] is True
+    assert trainer._draw_mask(0).is_cuda
+
+
+@pytest.mark.cuda
+def test_train_compile_on_cuda(tmp_path, builtin_registry):
+    tree = tiny_tree()
+    tree["train"].update(max_steps=3, ckpt_every=0, compile=True)
+    result = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False).fit()
+    assert result.final_loss == result.final_loss
+
+
+@pytest.mark.cuda
+def test_bench_on_cuda_with_a_tiny_model(tmp_path):
+    from maskkit.bench.cli import BenchSettings, run_benchmark
+
+    settings = BenchSettings(device="cuda", models=("vit_tiny_patch16",), batch_size=4, steps=2, warmup=2,
+                             dtype="bf16", compile=False, variants=("mae", "dense", "hf"), workers=2, data_images=64,
+                             data=True, overrides=("encoder.img_size=64", "decoder.depth=1"), seed=0)
+    results = run_benchmark(settings)
+    rows = {r["variant"]: r for r in results["steps"]}
+    assert rows["mae"]["flops"] < rows["dense"]["flops"]
+    assert all(r["peak_memory"] for r in results["steps"]) and results["peak_flops_per_s"] > 1e12

@@ -1,0 +1,228 @@
+"""Several processes on the CPU: ``torchrun`` (gloo), two ranks of batch B against one process of batch 2B.
+
+The engine draws masks for the global batch and splits one global permutation per epoch, and DDP/FSDP average
+gradients over ranks, so two ranks must log the same losses as one process and end with the same weights, to
+float tolerance. The launches run concurrently (module fixture) to keep the wall time down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import maskkit
+from helpers import tiny_tree
+from maskkit.engine.distributed import (DistContext, DistributedConfig, _TupleOutput, distributed_config,
+                                        gather_state, is_sharded, load_state)
+from maskkit.engine.trainer import Trainer
+from maskkit.errors import CheckpointError, ConfigError
+
+STEPS = 5
+LAUNCH_TIMEOUT = 240
+# name -> recipe overrides; every run has 2 ranks of batch 4 (global batch 8)
+RUNS = {
+    "ddp": [],
+    "fsdp": ["distributed.strategy=fsdp", "train.accum_steps=2", "train.clip_grad=0.5"],
+    "ddp_dense": ["encoder.dense=true", "train.accum_steps=2"],
+}
+
+
+def _tree(batch_size: int, overrides=()) -> dict:
+    tree = tiny_tree()
+    tree["train"].update(batch_size=batch_size, max_steps=STEPS, log_every=1, ckpt_every=0)
+    return maskkit.Recipe(tree).with_overrides(overrides).tree
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(recipe_file: Path, out: Path, *args: str, nproc: int = 2) -> subprocess.Popen:
+    """``python -m torch.distributed.run --nproc_per_node N -m maskkit train RECIPE ...`` (gloo, 1 thread each)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskkit", "--debug", "train", str(recipe_file),
+           *args, "--out", str(out), "--no-progress", "--no-eval"]
+    log = open(out.parent / f"{out.name}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def finish(proc: subprocess.Popen, out: Path) -> None:
+    try:
+        code = proc.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    log = (out.parent / f"{out.name}.log").read_text()
+    assert code == 0, log[-4000:]
+
+
+def weight_diffs(a: dict, b: dict) -> dict[str, float]:
+    """Max ``|a - b|`` per tensor, leaving out the attention key biases: their true gradient is zero (softmax
+    ignores a shift shared by all keys), so Adam turns rounding noise into updates of about the learning rate,
+    different in every run."""
+    diffs = {}
+    for key, value in b.items():
+        x, y = a[key].float(), value.float()
+        if key.endswith("attn.qkv.bias"):
+            x, y = (torch.cat([t.chunk(3)[0], t.chunk(3)[2]]) for t in (x, y))
+        diffs[key] = (x - y).abs().max().item()
+    return diffs
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Start every two-process run at once; each test waits for its own."""
+    root = tmp_path_factory.mktemp("dist")
+    procs = {}
+    for name, overrides in RUNS.items():
+        recipe_file = root / f"{name}.yaml"
+        recipe_file.write_text(yaml.safe_dump(_tree(4, overrides)))
+        procs[name] = (launch(recipe_file, root / name), root / name)
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+def single_process(name: str, tmp_path: Path, registry, monkeypatch) -> Trainer:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    recipe = maskkit.Recipe(_tree(8, RUNS[name]))
+    trainer = Trainer(recipe, tmp_path / f"single_{name}", registry=registry, progress=False)
+    trainer.fit()
+    return trainer
+
+
+def _check_same_run(name, launched, tmp_path, registry, monkeypatch):
+    single = single_process(name, tmp_path, registry, monkeypatch)  # runs while the ranks start up
+    proc, out = launched[name]
+    finish(proc, out)
+    two, one = losses(out), losses(single.run_dir)
+    assert len(two) == len(one) == STEPS  # rank 0 alone wrote the metrics
+    diff = max(abs(a - b) for a, b in zip(two, one))
+    print(f"{name}: max |loss(2 ranks) - loss(1 process)| over {STEPS} steps = {diff:.3g}")
+    assert diff < 1e-5, (two, one)
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] == STEPS
+    diffs = weight_diffs(state["model"], single.model.state_dict())
+    assert max(diffs.values()) < 1e-5, {k: d for k, d in diffs.items() if d > 1e-6}
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pth", "metrics.jsonl", "recipe.yaml",
+                                                     "versions.json"]
+    return out
+
+
+def test_two_ddp_ranks_log_the_losses_of_one_process_with_twice_the_batch(launched, tmp_path, registry, monkeypatch):
+    _check_same_run("ddp", launched, tmp_path, registry, monkeypatch)
+
+
+def test_fsdp_with_accumulation_and_clipping_matches_one_process(launched, tmp_path, registry, monkeypatch):
+    """FSDP2 (``fully_shard``) works on the CPU with gloo in this torch; its checkpoint is unsharded."""
+    out = _check_same_run("fsdp", launched, tmp_path, registry, monkeypatch)
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    exp_avg = state["optimizer"]["state"][0]["exp_avg"]
+    assert type(exp_avg) is torch.Tensor  # whole tensors, not DTensor shards
+
+
+def test_ddp_with_a_dense_encoder_and_accumulation(launched, tmp_path, registry, monkeypatch):
+    """The dense encoder leaves the MAE decoder's mask token without gradient: DDP must be told (auto)."""
+    _check_same_run("ddp_dense", launched, tmp_path, registry, monkeypatch)
+
+
+def test_resume_with_another_world_size_is_refused(launched, tmp_path, registry, monkeypatch):
+    proc, out = launched["ddp"]
+    finish(proc, out)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    recipe = maskkit.Recipe(_tree(4, RUNS["ddp"]))
+    with pytest.raises(CheckpointError, match="written by 2 process"):
+        Trainer(recipe, tmp_path / "again", registry=registry, resume=out / "checkpoint.pth", progress=False).fit()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_rank_resume_continues_the_run(tmp_path, registry, monkeypatch, strategy):
+    """Stop after 2 of 4 steps, resume with the same world size: the same losses and weights as one run
+    (FSDP: the unsharded checkpoint is sharded again on load). A constant learning rate, so that stopping
+    early by ``max_steps`` does not change the schedule."""
+    overrides = ["train.lr=0.001", "train.min_lr=0.001", "train.max_steps=4", "train.accum_steps=2",
+                 f"distributed.strategy={strategy}"]
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(_tree(4, overrides)))
+    first = launch(recipe_file, tmp_path / "part", "train.max_steps=2")
+    single_tree = _tree(8, overrides)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    full = Trainer(maskkit.Recipe(single_tree), tmp_path / "full", registry=registry, progress=False)
+    full.fit()
+    finish(first, tmp_path / "part")
+    second = launch(recipe_file, tmp_path / "part", "train.max_steps=4", "--resume",
+                    str(tmp_path / "part" / "checkpoint.pth"))
+    finish(second, tmp_path / "part")
+    resumed, whole = losses(tmp_path / "part"), losses(tmp_path / "full")
+    assert len(resumed) == 4
+    assert max(abs(a - b) for a, b in zip(resumed, whole)) < 1e-5, (resumed, whole)
+    state = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
+    diffs = weight_diffs(state["model"], full.model.state_dict())
+    assert max(diffs.values()) < 1e-5, {k: d for k, d in diffs.items() if d > 1e-6}
+
+
+# -- in-process checks --------------------------------------------------------------------------------------
+
+
+def test_distributed_section_is_validated():
+    assert distributed_config(maskkit.Recipe(tiny_tree())) == DistributedConfig()
+    cfg = distributed_config(maskkit.Recipe(tiny_tree(distributed={"strategy": "fsdp",
+                                                                   "reshard_after_forward": False})))
+    assert cfg.strategy == "fsdp" and not cfg.reshard_after_forward
+    with pytest.raises(ConfigError, match=r"distributed\.strategy: expected one of ddp, fsdp, got 'zero3'"):
+        distributed_config(maskkit.Recipe(tiny_tree(distributed={"strategy": "zero3"})))
+    with pytest.raises(ConfigError, match=r"distributed\.stratgy: unknown key \(did you mean strategy\?\)"):
+        distributed_config(maskkit.Recipe(tiny_tree(distributed={"stratgy": "fsdp"})))
+    with pytest.raises(ConfigError, match="find_unused_parameters"):
+        distributed_config(maskkit.Recipe(tiny_tree(distributed={"find_unused_parameters": "yes"})))
+
+
+def test_trainer_rejects_a_bad_distributed_section_before_training(tmp_path, builtin_registry):
+    recipe = maskkit.Recipe(tiny_tree(distributed={"strategy": "zero3"}))
+    with pytest.raises(ConfigError, match="distributed.strategy"):
+        Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_wrapped_output_is_a_namedtuple_with_the_same_fields(builtin_registry):
+    """What DDP/FSDP wrap returns a namedtuple (they find its tensors); ``out.loss`` still works."""
+    model = maskkit.build_model(maskkit.Recipe(tiny_tree()), builtin_registry)
+    images = torch.randn(2, 1, 28, 28)
+    out = _TupleOutput(model)(images, generator=torch.Generator().manual_seed(0))
+    ref = model(images, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, tuple) and out._fields == ("loss", "pred", "mask", "target")
+    assert torch.equal(out.loss, ref.loss) and torch.equal(out.mask, ref.mask)
+
+
+def test_state_helpers_without_sharding(builtin_registry):
+    model = maskkit.build_model(maskkit.Recipe(tiny_tree()), builtin_registry)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 1, 28, 28)).loss.backward()
+    opt.step()
+    assert not is_sharded(model)
+    assert gather_state(model, opt, DistContext(rank=1, world_size=2)) is None  # only rank 0 keeps it
+    model_state, optim_state = gather_state(model, opt, DistContext())
+    fresh = maskkit.build_model(maskkit.Recipe(tiny_tree()), builtin_registry)
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    load_state(fresh, fresh_opt, model_state, optim_state)
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
