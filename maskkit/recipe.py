@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import attrs
 import yaml
 
+from maskkit import _validators as v
 from maskkit.errors import ConfigError, expected
 
 COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
@@ -24,71 +25,28 @@ SECTIONS = ("description", "seed", "data_seed", "data", "augment", "masker", "en
             "train", "eval", "distributed")
 
 
-def _positive_int(inst, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(attribute.name, expected("a positive int", value))
-
-
-def _non_negative_int(inst, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(attribute.name, expected("an int >= 0", value))
-
-
-def _non_negative_float(inst, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(attribute.name, expected("a number >= 0", value))
-
-
-def _optional(validator):
-    def check(inst, attribute, value):
-        if value is not None:
-            validator(inst, attribute, value)
-
-    return check
-
-
-def _one_of(*choices):
-    def check(inst, attribute, value):
-        if value not in choices:
-            raise ConfigError(attribute.name, expected(f"one of {', '.join(map(str, choices))}", value))
-
-    return check
-
-
-def _betas(inst, attribute, value):
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
-    if not ok:
-        raise ConfigError(attribute.name, expected("two floats in [0, 1)", value))
-
-
-def _bool(inst, attribute, value):
-    if not isinstance(value, bool):
-        raise ConfigError(attribute.name, expected("true or false", value))
-
-
 @attrs.frozen(kw_only=True)
 class TrainConfig:
     """The ``train`` section. ``batch_size`` is per process and micro-step; the effective batch is
     ``batch_size * accum_steps * world_size``; ``lr`` defaults to ``base_lr * effective_batch / 256``."""
 
-    epochs: int = attrs.field(default=1, validator=_positive_int)
-    max_steps: int | None = attrs.field(default=None, validator=_optional(_positive_int))
-    batch_size: int = attrs.field(default=64, validator=_positive_int)
-    accum_steps: int = attrs.field(default=1, validator=_positive_int)
-    base_lr: float = attrs.field(default=1.5e-4, validator=_non_negative_float)
-    lr: float | None = attrs.field(default=None, validator=_optional(_non_negative_float))
-    min_lr: float = attrs.field(default=0.0, validator=_non_negative_float)
-    warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative_float)
-    weight_decay: float = attrs.field(default=0.05, validator=_non_negative_float)
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=_betas, converter=tuple)
-    clip_grad: float | None = attrs.field(default=None, validator=_optional(_non_negative_float))
-    precision: str = attrs.field(default="auto", validator=_one_of("auto", "fp32", "bf16"))
-    compile: bool = attrs.field(default=False, validator=_bool)
+    epochs: int = attrs.field(default=1, validator=v.positive_int)
+    max_steps: int | None = attrs.field(default=None, validator=v.optional(v.positive_int))
+    batch_size: int = attrs.field(default=64, validator=v.positive_int)
+    accum_steps: int = attrs.field(default=1, validator=v.positive_int)
+    base_lr: float = attrs.field(default=1.5e-4, validator=v.non_negative_float)
+    lr: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
+    min_lr: float = attrs.field(default=0.0, validator=v.non_negative_float)
+    warmup_epochs: float = attrs.field(default=0.0, validator=v.non_negative_float)
+    weight_decay: float = attrs.field(default=0.05, validator=v.non_negative_float)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=v.betas, converter=tuple)
+    clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
+    precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
+    compile: bool = attrs.field(default=False, validator=v.boolean)
     device: str = attrs.field(default="auto")
-    num_workers: int = attrs.field(default=0, validator=_non_negative_int)
-    log_every: int = attrs.field(default=10, validator=_positive_int)
-    ckpt_every: int = attrs.field(default=0, validator=_non_negative_int)
+    num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
+    log_every: int = attrs.field(default=10, validator=v.positive_int)
+    ckpt_every: int = attrs.field(default=0, validator=v.non_negative_int)
 
 
 @attrs.frozen(kw_only=True)
@@ -98,7 +56,7 @@ class AugmentConfig:
 
     scale: tuple[float, float] | None = attrs.field(default=(0.2, 1.0), converter=attrs.converters.optional(tuple))
     ratio: tuple[float, float] = attrs.field(default=(3 / 4, 4 / 3), converter=tuple)
-    hflip: bool = attrs.field(default=True, validator=_bool)
+    hflip: bool = attrs.field(default=True, validator=v.boolean)
 
     @scale.validator
     def _check_scale(self, attribute, value):
@@ -110,14 +68,14 @@ class AugmentConfig:
 class EvalConfig:
     """The ``eval`` section: what runs after training (kNN on frozen features, vs a random-init encoder)."""
 
-    knn: bool = attrs.field(default=True, validator=_bool)
-    k: int = attrs.field(default=20, validator=_positive_int)
-    temperature: float = attrs.field(default=0.07, validator=_non_negative_float)
-    pool: str = attrs.field(default="mean", validator=_one_of("mean", "cls"))
-    random_init_baseline: bool = attrs.field(default=True, validator=_bool)
-    linear: bool = attrs.field(default=False, validator=_bool)
-    reconstructions: int = attrs.field(default=8, validator=_non_negative_int)
-    batch_size: int = attrs.field(default=256, validator=_positive_int)
+    knn: bool = attrs.field(default=True, validator=v.boolean)
+    k: int = attrs.field(default=20, validator=v.positive_int)
+    temperature: float = attrs.field(default=0.07, validator=v.non_negative_float)
+    pool: str = attrs.field(default="mean", validator=v.one_of("mean", "cls"))
+    random_init_baseline: bool = attrs.field(default=True, validator=v.boolean)
+    linear: bool = attrs.field(default=False, validator=v.boolean)
+    reconstructions: int = attrs.field(default=8, validator=v.non_negative_int)
+    batch_size: int = attrs.field(default=256, validator=v.positive_int)
 
 
 def _section_config(cls, tree: dict, section: str, file: str | None):

@@ -24,20 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maskkit import _validators as v
 from maskkit.errors import ConfigError, expected
-
-
-def _one_of(*choices):
-    def check(inst, attribute, value):
-        if value not in choices:
-            raise ConfigError(attribute.name, expected(f"one of {', '.join(choices)}", value))
-
-    return check
-
-
-def _bool(inst, attribute, value):
-    if not isinstance(value, bool):
-        raise ConfigError(attribute.name, expected("true or false", value))
 
 
 def _optional_bool(inst, attribute, value):
@@ -58,9 +46,9 @@ class DistributedConfig:
     forward and gather them again in backward (least memory), or keep them until the backward (less traffic).
     """
 
-    strategy: str = attrs.field(default="ddp", validator=_one_of("ddp", "fsdp"))
+    strategy: str = attrs.field(default="ddp", validator=v.one_of("ddp", "fsdp"))
     find_unused_parameters: bool | None = attrs.field(default=None, validator=_optional_bool)
-    reshard_after_forward: bool = attrs.field(default=True, validator=_bool)
+    reshard_after_forward: bool = attrs.field(default=True, validator=v.boolean)
 
 
 def distributed_config(recipe) -> DistributedConfig:
