@@ -16,6 +16,7 @@ from rich.console import Console
 from maskkit.bench import cli as bench_cli
 from maskkit.bench import data as bench_data
 from maskkit.bench import steps as bench_steps
+from maskkit.bench.reference import OfficialStyleMAE
 from maskkit.errors import ConfigError
 
 TINY = ("encoder.img_size=32", "encoder.depth=2", "decoder.depth=1", "decoder.embed_dim=32", "decoder.num_heads=2")
@@ -48,17 +49,20 @@ def test_sparse_mae_counts_fewer_flops_than_the_mask_token_encoder_and_as_many_a
     spec = bench_steps.model_spec("vit_small_patch16", TINY, builtin_registry)
     assert spec.source == "built-in defaults" and spec.tree["encoder"]["name"] == "vit_small_patch16_224"
     flops = {}
-    for kind in ("mae", "dense", "hf"):
+    for kind in ("mae", "dense", "official", "hf"):
         torch.manual_seed(0)
         model = bench_steps.build_maskkit(spec, kind == "dense", builtin_registry)
         if kind == "hf":
             pytest.importorskip("transformers")
             model = bench_steps.build_hf_like(model)
+        if kind == "official":
+            model = OfficialStyleMAE.like(model)
         variant = bench_steps.make_variant("s", kind, model, batch_size=2, device=CPU, amp_dtype=None)
         flops[kind] = bench_steps.count_flops(variant.step)
         assert variant.params > 0
     assert flops["mae"] < flops["dense"] < 4 * flops["mae"]
     assert flops["hf"] == pytest.approx(flops["mae"], rel=0.01)  # the same architecture, counted alike
+    assert flops["official"] == flops["mae"]
 
 
 def test_transformers_reference_has_the_same_sizes(builtin_registry):
@@ -111,7 +115,7 @@ def test_cpu_defaults_and_argument_errors():
     settings = bench_cli.settings_from_args(parse("--device", "cpu"))
     assert (settings.models, settings.batch_size, settings.steps, settings.dtype) == (("vit_base_patch16",), 8, 3,
                                                                                      "fp32")
-    assert settings.variants == ("mae", "dense", "hf") and settings.warmup == 1
+    assert settings.variants == ("mae", "dense", "official", "hf") and settings.warmup == 1
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--compile")).warmup == 3
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--dtype", "bf16")).dtype == "bf16"
     with pytest.raises(ConfigError, match="--variants"):
@@ -131,13 +135,14 @@ def test_bench_command_prints_ratios_and_the_table_last(tmp_path, one_thread):
     assert args.func(args, console) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     kinds = [r["variant"] for r in results["steps"]]
-    assert kinds == (["mae", "dense", "hf"] if bench_steps.transformers_available() else ["mae", "dense"])
+    assert kinds == ["mae", "dense", "official"] + (["hf"] if bench_steps.transformers_available() else [])
     for row in results["steps"]:
         assert row["seconds"] > 0 and row["flops"] > 0 and 0 < row["mfu"] and row["batch_size"] == 2
     assert [d["pipeline"] for d in results["data"]] == ["quickstart", "imagefolder"]
     assert results["peak_flops_per_s"] > 0 and results["environment"]["load_before"] is not None
     text = console.export_text()
     assert "speed-up over the mask-token encoder" in text and "the paper: 2.8-4.1x" in text
+    assert "over the official-style MAE" in text
     assert "limits" in text  # which side limits: the data pipeline or the model step
     last_table = text.rindex("one pretraining step")
     assert text.index("data pipeline alone") < text.index("speed-up over") < last_table
@@ -168,7 +173,7 @@ def test_python_dash_m_maskkit_bench_entry_point(monkeypatch, capsys):
 def test_bench_compile_on_cpu(one_thread):
     """``--compile``: maskkit's components and transformers' model through inductor (about a minute)."""
     settings = bench_cli.BenchSettings(device="cpu", models=("vit_small_patch16",), batch_size=2, steps=1, warmup=3,
-                                       dtype="fp32", compile=True, variants=("mae", "hf"), workers=0,
+                                       dtype="fp32", compile=True, variants=("mae", "official", "hf"), workers=0,
                                        data_images=None, data=False, overrides=TINY, seed=0)
     results = bench_cli.run_benchmark(settings)
     assert all(r["seconds"] > 0 and r["flops"] > 0 for r in results["steps"])

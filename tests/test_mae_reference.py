@@ -173,3 +173,29 @@ def test_sparse_encoder_refuses_uneven_masks(builtin_registry):
     mask[1, :40] = True
     with pytest.raises(ValueError, match="same number of visible"):
         model(torch.randn(2, 3, 32, 32), mask=mask)
+
+
+def test_official_style_reference_loads_maskkit_weights_and_computes_the_same_loss(builtin_registry):
+    """The benchmark's official-style MAE (models_mae.py's structure on timm blocks) takes maskkit's state dict
+    strictly and, from the same images and noise, gives the same mask, predictions, loss and gradients."""
+    from maskkit.bench.reference import OfficialStyleMAE
+
+    torch.manual_seed(0)
+    model = maskkit.build_model(mae_recipe(depth=2, dec_depth=2, img=32, patch=4, chans=3), builtin_registry)
+    reference = OfficialStyleMAE.like(model)
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(4, 3, 32, 32, generator=gen)
+    noise = torch.rand(4, 64, generator=gen)
+    ours = model(images, mask=mask_from_noise(noise, 0.75))
+    loss, pred, mask = reference(images, noise=noise)
+    assert torch.equal(ours.mask, mask.bool())
+    torch.testing.assert_close(ours.pred, pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.loss, loss, atol=1e-6, rtol=1e-6)
+    ours.loss.backward()
+    loss.backward()
+    ref_params = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        flat = name.split(".", 1)[1] if name.startswith(("encoder.", "decoder.")) else name
+        assert (param.grad is None) == (ref_params[flat].grad is None), flat
+        if param.grad is not None:
+            torch.testing.assert_close(param.grad, ref_params[flat].grad, atol=1e-5, rtol=1e-4, msg=flat)

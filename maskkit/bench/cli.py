@@ -1,8 +1,8 @@
 """``maskkit bench``: images/s, seconds/step and MFU of one MAE pretraining step, against the mask-token
-baseline and transformers' ViTMAE, plus the throughput of the data pipeline alone.
+baseline, an official-style MAE and transformers' ViTMAE, plus the throughput of the data pipeline alone.
 
     maskkit bench [--device auto|cpu|cuda] [--models vit_base_patch16,vit_large_patch16] [--batch-size B]
-                  [--steps N] [--dtype auto|bf16|fp32] [--compile] [--variants mae,dense,hf]
+                  [--steps N] [--dtype auto|bf16|fp32] [--compile] [--variants mae,dense,official,hf]
                   [--workers W] [--no-data] [--set encoder.depth=2 ...] [--json results.json]
 
 Defaults depend on the device: on CUDA ViT-B/16 and ViT-L/16, batch 64, 10 timed rounds, bf16 autocast; on the
@@ -27,7 +27,7 @@ from rich.table import Table
 CUDA_DEFAULTS = {"models": "vit_base_patch16,vit_large_patch16", "batch_size": 64, "steps": 10, "warmup": 3}
 CPU_DEFAULTS = {"models": "vit_base_patch16", "batch_size": 8, "steps": 3, "warmup": 1}
 WIDTH = 112  # the tables' least width (wider than an 80-column pipe: they would wrap there)
-SHORT_LABELS = {"mae": "MAE", "dense": "mask tokens", "hf": "HF ViTMAE"}
+SHORT_LABELS = {"mae": "MAE", "dense": "mask tokens", "official": "official-style", "hf": "HF ViTMAE"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,8 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on CPU, as training does)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
-    p.add_argument("--variants", default="mae,dense,hf",
-                   help="which of mae (maskkit), dense (mask-token encoder), hf (transformers) to run")
+    p.add_argument("--variants", default="mae,dense,official,hf",
+                   help="which of mae (maskkit), dense (mask-token encoder), official (models_mae.py "
+                        "structure), hf (transformers) to run")
     p.add_argument("--workers", type=int, help="data-loader workers for the data pipelines (default: CPU count, "
                                                "at most 8)")
     p.add_argument("--data-images", type=int, default=None,
@@ -119,6 +120,7 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
 
     from maskkit.bench import data as bench_data
     from maskkit.bench import steps as bench_steps
+    from maskkit.bench.reference import OfficialStyleMAE
     from maskkit.registry import Registry
 
     say = (lambda message: console.log(message)) if console is not None else (lambda message: None)
@@ -158,6 +160,8 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
             torch.manual_seed(settings.seed)
             if kind == "hf":
                 model = bench_steps.build_hf_like(bench_steps.build_maskkit(spec, False, registry))
+            elif kind == "official":
+                model = OfficialStyleMAE.like(bench_steps.build_maskkit(spec, False, registry))
             else:
                 model = bench_steps.build_maskkit(spec, kind == "dense", registry)
             variants.append(bench_steps.make_variant(name, kind, model, batch_size=settings.batch_size,
@@ -218,6 +222,8 @@ def verdicts(step_results, data_results) -> list[str]:
             d = rows["dense"]
             parts.append(f"speed-up over the mask-token encoder {d.seconds / mae.seconds:.2f}x wall-clock, "
                          f"{d.flops / mae.flops:.2f}x in FLOPs (the paper: 2.8-4.1x wall-clock)")
+        if "official" in rows:
+            parts.append(f"over the official-style MAE {rows['official'].seconds / mae.seconds:.2f}x")
         if "hf" in rows:
             parts.append(f"over transformers' ViTMAE {rows['hf'].seconds / mae.seconds:.2f}x")
         if jpeg is not None:
@@ -279,7 +285,8 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
         if with_memory:
             row.append("-" if not r["peak_memory"] else f"{r['peak_memory'] / 2**30:.1f}G")
         table.add_row(*row)
-    table.caption = (f"MAE = maskkit (visible patches only); mask tokens = the same encoder fed all patches; HF = "
+    table.caption = (f"MAE = maskkit (visible patches only); mask tokens = the same encoder fed all patches; "
+                     f"official-style = models_mae.py's structure on timm blocks, same weights; HF = "
                      f"transformers' ViTMAEForPreTraining (SDPA). vs MAE = its s/step over MAE's. MFU = model "
                      f"FLOPs/s (FlopCounterMode) over {results['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, the best "
                      f"{results['peak_gemm']['size']}^2 {results['peak_gemm']['dtype']} matmul of this run. "

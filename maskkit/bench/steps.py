@@ -4,6 +4,8 @@ Variants of one model size (all built with the same widths and depths, same batc
 
 * ``mae``: maskkit's MAE, the encoder run on the visible patches only (the paper's sparse design);
 * ``dense``: the same encoder fed all patches, hidden ones replaced by a mask token (the paper's baseline);
+* ``official``: the official ``models_mae.py`` structure (:mod:`maskkit.bench.reference`) with maskkit's
+  weights copied in, the "official-style reference" maskkit's MAE step must not be slower than;
 * ``hf``: transformers' ``ViTMAEForPreTraining`` (SDPA attention) as an external reference, when installed.
 
 Model FLOPs of one step are counted once per variant with ``torch.utils.flop_counter.FlopCounterMode`` (matrix
@@ -28,8 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from maskkit.errors import ConfigError
 
-VARIANTS = ("mae", "dense", "hf")
+VARIANTS = ("mae", "dense", "official", "hf")
 VARIANT_LABELS = {"mae": "maskkit MAE (visible patches)", "dense": "mask-token encoder (all patches)",
+                  "official": "official-style MAE (models_mae.py structure)",
                   "hf": "transformers ViTMAEForPreTraining"}
 
 
@@ -159,7 +162,7 @@ class Variant:
     """One model being benchmarked: how to run one training step, and what was measured."""
 
     model_name: str
-    kind: str  # mae | dense | hf
+    kind: str  # mae | dense | official | hf
     model: torch.nn.Module
     step: Callable[[], torch.Tensor]  # one training step
     params: int
@@ -174,8 +177,8 @@ class Variant:
 
     def compile_model(self) -> None:
         """``torch.compile`` in place: maskkit's components one by one, as the trainer does (dynamo cannot
-        build the frozen attrs ``MaskedOutput`` of ``MaskedModel.forward``); transformers' model whole."""
-        if self.kind == "hf":
+        build the frozen attrs ``MaskedOutput`` of ``MaskedModel.forward``); the references whole."""
+        if self.kind in ("hf", "official"):
             self.model.compile()
         else:
             for component in self.model.children():
@@ -195,10 +198,12 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
     if kind == "hf":
         cfg = model.config
         shape = (batch_size, cfg.num_channels, cfg.image_size, cfg.image_size)
+    elif kind == "official":
+        shape = (batch_size, model.in_chans, *model.patch_embed.img_size)
     else:
         shape = (batch_size, model.encoder.in_chans, *model.encoder.img_size)
     images = torch.randn(shape, generator=gen, device=device)
-    if kind != "hf":
+    if kind in ("mae", "dense"):
         hidden = model.masker.num_hidden(model.grid)
         num_visible = None if hidden is None else model.encoder.num_patches - hidden
 
@@ -211,6 +216,8 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
         with autocast():
             if kind == "hf":
                 loss = model(pixel_values=images).loss
+            elif kind == "official":
+                loss = model(images, generator=gen)[0]
             else:
                 mask = model.draw_mask(batch_size, gen, device)
                 loss = model(images, mask=mask, num_visible=num_visible).loss
