@@ -37,7 +37,9 @@ class CrashAfterCheckpoint:
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
-    recipe = load_recipe(tiny_tree(), ["train.max_steps=6", "train.ckpt_every=3", "augment.scale=[0.2, 1.0]"])
+    """With drop-path, so that the restored random state matters."""
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=6", "train.ckpt_every=3", "augment.scale=[0.2, 1.0]",
+                                       "encoder.drop_path_rate=0.5", "encoder.depth=2"])
     full = Trainer(recipe, tmp_path / "full", registry=maskkit.Registry.from_plugins(autoload=False),
                    progress=False).fit()
     assert full.steps == 6
@@ -192,3 +194,17 @@ def test_lr_scales_with_effective_batch(tmp_path, builtin_registry):
     trainer = Trainer(recipe, tmp_path, registry=builtin_registry, progress=False)
     trainer.fit()
     assert trainer.effective_batch == 32 and math.isclose(trainer.base_lr, 1e-3 * 32 / 256)
+
+
+def test_random_state_of_either_checkpoint_format_is_restored():
+    """Per-rank states (a list) restore this rank's entry; a first-format state (one dict) is restored as is."""
+    first_format = {"cpu": torch.get_rng_state()}
+    expected = torch.rand(3)
+    ckpt.set_rng_state(first_format)
+    assert torch.equal(torch.rand(3), expected)
+    per_rank = [ckpt.rng_state(torch.device("cpu")), {"cpu": torch.get_rng_state()}]
+    expected = torch.rand(3)
+    ckpt.set_rng_state(per_rank, rank=1)
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(CheckpointError, match="not of rank 2"):
+        ckpt.set_rng_state(per_rank, rank=2)

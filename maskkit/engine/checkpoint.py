@@ -3,8 +3,12 @@
 Layout of a maskkit checkpoint::
 
     {"format": "maskkit", "format_version": 1, "step": int, "model": state_dict (official MAE key names),
-     "optimizer": optimizer state, "rng": {"cpu": ByteTensor, "cuda": [ByteTensor...]}, "recipe": dict,
-     "versions": {package: version}}
+     "optimizer": optimizer state, "world_size": int, "rng": [per rank: {"cpu": ByteTensor, "cuda": ByteTensor}],
+     "recipe": dict, "versions": {package: version}}
+
+``rng`` holds every rank's random state (``"cuda"``: the state of that rank's own GPU, when it trains on one),
+so dropout and drop-path streams, which differ per rank, continue exactly on resume. Checkpoints of earlier
+versions hold one ``{"cpu": ..., "cuda": [one per visible GPU]}``, restored on every rank as it is.
 
 :func:`load_weights` also reads official MAE checkpoints (``{"model": state_dict}``) and encoder-only ones.
 """
@@ -94,14 +98,25 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     raise CheckpointError(f"{path}: missing encoder weights, e.g. {sorted(missing & encoder_keys)[:4]}")
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's random state: the CPU generator's, and ``device``'s when it is a GPU."""
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(saved: list[dict] | dict, rank: int = 0, device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` gave on rank ``rank`` (``saved``: the list of every rank's states, or one
+    earlier-version state, which holds the CPU state and a list of GPU states, restored as it is)."""
+    if isinstance(saved, dict):  # format before per-rank states
+        torch.set_rng_state(saved["cpu"])
+        if isinstance(saved.get("cuda"), list) and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda"])
+        return
+    if rank >= len(saved):
+        raise CheckpointError(f"the checkpoint holds the random state of {len(saved)} rank(s), not of rank {rank}")
+    state = saved[rank]
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import torch
@@ -104,6 +105,14 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (collective; ``[obj]`` without a process group)."""
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -44,11 +45,19 @@ def mask_seed(seed: int, micro_step: int) -> int:
     return (seed * 1_000_003 + micro_step * 7_919 + 17) % (2**63 - 1)
 
 
+def runtime_seed(seed: int, rank: int) -> int:
+    """The seed of the global generators after the model is built: one stream per rank."""
+    return (seed * 1_000_003 + (rank + 1) * 104_729 + 29) % (2**63 - 1)
+
+
 def pick_device(spec: str, dist: DistContext | None = None) -> torch.device:
-    """``auto``: CUDA when present (this rank's local GPU), else CPU."""
+    """``auto``: CUDA when present (this rank's local GPU: ``LOCAL_RANK`` under torchrun), else CPU."""
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank if dist else torch.cuda.current_device())
+            if dist is not None:
+                return torch.device("cuda", dist.local_rank)
+            local = os.environ.get("LOCAL_RANK")
+            return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
         return torch.device("cpu")
     return torch.device(spec)
 
@@ -112,8 +121,11 @@ class Trainer:
         resume_state = ckpt.load_training_checkpoint(self.resume_path) if self.resume_path else None
         if resume_state is not None:
             self._check_resumable(resume_state)
-        torch.manual_seed(recipe.seed)  # parameter init is a function of the seed
+        torch.manual_seed(recipe.seed)  # parameter init is a function of the seed (the same on every rank)
         self.model = build_model(recipe, self.registry).to(self.device)
+        # dropout and drop-path draw from the global generators: a stream per rank, so that ranks do not drop
+        # the same paths for the samples at the same place of their slices
+        torch.manual_seed(runtime_seed(recipe.seed, self.dist.rank))
         self.forward_model: torch.nn.Module = self.model
         if self.dist.enabled:  # DDP or FSDP, before the optimizer: FSDP swaps the parameters for sharded ones
             self.forward_model = parallelize(self.model, self.dist, self.dist_cfg, self.device)
@@ -142,7 +154,7 @@ class Trainer:
         if resume_state is not None:
             load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
             self.step = int(resume_state["step"])
-            ckpt.set_rng_state(resume_state["rng"])
+            ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
         if cfg.compile:  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
             for component in self.model.children():
                 component.compile()
@@ -285,10 +297,11 @@ class Trainer:
 
     def save_checkpoint(self, path: Path) -> None:
         gathered = gather_state(self.model, self.optimizer, self.dist)  # whole state; collective under FSDP
+        rng = self.dist.gather_objects(ckpt.rng_state(self.device))  # every rank's (collective)
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "step": self.step,
                      "model": gathered[0], "optimizer": gathered[1], "world_size": self.dist.world_size,
-                     "rng": ckpt.rng_state(), "recipe": self.recipe.tree, "versions": versions(self.registry)}
+                     "rng": rng, "recipe": self.recipe.tree, "versions": versions(self.registry)}
             ckpt.save_atomic(state, path)
             self.hook.maskkit_checkpoint_saved(trainer=self, path=path, step=self.step)
         self.dist.barrier()
