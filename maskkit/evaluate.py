@@ -58,11 +58,12 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
         if train_y.min() < 0:
             results[f"{prefix}knn_top1"] = None  # unlabelled data
             return
-        results[f"{prefix}knn_top1"] = knn_accuracy(train_f, train_y, test_f, test_y, k=cfg.k,
+        # the bank and the probe on the model's device: on a GPU, ImageNet-size kNN products take seconds there
+        results[f"{prefix}knn_top1"] = knn_accuracy(train_f.to(device), train_y, test_f, test_y, k=cfg.k,
                                                     temperature=cfg.temperature)
-        if linear:
+        if linear:  # on the CPU, one thread: the probe's steps are small and threads only wait on each other
             results[f"{prefix}linear_top1"] = linear_probe(train_f, train_y, test_f, test_y, seed=recipe.seed,
-                                                          num_threads=1).top1  # many small steps: 1 thread is faster
+                                                          device=device, num_threads=1).top1
 
     score(model, "")
     if baseline:

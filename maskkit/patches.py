@@ -24,8 +24,8 @@ def patchify(images: torch.Tensor, patch_size: Size2) -> torch.Tensor:
     b, c, height, width = images.shape
     ph, pw = patch_size
     h, w = height // ph, width // pw
-    x = images.reshape(b, c, h, ph, w, pw)
-    x = torch.einsum("nchpwq->nhwpqc", x)
+    # a permute, not einsum: CUDA autocast runs einsum in bf16, which would round the pixel targets
+    x = images.reshape(b, c, h, ph, w, pw).permute(0, 2, 4, 3, 5, 1)  # [B, h, w, ph, pw, C]
     return x.reshape(b, h * w, ph * pw * c)
 
 
@@ -34,8 +34,7 @@ def unpatchify(patches: torch.Tensor, patch_size: Size2, grid: Size2, in_chans: 
     b = patches.shape[0]
     ph, pw = patch_size
     h, w = grid
-    x = patches.reshape(b, h, w, ph, pw, in_chans)
-    x = torch.einsum("nhwpqc->nchpwq", x)
+    x = patches.reshape(b, h, w, ph, pw, in_chans).permute(0, 5, 1, 3, 2, 4)  # [B, C, h, ph, w, pw]
     return x.reshape(b, in_chans, h * ph, w * pw)
 
 

@@ -19,7 +19,7 @@ TINY = {
     "target": {"name": "norm_pixels"},
     "loss": {"name": "mse"},
     "train": {"epochs": 1, "max_steps": 6, "batch_size": 8, "base_lr": 1e-3, "warmup_epochs": 0.001,
-              "log_every": 1, "ckpt_every": 3},
+              "log_every": 1, "ckpt_every": 3, "device": "cpu"},  # CPU even on a GPU host: fp32 tolerances
     "eval": {"knn": False},
 }
 

@@ -58,6 +58,13 @@ def test_eval_knn_command(trained, capsys):
     assert "kNN top-1" in capsys.readouterr().out
 
 
+def test_eval_linear_command(trained, capsys):
+    """The probe trains inside the command's no_grad evaluation."""
+    assert main(["eval", "linear", str(trained / "checkpoint.pth"), "eval.k=3"]) == 0
+    out = capsys.readouterr().out
+    assert "linear top-1" in out and "kNN top-1" in out
+
+
 def test_resume_from_checkpoint_alone(trained, tmp_path):
     """``maskkit train --resume CKPT train.max_steps=6`` takes the recipe from the checkpoint."""
     import shutil

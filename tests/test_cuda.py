@@ -190,7 +190,7 @@ def test_model_step_does_not_sync_on_cuda(builtin_registry, dense):
 @pytest.mark.cuda
 def test_cuda_defaults_bf16_autocast_fused_adamw_masks_on_device(tmp_path, builtin_registry):
     tree = tiny_tree()
-    tree["train"].update(max_steps=2, ckpt_every=0)  # device auto, precision auto
+    tree["train"].update(max_steps=2, ckpt_every=0, device="auto")  # precision auto
     trainer = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False)
     trainer.fit()
     assert trainer.device.type == "cuda" and trainer.amp_dtype == torch.bfloat16
@@ -199,9 +199,20 @@ def test_cuda_defaults_bf16_autocast_fused_adamw_masks_on_device(tmp_path, built
 
 
 @pytest.mark.cuda
+def test_pixel_targets_stay_float32_under_bf16_autocast(builtin_registry):
+    """The loss compares bf16 predictions with fp32 targets: patchify must not be an op autocast lowers."""
+    model = _model(builtin_registry).cuda()
+    images, gen, _ = _step_inputs(model, "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(images, generator=gen)
+    assert out.target.dtype == torch.float32 and out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.target, model.target(images))
+
+
+@pytest.mark.cuda
 def test_train_compile_on_cuda(tmp_path, builtin_registry):
     tree = tiny_tree()
-    tree["train"].update(max_steps=3, ckpt_every=0, compile=True)
+    tree["train"].update(max_steps=3, ckpt_every=0, compile=True, device="cuda")
     result = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False).fit()
     assert result.final_loss == result.final_loss
 

@@ -368,3 +368,12 @@ def test_extract_features_cuda_bf16():
     torch.testing.assert_close(feats, images.mean(dim=(2, 3)), atol=2e-2, rtol=2e-2)
     knn = knn_predict(feats.cuda(), got.cuda(), feats.cuda(), k=1)
     assert knn.device.type == "cuda" and torch.equal(knn.cpu(), got)
+
+
+def test_linear_probe_trains_when_called_under_no_grad():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=gen)
+    y = (x[:, 0] > 0).long()
+    with torch.no_grad():
+        result = linear_probe(x, y, x, y, epochs=5, batch_size=16)
+    assert result.train_top1 > 0.9 and result.history[-1] < result.history[0]

@@ -280,18 +280,22 @@ class PeakProbe:
 def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device: torch.device,
                     peak: PeakProbe, progress: Callable[[str], None] | None = None) -> None:
     """Count each variant's FLOPs (one eager step, which is also the first warm-up step; on CUDA the peak
-    memory of that step too), compile it if asked, warm up, then time ``steps`` rounds. Each round runs every
+    memory of that step too, as this variant's own: its parameters plus what the step allocates at its peak,
+    activations, gradients and the new AdamW state, not the other variants' weights), compile it if asked, warm up, then time ``steps`` rounds. Each round runs every
     variant once and the peak matrix product once, starting one later each round, so that the drifts of a
     shared machine hit all alike."""
     say = progress or (lambda message: None)
     for v in variants:
         say(f"counting FLOPs: {v.model_name} {v.kind}")
-        if device.type == "cuda":
+        if device.type == "cuda":  # every variant is on the device: count only what this one adds
+            _sync(device)
+            before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
         v.flops = count_flops(v.step)
         _sync(device)
         if device.type == "cuda":
-            v.peak_memory = torch.cuda.max_memory_allocated(device)
+            own_params = sum(p.numel() * p.element_size() for p in v.model.parameters())
+            v.peak_memory = torch.cuda.max_memory_allocated(device) - before + own_params
         if v.compile:
             say(f"compiling: {v.model_name} {v.kind}")
             v.compile_model()

@@ -162,7 +162,7 @@ def linear_probe(
     elif max_label >= num_classes:
         raise ValueError(f"labels: label {max_label} is out of range for num_classes={num_classes}")
 
-    with _intra_op_threads(num_threads):
+    with _intra_op_threads(num_threads), torch.enable_grad():  # callers often evaluate under no_grad
         return _train(x_train, y_train, x_test, y_test, num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed)
 

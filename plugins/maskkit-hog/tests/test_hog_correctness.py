@@ -273,6 +273,7 @@ def test_rejects_images_that_do_not_fit():
         target(torch.zeros(1, 3, 8, 10))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     image = _random_images(3, (4, 3, 32, 32), dtype=torch.float32)
