@@ -139,6 +139,22 @@ def test_spec_forms_resolve_to_recipes(tmp_path, registry):
         assert run.recipe["train"]["max_steps"] == 4
 
 
+SHIPPED_SPECS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "compare").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda p: p.stem)
+def test_shipped_comparisons_load_and_plan(path):
+    """Every spec under recipes/compare/ builds every variant (block and grid come from maskkit-blockmask)."""
+    pytest.importorskip("maskkit_blockmask")
+    registry = maskkit.Registry.from_plugins()
+    spec = load_spec(path, registry=registry)
+    plan = make_plan(spec, registry)
+    assert len(plan.runs) == len(spec.variants) * len(spec.seeds) and len(plan.runs) >= 4
+    assert len({run.recipe["data_seed"] for run in plan.runs}) == 1
+    if plan.match == "epochs":
+        assert all(run.steps == plan.runs[0].steps > 0 for run in plan.runs)
+
+
 def test_matched_token_budget_steps_by_hand(tmp_path, registry):
     """7x7 = 49 patches + 1 cls token, batch 8, 96 images -> 12 steps/epoch.
     random 0.75 hides 49 - int(49 * 0.25) = 37: 12 visible + 1 = 13 tokens/image, 104/step.
