@@ -2,8 +2,11 @@
 
 Reproducibility contract: the data order is a permutation drawn from ``(data_seed, epoch)``, each sample's
 augmentation is seeded by ``(data_seed, epoch, index)`` (``data_seed`` defaults to ``seed``), and each
-micro-step's masks are drawn for the *global* batch from a generator seeded by ``(seed, micro_step)``; every rank keeps its slice. So a run resumed from a
-checkpoint continues exactly, and results do not depend on how the global batch is split over processes.
+micro-step's masks are drawn for the *global* batch from a generator seeded by ``(seed, micro_step)``; every
+rank keeps its slice. So a run resumed from a checkpoint continues exactly, and results do not depend on how
+the global batch is split over processes. The one exception is randomness inside the model (dropout,
+drop-path): it draws from the global generators, seeded per rank by ``(seed, rank)`` after the parameters are
+initialised (the same on every rank), and checkpoints keep every rank's state, so resume is still exact.
 """
 
 from __future__ import annotations
