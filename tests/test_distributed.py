@@ -47,13 +47,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(recipe_file: Path, out: Path, *args: str, nproc: int = 2) -> subprocess.Popen:
-    """``python -m torch.distributed.run --nproc_per_node N -m maskkit train RECIPE ...`` (gloo, 1 thread each)."""
+def launch(recipe_file: Path, out: Path, *args: str, nproc: int = 2, launcher=None) -> subprocess.Popen:
+    """``python -m torch.distributed.run --nproc_per_node N -m maskkit train RECIPE ...`` (gloo, 1 thread each);
+    ``launcher``: torchrun's rendezvous arguments (default: one node, a free local port)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskkit", "--debug", "train", str(recipe_file),
-           *args, "--out", str(out), "--no-progress", "--no-eval"]
+    if launcher is None:
+        launcher = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launcher,
+           "-m", "maskkit", "--debug", "train", str(recipe_file), *args, "--out", str(out), "--no-progress",
+           "--no-eval"]
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -197,6 +200,28 @@ def test_two_rank_resume_restores_each_ranks_random_stream(tmp_path):
     state = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
     assert losses(tmp_path / "part") == losses(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_two_nodes_with_the_c10d_rendezvous_train_like_one_process(tmp_path, registry, monkeypatch):
+    """The README's multi-node launch, two "nodes" of one process each on this host (``--nnodes 2`` and the
+    c10d rendezvous): global ranks 0 and 1, both with local rank 0, log the losses of one process with the
+    whole batch."""
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(_tree(4)))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [launch(recipe_file, tmp_path / f"node{i}", nproc=1,
+                    launcher=["--nnodes", "2", "--rdzv_id", "maskkit-test", "--rdzv_backend", "c10d",
+                              "--rdzv_endpoint", endpoint]) for i in range(2)]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    single = Trainer(maskkit.Recipe(_tree(8)), tmp_path / "single", registry=registry, progress=False)
+    single.fit()
+    for i, node in enumerate(nodes):
+        finish(node, tmp_path / f"node{i}")
+    written = [i for i in range(2) if (tmp_path / f"node{i}" / "metrics.jsonl").exists()]
+    assert len(written) == 1  # global rank 0 alone writes, whichever node the rendezvous made it
+    two = losses(tmp_path / f"node{written[0]}")
+    assert len(two) == STEPS and max(abs(a - b) for a, b in zip(two, losses(single.run_dir))) < 1e-5
 
 
 def test_runtime_random_streams_differ_per_rank():
