@@ -1,4 +1,4 @@
-"""``maskkit bench``: FLOP counting, the three variants, the round-robin, the data pipelines, the command.
+"""``maskkit bench``: FLOP counting, the four variants, the round-robin, the data pipelines, the command.
 
 Everything here runs tiny models on the CPU; ``scripts/gpu-check.sh`` runs the real sizes on a GPU.
 """
