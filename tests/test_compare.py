@@ -323,3 +323,19 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path):
     again = run_comparison(make_plan(spec, registry), tmp_path / "out", registry=registry, console=quiet(),
                            progress=False, report=False)
     assert again.failed == ("r75/seed0",) and again.skipped == ("r50/seed0",) and not again.trained  # not retried
+
+
+def test_accuracy_axis_zooms_on_the_values_from_a_multiple_of_five():
+    from maskkit.compare.report import accuracy_axis
+
+    bottom, top = accuracy_axis([70.5, 73.6, 78.3, 77.9])
+    assert bottom == 65.0 and 78.3 < top <= 80.0
+    assert accuracy_axis([3.0, 10.0])[0] == 0.0  # never below zero
+    assert accuracy_axis([99.5, 100.0])[1] == 100.0  # never above 100
+
+
+def test_paired_differences_are_signed_and_their_spread_is_not():
+    from maskkit.compare.report import _pm
+
+    assert _pm({"mean": -0.022, "std": 0.0192}, lambda x: f"{x:+.2f}", 100) == "-2.20 ± 1.92"
+    assert _pm({"mean": 0.0028, "std": None}, lambda x: f"{x:+.2f}", 100) == "+0.28"

@@ -142,7 +142,7 @@ def _pm(stat: dict | None, fmt, scale: float = 1.0) -> str:
         return "-"
     text = fmt(stat["mean"] * scale)
     if stat.get("std") is not None:
-        text += f" ± {fmt(stat['std'] * scale)}"
+        text += f" ± {fmt(stat['std'] * scale).lstrip('+')}"  # a spread has no sign
     return text
 
 
@@ -298,9 +298,20 @@ def _accuracy_keys(plan: Plan) -> list[tuple[str, str]]:
     return [(k, label) for k, label in ACCURACIES if getattr(plan.eval, k.split("_")[0])]
 
 
+def accuracy_axis(values: list[float]) -> tuple[float, float]:
+    """The y range (in %) of the accuracy bars: from a multiple of 5 below the lowest value (seed, mean - std,
+    random-init line), leaving room, to just above the highest; the differences between masking strategies
+    are often a point or two, invisible on a 0-100 axis."""
+    lo, hi = min(values), max(values)
+    room = max(2.0, 0.5 * (hi - lo))
+    bottom = max(0.0, 5.0 * ((lo - room) // 5.0))
+    return bottom, min(100.0, hi + max(1.0, 0.1 * (hi - bottom)))
+
+
 def plot_accuracy(plan: Plan, rows: list[dict], summary: list[dict], path: Path) -> Path:
     plt = _plt()
     keys = _accuracy_keys(plan)
+    shown: list[float] = []  # every value drawn, for the y range
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(plan.variants) * len(keys) + 2), 4.2))
     width = 0.8 / len(keys)
     hatches = ["", "//"]
@@ -315,8 +326,11 @@ def plot_accuracy(plan: Plan, rows: list[dict], summary: list[dict], path: Path)
                    edgecolor="black", lw=0.5, yerr=None if stat["std"] is None else 100 * stat["std"], capsize=4)
             points = [100 * r[key] for r in rows if r["variant"] == s["variant"] and r[key] is not None]
             ax.scatter([x] * len(points), points, color="black", s=10, zorder=3)
+            spread = 0.0 if stat["std"] is None else 100 * stat["std"]
+            shown += points + [100 * stat["mean"] - spread, 100 * stat["mean"] + spread]
         base = _stats([r[f"random_init_{key}"] for r in rows])
         if base["mean"] is not None:
+            shown.append(100 * base["mean"])
             ax.axhline(100 * base["mean"], color="grey", ls="--" if j == 0 else ":", lw=1,
                        label=f"random init, {label.split(' (')[0]}")
     from matplotlib.patches import Patch
@@ -327,7 +341,13 @@ def plot_accuracy(plan: Plan, rows: list[dict], summary: list[dict], path: Path)
     ax.set_xticks(range(len(summary)), [s["variant"] for s in summary])
     ax.set_ylabel("top-1 accuracy (%)")
     budget = "encoder tokens" if plan.match == "tokens" else "epochs"
-    ax.set_title(f"frozen-feature accuracy, mean ± std over seeds (dots: seeds); budget: equal {budget}", fontsize=9)
+    title = f"frozen-feature accuracy, mean ± std over seeds (dots: seeds); budget: equal {budget}"
+    if shown:
+        bottom, top = accuracy_axis(shown)
+        ax.set_ylim(bottom, top)
+        if bottom > 0:
+            title += f"; y axis from {bottom:.0f}%"
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
