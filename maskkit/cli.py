@@ -308,9 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``key=value`` overrides may also come after options
+    (``maskkit train R.yaml --out runs/x train.epochs=2``) and ``--debug`` after the command: argparse alone
+    stops taking positional arguments once an option has been given."""
+    args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:
+        args.debug = True
+        extra = [item for item in extra if item != "--debug"]
+    positional = next((name for name in ("overrides", "arguments") if hasattr(args, name)), None)
+    if positional is not None and extra and all("=" in item and not item.startswith("-") for item in extra):
+        setattr(args, positional, [*getattr(args, positional), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     console = Console(stderr=False)
     try:
         return args.func(args, console)

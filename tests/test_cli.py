@@ -65,6 +65,22 @@ def test_eval_linear_command(trained, capsys):
     assert "linear top-1" in out and "kNN top-1" in out
 
 
+def test_overrides_may_follow_options(trained, tmp_path, capsys):
+    """``maskkit train R --out X --no-eval a=1`` (the README's torchrun line) and ``eval ... --device cpu k=v``:
+    argparse alone would refuse a positional after an option."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_tree()))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress", "--no-eval",
+                 "train.max_steps=2", "--debug"]) == 0
+    steps = [yaml.safe_load(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert main(["eval", "knn", str(trained / "checkpoint.pth"), "--device", "cpu", "eval.k=3"]) == 0
+    assert "k=3" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(recipe), "--out", str(tmp_path / "x"), "--no-such-option"])
+    assert exc.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_resume_from_checkpoint_alone(trained, tmp_path):
     """``maskkit train --resume CKPT train.max_steps=6`` takes the recipe from the checkpoint."""
     import shutil

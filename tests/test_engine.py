@@ -208,3 +208,29 @@ def test_random_state_of_either_checkpoint_format_is_restored():
     assert torch.equal(torch.rand(3), expected)
     with pytest.raises(CheckpointError, match="not of rank 2"):
         ckpt.set_rng_state(per_rank, rank=2)
+
+
+class RatioSchedule:
+    """CONTRIBUTING's mask-ratio schedule, recording what the encoder was given at each step."""
+
+    def __init__(self):
+        self.expected, self.seen = [], []
+
+    @maskkit.hookimpl
+    def maskkit_train_start(self, model):
+        model.encoder.register_forward_hook(lambda module, args, out: self.seen.append(out.shape[1]))
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, trainer, model, step):
+        model.masker.ratio = 0.3 + 0.6 * step / trainer.total_steps
+        self.expected.append(1 + model.encoder.num_patches - model.masker.num_hidden(model.grid))
+
+
+def test_a_masker_changed_at_step_start_is_used_whole_that_step(tmp_path):
+    """The visible count is taken after ``maskkit_step_start``: the encoder sees every visible patch of the
+    scheduled ratio (the cls token plus 35 of 49 patches at ratio 0.3, down to 13 at 0.75)."""
+    schedule = RatioSchedule()
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"schedule": schedule})
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=4", "train.ckpt_every=0"])
+    Trainer(recipe, tmp_path, registry=registry, progress=False).fit()
+    assert schedule.expected == [35, 27, 20, 13] and schedule.seen == schedule.expected

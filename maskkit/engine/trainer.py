@@ -213,8 +213,6 @@ class Trainer:
         self._setup()
         cfg = self.cfg
         model = self.model
-        hidden = model.masker.num_hidden(self.grid)
-        num_visible = None if hidden is None else model.encoder.num_patches - hidden
         self.hook.maskkit_train_start(trainer=self, model=model)
         metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.dist.is_main else None
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -235,6 +233,10 @@ class Trainer:
                                warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
                     set_lr(self.optimizer, lr)
                     self.hook.maskkit_step_start(trainer=self, model=model, step=self.step)
+                    # after the hook, which may change the masker (a ratio schedule): the count is host
+                    # arithmetic, and passing it spares the model a device sync to check it
+                    hidden = model.masker.num_hidden(self.grid)
+                    num_visible = None if hidden is None else model.encoder.num_patches - hidden
                     step_loss = torch.zeros((), device=self.device)
                     for micro in range(cfg.accum_steps):
                         epoch, images, _ = next(batches)
