@@ -175,6 +175,11 @@ def test_matched_token_budget_steps_by_hand(tmp_path, registry):
     plan = make_plan(load_spec(write_spec(tmp_path, variants=variants, budget={"match": "tokens", "tokens": 1000}),
                                registry=registry), registry)
     assert [v.steps for v in plan.variants] == [10, 5, 3]  # 9.6 -> 10, 5.0, 2.5 -> 3 (halves round up)
+    path = write_spec(tmp_path, variants=variants, budget={"match": "tokens", "tokens": 1000})
+    path.write_text(path.read_text().replace("tokens: 1000", "tokens: 1.0e3"))  # YAML 1.2: a float, but whole
+    assert "1.0e3" in path.read_text()
+    float_plan = make_plan(load_spec(path, registry=registry), registry)
+    assert [v.steps for v in float_plan.variants] == [10, 5, 3]
 
     plan = make_plan(load_spec(write_spec(tmp_path, variants=variants, budget={"match": "epochs", "epochs": 2}),
                                registry=registry), registry)

@@ -258,7 +258,10 @@ def _parse_budget(raw: Any, variants: list[str], file: str) -> BudgetSpec:
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
         raise ConfigError("budget.epochs", expected("a number > 0", epochs), file=file)
     steps = None if raw.get("steps") is None else _int(raw["steps"], "budget.steps", file, 1)
-    tokens = None if raw.get("tokens") is None else _int(raw["tokens"], "budget.tokens", file, 1)
+    tokens = raw.get("tokens")
+    if isinstance(tokens, float) and tokens.is_integer():  # token counts are naturally written 5.0e6
+        tokens = int(tokens)
+    tokens = None if tokens is None else _int(tokens, "budget.tokens", file, 1)
     reference = raw.get("reference")
     if match == "epochs":
         if tokens is not None:
