@@ -59,3 +59,7 @@ class TrainingError(MaskkitError):
 def expected(what: str, got: Any) -> str:
     """The standard phrase ``expected WHAT, got VALUE``."""
     return f"expected {what}, got {got!r}"
+
+
+class NoPixelFormError(MaskkitError, ValueError):
+    """A reconstruction picture was asked of a model whose target has no pixel form (HOG, features)."""

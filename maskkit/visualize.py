@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
+from maskkit.errors import NoPixelFormError
 from maskkit.model import MaskedModel
 from maskkit.patches import unpatchify, upsample_mask
 
@@ -25,7 +26,8 @@ def reconstruction_rows(model: MaskedModel, images: torch.Tensor, mask: torch.Te
     """``images [B, C, H, W]`` (normalized) and ``mask [B, N]`` -> ``[B * 4, C, H, W]`` pictures in [0, 1]:
     per image original, masked (hidden patches grey), reconstruction, reconstruction with visible pasted back.
 
-    Raises ``ValueError`` when the model's target cannot be turned back into pixels (HOG, features).
+    Raises :class:`~maskkit.errors.NoPixelFormError` (a ``ValueError``) when the model's target cannot be
+    turned back into pixels (HOG, features).
     """
     was_training = model.training
     model.eval()
@@ -33,7 +35,8 @@ def reconstruction_rows(model: MaskedModel, images: torch.Tensor, mask: torch.Te
     model.train(was_training)
     pred_pixels = model.target.to_pixels(out.pred.float(), images)
     if pred_pixels is None:
-        raise ValueError(f"target {type(model.target).__name__} has no pixel form to draw")
+        raise NoPixelFormError(f"target {type(model.target).__name__} predicts no pixels, so there is no "
+                               "reconstruction to draw (`maskkit masks show` draws the masks)")
     enc = model.encoder
     recon = unpatchify(pred_pixels, enc.patch_size, enc.grid, enc.in_chans)
     pixel_mask = upsample_mask(mask, enc.grid, enc.patch_size).to(images.dtype)  # [B, 1, H, W]

@@ -152,3 +152,12 @@ def test_plugins_and_list(capsys):
     assert "random" in out and "mae" in out and "norm_pixels" in out and "quickstart" in out
     assert main(["list", "encoder", "vit_large_patch16_2*"]) == 0
     assert "vit_large_patch16_224" in capsys.readouterr().out
+
+
+def test_visualize_a_target_without_pixels_is_a_one_line_error(trained, tmp_path, capsys, monkeypatch):
+    from maskkit.builtin.targets import PixelTarget
+
+    monkeypatch.setattr(PixelTarget, "to_pixels", lambda self, pred, images: None)  # as HOG or features
+    assert main(["visualize", str(trained / "checkpoint.pth"), "--out", str(tmp_path / "r.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maskkit: error: target PixelTarget predicts no pixels") and err.count("\n") == 1
