@@ -153,15 +153,20 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from maskkit.engine.checkpoint import save_atomic
 
-    model, _ = _model_from_checkpoint(args.checkpoint)
+    from maskkit.builtin.vit import TimmViTEncoder
+
+    model, recipe = _model_from_checkpoint(args.checkpoint)
     encoder = model.encoder
-    state = {k: v for k, v in encoder.state_dict().items() if k != "encoder_mask_token"}
+    # mask tokens are pretraining-only: a timm model has no such parameter
+    state = {k: v for k, v in encoder.state_dict().items() if k not in ("encoder_mask_token", "mask_token")}
     save_atomic(state, args.out)
     name = getattr(encoder, "model_name", type(encoder).__name__)
-    console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names; load with\n"
-                  f"  timm.create_model('{name}', pretrained=True, num_classes=0, "
-                  f"pretrained_cfg_overlay=dict(file='{args.out}'), img_size={encoder.img_size}, "
-                  f"patch_size={encoder.patch_size}, in_chans={encoder.in_chans})")
+    console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names")
+    if isinstance(encoder, TimmViTEncoder):  # its recipe arguments beyond maskkit's own are timm's
+        own = {"name", "sincos_pos_embed", "mae_init", "dense"}
+        kwargs = "".join(f", {k}={v!r}" for k, v in recipe.tree["encoder"].items() if k not in own)
+        console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
+                      f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -36,9 +36,9 @@ def test_train_writes_run_folder_and_evaluation(trained):
 def test_export_loads_in_timm(trained, tmp_path, capsys):
     out = tmp_path / "encoder.pth"
     assert main(["export", str(trained / "checkpoint.pth"), "--out", str(out)]) == 0
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=28, patch_size=4,
-                              in_chans=1, embed_dim=32, depth=1, num_heads=2,
-                              pretrained_cfg_overlay=dict(file=str(out)))
+    hint = capsys.readouterr().out.split("load with\n", 1)[1].strip()
+    assert hint.startswith("timm.create_model('vit_tiny_patch16_224'") and "embed_dim=32" in hint
+    model = eval(hint, {"timm": timm})  # the printed line, as a user pastes it
     state = torch.load(trained / "checkpoint.pth", weights_only=True)["model"]
     assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
     assert torch.equal(model.pos_embed, state["pos_embed"])
