@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     import torch
 
     from maskkit.engine.checkpoint import load_training_checkpoint
-    from maskkit.engine.trainer import Trainer
+    from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer
     from maskkit.evaluate import evaluate
     from maskkit.recipe import Recipe, load_recipe
 
@@ -59,14 +59,20 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     else:
         recipe = load_recipe(args.recipe, args.overrides, registry=registry)
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else _default_run_dir(args.recipe))
+    if args.resume is None and any((out / name).exists() for name in (CHECKPOINT_NAME, "metrics.jsonl")):
+        raise MaskkitError(f"{out} already holds a run; continue it with --resume {out / CHECKPOINT_NAME}, or "
+                           "give another --out (nothing was overwritten)")
     trainer = Trainer(recipe, out, registry=registry, resume=args.resume, console=console,
                       progress=not args.no_progress)
     result = trainer.fit()
     if not trainer.dist.is_main:
         trainer.dist.shutdown()
         return 0
-    console.print(f"trained {result.steps} steps in {result.wall_time:.1f} s "
-                  f"({result.images_per_s:.0f} images/s), final loss {result.final_loss:.4f}; run folder: {out}")
+    if result.images_per_s == 0:  # resumed at its last step: nothing left to train
+        console.print(f"nothing to train: the run is already at step {result.steps}; run folder: {out}")
+    else:
+        console.print(f"trained {result.steps} steps in {result.wall_time:.1f} s "
+                      f"({result.images_per_s:.0f} images/s), final loss {result.final_loss:.4f}; run folder: {out}")
     if recipe.eval.knn and not args.no_eval:
         with torch.no_grad():
             scores = evaluate(trainer.model, recipe, device=trainer.device, registry=registry, run_dir=out)

@@ -161,3 +161,19 @@ def test_visualize_a_target_without_pixels_is_a_one_line_error(trained, tmp_path
     assert main(["visualize", str(trained / "checkpoint.pth"), "--out", str(tmp_path / "r.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("maskkit: error: target PixelTarget predicts no pixels") and err.count("\n") == 1
+
+
+def test_training_into_a_run_folder_needs_resume(trained, tmp_path, capsys):
+    """A second `train` into a folder that holds a run would overwrite its checkpoint: refused, one line."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "checkpoint.pth").read_bytes()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_tree()))
+    assert main(["train", str(recipe), "--out", str(run), "--no-progress"]) == 2
+    assert f"{run} already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert (run / "checkpoint.pth").read_bytes() == before
+    assert main(["train", "--resume", str(run / "checkpoint.pth"), "--no-progress", "--no-eval"]) == 0
+    assert "nothing to train: the run is already at step 4" in capsys.readouterr().out
