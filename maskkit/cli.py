@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     if not trainer.dist.is_main:
         trainer.dist.shutdown()
         return 0
-    if result.images_per_s == 0:  # resumed at its last step: nothing left to train
+    if result.trained_steps == 0:  # resumed at its last step
         console.print(f"nothing to train: the run is already at step {result.steps}; run folder: {out}")
     else:
         console.print(f"trained {result.steps} steps in {result.wall_time:.1f} s "
@@ -169,7 +169,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     name = getattr(encoder, "model_name", type(encoder).__name__)
     console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names")
     if isinstance(encoder, TimmViTEncoder):  # its recipe arguments beyond maskkit's own are timm's
-        own = {"name", "sincos_pos_embed", "mae_init", "dense"}
+        own = {"name", *TimmViTEncoder.MASKKIT_ARGUMENTS}
         kwargs = "".join(f", {k}={v!r}" for k, v in recipe.tree["encoder"].items() if k not in own)
         console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
                       f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)

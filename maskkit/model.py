@@ -53,6 +53,12 @@ class MaskedModel(nn.Module):
         """A mask ``[batch_size, N]`` from this model's masker on this model's grid."""
         return self.masker(batch_size, self.grid, generator=generator, device=device)
 
+    def num_visible(self) -> int | None:
+        """Visible patches per sample of this model's masker (host arithmetic, no device work), or ``None``
+        when the count varies per sample. Passing it to :meth:`forward` spares the sparse-encoder check."""
+        hidden = self.masker.num_hidden(self.grid)
+        return None if hidden is None else self.encoder.num_patches - hidden
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None, num_visible: int | None = None) -> MaskedOutput:
         """``num_visible``: with a ``mask`` whose visible count per sample is known to the caller (the engine
@@ -60,8 +66,7 @@ class MaskedModel(nn.Module):
         n = self.encoder.num_patches
         if mask is None:
             mask = self.draw_mask(images.shape[0], generator, images.device)
-            hidden = self.masker.num_hidden(self.grid)
-            num_visible = None if hidden is None else n - hidden
+            num_visible = self.num_visible()
         else:
             mask = mask.to(device=images.device, dtype=torch.bool)
             if mask.shape != (images.shape[0], n):

@@ -203,9 +203,7 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
     else:
         shape = (batch_size, model.encoder.in_chans, *model.encoder.img_size)
     images = torch.randn(shape, generator=gen, device=device)
-    if kind in ("mae", "dense"):
-        hidden = model.masker.num_hidden(model.grid)
-        num_visible = None if hidden is None else model.encoder.num_patches - hidden
+    num_visible = model.num_visible() if kind in ("mae", "dense") else None
 
     def autocast():
         if amp_dtype is None:
@@ -281,9 +279,9 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
                     peak: PeakProbe, progress: Callable[[str], None] | None = None) -> None:
     """Count each variant's FLOPs (one eager step, which is also the first warm-up step; on CUDA the peak
     memory of that step too, as this variant's own: its parameters plus what the step allocates at its peak,
-    activations, gradients and the new AdamW state, not the other variants' weights), compile it if asked, warm up, then time ``steps`` rounds. Each round runs every
-    variant once and the peak matrix product once, starting one later each round, so that the drifts of a
-    shared machine hit all alike."""
+    activations, gradients and the new AdamW state, not the other variants' weights), compile it if asked,
+    warm up, then time ``steps`` rounds. Each round runs every variant once and the peak matrix product once,
+    starting one later each round, so that the drifts of a shared machine hit all alike."""
     say = progress or (lambda message: None)
     for v in variants:
         say(f"counting FLOPs: {v.model_name} {v.kind}")

@@ -31,6 +31,8 @@ class TimmViTEncoder(Encoder):
     MAE's 2-D sin-cos (frozen); ``mae_init`` applies the official initialisation.
     """
 
+    MASKKIT_ARGUMENTS = ("sincos_pos_embed", "mae_init", "dense")  # the rest go to timm.create_model
+
     def __init__(
         self,
         model_name: str,

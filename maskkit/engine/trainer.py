@@ -89,6 +89,7 @@ class TrainResult:
     wall_time: float
     images_per_s: float
     checkpoint: Path
+    trained_steps: int  # steps this call trained (0 when resumed at the last step)
 
 
 class Trainer:
@@ -233,10 +234,7 @@ class Trainer:
                                warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
                     set_lr(self.optimizer, lr)
                     self.hook.maskkit_step_start(trainer=self, model=model, step=self.step)
-                    # after the hook, which may change the masker (a ratio schedule): the count is host
-                    # arithmetic, and passing it spares the model a device sync to check it
-                    hidden = model.masker.num_hidden(self.grid)
-                    num_visible = None if hidden is None else model.encoder.num_patches - hidden
+                    num_visible = model.num_visible()  # after the hook, which may change the masker
                     step_loss = torch.zeros((), device=self.device)
                     for micro in range(cfg.accum_steps):
                         epoch, images, _ = next(batches)
@@ -291,7 +289,7 @@ class Trainer:
         wall = time.perf_counter() - start_time
         done = self.step - start_step
         return TrainResult(self.run_dir, self.step, last_loss, wall, done * self.effective_batch / max(wall, 1e-9),
-                           checkpoint_path)
+                           checkpoint_path, done)
 
     def _check_finite(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
         bad_step = int(self.dist.max(first_bad))
