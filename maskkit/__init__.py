@@ -9,7 +9,8 @@
 __version__ = "0.1.0"
 
 from maskkit.errors import CheckpointError, ConfigError, MaskkitError, PluginError, TrainingError  # noqa: E402
-from maskkit.interfaces import Decoder, Encoder, Loss, MaskedOutput, Masker, Target  # noqa: E402
+from maskkit.interfaces import (AUX_CONTEXT, MASKER_CONTEXT, Decoder, Encoder, Loss, MaskDraw,  # noqa: E402
+                                MaskedOutput, Masker, Target)
 from maskkit.registry import Registry, create, default_registry, hookimpl, list_components  # noqa: E402
 from maskkit.model import MaskedModel  # noqa: E402
 from maskkit.recipe import Recipe, load_recipe  # noqa: E402
@@ -17,7 +18,8 @@ from maskkit.builder import build_model  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "create", "list_components", "default_registry", "Registry",
-    "Masker", "Encoder", "Decoder", "Target", "Loss", "MaskedOutput", "MaskedModel",
+    "Masker", "Encoder", "Decoder", "Target", "Loss", "MaskedOutput", "MaskedModel", "MaskDraw",
+    "MASKER_CONTEXT", "AUX_CONTEXT",
     "Recipe", "load_recipe", "build_model",
     "MaskkitError", "ConfigError", "PluginError", "CheckpointError", "TrainingError",
 ]

@@ -32,12 +32,58 @@ from torch import nn
 Grid = tuple[int, int]
 
 
+#: What a masker may ask for, by naming keyword-only parameters of ``__call__`` (the way a pluggy hook
+#: implementation takes only the arguments it names). A masker receives exactly the names it declares.
+MASKER_CONTEXT: dict[str, str] = {
+    "images": "the batch as the encoder sees it, [B, C, H, W] on the device (this process's rows)",
+    "step": "the global optimizer step (int, 0-based); 0 outside training",
+    "epoch": "the fractional epoch (float, step / steps per epoch); 0.0 outside training",
+    "model": "the MaskedModel (unwrapped), to run its encoder or a teacher without gradients",
+    "rows": "this process's rows of the global batch (a slice); slice(0, B) in one process",
+}
+
+#: What ``aux_losses`` of any component (masker, encoder, decoder, target, loss) may ask for, by name.
+AUX_CONTEXT: dict[str, str] = {
+    "images": "the batch [B, C, H, W]",
+    "mask": "the step's mask [B, N], True = hidden",
+    "pred": "the decoder's predictions [B, N, D]",
+    "target": "the targets [B, N, D]",
+    "patch_loss": "the loss per patch [B, N], detached (Loss.per_patch, or the mean squared error)",
+    "latent": "the encoder's output [B, P + N_visible, D] (sparse) or [B, P + N, D] (dense)",
+    "model": "the MaskedModel (unwrapped)",
+    "extras": "what the masker returned beside the mask (MaskDraw.extras; {} for a plain mask)",
+    "step": "the global optimizer step (int)",
+    "epoch": "the fractional epoch (float)",
+}
+
+
+@attrs.frozen
+class MaskDraw:
+    """What a masker may return instead of a bare mask: the mask and ``extras``, tensors handed on to its own
+    ``aux_losses(extras=...)`` in the same step (they may carry gradients, e.g. the log-probabilities of a
+    learned masker's sampled mask)."""
+
+    mask: torch.Tensor
+    extras: dict = attrs.field(factory=dict)
+
+
 class Masker(ABC):
     """Decides which patches are hidden.
 
-    Implementations are plain objects (no parameters), configured by keyword arguments. All randomness comes
-    from ``generator`` so masks are reproducible; the mask is created on ``device`` (never on the host and
+    A *blind* masker is a plain object configured by keyword arguments. All randomness comes from
+    ``generator`` so masks are reproducible; the mask is created on ``device`` (never on the host and
     copied) so GPU training does not wait on the CPU.
+
+    A masker may look at the batch, the model and the schedule by naming keyword-only parameters of
+    ``__call__`` from :data:`MASKER_CONTEXT` (``images``, ``step``, ``epoch``, ``model``, ``rows``); it
+    receives exactly those. It may be an ``nn.Module`` too (subclass both): its parameters train with the
+    model's optimizer (``lr_scale`` attribute for their own learning rate), its parameters and buffers are
+    saved in checkpoints and left out of exports. It may return a :class:`MaskDraw` to hand tensors to its
+    ``aux_losses``, and define ``aux_losses(**named) -> {name: scalar}`` taking names from
+    :data:`AUX_CONTEXT`; those losses are added to the training loss and logged by name.
+
+    Whatever a masker returns is checked against what it declares: a bool ``[B, N]`` mask hiding exactly
+    ``num_hidden(grid)`` patches in every sample when that is an ``int``.
     """
 
     @abstractmethod
