@@ -343,13 +343,9 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 
 def _blame_plugin(exc: BaseException) -> str | None:
-    """The plugin whose code raised ``exc``, if the registry was built and a plugin's frame is in the traceback."""
-    from maskkit.registry import default_registry
-
-    if default_registry.cache_info().currsize == 0:  # never built: no plugin code ran
-        return None
+    """The plugin whose code raised ``exc`` (a plugin's frame in the traceback), if any."""
     try:
-        return default_registry().plugin_of(exc)
+        return _registry().plugin_of(exc)
     except Exception:  # pragma: no cover - blaming must never hide the original error
         return None
 

@@ -254,11 +254,12 @@ def _source_root(plugin: object) -> str | None:
     to the module that registers them); None for maskkit's own modules."""
     module_name = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
     top = module_name.split(".")[0]
-    module = sys.modules.get(top)
-    file = getattr(module, "__file__", None)
-    if top == "maskkit" or not file:
+    if top == "maskkit":
         return None
-    return str(Path(file).parent) if Path(file).name == "__init__.py" else file
+    package_file = getattr(sys.modules.get(top), "__file__", None)  # None for a namespace package
+    if package_file and Path(package_file).name == "__init__.py":
+        return str(Path(package_file).parent)
+    return getattr(sys.modules.get(module_name), "__file__", None) or package_file
 
 
 @lru_cache(maxsize=1)

@@ -86,6 +86,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Take the lock, or raise :class:`~maskkit.errors.RunFolderError` naming the run that holds it."""
+        _check_is_folder(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
                 "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -124,6 +125,11 @@ class RunLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _check_is_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{folder}: is a file; the run folder (--out) must be a folder")
 
 
 def remove_stray_files(folder: str | Path) -> list[Path]:
@@ -167,8 +173,7 @@ def prepare(folder: str | Path, *, resume: str | Path | None, resume_step: int |
     ``resume``/``resume_step``: the checkpoint this session continues from and its step (None: a fresh run).
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"{folder}: is a file; the run folder (--out) must be a folder")
+    _check_is_folder(folder)
     remove_stray_files(folder)
     checkpoint = folder / CHECKPOINT_NAME
     if resume_step is None or resume is None:

@@ -346,7 +346,7 @@ class Trainer:
         if self.dist.is_main:
             bad = ckpt.non_finite({"model": gathered[0], "optimizer": gathered[1]["state"]})
         if int(self.dist.max(torch.tensor(len(bad), device=self.device))) > 0:
-            raise TrainingError(f"non-finite weights after step {self.step} ({len(bad)} tensors, e.g. "
+            raise TrainingError(f"non-finite weights after step {self.step} ({len(bad)} tensor(s), e.g. "
                                 f"{', '.join(bad[:3]) or 'on another rank'}) although the loss was finite; not "
                                 f"saved; {self._last_good(path)}; lower train.lr or set train.clip_grad")
         if self.dist.is_main:
