@@ -401,3 +401,35 @@ def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, ima
     listed = (out / "bad_images.txt").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["corrupt.jpg", "empty.png", "text.jpg"]
     assert all(np.isfinite(losses(out)))
+
+
+# -- compare: one failing run is recorded, the others go on ------------------------------------------------
+
+
+class RaiseInVariant:
+    """A plugin bug that strikes only in the runs of ``variant`` (a plain exception, not one of maskkit's)."""
+
+    def __init__(self, variant):
+        self.variant = variant
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, trainer):
+        if trainer.run_dir.parent.name == self.variant:
+            raise ZeroDivisionError("division by zero in the plugin")
+
+
+def test_compare_records_a_failing_run_and_goes_on(tmp_path):
+    from test_compare import SmallFashion, quiet, write_spec
+
+    from maskkit.compare import load_spec, make_plan, run_comparison
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
+                                                                      "buggy": RaiseInVariant("r75")})
+    spec = load_spec(write_spec(tmp_path, budget={"steps": 2}, eval={"knn": True, "mask_samples": 0,
+                                                                     "reconstructions": 0}), registry=registry)
+    outcome = run_comparison(make_plan(spec, registry), tmp_path / "out", registry=registry, console=quiet(),
+                             progress=False, report=False)
+    assert outcome.failed == ("r75/seed0",) and outcome.trained == ("r50/seed0",)
+    assert outcome.errors["r75/seed0"] == "plugin 'buggy' failed: ZeroDivisionError: division by zero in the plugin"
+    status = json.loads((tmp_path / "out" / "runs" / "r75" / "seed0" / "compare.json").read_text())
+    assert status["status"] == "failed" and status["error"] == outcome.errors["r75/seed0"]
