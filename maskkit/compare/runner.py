@@ -26,6 +26,7 @@ import collections
 import copy
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -299,8 +300,9 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
             device = pick_device(recipe.train.device)
             model = _model_from_checkpoint(run, run_dir, registry, device)
         evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
-    except RunInterrupted:  # Ctrl-C / SIGTERM: the comparison stops (the checkpoint stays for a resume)
-        raise
+    except RunInterrupted as exc:  # Ctrl-C / SIGTERM: the comparison stops (the checkpoint stays for a resume)
+        again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
+        raise RunInterrupted(exc.signum, exc.step, exc.checkpoint, again if exc.resume else None) from None
     except Exception as exc:  # any other failure is this run's: recorded, and the comparison goes on
         _, reason = describe_failure(exc, registry.plugin_of)
         write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": FAILED, "error": reason,

@@ -355,8 +355,8 @@ class Trainer:
                      "rng": rng, "recipe": self.recipe.tree, "versions": versions(self.registry)}
             step = self.step
             ckpt.save_atomic(state, path, verify=lambda tmp: ckpt.verify_training_checkpoint(tmp, step))
-            self._saved_step = self.step
             self.hook.maskkit_checkpoint_saved(trainer=self, path=path, step=self.step)
+        self._saved_step = self.step  # on every rank: they decide together whether a stop needs a save
         self.dist.barrier()
 
     def _last_good(self, path: Path) -> str:
