@@ -24,12 +24,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import maskkit
 from maskkit import cli
 from maskkit.engine import checkpoint as ckpt
-from maskkit.engine.run_folder import LOCK_NAME, RunLock
+from maskkit.engine.run_folder import LOCK_NAME, RunLock, truncate_metrics
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import RunFolderError, TrainingError, UnreadableImageError, describe_failure
 from maskkit.recipe import Recipe, load_recipe
@@ -168,6 +170,18 @@ def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path):
         lock.write_text(json.dumps(owner))
         with pytest.raises(RunFolderError, match="delete .*run.lock"):
             RunLock(tmp_path).acquire()
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.one_of(st.integers(1, 30), st.just("garbage")), max_size=30), step=st.integers(0, 30))
+def test_truncated_metrics_keep_exactly_the_rows_up_to_the_checkpoint(tmp_path_factory, rows, step):
+    path = tmp_path_factory.mktemp("metrics") / "metrics.jsonl"
+    lines = [json.dumps({"step": r, "loss": 1.0}) if r != "garbage" else '{"step": 3, "lo' for r in rows]
+    path.write_text("".join(f"{line}\n" for line in lines))
+    dropped = truncate_metrics(path, step)
+    expected = [r for r in rows if r != "garbage" and r <= step]
+    assert steps(path.parent) == expected if expected else path.read_text() == ""
+    assert dropped == len(rows) - len(expected)
 
 
 def test_out_naming_a_file_and_export_to_a_folder_are_one_line(tmp_path, capsys, trained):
@@ -363,7 +377,21 @@ def test_a_huge_learning_rate_never_leaves_a_poisoned_checkpoint(tmp_path, built
     if (tmp_path / "checkpoint.pth").exists():
         state = ckpt.load_training_checkpoint(tmp_path / "checkpoint.pth")
         assert not ckpt.non_finite([state["model"], state["optimizer"]["state"]])
-    assert (tmp_path / "checkpoint.pth").stat().st_mode & 0o777 == (tmp_path / "recipe.yaml").stat().st_mode & 0o777
+
+
+def test_a_checkpoint_replaces_the_old_one_only_once_verified(tmp_path, full):
+    path = tmp_path / "c.pth"
+    ckpt.save_atomic({"step": 1}, path)
+
+    def refuse(tmp):
+        assert tmp.is_file() and tmp.parent == path.parent
+        raise ckpt.CheckpointError(f"{tmp}: reads back wrong")
+
+    with pytest.raises(ckpt.CheckpointError, match="reads back wrong"):
+        ckpt.save_atomic({"step": 2}, path, verify=refuse)
+    assert torch.load(path, weights_only=True) == {"step": 1} and list(tmp_path.iterdir()) == [path]
+    mode = (full / "checkpoint.pth").stat().st_mode & 0o777  # like every other file of the run folder
+    assert mode == (full / "recipe.yaml").stat().st_mode & 0o777 == (full / "metrics.jsonl").stat().st_mode & 0o777
 
 
 # -- unreadable images ------------------------------------------------------------------------------------------
