@@ -100,8 +100,8 @@ def wait_for_rows(proc, out, rows, timeout=240):
 def test_kill_9_at_a_random_step_then_resume_or_rerun(tmp_path, full, builtin_registry):
     """A hard kill anywhere: before the first checkpoint the folder is reused by a plain rerun, after it the run
     resumes (taking over the dead run's lock) and ends exactly as the uninterrupted run."""
-    rows = random.Random().randint(1, STEPS - 2)
-    proc, out = start_child(tmp_path, "--sleep", "0.1")
+    rows = random.Random().randint(1, STEPS - 3)
+    proc, out = start_child(tmp_path, "--sleep", "0.2")
     wait_for_rows(proc, out, rows)
     proc.kill()
     proc.communicate()
@@ -135,7 +135,7 @@ def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, ful
                                                                      capsys, sig):
     """Ctrl-C or SIGTERM mid-run: a checkpoint at the step boundary, the exact resume command, exit 128+N; while
     the run trains, a second run into its folder is refused and changes nothing."""
-    proc, out = start_child(tmp_path, "--sleep", "0.1")
+    proc, out = start_child(tmp_path, "--sleep", "0.2")
     wait_for_rows(proc, out, 3)
     with pytest.raises(RunFolderError, match=rf"another run is training into this folder \(pid {proc.pid} on "):
         Trainer(load_recipe(fault_tree()), out, registry=builtin_registry, progress=False).fit()
