@@ -3,6 +3,8 @@ field (the caller adds the section and file)."""
 
 from __future__ import annotations
 
+import math
+
 from maskkit.errors import ConfigError, expected
 
 
@@ -17,8 +19,8 @@ def non_negative_int(inst, attribute, value):
 
 
 def non_negative_float(inst, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(attribute.name, expected("a number >= 0", value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(attribute.name, expected("a finite number >= 0", value))
 
 
 def optional(validator):

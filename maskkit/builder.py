@@ -139,11 +139,22 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
         raise exc.within(None, file) from None
 
 
-def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None) -> Any:
-    """The dataset of the recipe's ``data`` section for ``split`` (``"train"`` or ``"test"``)."""
+def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, *,
+                  in_chans: int | None = None) -> Any:
+    """The dataset of the recipe's ``data`` section for ``split`` (``"train"`` or ``"test"``).
+
+    ``in_chans``: the encoder's channel count; a dataset whose images have another (by the length of its
+    ``mean``) is a one-line error naming ``data``, before any image meets the model.
+    """
     registry = registry or default_registry()
-    spec = recipe.component("data")
+    spec = recipe.dataset_spec()
     try:
-        return build_component(registry, "dataset", spec, section="data", file=recipe.file, wiring={"split": split})
+        dataset = build_component(registry, "dataset", spec, section="data", file=recipe.file,
+                                  wiring={"split": split})
     except FileNotFoundError as exc:
         raise ConfigError("data", str(exc), file=recipe.file) from None
+    channels = len(getattr(dataset, "mean", None) or ())
+    if in_chans is not None and channels and channels != in_chans:
+        raise ConfigError("data", f"{spec.get('name')} gives {channels}-channel images, but the encoder takes "
+                          f"{in_chans} (encoder.in_chans); make them agree", file=recipe.file)
+    return dataset

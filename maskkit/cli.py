@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from maskkit.errors import MaskkitError
+from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 
 Command = Callable[[argparse.Namespace, Console], int]
 
@@ -43,7 +44,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     import torch
 
     from maskkit.engine.checkpoint import load_training_checkpoint
-    from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer
+    from maskkit.engine.trainer import Trainer
     from maskkit.evaluate import evaluate
     from maskkit.recipe import Recipe, load_recipe
 
@@ -59,9 +60,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     else:
         recipe = load_recipe(args.recipe, args.overrides, registry=registry)
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else _default_run_dir(args.recipe))
-    if args.resume is None and any((out / name).exists() for name in (CHECKPOINT_NAME, "metrics.jsonl")):
-        raise MaskkitError(f"{out} already holds a run; continue it with --resume {out / CHECKPOINT_NAME}, or "
-                           "give another --out (nothing was overwritten)")
+    # the trainer locks `out`, refuses one that holds a run (unless resumed) and reuses one left by a crash
     trainer = Trainer(recipe, out, registry=registry, resume=args.resume, console=console,
                       progress=not args.no_progress)
     result = trainer.fit()
@@ -106,14 +105,14 @@ def _print_eval(console: Console, scores: dict) -> None:
 def _model_from_checkpoint(path: str, overrides: Sequence[str] = ()):
     """Rebuild the model of a maskkit checkpoint from the recipe stored in it, and load its weights."""
     from maskkit.builder import build_model
-    from maskkit.engine.checkpoint import load_training_checkpoint
+    from maskkit.engine.checkpoint import load_model_state, load_training_checkpoint
     from maskkit.recipe import Recipe
 
     state = load_training_checkpoint(path)
     recipe = Recipe(state["recipe"], f"{path}:recipe").with_overrides(overrides)
     recipe.validate()
     model = build_model(recipe, _registry())
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"], path)
     return model, recipe
 
 
@@ -144,11 +143,12 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
     from maskkit.evaluate import eval_loader
     from maskkit.visualize import save_reconstructions
 
+    _check_positive("--count", args.count)
     model, recipe = _model_from_checkpoint(args.checkpoint)
     if args.images:
         dataset = ImageFolder(args.images, in_chans=model.encoder.in_chans)
     else:
-        dataset = build_dataset(recipe, "test", _registry())
+        dataset = build_dataset(recipe, "test", _registry(), in_chans=model.encoder.in_chans)
     images = next(iter(eval_loader(dataset, model.encoder.img_size, args.count)))[0]
     with torch.no_grad():
         path = save_reconstructions(model, images, args.out, mean=dataset.mean, std=dataset.std, seed=args.seed)
@@ -181,6 +181,7 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
     from maskkit.recipe import apply_overrides
     from maskkit.visualize import save_mask_samples
 
+    _check_positive("--count", args.count)
     spec = apply_overrides({"masker": {"name": args.name}}, [f"masker.{kv}" for kv in args.arguments],
                            file="command line")["masker"]
     masker = build_component(_registry(), "masker", spec, file="command line")
@@ -193,6 +194,11 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
         "a varying number of patches hidden per sample (needs a dense encoder)"
     console.print(f"wrote {path}: {count}")
     return 0
+
+
+def _check_positive(option: str, value: int) -> None:
+    if value < 1:
+        raise MaskkitError(f"{option}: expected a positive int, got {value}")
 
 
 def _parse_grid(text: str) -> tuple[int, int]:
@@ -210,9 +216,9 @@ def _parse_grid(text: str) -> tuple[int, int]:
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
-    from maskkit.registry import KINDS
+    from maskkit.registry import KINDS, Registry
 
-    registry = _registry()
+    registry = Registry.from_plugins(strict=False)  # must work to diagnose: a misbehaving plugin is listed below
     table = Table(title="maskkit components")
     for column in ("kind", "name", "plugin", "version"):
         table.add_column(column)
@@ -229,7 +235,8 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             table.add_row(kind, name, entry.plugin, entry.version)
     console.print(table)
     for failure in registry.failures:
-        console.print(f"[red]plugin {failure.name!r} failed to load:[/red] {failure.error}")
+        console.print(f"[red]plugin {escape(repr(failure.name))} failed to load:[/red] {escape(failure.error)}",
+                      soft_wrap=True)
     return 0
 
 
@@ -335,20 +342,33 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
+def _blame_plugin(exc: BaseException) -> str | None:
+    """The plugin whose code raised ``exc`` (a plugin's frame in the traceback), if any."""
+    try:
+        return _registry().plugin_of(exc)
+    except Exception:  # pragma: no cover - blaming must never hide the original error
+        return None
+
+
+def report_failure(exc: BaseException, debug: bool) -> int:
+    """The failure contract, enforced here for every command: one line on stderr and the exit status of
+    :func:`maskkit.errors.describe_failure` (2: bad input, OS or plugin errors; 1: internal error; 128+N: a
+    signal); ``--debug`` re-raises for the traceback."""
+    if debug and not isinstance(exc, RunInterrupted):
+        raise exc
+    code, line = describe_failure(exc, _blame_plugin)
+    print(f"maskkit: error: {line}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
     console = Console(stderr=False)
     try:
         return args.func(args, console)
-    except (MaskkitError, FileNotFoundError) as exc:
-        if args.debug:
-            raise
-        print(f"maskkit: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("maskkit: interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_failure(exc, args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,18 @@
 
 The CLI prints ``str(error)`` and exits with status 2 (``--debug`` shows the traceback). Library code raises
 these instead of bare ``ValueError`` wherever the message should name a recipe file or key.
+:func:`describe_failure` is the one place that turns *any* exception into the line a user sees and the exit
+status: expected failures (maskkit's errors, the OS's, a plugin's) exit 2, anything else is an internal error
+(exit 1, rerun with ``--debug``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import re
+import signal
+from pathlib import Path
+from typing import Any, Callable
 
 
 class MaskkitError(Exception):
@@ -52,6 +59,10 @@ class CheckpointError(MaskkitError):
     """A checkpoint file is missing, corrupt, or not one of ours."""
 
 
+class RunFolderError(MaskkitError):
+    """A run folder cannot be used: another run holds it, it already holds a run, or it is a file."""
+
+
 class TrainingError(MaskkitError):
     """The run cannot go on (a non-finite loss, for instance)."""
 
@@ -63,3 +74,88 @@ def expected(what: str, got: Any) -> str:
 
 class NoPixelFormError(MaskkitError, ValueError):
     """A reconstruction picture was asked of a model whose target has no pixel form (HOG, features)."""
+
+
+class UnreadableImageError(MaskkitError):
+    """An image file that cannot be decoded (corrupt, empty, not an image). ``path`` and ``reason`` are kept
+    as attributes so the loader can carry them out of a worker process (see ``data.on_bad_image``)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: unreadable image ({reason})")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+class RunInterrupted(MaskkitError):
+    """Training stopped on a signal (SIGINT, SIGTERM) at a step boundary, after saving a checkpoint.
+
+    ``resume`` is the command that continues the run; the CLI exits with ``128 + signum`` like a shell.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, resume: str | None):
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        self.resume = resume
+        name = signal.Signals(signum).name
+        saved = (f"checkpoint of step {step} saved in {checkpoint}; resume with: {resume}" if resume
+                 else "nothing was saved (no step trained yet); the run folder can be reused as it is")
+        super().__init__(f"interrupted by {name} after step {step}; {saved}")
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on device (disk full); free some space and resume",
+    errno.EDQUOT: "disk quota exceeded; free some space and resume",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.ENOTDIR: "a part of this path is a file, expected a folder",
+    errno.EEXIST: "already exists",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """The first non-empty line of ``text``, without terminal colour codes, at most ``limit`` characters."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``path: what is wrong with it`` for an OS error (disk full, permissions, a file where a folder should be)."""
+    what = _OS_HINTS.get(exc.errno) or (exc.strerror or first_line(str(exc)) or type(exc).__name__).lower()
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {what}" if paths else what
+
+
+def describe_failure(exc: BaseException, blame: Callable[[BaseException], str | None] | None = None
+                     ) -> tuple[int, str]:
+    """The exit status and the one line a user sees for ``exc`` (without the ``maskkit: error:`` prefix).
+
+    * maskkit's own errors (bad recipes, checkpoints, data...) and OS errors: status 2;
+    * an exception raised inside a plugin's code (``blame(exc)`` names the plugin): status 2, naming it;
+    * a run stopped by a signal: ``128 + signum`` (130 for Ctrl-C);
+    * anything else is a bug of maskkit: "internal error", status 1, and a hint to rerun with ``--debug``.
+    """
+    if isinstance(exc, RunInterrupted):
+        return 128 + exc.signum, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(exc, MaskkitError):
+        return 2, first_line(str(exc), limit=2000) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return 2, describe_os_error(exc)
+    what = f"{type(exc).__name__}: {first_line(str(exc))}".rstrip(": ")
+    plugin = blame(exc) if blame is not None else None
+    if plugin is not None:
+        return 2, f"plugin {plugin!r} failed: {what}"
+    if type(exc).__name__ == "OutOfMemoryError":
+        return 2, f"out of memory: {first_line(str(exc), 200)}; try a smaller train.batch_size"
+    return 1, f"internal error: {what} (rerun with --debug for the traceback, and please report it)"

@@ -44,8 +44,8 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
     cfg = recipe.eval
     baseline = cfg.random_init_baseline if baseline is None else baseline
     linear = cfg.linear if linear is None else linear
-    train_set = build_dataset(recipe, "train", registry)
-    test_set = build_dataset(recipe, "test", registry)
+    train_set = build_dataset(recipe, "train", registry, in_chans=model.encoder.in_chans)
+    test_set = build_dataset(recipe, "test", registry, in_chans=model.encoder.in_chans)
     amp = torch.bfloat16 if device.type == "cuda" else None
     results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,
                                "train_images": len(train_set), "test_images": len(test_set)}

@@ -27,6 +27,10 @@ Rules:
 * Event hooks (``maskkit_train_*``, ``maskkit_step_*``...) are called for every plugin; their return values
   are ignored. Implementations may take any subset of the listed arguments (pluggy passes by name).
 * Hooks only grow: new arguments may be added, nothing is renamed or removed.
+* Failures are reported by plugin name: a component hook that raises leaves its whole plugin out (listed by
+  ``maskkit plugins``, like a plugin that fails to import); an exception from any other plugin code stops the
+  command with one line ``plugin 'NAME' failed: ...`` (exit 2), and ``maskkit compare`` records it as the
+  failure of that run.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ from maskkit import _validators as v
 from maskkit.errors import ConfigError, expected
 
 COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
+# Keys of the ``data`` section that the engine reads itself; the others are the dataset factory's arguments.
+# ``on_bad_image``: what training does with an image file that cannot be decoded: ``stop`` (the default; the
+# error names the file) or ``skip`` (leave it out of its batch, count it, list it in the run folder).
+DATA_ENGINE_KEYS = {"on_bad_image": ("stop", "skip")}
 SECTIONS = ("description", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder", "target", "loss",
             "train", "eval", "distributed")
 
@@ -139,6 +143,19 @@ class Recipe:
             raise ConfigError("data_seed", expected("an int", value), file=self.file)
         return value
 
+    @property
+    def on_bad_image(self) -> str:
+        """``data.on_bad_image``: ``"stop"`` (default) or ``"skip"`` (see :data:`DATA_ENGINE_KEYS`)."""
+        data = self.tree.get("data")
+        value = data.get("on_bad_image", "stop") if isinstance(data, dict) else "stop"
+        if value not in DATA_ENGINE_KEYS["on_bad_image"]:
+            raise ConfigError("data.on_bad_image", expected("stop or skip", value), file=self.file)
+        return value
+
+    def dataset_spec(self) -> dict:
+        """The ``data`` section without the engine's own keys: what the dataset factory is called with."""
+        return {k: v for k, v in self.component("data").items() if k not in DATA_ENGINE_KEYS}
+
     def component(self, section: str) -> dict:
         """The ``{name: ..., **kwargs}`` spec of a component section."""
         spec = self.tree.get(section)
@@ -159,7 +176,7 @@ class Recipe:
                                   file=self.file)
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
-        _ = self.seed, self.data_seed, self.train, self.augment, self.eval
+        _ = self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image
         from maskkit.engine.distributed import distributed_config
 
         distributed_config(self)
@@ -187,6 +204,19 @@ def safe_load(text: str):
     return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def read_text_file(path: Path) -> str:
+    """A recipe file's text; a binary file (not UTF-8) is a one-line error naming it."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"not a text file (byte {exc.start} is not UTF-8); expected a YAML recipe",
+                          file=str(path)) from None
+    if "\x00" in text:
+        raise ConfigError("", "not a text file (it holds NUL bytes); expected a YAML recipe", file=str(path))
+    return text
+
+
 def parse_yaml(text: str, file: str) -> dict:
     """:func:`safe_load` with errors naming the file and line."""
     try:
@@ -194,7 +224,7 @@ def parse_yaml(text: str, file: str) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise ConfigError("", f"YAML syntax error: {problem}", file=f"{file}{line}") from None
     if tree is None:
         tree = {}
@@ -245,7 +275,7 @@ def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, reg
         if not path.is_file():
             raise ConfigError("", "no such recipe file (nor a registered recipe name; see `maskkit recipes`)",
                               file=str(source))
-        recipe = Recipe(parse_yaml(path.read_text(), str(path)), str(path))
+        recipe = Recipe(parse_yaml(read_text_file(path), str(path)), str(path))
     recipe = recipe.with_overrides(overrides)
     recipe.validate()
     return recipe

@@ -18,7 +18,9 @@ import difflib
 import fnmatch
 import importlib.metadata
 import os
+import sys
 import traceback
+import types
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -65,7 +67,8 @@ class LoadedPlugins:
     versions: Mapping[str, str]
 
 
-def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, object] | None = None) -> LoadedPlugins:
+def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, object] | None = None, *,
+                        strict: bool = True) -> LoadedPlugins:
     """Build a plugin manager with the built-ins and (unless disabled) every ``maskkit`` entry point.
 
     ``autoload=None`` reads ``MASKKIT_DISABLE_PLUGIN_AUTOLOAD``. Entry points that fail to import are
@@ -97,10 +100,17 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
     for name, plugin in (plugins or {}).items():
         pm.register(plugin, name=name)
         versions.setdefault(name, "-")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} implements a hook that does not exist: {exc}") from None
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            error = PluginError(f"plugin {exc.plugin!r} implements a hook that does not exist: {exc}")
+            if strict:
+                raise error from None
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            pm.unregister(exc.plugin)
+            failures.append(PluginFailure(name, str(error)))
     return LoadedPlugins(pm, tuple(failures), versions)
 
 
@@ -113,36 +123,88 @@ class Registry:
     ['vit_tiny_patch16_224']
     """
 
-    def __init__(self, loaded: LoadedPlugins):
+    def __init__(self, loaded: LoadedPlugins, *, strict: bool = True):
         self.plugin_manager = loaded.manager
-        self.failures = loaded.failures
         self._versions = dict(loaded.versions)
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._recipes: dict[str, Entry] = {}
-        for kind in KINDS:
-            self._collect(_HOOK_OF_KIND[kind], kind, self._entries[kind])
-        self._collect("maskkit_add_recipes", "recipe", self._recipes)
+        results, failed = self._ask_plugins()
+        for kind, plugin_name, hook_name, result in results:
+            if plugin_name in failed:
+                continue
+            try:
+                self._collect(result, plugin_name, hook_name, kind,
+                              self._recipes if kind == "recipe" else self._entries[kind])
+            except PluginError as exc:  # a clash or a wrong return type: fatal unless diagnosing (not strict)
+                if strict:
+                    raise
+                failed[plugin_name] = PluginFailure(plugin_name, str(exc))
+                for entries in (*self._entries.values(), self._recipes):
+                    for name in [n for n, e in entries.items() if e.plugin == plugin_name]:
+                        del entries[name]
+                self.plugin_manager.unregister(name=plugin_name)
+        self.failures = loaded.failures + tuple(failed.values())
 
     @classmethod
-    def from_plugins(cls, autoload: bool | None = None, plugins: Mapping[str, object] | None = None) -> "Registry":
-        """A registry of the built-ins, every installed plugin, and ``plugins`` (see :func:`make_plugin_manager`)."""
-        return cls(make_plugin_manager(autoload, plugins))
+    def from_plugins(cls, autoload: bool | None = None, plugins: Mapping[str, object] | None = None, *,
+                     strict: bool = True) -> "Registry":
+        """A registry of the built-ins, every installed plugin, and ``plugins`` (see :func:`make_plugin_manager`).
 
-    def _collect(self, hook_name: str, kind: str, into: dict[str, Entry]) -> None:
-        hook = getattr(self.plugin_manager.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            plugin_name = self.plugin_manager.get_name(impl.plugin) or repr(impl.plugin)
-            result = impl.function()
-            if result is None:
-                continue
-            if not isinstance(result, Mapping):
-                raise PluginError(f"plugin {plugin_name!r}: {hook_name}() must return a dict of name -> factory, "
-                                  f"got {type(result).__name__}")
-            for name, factory in result.items():
-                if name in into:
-                    raise PluginError(f"{kind} {name!r} is registered twice: by plugin {into[name].plugin!r} "
-                                      f"and by plugin {plugin_name!r}")
-                into[name] = Entry(kind, name, factory, plugin_name, self._versions.get(plugin_name, "-"))
+        A plugin whose ``maskkit_add_*`` hook raises is always left out and listed in ``failures``; with
+        ``strict=False`` (``maskkit plugins``, which must work to diagnose) so is one that clashes with another
+        or returns the wrong type, which is otherwise a :class:`~maskkit.errors.PluginError`.
+        """
+        return cls(make_plugin_manager(autoload, plugins, strict=strict), strict=strict)
+
+    def _ask_plugins(self) -> tuple[list[tuple[str, str, str, Any]], dict[str, PluginFailure]]:
+        """Call every ``maskkit_add_*`` implementation. A plugin whose hook raises is recorded as a failure and
+        unregistered (its components and its engine hooks are left out, as if it had failed to import)."""
+        results, failed = [], {}
+        for kind, hook_name in [*_HOOK_OF_KIND.items(), ("recipe", "maskkit_add_recipes")]:
+            for impl in getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
+                plugin_name = self.plugin_manager.get_name(impl.plugin) or repr(impl.plugin)
+                if plugin_name in failed:
+                    continue
+                try:
+                    result = impl.function()
+                except Exception as exc:
+                    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+                    failed[plugin_name] = PluginFailure(plugin_name, f"{hook_name}() raised {last}")
+                    continue
+                results.append((kind, plugin_name, hook_name, result))
+        for plugin_name in failed:
+            self.plugin_manager.unregister(name=plugin_name)
+        return results, failed
+
+    def _collect(self, result: Any, plugin_name: str, hook_name: str, kind: str, into: dict[str, Entry]) -> None:
+        if result is None:
+            return
+        if not isinstance(result, Mapping):
+            raise PluginError(f"plugin {plugin_name!r}: {hook_name}() must return a dict of name -> factory, "
+                              f"got {type(result).__name__}")
+        for name, factory in result.items():
+            if name in into:
+                raise PluginError(f"{kind} {name!r} is registered twice: by plugin {into[name].plugin!r} "
+                                  f"and by plugin {plugin_name!r}")
+            into[name] = Entry(kind, name, factory, plugin_name, self._versions.get(plugin_name, "-"))
+
+    def plugin_of(self, exc: BaseException) -> str | None:
+        """The name of the plugin whose code raised ``exc`` (the innermost traceback frame inside a plugin's
+        package, maskkit's built-ins excepted), or None when no plugin code is involved."""
+        places = {}
+        for plugin in self.plugin_manager.get_plugins():
+            name = self.plugin_manager.get_name(plugin)
+            place = _source_root(plugin)
+            if name != "maskkit" and place is not None:
+                places[place] = name
+        if not places:
+            return None
+        frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        for filename in reversed(frames):
+            for place, name in places.items():
+                if filename == place or filename.startswith(place + os.sep):
+                    return name
+        return None
 
     # -- queries ------------------------------------------------------------------------------------------
 
@@ -185,6 +247,19 @@ class Registry:
     def _check_kind(kind: str) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _source_root(plugin: object) -> str | None:
+    """The file or package folder holding a plugin's code (its top-level package: components usually live next
+    to the module that registers them); None for maskkit's own modules."""
+    module_name = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+    top = module_name.split(".")[0]
+    if top == "maskkit":
+        return None
+    package_file = getattr(sys.modules.get(top), "__file__", None)  # None for a namespace package
+    if package_file and Path(package_file).name == "__init__.py":
+        return str(Path(package_file).parent)
+    return getattr(sys.modules.get(module_name), "__file__", None) or package_file
 
 
 @lru_cache(maxsize=1)

@@ -40,8 +40,8 @@ class SmallFashion:
         return {"small_fashion": small_fashion}
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """Stands for the process dying (a kill): a plain Exception would be recorded as the run's failure."""
 
 
 class CrashAfterCheckpoint:

@@ -26,6 +26,7 @@ import collections
 import copy
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ from rich.markup import escape
 
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
-from maskkit.errors import MaskkitError
+from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 from maskkit.recipe import Recipe, safe_load
 
 STATUS_FILE = "compare.json"
@@ -266,9 +267,10 @@ def _model_from_checkpoint(run: RunPlan, run_dir: Path, registry, device: torch.
 
 def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None, console: Console | None = None,
                 progress: bool = True, retry_failed: bool = False) -> RunStatus:
-    """Bring ``run`` to finished: train (from scratch or from its checkpoint), then evaluate. Errors a user can
-    act on (:class:`~maskkit.errors.MaskkitError`: a diverged loss, a bad component argument) mark the run
-    failed and are returned in the status; anything else propagates (the checkpoint stays for a resume)."""
+    """Bring ``run`` to finished: train (from scratch or from its checkpoint), then evaluate. Any error (a
+    diverged loss, a bad component argument, a plugin's exception, a full disk) marks the run failed with its
+    one-line reason, returned in the status; only a signal (:class:`~maskkit.errors.RunInterrupted`) and
+    Ctrl-C propagate (the checkpoint stays for a resume)."""
     from maskkit.registry import default_registry
 
     out_dir = Path(out_dir)
@@ -298,10 +300,14 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
             device = pick_device(recipe.train.device)
             model = _model_from_checkpoint(run, run_dir, registry, device)
         evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
-    except MaskkitError as exc:
-        write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": FAILED, "error": str(exc),
+    except RunInterrupted as exc:  # Ctrl-C / SIGTERM: the comparison stops (the checkpoint stays for a resume)
+        again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
+        raise RunInterrupted(exc.signum, exc.step, exc.checkpoint, again if exc.resume else None) from None
+    except Exception as exc:  # any other failure is this run's: recorded, and the comparison goes on
+        _, reason = describe_failure(exc, registry.plugin_of)
+        write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": FAILED, "error": reason,
                                            "time": time.time()})
-        return RunStatus(run, FAILED, checkpoint_step(run_dir / CHECKPOINT_NAME) or 0, str(exc))
+        return RunStatus(run, FAILED, checkpoint_step(run_dir / CHECKPOINT_NAME) or 0, reason)
     write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": DONE, "time": time.time()})
     return RunStatus(run, DONE, run.steps)
 

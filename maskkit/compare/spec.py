@@ -32,7 +32,7 @@ import attrs
 import yaml
 
 from maskkit.errors import ConfigError, expected
-from maskkit.recipe import SECTIONS, Recipe, load_recipe, parse_yaml, safe_load
+from maskkit.recipe import SECTIONS, Recipe, load_recipe, parse_yaml, read_text_file, safe_load
 
 SPEC_KEYS = ("description", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval", "device")
 BUDGET_KEYS = ("match", "epochs", "steps", "tokens", "reference")
@@ -439,5 +439,5 @@ def load_spec(path: str | Path, *, registry=None, check: bool = True) -> Compare
     path = Path(path)
     if not path.is_file():
         raise ConfigError("", "no such comparison spec file", file=str(path))
-    tree = parse_yaml(path.read_text(), str(path))
+    tree = parse_yaml(read_text_file(path), str(path))
     return parse_spec(tree, str(path), spec_dir=path.parent, registry=registry, check=check)

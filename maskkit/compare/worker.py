@@ -2,7 +2,8 @@
 
 The comparison runner starts one per GPU (with ``CUDA_VISIBLE_DEVICES`` set) when it spreads runs over several
 GPUs. The worker reads ``OUT/plan.json`` (never the spec), uses the installed plugins, and exits 0 when the run
-is finished, 1 when it failed (the error is in the run's ``compare.json``), 2 on a usage error.
+is finished, 1 when it failed (the error is in the run's ``compare.json``), 2 on a usage error, 128 + N when
+signal N stopped it (after a checkpoint).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
+
+from maskkit.errors import RunInterrupted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskkit compare worker: error: {plan_path}: cannot run {args.run_id!r}: {exc}", file=sys.stderr)
         return 2
     console = Console(stderr=False, force_terminal=False)
-    status = execute_run(run, plan, args.out_dir, console=console, progress=False, retry_failed=args.retry_failed)
+    try:
+        status = execute_run(run, plan, args.out_dir, console=console, progress=False,
+                             retry_failed=args.retry_failed)
+    except RunInterrupted as exc:  # the runner stops its workers with SIGTERM: the checkpoint is saved
+        print(f"{run.run_id}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     if status.state != DONE:
         print(f"{run.run_id}: {status.state}: {status.error}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from maskkit.errors import UnreadableImageError, first_line
+
 __all__ = ["ImageFolder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,7 +44,8 @@ class ImageFolder(Dataset):
 
     ``ds[i]`` is ``(image uint8 [C, H, W], label int)`` with ``C = in_chans`` (1: PIL mode "L",
     3: "RGB"). ``mean``/``std``: ImageNet statistics for 3 channels, ``(0.5,)``/``(0.5,)`` for 1.
-    ``samples`` lists ``(path, label)``.
+    ``samples`` lists ``(path, label)``. A file that does not decode raises
+    :class:`~maskkit.errors.UnreadableImageError` naming it (training stops or skips it: ``data.on_bad_image``).
     """
 
     def __init__(self, root: str | os.PathLike[str], in_chans: int = 3,
@@ -75,8 +78,11 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """``(image uint8 [in_chans, H, W], label int)``."""
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            array = np.array(img.convert("RGB" if self.in_chans == 3 else "L"))
+        try:
+            with Image.open(path) as img:
+                array = np.array(img.convert("RGB" if self.in_chans == 3 else "L"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what PIL raises
+            raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
         if array.ndim == 2:
             array = array[:, :, None]
         return torch.from_numpy(array).permute(2, 0, 1).contiguous(), label

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import attrs
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from maskkit.errors import UnreadableImageError
+
 __all__ = ["sample_generator", "stable_seed", "AugmentedDataset", "GlobalBatchSampler", "stack_collate",
-           "make_loader"]
+           "make_loader", "BadSample", "BadBatch", "BadImages"]
 
 
 def stable_seed(tag: str, *values: int) -> int:
@@ -57,13 +61,15 @@ class AugmentedDataset(Dataset):
 
     ``ds[i]`` is ``(transform(img, sample_generator(seed, epoch, i)), label)`` for ``(img, label) =
     base[i]``; a transform called as ``transform(img)`` (e.g. :class:`EvalTransform`) gets no
-    generator (``pass_generator=None`` decides from its signature). Call :meth:`set_epoch` before each
+    generator (``pass_generator=None`` decides from its signature). ``catch_bad``: see :meth:`__getitem__`.
+    Call :meth:`set_epoch` before each
     epoch. The epoch lives in shared memory, so DataLoader workers (persistent ones included) see the
     new value as soon as it is set; set it only between epochs, never while a loader iterates.
     """
 
     def __init__(self, base: Dataset, transform: Callable[..., torch.Tensor], seed: int = 0,
-                 *, pass_generator: bool | None = None):
+                 *, pass_generator: bool | None = None, catch_bad: bool = False):
+        self.catch_bad = catch_bad
         self.base = base
         self.transform = transform
         self.seed = int(seed)
@@ -82,8 +88,15 @@ class AugmentedDataset(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        """``(transformed image, label)``; image shape and dtype as the transform returns."""
-        img, label = self.base[index]
+        """``(transformed image, label)``; image shape and dtype as the transform returns. With ``catch_bad``,
+        an image the base dataset cannot read gives a :class:`BadSample` instead (which crosses from a loader
+        worker to the main process intact, unlike an exception)."""
+        try:
+            img, label = self.base[index]
+        except UnreadableImageError as exc:
+            if not self.catch_bad:
+                raise
+            return BadSample(exc.path, exc.reason)
         if self.pass_generator:
             return self.transform(img, sample_generator(self.seed, self.epoch, index)), label
         return self.transform(img), label
@@ -181,16 +194,81 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return left
 
 
+@attrs.frozen
+class BadSample:
+    """An image that could not be read, in place of a sample (see ``AugmentedDataset(catch_bad=True)``)."""
+
+    path: str
+    reason: str
+
+
+@attrs.frozen
+class BadBatch:
+    """What :func:`stack_collate` adds to a batch that had unreadable images: them, and the positions (in the
+    batch as the sampler gave it) of the samples that were kept."""
+
+    bad: tuple[BadSample, ...]
+    kept: tuple[int, ...]
+
+
 def stack_collate(batch: Sequence[Any]) -> Any:
     """Collate ``(tensor [*S], label int)`` pairs into ``(tensor [B, *S], int64 [B])``.
 
-    Anything else goes to PyTorch's ``default_collate``.
+    A batch holding :class:`BadSample` items collates the others and adds a :class:`BadBatch`:
+    ``(tensor [K, *S] or None, int64 [K] or None, BadBatch)``. Anything else goes to ``default_collate``.
     """
+    bad = tuple(item for item in batch if isinstance(item, BadSample))
+    if bad:
+        kept = tuple(i for i, item in enumerate(batch) if not isinstance(item, BadSample))
+        images, labels = stack_collate([batch[i] for i in kept]) if kept else (None, None)
+        return images, labels, BadBatch(bad, kept)
     if batch and all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.Tensor)
                      and isinstance(item[1], int) for item in batch):
         return torch.stack([item[0] for item in batch]), torch.tensor([item[1] for item in batch],
                                                                       dtype=torch.int64)
     return default_collate(batch)
+
+
+class BadImages:
+    """What training does with unreadable images (``data.on_bad_image``): ``stop`` raises
+    :class:`~maskkit.errors.UnreadableImageError` naming the first one; ``skip`` leaves them out of their batch
+    and remembers them (``found``: path -> reason). :meth:`accept` turns a loader batch into
+    ``(images, labels)``; :meth:`keep` cuts the matching rows out of the batch's masks ``[B, N]``."""
+
+    def __init__(self, mode: str = "stop"):
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"on_bad_image: expected stop or skip, got {mode!r}")
+        self.mode = mode
+        self.found: dict[str, str] = {}
+        self._kept: tuple[int, ...] | None = None
+
+    def accept(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [K, ...], labels [K])`` of a loader batch, the unreadable images left out (or raised)."""
+        if len(batch) == 2 or not isinstance(batch[-1], BadBatch):
+            self._kept = None
+            return batch[0], batch[1]
+        images, labels, info = batch
+        if self.mode == "stop":
+            first = info.bad[0]
+            raise UnreadableImageError(first.path, f"{first.reason}; set data.on_bad_image: skip to train "
+                                                   "without the unreadable images")
+        self.found.update((b.path, b.reason) for b in info.bad)
+        if images is None:
+            raise UnreadableImageError(info.bad[0].path, "every image of a batch is unreadable; is the data "
+                                                         "folder right?")
+        self._kept = info.kept
+        return images, labels
+
+    def keep(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` (one per sample of the last batch as sampled) for the samples :meth:`accept` kept."""
+        if self._kept is None:
+            return rows
+        return rows[torch.tensor(self._kept, device=rows.device)]
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which stops at a step boundary and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int = 0,
@@ -216,4 +294,5 @@ def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int
         prefetch_factor = 4 if prefetch_factor is None else prefetch_factor
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, persistent_workers=persistent_workers,
-                      prefetch_factor=prefetch_factor, generator=torch.Generator().manual_seed(0))
+                      prefetch_factor=prefetch_factor, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=_ignore_sigint if num_workers else None)

@@ -15,53 +15,141 @@ versions hold one ``{"cpu": ..., "cuda": [one per visible GPU]}``, restored on e
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from maskkit.errors import CheckpointError
+from maskkit.errors import CheckpointError, first_line
 
 FORMAT = "maskkit"
 FORMAT_VERSION = 1
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``.
+TMP_SUFFIX = ".tmp"
 
-    A crash mid-write leaves the previous file intact; readers never see a half-written checkpoint.
+
+def save_atomic(obj: Any, path: str | Path, *, verify: Callable[[Path], None] | None = None) -> Path:
+    """``torch.save`` to a temporary file in the same folder, flush to disk, ``verify`` it, then rename it over
+    ``path`` (and flush the folder, so the rename itself survives a power cut).
+
+    A crash or an error mid-write (a full disk, an unpicklable object, a failed ``verify``) leaves the previous
+    file intact and removes the temporary one; readers never see a half-written file. A crash that kills the
+    process leaves a ``.NAME.*.tmp`` file behind, which :func:`maskkit.engine.run_folder.remove_stray_files`
+    removes on the next start. The file gets the usual mode of new files (``0o666`` less the umask), like the
+    other files of a run folder.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # torch.save's writes name no file: say which one could not be written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
     return path
 
 
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not every platform opens folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def non_finite(tensors: Any, prefix: str = "") -> list[str]:
+    """The names (dotted paths) of the floating-point tensors in a nested dict/list that hold a NaN or an inf."""
+    if isinstance(tensors, torch.Tensor):
+        bad = tensors.is_floating_point() or tensors.is_complex()
+        return [prefix or "(tensor)"] if bad and not bool(torch.isfinite(tensors).all()) else []
+    if isinstance(tensors, dict):
+        items = tensors.items()
+    elif isinstance(tensors, (list, tuple)):
+        items = enumerate(tensors)
+    else:
+        return []
+    return [name for key, value in items for name in non_finite(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def verify_training_checkpoint(path: str | Path, step: int) -> None:
+    """Check that a just-written training checkpoint reads back (memory-mapped: the zip directory and the
+    pickle, not every byte of every tensor) and is the one of ``step``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: the checkpoint just written does not read back "
+                              f"({first_line(str(exc))})") from None
+    if state.get("format") != FORMAT or state.get("step") != step or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: the checkpoint just written reads back wrong (step {state.get('step')})")
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load any checkpoint file safely (``weights_only=True``), with a one-line error when it is not one."""
+    """Load any checkpoint file safely (``weights_only=True``), with a one-line error when it is not one.
+
+    A file that holds Python objects beyond tensors and plain data (which could run code when unpickled) is
+    refused, naming what it holds."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, foreign objects
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        text = str(exc)
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if refused:
+            raise CheckpointError(f"{path}: refused to load: it holds a Python object ({refused.group(1)}) beyond "
+                                  "tensors and plain data, which could run code when unpickled; maskkit reads only "
+                                  "weights-only checkpoints (load it yourself with torch.load(weights_only=False) "
+                                  "only if you trust its source)") from None
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+        reason = first_line(" ".join(unpickler.group(1).split()) if unpickler else text, 200) or type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
+
+
+def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
+    """``model.load_state_dict(state)`` (strict), with a one-line error naming the checkpoint when its weights do
+    not fit the model its recipe builds (missing or extra keys, other shapes)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its weights do not fit the model its recipe builds: "
+                              f"{describe_mismatch(exc)}") from None
+
+
+def describe_mismatch(exc: BaseException) -> str:
+    """The first specific line of a ``load_state_dict`` error (``size mismatch for ...``, ``Missing key(s)...``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+    return first_line(detail, 300)
 
 
 def load_training_checkpoint(path: str | Path) -> dict:

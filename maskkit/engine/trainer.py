@@ -16,6 +16,9 @@ import json
 import math
 import os
 import platform
+import shlex
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,20 +29,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from maskkit.builder import build_dataset, build_model
-from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
+from maskkit.data.loading import AugmentedDataset, BadImages, GlobalBatchSampler, make_loader
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
+from maskkit.engine import run_folder
 from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
                                         no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
-from maskkit.errors import CheckpointError, ConfigError, TrainingError
+from maskkit.errors import CheckpointError, ConfigError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
 
-CHECKPOINT_NAME = "checkpoint.pth"
+CHECKPOINT_NAME = run_folder.CHECKPOINT_NAME
 # Sections that may change between a checkpoint and its resumption without breaking exactness.
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every"),
-                      ("train", "num_workers"), ("train", "device"),
+                      ("train", "num_workers"), ("train", "device"), ("data", "on_bad_image"),
                       ("distributed", "strategy")}  # checkpoints are unsharded: either strategy resumes either
 
 
@@ -90,6 +94,7 @@ class TrainResult:
     images_per_s: float
     checkpoint: Path
     trained_steps: int  # steps this call trained (0 when resumed at the last step)
+    bad_images: int = 0  # unreadable images left out (data.on_bad_image: skip), listed in bad_images.txt
 
 
 class Trainer:
@@ -112,6 +117,10 @@ class Trainer:
         self.hook = self.registry.plugin_manager.hook
         self.step = 0
         self.model: torch.nn.Module | None = None
+        self.lock = run_folder.RunLock(self.run_dir)
+        self.bad_images = BadImages(recipe.on_bad_image)
+        self._stop_signal: int | None = None
+        self._saved_step: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------
 
@@ -125,6 +134,10 @@ class Trainer:
         resume_state = ckpt.load_training_checkpoint(self.resume_path) if self.resume_path else None
         if resume_state is not None:
             self._check_resumable(resume_state)
+        if self.dist.is_main:  # one run per folder; a folder left by a crash is made usable again
+            self.lock.acquire()
+            run_folder.prepare(self.run_dir, resume=self.resume_path,
+                               resume_step=int(resume_state["step"]) if resume_state is not None else None)
         torch.manual_seed(recipe.seed)  # parameter init is a function of the seed (the same on every rank)
         self.model = build_model(recipe, self.registry).to(self.device)
         # dropout and drop-path draw from the global generators: a stream per rank, so that ranks do not drop
@@ -134,11 +147,11 @@ class Trainer:
         if self.dist.enabled:  # DDP or FSDP, before the optimizer: FSDP swaps the parameters for sharded ones
             self.forward_model = parallelize(self.model, self.dist, self.dist_cfg, self.device)
         self.grid = self.model.grid
-        train_set = build_dataset(recipe, "train", self.registry)
+        train_set = build_dataset(recipe, "train", self.registry, in_chans=self.model.encoder.in_chans)
         aug = recipe.augment
         transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
                                    mean=train_set.mean, std=train_set.std)
-        self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed)
+        self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed, catch_bad=True)
         self.global_batch = cfg.batch_size * self.dist.world_size
         self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
                                           rank=self.dist.rank, world_size=self.dist.world_size)
@@ -156,8 +169,12 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" or (cfg.precision == "auto" and
                                                                         self.device.type == "cuda")) else None
         if resume_state is not None:
-            load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
-            self.step = int(resume_state["step"])
+            try:
+                load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"{self.resume_path}: its weights do not fit the model its recipe builds: "
+                                      f"{ckpt.describe_mismatch(exc)}") from None
+            self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
         if cfg.compile:  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
             for component in self.model.children():
@@ -205,12 +222,26 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             self.train_set.set_epoch(epoch)
             self.sampler.set_start(start)
-            for images, labels in self.loader:
+            for batch in self.loader:
+                images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
                 yield epoch, images, labels
             start = 0
             epoch += 1
 
     def fit(self) -> TrainResult:
+        """Train to ``total_steps``. SIGINT/SIGTERM stop at the next step boundary with a checkpoint and raise
+        :class:`~maskkit.errors.RunInterrupted` (saying how to resume); the run folder's lock is held meanwhile."""
+        restore = self._catch_signals()
+        try:
+            return self._fit()
+        finally:
+            restore()
+            dist = getattr(self, "dist", None)
+            if dist is not None and dist.is_main:
+                self._write_bad_images()
+            self.lock.release()
+
+    def _fit(self) -> TrainResult:
         self._setup()
         cfg = self.cfg
         model = self.model
@@ -230,6 +261,8 @@ class Trainer:
         try:
             with progress:
                 while self.step < self.total_steps:
+                    if self._stop_requested():  # at a step boundary: nothing half-done
+                        self._stop(first_bad, checkpoint_path)
                     lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
                                warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
                     set_lr(self.optimizer, lr)
@@ -240,6 +273,7 @@ class Trainer:
                         epoch, images, _ = next(batches)
                         images = images.to(self.device, non_blocking=True)
                         mask = self._draw_mask(self.step * cfg.accum_steps + micro)
+                        mask = self.bad_images.keep(mask)  # the rows of the images that were readable
                         sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
                         with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), self._autocast():
                             out = self.forward_model(images, mask=mask, num_visible=num_visible)
@@ -288,26 +322,98 @@ class Trainer:
         self.hook.maskkit_train_end(trainer=self, model=model, run_dir=self.run_dir)
         wall = time.perf_counter() - start_time
         done = self.step - start_step
+        found = {k: v for part in self.dist.gather_objects(self.bad_images.found) for k, v in part.items()}
+        self.bad_images.found.update(found)
+        if found and self.dist.is_main:
+            self.console.print(f"[yellow]left out {len(found)} unreadable image(s)[/yellow], listed in "
+                               f"{self.run_dir / run_folder.BAD_IMAGES_NAME}")
         return TrainResult(self.run_dir, self.step, last_loss, wall, done * self.effective_batch / max(wall, 1e-9),
-                           checkpoint_path, done)
+                           checkpoint_path, done, len(found))
 
     def _check_finite(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
         bad_step = int(self.dist.max(first_bad))
         if bad_step >= 0:
-            last = (f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists()
-                    else "no checkpoint was written")
-            raise TrainingError(f"non-finite loss at step {bad_step} (0-based); stopping, {last}")
+            raise TrainingError(f"non-finite loss at step {bad_step} (0-based); stopping, "
+                                f"{self._last_good(checkpoint_path)}")
 
     def save_checkpoint(self, path: Path) -> None:
+        """Write the checkpoint of the current step, if every weight and optimizer state is finite (else a
+        :class:`~maskkit.errors.TrainingError`, the previous checkpoint kept). The new file replaces the old
+        one only once written, flushed and read back."""
         gathered = gather_state(self.model, self.optimizer, self.dist)  # whole state; collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))  # every rank's (collective)
+        bad: list[str] = []
+        if self.dist.is_main:
+            bad = ckpt.non_finite({"model": gathered[0], "optimizer": gathered[1]["state"]})
+        if int(self.dist.max(torch.tensor(len(bad), device=self.device))) > 0:
+            raise TrainingError(f"non-finite weights after step {self.step} ({len(bad)} tensor(s), e.g. "
+                                f"{', '.join(bad[:3]) or 'on another rank'}) although the loss was finite; not "
+                                f"saved; {self._last_good(path)}; lower train.lr or set train.clip_grad")
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "step": self.step,
                      "model": gathered[0], "optimizer": gathered[1], "world_size": self.dist.world_size,
                      "rng": rng, "recipe": self.recipe.tree, "versions": versions(self.registry)}
-            ckpt.save_atomic(state, path)
+            step = self.step
+            ckpt.save_atomic(state, path, verify=lambda tmp: ckpt.verify_training_checkpoint(tmp, step))
             self.hook.maskkit_checkpoint_saved(trainer=self, path=path, step=self.step)
+        self._saved_step = self.step  # on every rank: they decide together whether a stop needs a save
         self.dist.barrier()
+
+    def _last_good(self, path: Path) -> str:
+        if self._saved_step is not None and path.exists():
+            return f"the last good checkpoint is {path} (step {self._saved_step})"
+        return "no checkpoint was written"
+
+    # -- signals and unreadable images ----------------------------------------------------------------------
+
+    def _catch_signals(self):
+        """On SIGINT/SIGTERM, ask the loop to stop at the next step boundary (a second signal acts at once).
+        Returns the function that puts the previous handlers back. Only the main thread can catch signals."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        def on_signal(signum, frame) -> None:
+            self._stop_signal = signum
+            restore()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        return restore
+
+    def _stop_requested(self) -> bool:
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if self.step % self.cfg.log_every:  # ranks agree where they synchronise anyway (the log steps)
+            return False
+        signum = int(self.dist.max(torch.tensor(self._stop_signal or 0, device=self.device)))
+        if signum:
+            self._stop_signal = signum
+        return bool(signum)
+
+    def _stop(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
+        """Save a checkpoint of the current step (unless there is one) and raise :class:`RunInterrupted`."""
+        if self._saved_step != self.step and self.step > 0:
+            self._check_finite(first_bad, checkpoint_path)
+            self.save_checkpoint(checkpoint_path)
+        saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
+        resume = f"maskkit train --resume {shlex.quote(str(saved))}" if saved is not None else None
+        raise RunInterrupted(self._stop_signal or signal.SIGINT, self.step, saved, resume)
+
+    def _write_bad_images(self) -> None:
+        """Add the unreadable images met so far to the run folder's list (one ``path: reason`` a line)."""
+        if not self.bad_images.found:
+            return
+        path = self.run_dir / run_folder.BAD_IMAGES_NAME
+        known = {}
+        if path.is_file():
+            known = dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
+        known.update(self.bad_images.found)
+        path.write_text("".join(f"{p}\t{reason}\n" for p, reason in sorted(known.items())))
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),

@@ -1,0 +1,189 @@
+"""A run folder's file names, its lock, and what a new session does to it before training.
+
+One training process at a time owns a run folder: :class:`RunLock` creates ``run.lock`` atomically
+(``O_CREAT | O_EXCL``) holding the owner's pid, host and start time, and removes it on exit. A second run
+into the same folder is refused while the first is alive; a lock left by a process that died (``kill -9``,
+a power cut) is detected (same host, pid gone or reused) and taken over. Under torchrun only rank 0 locks.
+
+:func:`prepare` then makes the folder usable whatever happened to the last session: stray temporary files of a
+killed write are removed; a fresh run into a folder whose earlier run died before its first checkpoint starts
+clean (its ``metrics.jsonl`` and bad-image list are dropped), a fresh run into a folder that holds a
+checkpoint is refused (``--resume`` it), and a resumed run's ``metrics.jsonl`` loses the rows logged after the
+checkpoint, so every step appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from maskkit.errors import RunFolderError
+
+CHECKPOINT_NAME = "checkpoint.pth"
+METRICS_NAME = "metrics.jsonl"
+BAD_IMAGES_NAME = "bad_images.txt"
+LOCK_NAME = "run.lock"
+_YOUNG_LOCK_S = 30.0  # an unreadable lock younger than this may be one being written right now
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (Linux ``/proc``; clock ticks since boot), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    if start is not None:
+        now = _start_ticks(pid)
+        return now is None or now == start
+    return True
+
+
+class RunLock:
+    """The exclusive lock of a run folder (a context manager; :meth:`acquire` / :meth:`release`)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        """The lock's content, ``{}`` when it cannot be read, None when there is no lock."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return {}
+        try:
+            owner = json.loads(text)
+        except ValueError:
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def _stale(self, owner: dict) -> bool:
+        if not owner:  # unreadable: stale unless it may be being written right now
+            try:
+                return time.time() - self.path.stat().st_mtime > _YOUNG_LOCK_S
+            except FileNotFoundError:
+                return True
+        if owner.get("host") != socket.gethostname():
+            return False  # cannot tell from here
+        pid = owner.get("pid")
+        return not isinstance(pid, int) or not _alive(pid, owner.get("start"))
+
+    def acquire(self) -> "RunLock":
+        """Take the lock, or raise :class:`~maskkit.errors.RunFolderError` naming the run that holds it."""
+        _check_is_folder(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
+                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:
+                    continue  # released meanwhile
+                if not self._stale(owner):
+                    who = (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('time')}" if owner
+                           else "a run that is starting")
+                    raise RunFolderError(f"{self.folder}: another run is training into this folder ({who}); wait "
+                                         f"for it or give another --out (if no such run is alive, delete "
+                                         f"{self.path})") from None
+                if self._owner() == owner:  # still the same stale lock: take it over
+                    self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(mine) + "\n")
+            self.held = True
+            return self
+        raise RunFolderError(f"{self.folder}: could not take {self.path}; delete it if no run is training here")
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self.held:
+            owner = self._owner()
+            if owner is not None and owner.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _check_is_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{folder}: is a file; the run folder (--out) must be a folder")
+
+
+def remove_stray_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.*.tmp``) that a process killed mid-write left in ``folder``.
+    Call it only while holding the folder's lock (a live writer's temporary file must stay)."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Keep the rows of a ``metrics.jsonl`` up to ``step`` (the checkpoint a run resumes from), dropping later
+    ones and a half-written last line, so a resumed run logs each step once. Returns the rows dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            dropped += 1
+            continue
+        if isinstance(row_step, int) and row_step <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def prepare(folder: str | Path, *, resume: str | Path | None, resume_step: int | None) -> None:
+    """Make ``folder`` ready for a session (hold its lock first): see the module docstring.
+
+    ``resume``/``resume_step``: the checkpoint this session continues from and its step (None: a fresh run).
+    """
+    folder = Path(folder)
+    _check_is_folder(folder)
+    remove_stray_files(folder)
+    checkpoint = folder / CHECKPOINT_NAME
+    if resume_step is None or resume is None:
+        if checkpoint.exists():
+            raise RunFolderError(f"{folder} already holds a run; continue it with --resume {checkpoint}, or give "
+                                 "another --out (nothing was overwritten)")
+        for name in (METRICS_NAME, BAD_IMAGES_NAME):  # an earlier run died before its first checkpoint
+            (folder / name).unlink(missing_ok=True)
+        return
+    if checkpoint.exists() and not checkpoint.samefile(resume):
+        raise RunFolderError(f"{folder} holds another run's checkpoint; resuming {resume} into it would overwrite "
+                             "it: give another --out")
+    truncate_metrics(folder / METRICS_NAME, resume_step)

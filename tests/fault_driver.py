@@ -1,0 +1,64 @@
+"""``maskkit train`` in a child process, with faults injected, for tests/test_faults.py.
+
+    python tests/fault_driver.py [--sleep S] [--die-in-save N] -- train RECIPE --out DIR ...
+
+``--sleep S``: a plugin sleeps S seconds after each step (numerics unchanged), so the test can signal the
+run mid-way. ``--die-in-save N``: the process SIGKILLs itself halfway through writing its N-th checkpoint
+(a partial temporary file, never renamed). Built-ins only, two threads (the numbers the test compares with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import torch
+
+import maskkit
+from maskkit import cli
+from maskkit.engine import checkpoint
+
+
+class Slow:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    @maskkit.hookimpl
+    def maskkit_step_end(self) -> None:
+        time.sleep(self.seconds)
+
+
+def die_in_save(nth: int) -> None:
+    real_save = torch.save
+    saves = []
+
+    def save(obj, handle, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == nth:
+            handle.write(b"PK\x03\x04 half of a checkpoint")
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, handle, *args, **kwargs)
+
+    checkpoint.torch.save = save
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--die-in-save", type=int)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.die_in_save:
+        die_in_save(args.die_in_save)
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"slow": Slow(args.sleep)})
+    cli._registry = lambda: registry
+    return cli.main([a for a in args.rest if a != "--"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,463 @@
+"""Fault injection: every failure is one clear line, and nothing is lost.
+
+Each test breaks something (kill -9 at a random step and in the middle of a checkpoint write, SIGINT, SIGTERM, a
+full disk, unreadable images, raising plugins, NaN/inf weights, two runs into one folder) and then checks that
+the run folder is still usable: the resumed run's losses equal those of an uninterrupted run, bit for bit.
+Child processes run tests/fault_driver.py (``maskkit train`` with faults injected); resumes run in-process.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import maskkit
+from maskkit import cli
+from maskkit.engine import checkpoint as ckpt
+from maskkit.engine.run_folder import LOCK_NAME, RunLock, truncate_metrics
+from maskkit.engine.trainer import Trainer
+from maskkit.errors import RunFolderError, TrainingError, UnreadableImageError, describe_failure
+from maskkit.recipe import Recipe, load_recipe
+
+from helpers import tiny_tree
+
+HERE = Path(__file__).parent
+STEPS, CKPT_EVERY = 16, 4
+
+
+def fault_tree(**train):
+    tree = tiny_tree()
+    tree["train"].update({"max_steps": STEPS, "ckpt_every": CKPT_EVERY, "log_every": 1, **train})
+    return tree
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def steps(run_dir):
+    return [json.loads(line)["step"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, builtin_registry):
+    """The uninterrupted run every interrupted one must match."""
+    out = tmp_path_factory.mktemp("full")
+    Trainer(load_recipe(fault_tree()), out, registry=builtin_registry, progress=False).fit()
+    return out
+
+
+def resume(run_dir, registry):
+    """Continue a run from its checkpoint in this process (the recipe comes from the checkpoint)."""
+    path = Path(run_dir) / "checkpoint.pth"
+    recipe = Recipe(ckpt.load_training_checkpoint(path)["recipe"], str(path))
+    return Trainer(recipe, run_dir, registry=registry, resume=path, progress=False).fit()
+
+
+# -- child processes --------------------------------------------------------------------------------------
+
+
+def start_child(tmp_path, *driver_args):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(fault_tree()))
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(HERE / "fault_driver.py"), *driver_args, "--", "train", str(recipe), "--out",
+           str(out), "--no-progress", "--no-eval"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return proc, out
+
+
+def wait_for_rows(proc, out, rows, timeout=240):
+    """Wait until the child has logged ``rows`` steps (or has exited)."""
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= rows:
+            return
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the child ended early: {proc.communicate()}"
+    raise AssertionError("the child logged too few steps in time")
+
+
+def test_kill_9_at_a_random_step_then_resume_or_rerun(tmp_path, full, builtin_registry):
+    """A hard kill anywhere: before the first checkpoint the folder is reused by a plain rerun, after it the run
+    resumes (taking over the dead run's lock) and ends exactly as the uninterrupted run."""
+    rows = random.Random().randint(1, STEPS - 3)
+    proc, out = start_child(tmp_path, "--sleep", "0.2")
+    wait_for_rows(proc, out, rows)
+    proc.kill()
+    proc.communicate()
+    assert (out / LOCK_NAME).is_file()  # left by the dead run
+    if (out / "checkpoint.pth").exists():
+        saved = ckpt.load_training_checkpoint(out / "checkpoint.pth")["step"]
+        assert saved % CKPT_EVERY == 0 and saved <= max(steps(out)), rows
+        resume(out, builtin_registry)
+    else:
+        Trainer(load_recipe(out / "recipe.yaml"), out, registry=builtin_registry, progress=False).fit()
+    assert losses(out) == losses(full), f"killed after {rows} steps"
+    assert not (out / LOCK_NAME).exists() and not list(out.glob(".*.tmp"))
+
+
+def test_kill_9_in_the_middle_of_a_checkpoint_write(tmp_path, full, builtin_registry):
+    """Killed halfway through writing the second checkpoint: the first stays intact, the half-written temporary
+    file is removed at the next start, the metrics logged after the checkpoint are not duplicated."""
+    proc, out = start_child(tmp_path, "--die-in-save", "2")
+    proc.communicate(timeout=240)
+    assert proc.returncode == -signal.SIGKILL
+    assert ckpt.load_training_checkpoint(out / "checkpoint.pth")["step"] == CKPT_EVERY
+    assert len(list(out.glob(".checkpoint.pth.*.tmp"))) == 1
+    assert steps(out) == list(range(1, 2 * CKPT_EVERY + 1))
+    resume(out, builtin_registry)
+    assert steps(out) == list(range(1, STEPS + 1)) and losses(out) == losses(full)
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, full, builtin_registry, monkeypatch,
+                                                                     capsys, sig):
+    """Ctrl-C or SIGTERM mid-run: a checkpoint at the step boundary, the exact resume command, exit 128+N; while
+    the run trains, a second run into its folder is refused and changes nothing."""
+    proc, out = start_child(tmp_path, "--sleep", "0.2")
+    wait_for_rows(proc, out, 3)
+    with pytest.raises(RunFolderError, match=rf"another run is training into this folder \(pid {proc.pid} on "):
+        Trainer(load_recipe(fault_tree()), out, registry=builtin_registry, progress=False).fit()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + sig, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"maskkit: error: interrupted by {sig.name} after step ") and err.count("\n") == 1, err
+    saved = ckpt.load_training_checkpoint(out / "checkpoint.pth")["step"]
+    assert f"checkpoint of step {saved} saved" in line and steps(out)[-1] == saved  # nothing trained is lost
+    assert not (out / LOCK_NAME).exists()
+    command = line.split("resume with: ", 1)[1]
+    monkeypatch.setattr(cli, "_registry", lambda: builtin_registry)
+    assert cli.main([*shlex.split(command)[1:], "--no-progress", "--no-eval"]) == 0
+    assert losses(out) == losses(full)
+
+
+# -- run folders --------------------------------------------------------------------------------------------
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with RunLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):  # a second taker, even in-process
+            RunLock(tmp_path).acquire()
+    assert not lock.exists()
+    for owner in ({"pid": os.getppid(), "host": socket.gethostname()}, {"pid": dead.pid, "host": "elsewhere"}):
+        lock.write_text(json.dumps(owner))
+        with pytest.raises(RunFolderError, match="delete .*run.lock"):
+            RunLock(tmp_path).acquire()
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.one_of(st.integers(1, 30), st.just("garbage")), max_size=30), step=st.integers(0, 30))
+def test_truncated_metrics_keep_exactly_the_rows_up_to_the_checkpoint(tmp_path_factory, rows, step):
+    path = tmp_path_factory.mktemp("metrics") / "metrics.jsonl"
+    lines = [json.dumps({"step": r, "loss": 1.0}) if r != "garbage" else '{"step": 3, "lo' for r in rows]
+    path.write_text("".join(f"{line}\n" for line in lines))
+    dropped = truncate_metrics(path, step)
+    expected = [r for r in rows if r != "garbage" and r <= step]
+    assert steps(path.parent) == expected if expected else path.read_text() == ""
+    assert dropped == len(rows) - len(expected)
+
+
+def test_out_naming_a_file_and_export_to_a_folder_are_one_line(tmp_path, capsys, trained):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_tree()))
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["train", str(recipe), "--out", str(tmp_path / "afile"), "--no-progress"]) == 2
+    assert_one_line(capsys, "afile: is a file; the run folder (--out) must be a folder")
+    assert cli.main(["export", str(trained / "checkpoint.pth"), "--out", str(tmp_path)]) == 2
+    assert_one_line(capsys, f"{tmp_path}: is a folder, expected a file")
+
+
+# -- the failure contract: one line, exit 2 (1 for internal errors) ----------------------------------------
+
+
+def assert_one_line(capsys, fragment, code_line="maskkit: error: "):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(code_line) and fragment in err, err
+    assert "Traceback" not in err and "\x1b" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    tree = tiny_tree()
+    tree["train"].update(max_steps=2)
+    Trainer(load_recipe(tree), out, registry=maskkit.Registry.from_plugins(autoload=False), progress=False).fit()
+    return out
+
+
+def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert cli.main(["train", str(binary)]) == 2
+    assert_one_line(capsys, "binary.yaml: not a text file")
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_tree()))
+    assert cli.main(["train", str(recipe), "encoder.in_chans=3", "--out", str(tmp_path / "c")]) == 2
+    assert_one_line(capsys, "r.yaml: data: fashion_mnist gives 1-channel images, but the encoder takes 3")
+    assert not (tmp_path / "c" / "metrics.jsonl").exists()
+
+    assert cli.main(["train", str(recipe), "train.lr=.inf", "--out", str(tmp_path / "i")]) == 2
+    assert_one_line(capsys, "train.lr: expected a finite number >= 0, got inf")
+
+    assert cli.main(["visualize", str(trained / "checkpoint.pth"), "--count", "0"]) == 2
+    assert_one_line(capsys, "--count: expected a positive int, got 0")
+
+    state = torch.load(trained / "checkpoint.pth", weights_only=True)
+    state["recipe"]["decoder"]["embed_dim"] = 24  # the weights no longer fit the recipe stored with them
+    torch.save(state, tmp_path / "misfit.pth")
+    assert cli.main(["visualize", str(tmp_path / "misfit.pth"), "--out", str(tmp_path / "v.png")]) == 2
+    assert_one_line(capsys, "misfit.pth: its weights do not fit the model its recipe builds: size mismatch")
+    assert cli.main(["train", "--resume", str(tmp_path / "misfit.pth"), "--out", str(tmp_path / "m")]) == 2
+    assert_one_line(capsys, "misfit.pth: its weights do not fit the model its recipe builds")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run",))
+
+    torch.save({"model": {}, "payload": Payload()}, tmp_path / "foreign.pth")
+    assert cli.main(["eval", "knn", str(tmp_path / "foreign.pth")]) == 2
+    assert_one_line(capsys, "foreign.pth: refused to load: it holds a Python object (print)")
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, capsys, full, builtin_registry,
+                                                                    monkeypatch):
+    """ENOSPC while writing the second checkpoint: one line naming the file, the first checkpoint and nothing
+    else left, and the run resumes once there is space."""
+    real_save = torch.save
+    saves = []
+
+    def save_on_a_full_disk(obj, handle, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            handle.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", save_on_a_full_disk)
+    monkeypatch.setattr(cli, "_registry", lambda: builtin_registry)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(fault_tree()))
+    out = tmp_path / "run"
+    assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
+    assert_one_line(capsys, f"{out / 'checkpoint.pth'}: no space left on device (disk full)")
+    assert ckpt.load_training_checkpoint(out / "checkpoint.pth")["step"] == CKPT_EVERY
+    assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    resume(out, builtin_registry)
+    assert losses(out) == losses(full)
+
+
+class RaiseAtStep:
+    """A plugin whose step hook raises a plain exception (not one of maskkit's)."""
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, step):
+        if step == 1:
+            raise ValueError("plugin bug")
+
+
+class RaisingAddHook:
+    @maskkit.hookimpl
+    def maskkit_add_maskers(self):
+        raise RuntimeError("cannot import its masker")
+
+    @maskkit.hookimpl
+    def maskkit_step_end(self):
+        raise AssertionError("a left-out plugin must not run")
+
+
+class Clash:
+    @maskkit.hookimpl
+    def maskkit_add_losses(self):
+        return {"mse": object}
+
+
+def test_plugin_errors_name_the_plugin_and_leave_it_out(tmp_path, capsys, monkeypatch):
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"boom": RaiseAtStep(),
+                                                                      "half": RaisingAddHook()})
+    assert [f.name for f in registry.failures] == ["half"]
+    assert "maskkit_add_maskers() raised RuntimeError: cannot import its masker" in registry.failures[0].error
+    assert registry.list("masker") == ["random"] and "half" not in registry.versions()
+    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_tree()))
+    out = tmp_path / "run"
+    assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
+    assert_one_line(capsys, "plugin 'boom' failed: ValueError: plugin bug")
+    assert not (out / LOCK_NAME).exists()
+
+    from maskkit.registry import Registry
+
+    from_plugins = Registry.from_plugins.__func__
+    monkeypatch.setattr(Registry, "from_plugins", classmethod(
+        lambda cls, autoload=None, plugins=None, strict=True: from_plugins(
+            cls, False, {"half": RaisingAddHook(), "clash": Clash()}, strict=strict)))
+    with pytest.raises(maskkit.errors.PluginError, match="registered twice"):
+        Registry.from_plugins()
+    assert cli.main(["plugins"]) == 0  # the diagnosis tool works whatever the plugins do
+    listing = capsys.readouterr().out
+    assert "plugin 'half' failed to load: maskkit_add_maskers() raised RuntimeError" in listing
+    assert "plugin 'clash' failed to load: loss 'mse' is registered twice" in listing and "random" in listing
+
+
+def test_an_internal_error_says_so_and_debug_shows_the_traceback(capsys, monkeypatch):
+    def broken(args, console):
+        raise KeyError("a maskkit bug")
+
+    monkeypatch.setattr(cli, "cmd_recipes", broken)
+    assert cli.main(["recipes"]) == 1
+    assert_one_line(capsys, "internal error: KeyError: 'a maskkit bug' (rerun with --debug")
+    with pytest.raises(KeyError):
+        cli.main(["--debug", "recipes"])
+    assert describe_failure(OSError(errno.EACCES, "Permission denied", "/x/y")) == (2, "/x/y: permission denied")
+
+
+# -- checkpoints: only finite weights -------------------------------------------------------------------------
+
+
+class InfAfterStep:
+    """Sets a weight to inf in the step hook after the update: the loss of that step was finite."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @maskkit.hookimpl
+    def maskkit_step_end(self, model, step):
+        if step == self.step:
+            with torch.no_grad():
+                model.encoder.blocks[0].mlp.fc1.weight[0, 0] = float("inf")
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, full, builtin_registry):
+    """Weights broken after a finite loss: the checkpoint is refused, the previous (all finite) one stays and
+    resumes to the uninterrupted result."""
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"inf": InfAfterStep(2 * CKPT_EVERY - 1)})
+    with pytest.raises(TrainingError, match=rf"non-finite weights after step {2 * CKPT_EVERY} .*model.blocks.0.mlp"
+                                            rf".*last good checkpoint is .*step {CKPT_EVERY}\)"):
+        Trainer(load_recipe(fault_tree()), tmp_path, registry=registry, progress=False).fit()
+    state = ckpt.load_training_checkpoint(tmp_path / "checkpoint.pth")
+    assert state["step"] == CKPT_EVERY and not ckpt.non_finite([state["model"], state["optimizer"]["state"]])
+    resume(tmp_path, builtin_registry)
+    assert losses(tmp_path) == losses(full)
+
+
+def test_a_huge_learning_rate_never_leaves_a_poisoned_checkpoint(tmp_path, builtin_registry):
+    with pytest.raises(TrainingError, match="non-finite"):
+        Trainer(load_recipe(fault_tree(lr=1e36, ckpt_every=1)), tmp_path, registry=builtin_registry,
+                progress=False).fit()
+    if (tmp_path / "checkpoint.pth").exists():
+        state = ckpt.load_training_checkpoint(tmp_path / "checkpoint.pth")
+        assert not ckpt.non_finite([state["model"], state["optimizer"]["state"]])
+
+
+def test_a_checkpoint_replaces_the_old_one_only_once_verified(tmp_path, full):
+    path = tmp_path / "c.pth"
+    ckpt.save_atomic({"step": 1}, path)
+
+    def refuse(tmp):
+        assert tmp.is_file() and tmp.parent == path.parent
+        raise ckpt.CheckpointError(f"{tmp}: reads back wrong")
+
+    with pytest.raises(ckpt.CheckpointError, match="reads back wrong"):
+        ckpt.save_atomic({"step": 2}, path, verify=refuse)
+    assert torch.load(path, weights_only=True) == {"step": 1} and list(tmp_path.iterdir()) == [path]
+    mode = (full / "checkpoint.pth").stat().st_mode & 0o777  # like every other file of the run folder
+    assert mode == (full / "recipe.yaml").stat().st_mode & 0o777 == (full / "metrics.jsonl").stat().st_mode & 0o777
+
+
+# -- unreadable images ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """24 real Fashion-MNIST PNGs and three files that are not images: a truncated JPEG, an empty PNG and a
+    text file named .jpg."""
+    from maskkit.data.fashion_mnist import FashionMNIST
+
+    root = tmp_path_factory.mktemp("images")
+    data = FashionMNIST("train", source="embedded")
+    for i in range(24):
+        Image.fromarray(np.asarray(data[i][0][0])).save(root / f"{i:02d}.png")
+    Image.fromarray(np.asarray(data[0][0][0])).save(root / "corrupt.jpg")
+    (root / "corrupt.jpg").write_bytes((root / "corrupt.jpg").read_bytes()[:40])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image\n")
+    return root
+
+
+def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, image_folder, builtin_registry):
+    tree = tiny_tree(data={"name": "image_folder", "root": str(image_folder), "in_chans": 1})
+    tree["train"].update(max_steps=6, num_workers=2)  # the error crosses from a worker process
+    out = tmp_path / "run"
+    with pytest.raises(UnreadableImageError, match=r"(corrupt|empty|text)\.(jpg|png): unreadable image .*"
+                                                   r"set data.on_bad_image: skip") as info:
+        Trainer(load_recipe(tree), out, registry=builtin_registry, progress=False).fit()
+    assert "\n" not in str(info.value)
+    tree["data"]["on_bad_image"] = "skip"  # the folder that crashed before its first checkpoint is reusable
+    tree["train"]["num_workers"] = 0
+    result = Trainer(load_recipe(tree), out, registry=builtin_registry, progress=False).fit()
+    assert result.steps == 6 and result.bad_images == 3
+    listed = (out / "bad_images.txt").read_text().splitlines()
+    assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["corrupt.jpg", "empty.png", "text.jpg"]
+    assert all(np.isfinite(losses(out)))
+
+
+# -- compare: one failing run is recorded, the others go on ------------------------------------------------
+
+
+class RaiseInVariant:
+    """A plugin bug that strikes only in the runs of ``variant`` (a plain exception, not one of maskkit's)."""
+
+    def __init__(self, variant):
+        self.variant = variant
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, trainer):
+        if trainer.run_dir.parent.name == self.variant:
+            raise ZeroDivisionError("division by zero in the plugin")
+
+
+def test_compare_records_a_failing_run_and_goes_on(tmp_path):
+    from test_compare import SmallFashion, quiet, write_spec
+
+    from maskkit.compare import load_spec, make_plan, run_comparison
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
+                                                                      "buggy": RaiseInVariant("r75")})
+    spec = load_spec(write_spec(tmp_path, budget={"steps": 2}, eval={"knn": True, "mask_samples": 0,
+                                                                     "reconstructions": 0}), registry=registry)
+    outcome = run_comparison(make_plan(spec, registry), tmp_path / "out", registry=registry, console=quiet(),
+                             progress=False, report=False)
+    assert outcome.failed == ("r75/seed0",) and outcome.trained == ("r50/seed0",)
+    assert outcome.errors["r75/seed0"] == "plugin 'buggy' failed: ZeroDivisionError: division by zero in the plugin"
+    status = json.loads((tmp_path / "out" / "runs" / "r75" / "seed0" / "compare.json").read_text())
+    assert status["status"] == "failed" and status["error"] == outcome.errors["r75/seed0"]
