@@ -6,6 +6,7 @@
     maskkit eval knn|linear CHECKPOINT
     maskkit visualize CHECKPOINT [--out recon.png]
     maskkit export CHECKPOINT --out encoder.pth
+    maskkit convert SOURCE --out ckpt.pth [key.path=value ...]
     maskkit plugins | maskkit recipes | maskkit list KIND [PATTERN]
 """
 
@@ -176,6 +177,21 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.interop import load_pretrained, write_checkpoint
+
+    registry = _registry()
+    loaded = load_pretrained(args.source, args.overrides, registry=registry)
+    write_checkpoint(loaded, args.out, registry=registry, origin=str(args.source))
+    encoder = loaded.recipe["encoder"]
+    console.print(f"wrote {args.out}: {loaded.source} weights as a maskkit checkpoint ({len(loaded.state_dict)} "
+                  f"tensors; encoder {encoder.get('name')}, img_size {encoder.get('img_size')}, patch_size "
+                  f"{encoder.get('patch_size')})", highlight=False)
+    for note in loaded.notes:
+        console.print(f"note: {note}", highlight=False)
+    return 0
+
+
 def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
     from maskkit.builder import build_component
     from maskkit.recipe import apply_overrides
@@ -293,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="turn a transformers ViTMAE folder or an official MAE checkpoint into a "
+                                       "maskkit checkpoint")
+    p.add_argument("source", help="transformers save_pretrained folder, or official {'model': ...} checkpoint")
+    p.add_argument("overrides", nargs="*", help="recipe overrides for what the source cannot tell, e.g. "
+                                                "encoder.num_heads=4 target.name=pixels")
+    p.add_argument("--out", required=True, help="maskkit checkpoint to write")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("masks", help="look at masking strategies")
     masks = p.add_subparsers(dest="masks_command", required=True)
