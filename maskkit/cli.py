@@ -5,7 +5,7 @@
     maskkit bench [--device cuda] [--models vit_base_patch16,vit_large_patch16]
     maskkit eval knn|linear CHECKPOINT
     maskkit visualize CHECKPOINT [--out recon.png]
-    maskkit export CHECKPOINT --out encoder.pth
+    maskkit export CHECKPOINT --out encoder.pth [--format timm|transformers]
     maskkit convert SOURCE --out ckpt.pth [key.path=value ...]
     maskkit plugins | maskkit recipes | maskkit list KIND [PATTERN]
 """
@@ -158,6 +158,14 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    if args.format == "transformers":
+        from maskkit.engine.checkpoint import load_training_checkpoint
+        from maskkit.interop.transformers_export import export_transformers, write_summary
+
+        result = export_transformers(load_training_checkpoint(args.checkpoint), args.out, _registry(),
+                                     source=args.checkpoint)
+        console.print(write_summary(result), highlight=False, soft_wrap=True)
+        return 0
     from maskkit.engine.checkpoint import save_atomic
 
     from maskkit.builtin.vit import TimmViTEncoder
@@ -305,9 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_visualize)
 
-    p = sub.add_parser("export", help="write the encoder alone under timm's names")
+    p = sub.add_parser("export", help="write the encoder alone under timm's names, or a transformers folder")
     p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="file (timm) or folder (transformers) to write")
+    p.add_argument("--format", choices=["timm", "transformers"], default="timm",
+                   help="timm: the encoder's state dict (default); transformers: a from_pretrained folder (ViTMAE "
+                        "with the decoder, or ViT for a fine-tuned classifier)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="turn a transformers ViTMAE folder or an official MAE checkpoint into a "

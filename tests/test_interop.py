@@ -14,6 +14,7 @@ from maskkit.interop import load_pretrained, read_pretrained
 from maskkit.interop.pretrained import _shipped_recipe_with_shapes
 from maskkit.interop.vit_names import official_to_transformers, transformers_to_official
 from maskkit.recipe import Recipe
+from helpers import TINY, tiny_tree
 from test_mae_reference import mae_recipe, official_keys
 
 
@@ -215,3 +216,186 @@ def test_maskkit_checkpoint_and_bad_files(tmp_path, builtin_registry):
     (tmp_path / "folder").mkdir()
     with pytest.raises(CheckpointError, match="no config.json"):
         read_pretrained(tmp_path / "folder")
+
+
+# -- export to transformers -----------------------------------------------------------------------------------
+
+
+def _checkpoint(tmp_path, tree, name="ck.pth", seed=0):
+    """A maskkit checkpoint of a freshly built (seeded, slightly perturbed) model of ``tree``."""
+    from maskkit.interop import write_checkpoint
+    from maskkit.interop.pretrained import Pretrained
+
+    torch.manual_seed(seed)
+    model = maskkit.build_model(Recipe(tree))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    write_checkpoint(Pretrained(tree, model.state_dict(), "maskkit"), tmp_path / name)
+    return tmp_path / name, model.eval()
+
+
+QUICKSTART_GEOMETRY = tiny_tree(encoder={"name": "vit_tiny_patch16_224", "img_size": 28, "patch_size": 2,
+                                         "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2},
+                                target={"name": "pixels"})
+NORM_PIX_RGB = tiny_tree(encoder={"name": "vit_small_patch16_224", "img_size": 32, "patch_size": 8, "in_chans": 3,
+                                  "embed_dim": 48, "depth": 1, "num_heads": 3, "mlp_ratio": 2.0},
+                         decoder={"name": "mae", "embed_dim": 24, "depth": 2, "num_heads": 4, "mlp_ratio": 3.0},
+                         masker={"name": "random", "ratio": 0.6}, data={"name": "image_folder", "root": "/nowhere"})
+
+
+@pytest.mark.parametrize("tree", [QUICKSTART_GEOMETRY, NORM_PIX_RGB], ids=["quickstart-28px-patch2", "normpix-rgb"])
+def test_export_transformers_equals_maskkit(tmp_path, capsys, tree):
+    """The exported folder loads offline with AutoModel (ViTMAEModel) and ViTMAEForPreTraining: its features
+    equal maskkit's encoder features and its loss under the same noise equals maskkit's."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, model = _checkpoint(tmp_path, tree)
+    out = tmp_path / "hf"
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ViTMAEForPreTraining" in printed and "note:" not in printed
+    encoder = model.encoder
+    size, n, ratio = encoder.img_size[0], encoder.num_patches, tree["masker"]["ratio"]
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(3, encoder.in_chans, size, size, generator=gen)
+    noise = torch.rand(3, n, generator=gen)
+
+    auto = transformers.AutoModel.from_pretrained(out, mask_ratio=0.0).eval()
+    assert type(auto).__name__ == "ViTMAEModel"
+    with torch.no_grad():
+        features = auto(pixel_values=images, noise=torch.arange(n, dtype=torch.float32).expand(3, n))
+        torch.testing.assert_close(features.last_hidden_state, encoder.forward_features(images),
+                                   atol=1e-5, rtol=1e-5)
+
+    hf = transformers.ViTMAEForPreTraining.from_pretrained(out).eval()
+    assert hf.config.norm_pix_loss == (tree["target"]["name"] == "norm_pixels")
+    assert hf.config.mask_ratio == ratio and hf.config.layer_norm_eps == 1e-6
+
+    def theirs(images, noise):
+        out = hf(pixel_values=images, noise=noise)
+        return out.loss, out.logits, out.mask
+
+    _same_loss(model, theirs, images, noise, ratio)
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    expected_mean = [0.2860] if tree["data"]["name"] == "fashion_mnist" else [0.485, 0.456, 0.406]
+    assert list(processor.image_mean) == pytest.approx(expected_mean)
+
+
+def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path):
+    pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, _ = _checkpoint(tmp_path, QUICKSTART_GEOMETRY)
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "back.pth")]) == 0
+    before, after = load_training_checkpoint(ckpt), load_training_checkpoint(tmp_path / "back.pth")
+    assert after["recipe"] == before["recipe"]  # the recipe written beside config.json came back
+    assert after["converted_from"]["source"] == "transformers"
+    assert set(after["model"]) == set(before["model"])
+    for key, value in before["model"].items():
+        assert torch.equal(after["model"][key], value), key
+    # a second export replaces the first; a folder that is not an export is left alone
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_converted_checkpoint_works_with_the_checkpoint_commands(tmp_path, capsys):
+    """``maskkit convert`` output is a maskkit checkpoint: visualize and export (timm) take it."""
+    from maskkit.cli import main
+
+    source = maskkit.build_model(Recipe(QUICKSTART_GEOMETRY))
+    torch.save({"model": source.state_dict()}, tmp_path / "official.pth")
+    assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "ck.pth"),
+                 "encoder.num_heads=2", "decoder.num_heads=2", "target.name=pixels"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert main(["visualize", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "r.png"), "--count", "2"]) == 0
+    assert main(["export", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "enc.pth")]) == 0
+    encoder = torch.load(tmp_path / "enc.pth", weights_only=True)
+    assert torch.equal(encoder["blocks.1.mlp.fc2.weight"], source.state_dict()["blocks.1.mlp.fc2.weight"])
+
+
+def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    wide = tiny_tree(encoder={**TINY["encoder"], "img_size": [28, 56]})
+    ckpt, _ = _checkpoint(tmp_path, wide, "wide.pth")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "square images and patches only" in err
+    dense = tiny_tree(encoder={**TINY["encoder"], "dense": True})
+    ckpt, _ = _checkpoint(tmp_path, dense, "dense.pth")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "x")]) == 2
+    assert "dense" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # as if not installed
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "transformers package" in err and "pip install transformers" in err
+
+
+def test_export_without_mae_decoder_writes_the_encoder(tmp_path, capsys):
+    """A model whose decoder side ViTMAE cannot hold (here an L1 loss) exports its encoder as ViTMAEModel."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, model = _checkpoint(tmp_path, tiny_tree(loss={"name": "l1"}))
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    assert "note: encoder only (ViTMAEModel): the loss is not MSE" in capsys.readouterr().out
+    auto = transformers.AutoModel.from_pretrained(tmp_path / "hf", mask_ratio=0.0).eval()
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        ours = model.encoder.forward_features(images)
+        theirs = auto(pixel_values=images, noise=torch.arange(49.0).expand(2, 49)).last_hidden_state
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def _finetune_checkpoint(tmp_path, global_pool):
+    """A checkpoint in the layout of ``maskkit finetune`` (``kind: finetune``, a timm ViT classifier's state
+    dict, the pretraining encoder section, ``num_classes``)."""
+    import timm
+
+    from maskkit.engine.checkpoint import save_atomic
+
+    spec = dict(QUICKSTART_GEOMETRY["encoder"])
+    torch.manual_seed(0)
+    classifier = timm.create_model(spec["name"], num_classes=10, global_pool=global_pool,
+                                   **{k: v for k, v in spec.items() if k != "name"}).eval()
+    with torch.no_grad():
+        for param in classifier.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    state = {"format": "maskkit", "format_version": 1, "kind": "finetune", "step": 5,
+             "model": classifier.state_dict(), "recipe": {"seed": 0, "data": QUICKSTART_GEOMETRY["data"]},
+             "encoder": spec, "num_classes": 10}
+    save_atomic(state, tmp_path / f"ft_{global_pool}.pth")
+    return tmp_path / f"ft_{global_pool}.pth", classifier
+
+
+def test_export_finetuned_classifier_to_vit(tmp_path, capsys):
+    """A [CLS]-token classifier becomes ViTForImageClassification with the same logits; MAE's mean-pool +
+    fc_norm head, which that class cannot hold, is refused in one line."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, classifier = _finetune_checkpoint(tmp_path, "token")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
+    assert "ViTForImageClassification" in capsys.readouterr().out
+    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    auto = transformers.AutoModel.from_pretrained(tmp_path / "vit").eval()
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=images).logits, classifier(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(auto(pixel_values=images).last_hidden_state, classifier.forward_features(images),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(CheckpointError, match="a fine-tuning checkpoint"):
+        read_pretrained(ckpt)
+    ckpt, _ = _finetune_checkpoint(tmp_path, "avg")
+    capsys.readouterr()  # transformers' loading progress and warnings above
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "avg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "global_pool=token" in err

@@ -79,6 +79,9 @@ def load_pretrained(path: str | Path, overrides: Iterable[str] = (), registry=No
 
     obj = read_checkpoint(path)
     if obj.get("format") == FORMAT:
+        if obj.get("kind") == "finetune":
+            raise CheckpointError(f"{path}: a fine-tuning checkpoint (a classifier), not pretrained MAE weights; "
+                                  "`maskkit export --format transformers` writes it as a transformers ViT")
         state = load_training_checkpoint(path)
         if not isinstance(state.get("recipe"), dict):
             raise CheckpointError(f"{path}: a maskkit checkpoint without its recipe")
@@ -124,17 +127,36 @@ def _from_transformers(folder: Path, overrides: list[str], registry) -> Pretrain
     weights = transformers_to_official(_read_transformers_weights(folder))
     tree, notes = recipe_from_vitmae_config(config, has_decoder="decoder_embed.weight" in weights)
     tree["description"] = f"Converted from the transformers ViTMAE folder {folder}. " + tree["description"]
-    own_recipe = folder / RECIPE_FILE
-    if own_recipe.is_file():  # exported by maskkit: keep the run's engine sections (data, train, eval...)
-        from maskkit.recipe import parse_yaml
-
-        kept = parse_yaml(own_recipe.read_text(), str(own_recipe))
-        tree.update({k: v for k, v in kept.items() if k not in ("masker", "encoder", "decoder", "target", "loss")})
+    own = _exported_recipe(folder, config, registry)
+    if own is not None:
+        tree = own
     if not config.get("qkv_bias", True) and "decoder_embed.weight" in weights:
         for i in range(block_count(weights, "decoder_blocks")):  # maskkit's decoder has qkv biases: zero = none
             weights[f"decoder_blocks.{i}.attn.qkv.bias"] = weights[f"decoder_blocks.{i}.attn.qkv.weight"].new_zeros(
                 weights[f"decoder_blocks.{i}.attn.qkv.weight"].shape[0])
     return _checked(folder, tree, weights, overrides, registry, "transformers", notes)
+
+
+def _exported_recipe(folder: Path, config: Mapping[str, Any], registry) -> dict | None:
+    """The recipe ``maskkit export`` wrote beside ``config.json``, when the model it describes has the
+    configuration of ``config.json`` (so an exported run comes back with its own recipe); else ``None``."""
+    from maskkit.builder import build_model
+    from maskkit.interop.transformers_export import vitmae_config
+    from maskkit.recipe import Recipe, parse_yaml
+
+    path = folder / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        recipe = Recipe(parse_yaml(path.read_text(), str(path)), str(path))
+        recipe.validate()
+        with torch.device("meta"):
+            ours, _, _ = vitmae_config(build_model(recipe, registry or _default_registry()), str(path))
+    except MaskkitError:
+        return None
+    same = all(config.get(key) == value or (isinstance(value, float) and isinstance(config.get(key), float) and
+                                            abs(config[key] - value) < 1e-12) for key, value in ours.items())
+    return recipe.tree if same else None
 
 
 def _read_transformers_weights(folder: Path) -> dict[str, torch.Tensor]:
