@@ -77,8 +77,10 @@ def _tiny_vitmae(transformers, **overrides):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"norm_pix_loss": False, "mask_ratio": 0.75, "num_channels": 1,
-                                            "image_size": 28, "patch_size": 2}])
+                                            "image_size": 28, "patch_size": 2}, {"layer_norm_eps": 1e-12}],
+                         ids=["norm-pix", "quickstart-geometry", "transformers-default-eps"])
 def test_transformers_folder_reads_to_the_same_model(tmp_path, overrides):
+    """(transformers' default layer-norm eps is 1e-12, timm's 1e-6: the converted recipe keeps the folder's)"""
     transformers = pytest.importorskip("transformers")
     hf = _tiny_vitmae(transformers, **overrides)
     with torch.no_grad():  # non-zero everywhere, so a tensor left at its init would show
@@ -86,7 +88,9 @@ def test_transformers_folder_reads_to_the_same_model(tmp_path, overrides):
             param.add_(0.01 * torch.randn_like(param))
     hf.save_pretrained(tmp_path / "hf")
     loaded = load_pretrained(tmp_path / "hf")
+    assert loaded.source == "transformers"
     assert loaded.source == "transformers" and loaded.notes == ()
+    assert loaded.recipe["encoder"].get("norm_eps", 1e-6) == overrides.get("layer_norm_eps", 1e-6)
     config = hf.config
     assert loaded.recipe["target"]["name"] == ("norm_pixels" if config.norm_pix_loss else "pixels")
     assert loaded.recipe["masker"] == {"name": "random", "ratio": config.mask_ratio}
@@ -399,3 +403,18 @@ def test_export_finetuned_classifier_to_vit(tmp_path, capsys):
     assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "avg")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "global_pool=token" in err
+
+
+def test_layer_norm_eps_travels_both_ways(tmp_path):
+    """A folder with transformers' default eps 1e-12 converts to a recipe with norm_eps 1e-12 (encoder and
+    decoder), and exports back with layer_norm_eps 1e-12."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    _tiny_vitmae(transformers, layer_norm_eps=1e-12).save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "ck.pth")]) == 0
+    model, _ = __import__("maskkit.cli", fromlist=["_model_from_checkpoint"])._model_from_checkpoint(
+        str(tmp_path / "ck.pth"))
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
+    assert main(["export", str(tmp_path / "ck.pth"), "--format", "transformers", "--out", str(tmp_path / "back")]) == 0
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "back").layer_norm_eps == 1e-12

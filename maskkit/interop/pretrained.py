@@ -207,16 +207,16 @@ def recipe_from_vitmae_config(config: Mapping[str, Any], has_decoder: bool = Tru
     if c["hidden_act"] != "gelu":
         raise CheckpointError(f"config.json: hidden_act {c['hidden_act']!r}; maskkit's ViT and MAE decoder use "
                               "the exact GELU ('gelu')")
-    notes = []
-    if abs(float(c["layer_norm_eps"]) - 1e-6) > 1e-9:
-        notes.append(f"layer norms use eps 1e-6 (timm's ViT), the folder's config says {c['layer_norm_eps']:g}; "
-                     "outputs differ only where a token's variance is of that order")
+    notes: list[str] = []
     dim, dec_dim = int(c["hidden_size"]), int(c["decoder_hidden_size"])
     size = c["image_size"] if isinstance(c["image_size"], int) else list(c["image_size"])
     patch = c["patch_size"] if isinstance(c["patch_size"], int) else list(c["patch_size"])
     encoder = {"name": _TIMM_BY_WIDTH.get(dim, "vit_base_patch16_224"), "img_size": size, "patch_size": patch,
                "in_chans": int(c["num_channels"]), "embed_dim": dim, "depth": int(c["num_hidden_layers"]),
                "num_heads": int(c["num_attention_heads"]), "mlp_ratio": int(c["intermediate_size"]) / dim}
+    eps = float(c["layer_norm_eps"])
+    if eps != 1e-6:  # maskkit's default; transformers' is 1e-12
+        encoder["norm_eps"] = eps
     if not c["qkv_bias"]:
         encoder["qkv_bias"] = False
     if c["hidden_dropout_prob"]:
@@ -226,6 +226,8 @@ def recipe_from_vitmae_config(config: Mapping[str, Any], has_decoder: bool = Tru
     decoder = {"name": "mae", "embed_dim": dec_dim, "depth": int(c["decoder_num_hidden_layers"]),
                "num_heads": int(c["decoder_num_attention_heads"]),
                "mlp_ratio": int(c["decoder_intermediate_size"]) / dec_dim}
+    if eps != 1e-6:
+        decoder["norm_eps"] = eps
     if not has_decoder:
         notes.append("the folder holds the encoder only (ViTMAEModel): the decoder is freshly initialised")
     tree = {"description": "Architecture from config.json; recipe sections beyond it are maskkit's defaults.",
@@ -305,8 +307,8 @@ def _recipe_from_official_shapes(weights: Mapping[str, torch.Tensor]) -> dict:
 
 
 def _shipped_recipe_with_shapes(weights: Mapping[str, torch.Tensor], registry) -> tuple[str, dict] | None:
-    """The first of maskkit's own ``mae_*`` recipes whose model has exactly the checkpoint's tensor shapes (the encoder's
-    alone when the checkpoint has no decoder), built on the meta device (no memory, no compute)."""
+    """The first of maskkit's own ``mae_*`` recipes whose model has exactly the checkpoint's tensor shapes (the
+    encoder's alone when the checkpoint has no decoder), built on the meta device (no memory, no compute)."""
     from maskkit.builder import build_model
     from maskkit.recipe import load_recipe
     from maskkit.registry import default_registry
