@@ -359,14 +359,14 @@ def test_export_without_mae_decoder_writes_the_encoder(tmp_path, capsys):
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
-def _finetune_checkpoint(tmp_path, global_pool):
+def _finetune_checkpoint(tmp_path, global_pool, img_size=28):
     """A checkpoint in the layout of ``maskkit finetune`` (``kind: finetune``, a timm ViT classifier's state
-    dict, the pretraining encoder section, ``num_classes``)."""
+    dict, the pretraining encoder section, ``num_classes``, ``class_names``)."""
     import timm
 
     from maskkit.engine.checkpoint import save_atomic
 
-    spec = dict(QUICKSTART_GEOMETRY["encoder"])
+    spec = dict(QUICKSTART_GEOMETRY["encoder"], img_size=img_size)
     torch.manual_seed(0)
     classifier = timm.create_model(spec["name"], num_classes=10, global_pool=global_pool,
                                    **{k: v for k, v in spec.items() if k != "name"}).eval()
@@ -375,23 +375,25 @@ def _finetune_checkpoint(tmp_path, global_pool):
             param.add_(0.01 * torch.randn_like(param))
     state = {"format": "maskkit", "format_version": 1, "kind": "finetune", "step": 5,
              "model": classifier.state_dict(), "recipe": {"seed": 0, "data": QUICKSTART_GEOMETRY["data"]},
-             "encoder": spec, "num_classes": 10}
+             "encoder": spec, "num_classes": 10, "class_names": [f"class {i}" for i in range(10)]}
     save_atomic(state, tmp_path / f"ft_{global_pool}.pth")
     return tmp_path / f"ft_{global_pool}.pth", classifier
 
 
-def test_export_finetuned_classifier_to_vit(tmp_path, capsys):
-    """A [CLS]-token classifier becomes ViTForImageClassification with the same logits; MAE's mean-pool +
-    fc_norm head, which that class cannot hold, is refused in one line."""
+@pytest.mark.parametrize("img_size", [28, [28, 14]], ids=["square", "non-square"])
+def test_export_finetuned_classifier_to_vit(tmp_path, capsys, img_size):
+    """A [CLS]-token classifier becomes ViTForImageClassification with the same logits (transformers' ViT takes
+    non-square images); MAE's mean-pool + fc_norm head, which that class cannot hold, is refused in one line."""
     transformers = pytest.importorskip("transformers")
     from maskkit.cli import main
 
-    ckpt, classifier = _finetune_checkpoint(tmp_path, "token")
+    ckpt, classifier = _finetune_checkpoint(tmp_path, "token", img_size)
     assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
     assert "ViTForImageClassification" in capsys.readouterr().out
     hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    assert hf.config.id2label[3] == "class 3"
     auto = transformers.AutoModel.from_pretrained(tmp_path / "vit").eval()
-    images = torch.randn(2, 1, 28, 28)
+    images = torch.randn(2, 1, *classifier.patch_embed.img_size)
     with torch.no_grad():
         torch.testing.assert_close(hf(pixel_values=images).logits, classifier(images), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(auto(pixel_values=images).last_hidden_state, classifier.forward_features(images),
