@@ -420,3 +420,16 @@ def test_layer_norm_eps_travels_both_ways(tmp_path):
     assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
     assert main(["export", str(tmp_path / "ck.pth"), "--format", "transformers", "--out", str(tmp_path / "back")]) == 0
     assert transformers.AutoConfig.from_pretrained(tmp_path / "back").layer_norm_eps == 1e-12
+
+
+def test_transformers_folder_with_pytorch_weights_and_4x_names(tmp_path):
+    """Older folders: ``pytorch_model.bin`` holding transformers 4.x names reads to the same weights."""
+    transformers = pytest.importorskip("transformers")
+    hf = _tiny_vitmae(transformers)
+    hf.save_pretrained(tmp_path / "new")
+    official = load_pretrained(tmp_path / "new").state_dict
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    torch.save(official_to_transformers(official, layout="v4"), tmp_path / "old" / "pytorch_model.bin")
+    again = load_pretrained(tmp_path / "old").state_dict
+    assert set(again) == set(official) and all(torch.equal(again[k], v) for k, v in official.items())
