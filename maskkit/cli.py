@@ -182,6 +182,10 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         kwargs = "".join(f", {k}={v!r}" for k, v in recipe.tree["encoder"].items() if k not in own)
         console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
                       f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)
+        eps = recipe.tree["encoder"].get("norm_eps", 1e-6)
+        if eps != 1e-6:  # a converted transformers model (their default eps is 1e-12)
+            console.print(f"note: its layer norms use eps {eps:g}: add norm_layer=functools.partial("
+                          f"torch.nn.LayerNorm, eps={eps!r}) for the same outputs", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -407,7 +407,7 @@ def test_export_finetuned_classifier_to_vit(tmp_path, capsys, img_size):
     assert len(err.splitlines()) == 1 and "global_pool=token" in err
 
 
-def test_layer_norm_eps_travels_both_ways(tmp_path):
+def test_layer_norm_eps_travels_both_ways(tmp_path, capsys):
     """A folder with transformers' default eps 1e-12 converts to a recipe with norm_eps 1e-12 (encoder and
     decoder), and exports back with layer_norm_eps 1e-12."""
     transformers = pytest.importorskip("transformers")
@@ -420,6 +420,8 @@ def test_layer_norm_eps_travels_both_ways(tmp_path):
     assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
     assert main(["export", str(tmp_path / "ck.pth"), "--format", "transformers", "--out", str(tmp_path / "back")]) == 0
     assert transformers.AutoConfig.from_pretrained(tmp_path / "back").layer_norm_eps == 1e-12
+    assert main(["export", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "enc.pth")]) == 0  # timm
+    assert "eps=1e-12" in capsys.readouterr().out
 
 
 def test_transformers_folder_with_pytorch_weights_and_4x_names(tmp_path):
