@@ -158,14 +158,6 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    if args.format == "transformers":
-        from maskkit.engine.checkpoint import load_training_checkpoint
-        from maskkit.interop.transformers_export import export_transformers, write_summary
-
-        result = export_transformers(load_training_checkpoint(args.checkpoint), args.out, _registry(),
-                                     source=args.checkpoint)
-        console.print(write_summary(result), highlight=False, soft_wrap=True)
-        return 0
     from maskkit.engine.checkpoint import save_atomic
 
     from maskkit.builtin.vit import TimmViTEncoder
@@ -182,11 +174,26 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         kwargs = "".join(f", {k}={v!r}" for k, v in recipe.tree["encoder"].items() if k not in own)
         console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
                       f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)
-        eps = recipe.tree["encoder"].get("norm_eps", 1e-6)
-        if eps != 1e-6:  # a converted transformers model (their default eps is 1e-12)
-            console.print(f"note: its layer norms use eps {eps:g}: add norm_layer=functools.partial("
-                          f"torch.nn.LayerNorm, eps={eps!r}) for the same outputs", highlight=False, soft_wrap=True)
     return 0
+
+
+def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
+    """``export --format``: timm (:func:`cmd_export`) or a transformers folder."""
+    from maskkit.engine.checkpoint import load_training_checkpoint
+
+    if args.format == "transformers":
+        from maskkit.interop.transformers_export import export_transformers, write_summary
+
+        result = export_transformers(load_training_checkpoint(args.checkpoint), args.out, _registry(),
+                                     source=args.checkpoint)
+        console.print(write_summary(result), highlight=False, soft_wrap=True)
+        return 0
+    status = cmd_export(args, console)
+    eps = (load_training_checkpoint(args.checkpoint)["recipe"].get("encoder") or {}).get("norm_eps", 1e-6)
+    if eps != 1e-6:  # a converted transformers model (their default eps is 1e-12)
+        console.print(f"note: its layer norms use eps {eps:g}: add norm_layer=functools.partial("
+                      f"torch.nn.LayerNorm, eps={eps!r}) for the same outputs", highlight=False, soft_wrap=True)
+    return status
 
 
 def cmd_convert(args: argparse.Namespace, console: Console) -> int:
@@ -323,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["timm", "transformers"], default="timm",
                    help="timm: the encoder's state dict (default); transformers: a from_pretrained folder (ViTMAE "
                         "with the decoder, or ViT for a fine-tuned classifier)")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export_format)
 
     p = sub.add_parser("convert", help="turn a transformers ViTMAE folder or an official MAE checkpoint into a "
                                        "maskkit checkpoint")
