@@ -214,6 +214,11 @@ def test_maskkit_checkpoint_and_bad_files(tmp_path, builtin_registry):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         read_pretrained(tmp_path / "junk.pth")
+    classifier = {k: v for k, v in model.state_dict().items() if model._flat_owner.get(k) == "encoder"}
+    torch.save({"model": {**classifier, "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10)}},
+               tmp_path / "mae_finetuned.pth")
+    with pytest.raises(CheckpointError, match="an official fine-tuned checkpoint"):
+        read_pretrained(tmp_path / "mae_finetuned.pth")
     torch.save({"step": 3}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="neither a maskkit checkpoint nor an official MAE one"):
         read_pretrained(tmp_path / "other.pth")

@@ -249,6 +249,9 @@ def _data_section(img_size: int | list[int], in_chans: int) -> dict:
 
 
 def _from_official(path: Path, weights: dict, overrides: list[str], registry) -> Pretrained:
+    if "head.weight" in weights:
+        raise CheckpointError(f"{path}: holds a classification head (an official fine-tuned checkpoint); "
+                              "pretrained MAE weights are mae_pretrain_*.pth / mae_visualize_*.pth")
     has_decoder = "decoder_embed.weight" in weights
     notes = []
     shipped = _shipped_recipe_with_shapes(weights, registry)
