@@ -5,7 +5,8 @@
     maskkit bench [--device cuda] [--models vit_base_patch16,vit_large_patch16]
     maskkit eval knn|linear CHECKPOINT
     maskkit visualize CHECKPOINT [--out recon.png]
-    maskkit export CHECKPOINT --out encoder.pth
+    maskkit export CHECKPOINT --out encoder.pth [--format timm|transformers]
+    maskkit convert SOURCE --out ckpt.pth [key.path=value ...]
     maskkit plugins | maskkit recipes | maskkit list KIND [PATTERN]
 """
 
@@ -176,6 +177,40 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
+    """``export --format``: timm (:func:`cmd_export`) or a transformers folder."""
+    from maskkit.engine.checkpoint import load_training_checkpoint
+
+    if args.format == "transformers":
+        from maskkit.interop.transformers_export import export_transformers, write_summary
+
+        result = export_transformers(load_training_checkpoint(args.checkpoint), args.out, _registry(),
+                                     source=args.checkpoint)
+        console.print(write_summary(result), highlight=False, soft_wrap=True)
+        return 0
+    status = cmd_export(args, console)
+    eps = (load_training_checkpoint(args.checkpoint)["recipe"].get("encoder") or {}).get("norm_eps", 1e-6)
+    if eps != 1e-6:  # a converted transformers model (their default eps is 1e-12)
+        console.print(f"note: its layer norms use eps {eps:g}: add norm_layer=functools.partial("
+                      f"torch.nn.LayerNorm, eps={eps!r}) for the same outputs", highlight=False, soft_wrap=True)
+    return status
+
+
+def cmd_convert(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.interop import load_pretrained, write_checkpoint
+
+    registry = _registry()
+    loaded = load_pretrained(args.source, args.overrides, registry=registry)
+    write_checkpoint(loaded, args.out, registry=registry, origin=str(args.source))
+    encoder = loaded.recipe["encoder"]
+    console.print(f"wrote {args.out}: {loaded.source} weights as a maskkit checkpoint ({len(loaded.state_dict)} "
+                  f"tensors; encoder {encoder.get('name')}, img_size {encoder.get('img_size')}, patch_size "
+                  f"{encoder.get('patch_size')})", highlight=False)
+    for note in loaded.notes:
+        console.print(f"note: {note}", highlight=False)
+    return 0
+
+
 def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
     from maskkit.builder import build_component
     from maskkit.recipe import apply_overrides
@@ -296,10 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_visualize)
 
-    p = sub.add_parser("export", help="write the encoder alone under timm's names")
+    p = sub.add_parser("export", help="write the encoder alone under timm's names, or a transformers folder")
     p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--out", required=True, help="file (timm) or folder (transformers) to write")
+    p.add_argument("--format", choices=["timm", "transformers"], default="timm",
+                   help="timm: the encoder's state dict (default); transformers: a from_pretrained folder (ViTMAE "
+                        "with the decoder, or ViT for a fine-tuned classifier)")
+    p.set_defaults(func=cmd_export_format)
+
+    p = sub.add_parser("convert", help="turn a transformers ViTMAE folder or an official MAE checkpoint into a "
+                                       "maskkit checkpoint")
+    p.add_argument("source", help="transformers save_pretrained folder, or official {'model': ...} checkpoint")
+    p.add_argument("overrides", nargs="*", help="recipe overrides for what the source cannot tell, e.g. "
+                                                "encoder.num_heads=4 target.name=pixels")
+    p.add_argument("--out", required=True, help="maskkit checkpoint to write")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("masks", help="look at masking strategies")
     masks = p.add_subparsers(dest="masks_command", required=True)

@@ -5,6 +5,7 @@ import torch
 
 import maskkit
 from maskkit.builtin.masking import RandomMasker, mask_from_noise
+from maskkit.interop.vit_names import layout_of, official_to_transformers
 from maskkit.patches import patchify, sincos_pos_embed_2d, unpatchify
 
 
@@ -89,37 +90,8 @@ def _hf_model_from(model, img, patch, chans, dim, depth, heads, dec_dim, dec_dep
         mask_ratio=0.75, norm_pix_loss=True, layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu",
         attn_implementation="eager")
     hf = transformers.ViTMAEForPreTraining(config).eval()
-    sd = model.state_dict()
-    new = {"vit.embeddings.cls_token": sd["cls_token"], "vit.embeddings.position_embeddings": sd["pos_embed"],
-           "vit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-           "vit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-           "vit.layernorm.weight": sd["norm.weight"], "vit.layernorm.bias": sd["norm.bias"],
-           "decoder.mask_token": sd["mask_token"], "decoder.decoder_pos_embed": sd["decoder_pos_embed"]}
-    for name in ("decoder_embed", "decoder_norm", "decoder_pred"):
-        for p in ("weight", "bias"):
-            new[f"decoder.{name}.{p}"] = sd[f"{name}.{p}"]
-
-    v5 = any(k.startswith("vit.layers.") for k in hf.state_dict())  # transformers 5 renamed the layers
-    names = ({"q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj", "o": "attention.o_proj",
-              "fc1": "mlp.fc1", "fc2": "mlp.fc2", "enc": "vit.layers", "dec": "decoder.decoder_layers"} if v5 else
-             {"q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value",
-              "o": "attention.output.dense", "fc1": "intermediate.dense", "fc2": "output.dense",
-              "enc": "vit.encoder.layer", "dec": "decoder.decoder_layers"})
-
-    def block(src, dst):
-        for p in ("weight", "bias"):
-            q, k, v = sd[f"{src}.attn.qkv.{p}"].chunk(3)
-            new[f"{dst}.{names['q']}.{p}"], new[f"{dst}.{names['k']}.{p}"], new[f"{dst}.{names['v']}.{p}"] = q, k, v
-            new[f"{dst}.{names['o']}.{p}"] = sd[f"{src}.attn.proj.{p}"]
-            new[f"{dst}.layernorm_before.{p}"] = sd[f"{src}.norm1.{p}"]
-            new[f"{dst}.layernorm_after.{p}"] = sd[f"{src}.norm2.{p}"]
-            new[f"{dst}.{names['fc1']}.{p}"] = sd[f"{src}.mlp.fc1.{p}"]
-            new[f"{dst}.{names['fc2']}.{p}"] = sd[f"{src}.mlp.fc2.{p}"]
-
-    for i in range(depth):
-        block(f"blocks.{i}", f"{names['enc']}.{i}")
-    for i in range(dec_depth):
-        block(f"decoder_blocks.{i}", f"{names['dec']}.{i}")
+    # the renaming maskkit's export uses (maskkit.interop.vit_names), checked here against the reference
+    new = official_to_transformers(model.state_dict(), layout_of(hf.state_dict()))
     missing, unexpected = hf.load_state_dict(new, strict=False)
     assert not unexpected and not missing, (missing, unexpected)
     return hf

@@ -11,7 +11,7 @@ from maskkit.patches import Size2, sincos_pos_embed_2d, to_2tuple, visible_indic
 
 
 class MAEDecoder(Decoder):
-    """The official MAE decoder (defaults: 8 blocks, width 512, 16 heads).
+    """The official MAE decoder (defaults: 8 blocks, width 512, 16 heads, layer-norm eps 1e-6).
 
     Parameter names are the official ones (``decoder_embed``, ``mask_token``, ``decoder_pos_embed``,
     ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``). Given a sparse latent it scatters the visible
@@ -29,6 +29,7 @@ class MAEDecoder(Decoder):
         depth: int = 8,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.grid = to_2tuple(grid)
@@ -38,8 +39,9 @@ class MAEDecoder(Decoder):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         pos = sincos_pos_embed_2d(embed_dim, self.grid, num_prefix_tokens)[None]
         self.decoder_pos_embed = nn.Parameter(pos, requires_grad=False)  # [1, P + N, E], fixed
-        self.decoder_blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
-        self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.decoder_blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, eps=norm_eps)
+                                             for _ in range(depth)])
+        self.decoder_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.decoder_pred = nn.Linear(embed_dim, out_dim)
         self.apply(mae_init_)
         nn.init.normal_(self.mask_token, std=0.02)

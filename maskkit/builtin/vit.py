@@ -28,10 +28,11 @@ class TimmViTEncoder(Encoder):
     ``model_name`` is any timm ViT (``vit_base_patch16_224``...); ``img_size``, ``patch_size`` and
     ``in_chans`` override its defaults; further keyword arguments (``depth``, ``embed_dim``, ``num_heads``,
     ``drop_path_rate``...) go to ``timm.create_model``. ``sincos_pos_embed`` fixes the position embedding to
-    MAE's 2-D sin-cos (frozen); ``mae_init`` applies the official initialisation.
+    MAE's 2-D sin-cos (frozen); ``mae_init`` applies the official initialisation. ``norm_eps`` is the layer
+    norms' eps (timm's and MAE's 1e-6; transformers' ViTMAE default is 1e-12, kept by converted checkpoints).
     """
 
-    MASKKIT_ARGUMENTS = ("sincos_pos_embed", "mae_init", "dense")  # the rest go to timm.create_model
+    MASKKIT_ARGUMENTS = ("sincos_pos_embed", "mae_init", "dense", "norm_eps")  # the rest go to timm.create_model
 
     def __init__(
         self,
@@ -42,9 +43,12 @@ class TimmViTEncoder(Encoder):
         sincos_pos_embed: bool = True,
         mae_init: bool = True,
         dense: bool = False,
+        norm_eps: float = 1e-6,
         **timm_kwargs: Any,
     ):
         super().__init__()
+        if norm_eps != 1e-6:  # timm's ViT default is LayerNorm(eps=1e-6)
+            timm_kwargs["norm_layer"] = partial(nn.LayerNorm, eps=float(norm_eps))
         self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         for axis, (size, patch) in enumerate(zip(self.img_size, self.patch_size)):

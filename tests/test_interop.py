@@ -1,0 +1,442 @@
+"""Interop: weights read from transformers ViTMAE folders and official MAE checkpoints, and written back out,
+give the same model: the same loss and predictions under the same noise, the same features."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import maskkit
+from maskkit.builtin.masking import mask_from_noise
+from maskkit.engine.checkpoint import load_training_checkpoint
+from maskkit.errors import CheckpointError
+from maskkit.interop import load_pretrained, read_pretrained
+from maskkit.interop.pretrained import _shipped_recipe_with_shapes
+from maskkit.interop.vit_names import official_to_transformers, transformers_to_official
+from maskkit.recipe import Recipe
+from helpers import TINY, tiny_tree
+from test_mae_reference import mae_recipe, official_keys
+
+
+def _same_loss(model_a, model_b_call, images, noise, ratio):
+    """maskkit ``model_a`` and another model (``model_b_call(images, noise) -> (loss, pred, mask)``) under the
+    same noise."""
+    with torch.no_grad():
+        ours = model_a.eval()(images, mask=mask_from_noise(noise, ratio))
+        loss, pred, mask = model_b_call(images, noise)
+    assert torch.equal(ours.mask, mask.bool())
+    torch.testing.assert_close(ours.pred, pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.loss, loss, atol=1e-6, rtol=1e-5)
+
+
+def _built(loaded):
+    model = maskkit.build_model(Recipe(loaded.recipe))
+    model.load_state_dict(loaded.state_dict, strict=True)
+    return model.eval()
+
+
+# -- names --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(depth=st.integers(1, 3), dec_depth=st.integers(0, 2), layout=st.sampled_from(["v4", "v5"]),
+       prefix=st.sampled_from(["vit.", ""]))
+def test_names_round_trip(depth, dec_depth, layout, prefix):
+    """official -> transformers -> official is the identity (every tensor, same values), in both layouts."""
+    keys = official_keys(depth, max(dec_depth, 1))
+    if dec_depth == 0:
+        keys = {k for k in keys if not k.startswith(("decoder", "mask_token"))}
+    gen = torch.Generator().manual_seed(depth * 10 + dec_depth)
+    state = {k: torch.randn(12 if "qkv" in k else 4, generator=gen) for k in sorted(keys)}
+    theirs = official_to_transformers(state, layout=layout, encoder_prefix=prefix)
+    assert len(theirs) == len(state) + 4 * (depth + (dec_depth and max(dec_depth, 1)))  # qkv -> q, k, v
+    back = transformers_to_official(theirs)
+    assert set(back) == set(state)
+    for key, value in state.items():
+        assert torch.equal(back[key], value), key
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(CheckpointError, match="classifier"):
+        transformers_to_official({"vit.layernorm.weight": torch.ones(2), "classifier.weight": torch.ones(2, 2)})
+    with pytest.raises(CheckpointError, match="head.weight"):
+        official_to_transformers({"norm.weight": torch.ones(2), "head.weight": torch.ones(2, 2)})
+
+
+# -- transformers ViTMAE folders ----------------------------------------------------------------------------
+
+
+def _tiny_vitmae(transformers, **overrides):
+    config = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                  decoder_num_attention_heads=2, decoder_intermediate_size=48, norm_pix_loss=True,
+                  layer_norm_eps=1e-6, mask_ratio=0.5)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(**config)).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"norm_pix_loss": False, "mask_ratio": 0.75, "num_channels": 1,
+                                            "image_size": 28, "patch_size": 2}, {"layer_norm_eps": 1e-12}],
+                         ids=["norm-pix", "quickstart-geometry", "transformers-default-eps"])
+def test_transformers_folder_reads_to_the_same_model(tmp_path, overrides):
+    """(transformers' default layer-norm eps is 1e-12, timm's 1e-6: the converted recipe keeps the folder's)"""
+    transformers = pytest.importorskip("transformers")
+    hf = _tiny_vitmae(transformers, **overrides)
+    with torch.no_grad():  # non-zero everywhere, so a tensor left at its init would show
+        for param in hf.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    hf.save_pretrained(tmp_path / "hf")
+    loaded = load_pretrained(tmp_path / "hf")
+    assert loaded.source == "transformers"
+    assert loaded.source == "transformers" and loaded.notes == ()
+    assert loaded.recipe["encoder"].get("norm_eps", 1e-6) == overrides.get("layer_norm_eps", 1e-6)
+    config = hf.config
+    assert loaded.recipe["target"]["name"] == ("norm_pixels" if config.norm_pix_loss else "pixels")
+    assert loaded.recipe["masker"] == {"name": "random", "ratio": config.mask_ratio}
+    if config.num_channels == 1:
+        assert loaded.recipe["data"]["name"] == "fashion_mnist"
+    model = _built(loaded)
+    size, n = config.image_size, (config.image_size // config.patch_size) ** 2
+    gen = torch.Generator().manual_seed(1)
+    images, noise = torch.randn(3, config.num_channels, size, size, generator=gen), torch.rand(3, n, generator=gen)
+
+    def theirs(images, noise):
+        out = hf(pixel_values=images, noise=noise)
+        return out.loss, out.logits, out.mask
+
+    _same_loss(model, theirs, images, noise, config.mask_ratio)
+
+
+def test_transformers_encoder_only_folder_gets_a_fresh_decoder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = _tiny_vitmae(transformers)
+    hf.vit.save_pretrained(tmp_path / "enc")  # ViTMAEModel: no decoder
+    loaded = load_pretrained(tmp_path / "enc")
+    assert any("decoder is freshly initialised" in note for note in loaded.notes)
+    model = _built(loaded)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        theirs = hf.vit.eval()(pixel_values=images, noise=torch.arange(16.0).expand(2, 16)).last_hidden_state
+    # mask ratio 0.5 keeps the 8 lowest-noise patches, here 0..7 in order, as maskkit orders visible tokens
+    ours = model.encoder(images, mask_from_noise(torch.arange(16.0).expand(2, 16), 0.5))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    again = load_pretrained(tmp_path / "enc")  # the fresh decoder is seeded: the same every time
+    assert torch.equal(again.state_dict["decoder_embed.weight"], loaded.state_dict["decoder_embed.weight"])
+
+
+def test_transformers_folder_with_another_activation_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    _tiny_vitmae(transformers, hidden_act="relu").save_pretrained(tmp_path / "hf")
+    with pytest.raises(CheckpointError, match="hidden_act 'relu'"):
+        load_pretrained(tmp_path / "hf")
+
+
+# -- official MAE checkpoints -------------------------------------------------------------------------------
+
+
+def test_official_checkpoint_reads_to_the_same_model(builtin_registry, tmp_path):
+    """A synthetic official checkpoint (maskkit's MAE saved under the official names): sizes from the shapes,
+    heads from MAE's 64-wide heads (here exact: 128 / 2, 64 / 2), norm-pix target, same loss."""
+    torch.manual_seed(0)
+    source = maskkit.build_model(mae_recipe(depth=2, dec_depth=1, img=32, patch=8, dim=128, heads=2, dec_dim=64),
+                                 builtin_registry).eval()
+    torch.save({"model": source.state_dict()}, tmp_path / "mae_pretrain.pth")
+    loaded = load_pretrained(tmp_path / "mae_pretrain.pth")
+    assert loaded.source == "official"
+    assert loaded.recipe["encoder"]["num_heads"] == 2 and loaded.recipe["decoder"]["num_heads"] == 2
+    model = _built(loaded)
+    gen = torch.Generator().manual_seed(2)
+    images, noise = torch.randn(4, 3, 32, 32, generator=gen), torch.rand(4, 16, generator=gen)
+
+    def theirs(images, noise):
+        out = source(images, mask=mask_from_noise(noise, 0.75))
+        return out.loss, out.pred, out.mask
+
+    _same_loss(model, theirs, images, noise, 0.75)
+
+
+def test_official_checkpoint_heads_and_target_by_override(builtin_registry, tmp_path):
+    """Heads are not in the shapes: a model with other heads needs overrides, and then matches exactly."""
+    torch.manual_seed(0)
+    source = maskkit.build_model(mae_recipe(dim=64, heads=4, dec_dim=32, target="pixels"), builtin_registry).eval()
+    torch.save({"model": source.state_dict()}, tmp_path / "official.pth")
+    overrides = ["encoder.num_heads=4", "decoder.num_heads=4", "target.name=pixels"]
+    loaded = load_pretrained(tmp_path / "official.pth", overrides)
+    assert loaded.notes == ()
+    model = _built(loaded)
+    images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+
+    def theirs(images, noise):
+        out = source(images, mask=mask_from_noise(noise, 0.75))
+        return out.loss, out.pred, out.mask
+
+    _same_loss(model, theirs, images, noise, 0.75)
+    guessed = _built(load_pretrained(tmp_path / "official.pth"))  # 1 head by MAE's head width: not the same
+    with torch.no_grad():
+        assert not torch.allclose(guessed.encoder.forward_features(images), source.encoder.forward_features(images))
+
+
+def test_official_encoder_only_checkpoint(builtin_registry, tmp_path):
+    """MAE's released pretraining checkpoints hold the encoder alone: it is read, the decoder is fresh."""
+    source = maskkit.build_model(mae_recipe(dim=128, heads=2), builtin_registry).eval()
+    encoder_only = {k: v for k, v in source.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+    torch.save({"model": encoder_only}, tmp_path / "enc.pth")
+    recipe, state = read_pretrained(tmp_path / "enc.pth")
+    model = maskkit.build_model(Recipe(recipe))
+    model.load_state_dict(state, strict=True)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().encoder.forward_features(images),
+                                   source.encoder.forward_features(images))
+    assert recipe["decoder"] == {"name": "mae", "embed_dim": 512, "depth": 8, "num_heads": 16}
+
+
+def test_shipped_recipes_are_recognised_by_their_shapes(registry):
+    for name in ("mae_vit_base_patch16", "mae_vit_huge_patch14"):
+        with torch.device("meta"):
+            model = maskkit.build_model(maskkit.load_recipe(name, registry=registry), registry)
+        state = model.state_dict()
+        assert _shipped_recipe_with_shapes(state, registry)[0] == name
+        encoder_only = {k: v for k, v in state.items() if model._flat_owner.get(k) == "encoder"}
+        assert _shipped_recipe_with_shapes(encoder_only, registry)[0] == name
+
+
+def test_maskkit_checkpoint_and_bad_files(tmp_path, builtin_registry):
+    from maskkit.interop import write_checkpoint
+    from maskkit.interop.pretrained import Pretrained
+
+    model = maskkit.build_model(mae_recipe(), builtin_registry)
+    write_checkpoint(Pretrained(mae_recipe().tree, model.state_dict(), "maskkit"), tmp_path / "ck.pth")
+    recipe, state = read_pretrained(tmp_path / "ck.pth")
+    assert recipe == mae_recipe().tree and set(state) == set(model.state_dict())
+    assert load_training_checkpoint(tmp_path / "ck.pth")["step"] == 0
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_pretrained(tmp_path / "junk.pth")
+    classifier = {k: v for k, v in model.state_dict().items() if model._flat_owner.get(k) == "encoder"}
+    torch.save({"model": {**classifier, "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10)}},
+               tmp_path / "mae_finetuned.pth")
+    with pytest.raises(CheckpointError, match="an official fine-tuned checkpoint"):
+        read_pretrained(tmp_path / "mae_finetuned.pth")
+    torch.save({"step": 3}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="neither a maskkit checkpoint nor an official MAE one"):
+        read_pretrained(tmp_path / "other.pth")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        read_pretrained(tmp_path / "folder")
+
+
+# -- export to transformers -----------------------------------------------------------------------------------
+
+
+def _checkpoint(tmp_path, tree, name="ck.pth", seed=0):
+    """A maskkit checkpoint of a freshly built (seeded, slightly perturbed) model of ``tree``."""
+    from maskkit.interop import write_checkpoint
+    from maskkit.interop.pretrained import Pretrained
+
+    torch.manual_seed(seed)
+    model = maskkit.build_model(Recipe(tree))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    write_checkpoint(Pretrained(tree, model.state_dict(), "maskkit"), tmp_path / name)
+    return tmp_path / name, model.eval()
+
+
+QUICKSTART_GEOMETRY = tiny_tree(encoder={"name": "vit_tiny_patch16_224", "img_size": 28, "patch_size": 2,
+                                         "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2},
+                                target={"name": "pixels"})
+NORM_PIX_RGB = tiny_tree(encoder={"name": "vit_small_patch16_224", "img_size": 32, "patch_size": 8, "in_chans": 3,
+                                  "embed_dim": 48, "depth": 1, "num_heads": 3, "mlp_ratio": 2.0},
+                         decoder={"name": "mae", "embed_dim": 24, "depth": 2, "num_heads": 4, "mlp_ratio": 3.0},
+                         masker={"name": "random", "ratio": 0.6}, data={"name": "image_folder", "root": "/nowhere"})
+
+
+@pytest.mark.parametrize("tree", [QUICKSTART_GEOMETRY, NORM_PIX_RGB], ids=["quickstart-28px-patch2", "normpix-rgb"])
+def test_export_transformers_equals_maskkit(tmp_path, capsys, tree):
+    """The exported folder loads offline with AutoModel (ViTMAEModel) and ViTMAEForPreTraining: its features
+    equal maskkit's encoder features and its loss under the same noise equals maskkit's."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, model = _checkpoint(tmp_path, tree)
+    out = tmp_path / "hf"
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ViTMAEForPreTraining" in printed and "note:" not in printed
+    encoder = model.encoder
+    size, n, ratio = encoder.img_size[0], encoder.num_patches, tree["masker"]["ratio"]
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(3, encoder.in_chans, size, size, generator=gen)
+    noise = torch.rand(3, n, generator=gen)
+
+    auto = transformers.AutoModel.from_pretrained(out, mask_ratio=0.0).eval()
+    assert type(auto).__name__ == "ViTMAEModel"
+    with torch.no_grad():
+        features = auto(pixel_values=images, noise=torch.arange(n, dtype=torch.float32).expand(3, n))
+        torch.testing.assert_close(features.last_hidden_state, encoder.forward_features(images),
+                                   atol=1e-5, rtol=1e-5)
+
+    hf = transformers.ViTMAEForPreTraining.from_pretrained(out).eval()
+    assert hf.config.norm_pix_loss == (tree["target"]["name"] == "norm_pixels")
+    assert hf.config.mask_ratio == ratio and hf.config.layer_norm_eps == 1e-6
+
+    def theirs(images, noise):
+        out = hf(pixel_values=images, noise=noise)
+        return out.loss, out.logits, out.mask
+
+    _same_loss(model, theirs, images, noise, ratio)
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    expected_mean = [0.2860] if tree["data"]["name"] == "fashion_mnist" else [0.485, 0.456, 0.406]
+    assert list(processor.image_mean) == pytest.approx(expected_mean)
+
+
+def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path):
+    pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, _ = _checkpoint(tmp_path, QUICKSTART_GEOMETRY)
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "back.pth")]) == 0
+    before, after = load_training_checkpoint(ckpt), load_training_checkpoint(tmp_path / "back.pth")
+    assert after["recipe"] == before["recipe"]  # the recipe written beside config.json came back
+    assert after["converted_from"]["source"] == "transformers"
+    assert set(after["model"]) == set(before["model"])
+    for key, value in before["model"].items():
+        assert torch.equal(after["model"][key], value), key
+    # a second export replaces the first; a folder that is not an export is left alone
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_converted_checkpoint_works_with_the_checkpoint_commands(tmp_path, capsys):
+    """``maskkit convert`` output is a maskkit checkpoint: visualize and export (timm) take it."""
+    from maskkit.cli import main
+
+    source = maskkit.build_model(Recipe(QUICKSTART_GEOMETRY))
+    torch.save({"model": source.state_dict()}, tmp_path / "official.pth")
+    assert main(["convert", str(tmp_path / "official.pth"), "--out", str(tmp_path / "ck.pth"),
+                 "encoder.num_heads=2", "decoder.num_heads=2", "target.name=pixels"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert main(["visualize", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "r.png"), "--count", "2"]) == 0
+    assert main(["export", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "enc.pth")]) == 0
+    encoder = torch.load(tmp_path / "enc.pth", weights_only=True)
+    assert torch.equal(encoder["blocks.1.mlp.fc2.weight"], source.state_dict()["blocks.1.mlp.fc2.weight"])
+
+
+def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    wide = tiny_tree(encoder={**TINY["encoder"], "img_size": [28, 56]})
+    ckpt, _ = _checkpoint(tmp_path, wide, "wide.pth")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "square images and patches only" in err
+    dense = tiny_tree(encoder={**TINY["encoder"], "dense": True})
+    ckpt, _ = _checkpoint(tmp_path, dense, "dense.pth")
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "x")]) == 2
+    assert "dense" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # as if not installed
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "transformers package" in err and "pip install transformers" in err
+
+
+def test_export_without_mae_decoder_writes_the_encoder(tmp_path, capsys):
+    """A model whose decoder side ViTMAE cannot hold (here an L1 loss) exports its encoder as ViTMAEModel."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, model = _checkpoint(tmp_path, tiny_tree(loss={"name": "l1"}))
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    assert "note: encoder only (ViTMAEModel): the loss is not MSE" in capsys.readouterr().out
+    auto = transformers.AutoModel.from_pretrained(tmp_path / "hf", mask_ratio=0.0).eval()
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        ours = model.encoder.forward_features(images)
+        theirs = auto(pixel_values=images, noise=torch.arange(49.0).expand(2, 49)).last_hidden_state
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def _finetune_checkpoint(tmp_path, global_pool, img_size=28):
+    """A checkpoint in the layout of ``maskkit finetune`` (``kind: finetune``, a timm ViT classifier's state
+    dict, the pretraining encoder section, ``num_classes``, ``class_names``)."""
+    import timm
+
+    from maskkit.engine.checkpoint import save_atomic
+
+    spec = dict(QUICKSTART_GEOMETRY["encoder"], img_size=img_size)
+    torch.manual_seed(0)
+    classifier = timm.create_model(spec["name"], num_classes=10, global_pool=global_pool,
+                                   **{k: v for k, v in spec.items() if k != "name"}).eval()
+    with torch.no_grad():
+        for param in classifier.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    state = {"format": "maskkit", "format_version": 1, "kind": "finetune", "step": 5,
+             "model": classifier.state_dict(), "recipe": {"seed": 0, "data": QUICKSTART_GEOMETRY["data"]},
+             "encoder": spec, "num_classes": 10, "class_names": [f"class {i}" for i in range(10)]}
+    save_atomic(state, tmp_path / f"ft_{global_pool}.pth")
+    return tmp_path / f"ft_{global_pool}.pth", classifier
+
+
+@pytest.mark.parametrize("img_size", [28, [28, 14]], ids=["square", "non-square"])
+def test_export_finetuned_classifier_to_vit(tmp_path, capsys, img_size):
+    """A [CLS]-token classifier becomes ViTForImageClassification with the same logits (transformers' ViT takes
+    non-square images); MAE's mean-pool + fc_norm head, which that class cannot hold, is refused in one line."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, classifier = _finetune_checkpoint(tmp_path, "token", img_size)
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
+    assert "ViTForImageClassification" in capsys.readouterr().out
+    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    assert hf.config.id2label[3] == "class 3"
+    auto = transformers.AutoModel.from_pretrained(tmp_path / "vit").eval()
+    images = torch.randn(2, 1, *classifier.patch_embed.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=images).logits, classifier(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(auto(pixel_values=images).last_hidden_state, classifier.forward_features(images),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(CheckpointError, match="a fine-tuning checkpoint"):
+        read_pretrained(ckpt)
+    ckpt, _ = _finetune_checkpoint(tmp_path, "avg")
+    capsys.readouterr()  # transformers' loading progress and warnings above
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "avg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "global_pool=token" in err
+
+
+def test_layer_norm_eps_travels_both_ways(tmp_path, capsys):
+    """A folder with transformers' default eps 1e-12 converts to a recipe with norm_eps 1e-12 (encoder and
+    decoder), and exports back with layer_norm_eps 1e-12."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    _tiny_vitmae(transformers, layer_norm_eps=1e-12).save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), "--out", str(tmp_path / "ck.pth")]) == 0
+    model, _ = __import__("maskkit.cli", fromlist=["_model_from_checkpoint"])._model_from_checkpoint(
+        str(tmp_path / "ck.pth"))
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
+    assert main(["export", str(tmp_path / "ck.pth"), "--format", "transformers", "--out", str(tmp_path / "back")]) == 0
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "back").layer_norm_eps == 1e-12
+    assert main(["export", str(tmp_path / "ck.pth"), "--out", str(tmp_path / "enc.pth")]) == 0  # timm
+    assert "eps=1e-12" in capsys.readouterr().out
+
+
+def test_transformers_folder_with_pytorch_weights_and_4x_names(tmp_path):
+    """Older folders: ``pytorch_model.bin`` holding transformers 4.x names reads to the same weights."""
+    transformers = pytest.importorskip("transformers")
+    hf = _tiny_vitmae(transformers)
+    hf.save_pretrained(tmp_path / "new")
+    official = load_pretrained(tmp_path / "new").state_dict
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    torch.save(official_to_transformers(official, layout="v4"), tmp_path / "old" / "pytorch_model.bin")
+    again = load_pretrained(tmp_path / "old").state_dict
+    assert set(again) == set(official) and all(torch.equal(again[k], v) for k, v in official.items())
