@@ -67,7 +67,7 @@ def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | P
                          std: Sequence[float], seed: int = 0) -> Path:
     """Draw masks from the model's masker (seeded) and save the four-column reconstruction grid."""
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    mask = model.draw_mask(images.shape[0], gen, images.device)
+    mask = model.draw_mask(images.shape[0], gen, images.device, images=images)
     return save_grid(reconstruction_rows(model, images, mask, mean, std), path, ncol=4)
 
 

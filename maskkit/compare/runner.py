@@ -215,7 +215,7 @@ def make_samples(model, recipe: Recipe, registry, *, images: int, masks: int, se
         return out
     test_set = build_dataset(recipe, "test", registry)
     batch = next(iter(eval_loader(test_set, model.encoder.img_size, min(images, len(test_set)))))[0].to(device)
-    mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device)
+    mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device, images=batch)
     k = batch.shape[0]
     try:
         rows = reconstruction_rows(model, batch, mask, test_set.mean, test_set.std)  # [K * 4, C, H, W]
