@@ -22,7 +22,7 @@ from torch import nn
 from maskkit.errors import ConfigError, PluginError
 from maskkit.interfaces import (Decoder, Encoder, Loss, MaskDraw, MaskedOutput, Masker, Target, aux_context,
                                 is_blind, masker_context)
-from maskkit.masking import as_draw, check_mask
+from maskkit.masking import draw_checked
 
 _FLAT = ("encoder", "decoder")
 COMPONENTS = ("masker", "encoder", "decoder", "target", "loss")
@@ -105,15 +105,9 @@ class MaskedModel(nn.Module):
         names = self.masker_context()
         if images is not None and device is None:
             device = images.device
-        if "images" in names and images is None:
-            raise ValueError(f"masker {self.masker_name} looks at the images: pass images=[B, C, H, W]")
-        context = {"images": images, "step": step, "epoch": epoch, "model": self,
-                   "rows": rows if rows is not None else slice(0, batch_size)}
-        drawn = as_draw(self.masker(batch_size, self.grid, generator=generator, device=device,
-                                    **{name: context[name] for name in names}))
-        check_mask(drawn.mask, batch_size=batch_size, grid=self.grid, num_hidden=self.masker.num_hidden(self.grid),
-                   name=self.masker_name, device=device, sync=sync_checks)
-        return drawn
+        return draw_checked(self.masker, batch_size, self.grid, generator=generator, device=device,
+                            context={"images": images, "step": step, "epoch": epoch, "model": self, "rows": rows},
+                            name=self.masker_name, sync=sync_checks, names=names)
 
     def draw_mask(self, batch_size: int, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None, **context: Any) -> torch.Tensor:
@@ -196,7 +190,7 @@ class MaskedModel(nn.Module):
                     shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise PluginError(f"{component} {label}: aux_losses()[{key!r}] is {shape}, expected a scalar "
                                       "tensor")
-                aux[f"{component}.{key}"] = value.reshape(())
+                aux[f"{component}.{key}"] = value.sum()  # 0-d, and not a view (FSDP warns about views)
         return aux
 
     def no_weight_decay(self) -> set[str]:

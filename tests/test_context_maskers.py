@@ -286,3 +286,69 @@ def test_export_leaves_the_masker_out(registry, tmp_path, monkeypatch):
     exported = torch.load(tmp_path / "enc.pth", weights_only=True)
     exported = exported.get("model", exported)
     assert exported and not any("masker" in k or k.startswith("scores") for k in exported)
+
+
+# -- masks show and check_masker ----------------------------------------------------------------------------
+
+
+def show(registry, monkeypatch, tmp_path, *argv):
+    from maskkit import cli
+
+    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    return cli.main(["masks", "show", *argv, "--out", str(tmp_path / "m.png")])
+
+
+def test_masks_show_prints_what_the_masks_hide(registry, tmp_path, monkeypatch, capsys):
+    assert show(registry, monkeypatch, tmp_path, "random", "ratio=0.5", "--grid", "7x7", "--count", "4") == 0
+    out = capsys.readouterr().out
+    assert "masker random declares 25 of 49 patches hidden per sample; its 16 drawn samples hide min 25, mean " \
+           "25.0, max 25" in out
+    assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_masks_show_draws_a_context_aware_masker_on_real_images(registry, tmp_path, monkeypatch, capsys):
+    assert show(registry, monkeypatch, tmp_path, "predictor", "--count", "4") == 0  # asks for images and model
+    out = capsys.readouterr().out
+    assert "masker predictor declares 147 of 196 patches hidden per sample; its 16 drawn samples hide min 147" in out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "m.png").size[0] > 0
+
+
+def test_masks_show_reports_a_wrong_masker_after_drawing_it(registry, tmp_path, monkeypatch, capsys):
+    assert show(registry, monkeypatch, tmp_path, "inverted", "--grid", "14x14", "--count", "4") == 2
+    captured = capsys.readouterr()
+    assert "its 16 drawn samples hide min 49, mean 49.0, max 49" in captured.out  # the truth, printed
+    assert captured.err.strip() == "maskkit: error: masker inverted: declared 147 hidden patches per sample, " \
+                                   "sample 0 hides 49"
+    assert (tmp_path / "m.png").exists()  # the picture shows it
+    assert show(registry, monkeypatch, tmp_path, "float_mask") == 2
+    assert "returned a float32 mask, expected torch.bool" in capsys.readouterr().err
+
+
+def test_check_masker_counts_every_drawn_sample():
+    from context_maskers import OffByOne
+    from maskkit.masking import check_masker
+
+    stats = check_masker(OffByOne(0.75), (7, 7), name="obo", batch_size=5, seeds=(0, 1), strict=False)
+    assert stats.hidden.tolist() == [38] * 10 and stats.declared == 37 and stats.wrong == list(range(10))
+    with pytest.raises(MaskError, match="masker obo: declared 37 hidden patches per sample, sample 0 hides 38"):
+        stats.check()
+    with pytest.raises(ValueError, match="masker hv asks for images: draw it with images="):
+        check_masker(HighVariance(), (7, 7), name="hv")
+    stats = check_masker(HighVariance(), (7, 7), batch_size=4, context={"images": fashion_images(4)})
+    assert stats.hidden.tolist() == [37] * 12 and stats.wrong == []
+
+
+def test_a_comparison_plan_refuses_a_wrong_blind_masker(tmp_path):
+    """``compare --dry-run`` (the plan) draws a few masks of every blind masker and checks them."""
+    from maskkit.compare import load_spec, make_plan
+    from test_compare import SmallFashion, write_spec
+
+    both = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
+                                                                  "context": ContextMaskersPlugin()})
+    path = write_spec(tmp_path, variants={"r75": {}, "obo": {"masker": {"name": "off_by_one"}}})
+    with pytest.raises(MaskError) as info:
+        make_plan(load_spec(path, registry=both), both)
+    assert str(info.value) == (f"{path}: variants.obo: masker off_by_one: declared 37 hidden patches per sample, "
+                               "sample 0 hides 38")
