@@ -122,12 +122,14 @@ def aux_context(component: Any, name: str | None = None) -> tuple[str, ...] | No
     return tuple(names)
 
 
-def is_blind(masker: Any) -> bool:
+def is_blind(masker: Any, context: tuple[str, ...] | None = None) -> bool:
     """Whether ``masker`` can be drawn outside the model, for the whole global batch at once: it names neither
     ``images`` nor ``model``, has no trainable parameters and no ``aux_losses``. The engine draws a blind
     masker in the training loop (every rank keeps its slice) and any other inside ``MaskedModel.forward``
-    (so DDP and FSDP see its parameters), with ``rows`` telling it which rows of the global batch it draws."""
-    if {"images", "model"} & set(masker_context(masker)) or getattr(masker, "aux_losses", None) is not None:
+    (so DDP and FSDP see its parameters), with ``rows`` telling it which rows of the global batch it draws.
+    ``context``: the masker's :func:`masker_context` when the caller has it already."""
+    context = masker_context(masker) if context is None else context
+    if {"images", "model"} & set(context) or getattr(masker, "aux_losses", None) is not None:
         return False
     return not (isinstance(masker, nn.Module) and any(p.requires_grad for p in masker.parameters()))
 

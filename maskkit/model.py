@@ -89,8 +89,7 @@ class MaskedModel(nn.Module):
     def masker_is_blind(self) -> bool:
         """Whether the engine may draw the masks outside the forward, for the global batch at once
         (:func:`maskkit.interfaces.is_blind`); otherwise they are drawn inside :meth:`forward`."""
-        self.masker_context()
-        return is_blind(self.masker)
+        return is_blind(self.masker, self.masker_context())
 
     def draw(self, batch_size: int, generator: torch.Generator | None = None,
              device: torch.device | str | None = None, *, images: torch.Tensor | None = None, step: int = 0,

@@ -45,6 +45,29 @@ class OffByOneLooking(OffByOne):
         return super().__call__(batch_size, grid, generator=generator, device=device)
 
 
+class WrongLater(RandomMasker):
+    """Right for its first 4 draws, then off by one: past the micro-steps a GPU run checks on the host."""
+
+    def __init__(self, ratio: float = 0.75):
+        super().__init__(ratio)
+        self.draws = 0
+
+    def __call__(self, batch_size, grid, *, generator=None, device=None):
+        self.draws += 1
+        mask = super().__call__(batch_size, grid, generator=generator, device=device)
+        if self.draws <= 4:
+            return mask
+        first_visible = (~mask).float().argmax(dim=1)  # [B]
+        return mask.scatter(1, first_visible[:, None], True)
+
+
+class WrongLaterLooking(WrongLater):
+    """The same, drawn inside the model's forward (it asks for the step)."""
+
+    def __call__(self, batch_size, grid, *, generator=None, device=None, images, step):
+        return super().__call__(batch_size, grid, generator=generator, device=device)
+
+
 class AsksForLabels(RandomMasker):
     """Asks for a context maskkit does not give."""
 
@@ -135,7 +158,8 @@ class Predictor(nn.Module, maskkit.Masker):
 
 
 MASKERS = {"off_by_one": OffByOne, "inverted": Inverted, "float_mask": FloatMask,
-           "off_by_one_looking": OffByOneLooking, "asks_for_labels": AsksForLabels, "high_variance": HighVariance,
+           "off_by_one_looking": OffByOneLooking, "asks_for_labels": AsksForLabels,
+           "wrong_later": WrongLater, "wrong_later_looking": WrongLaterLooking, "high_variance": HighVariance,
            "recording": Recording, "learned": Learned, "predictor": Predictor}
 
 

@@ -352,3 +352,13 @@ def test_a_comparison_plan_refuses_a_wrong_blind_masker(tmp_path):
         make_plan(load_spec(path, registry=both), both)
     assert str(info.value) == (f"{path}: variants.obo: masker off_by_one: declared 37 hidden patches per sample, "
                                "sample 0 hides 38")
+
+
+def test_every_micro_step_is_checked_on_the_cpu(registry, tmp_path):
+    """On the CPU the count is checked on the host at every micro-step, not only the first ones (a GPU run
+    asserts it on the device after its first micro-steps: tests/test_cuda.py)."""
+    trainer = Trainer(recipe("wrong_later", "train.max_steps=6", "train.accum_steps=2"), tmp_path, registry=registry,
+                      progress=False)
+    with pytest.raises(MaskError, match="masker wrong_later: declared 37 hidden patches per sample, sample 0 hides 38"):
+        trainer.fit()
+    assert trainer.step == 2  # micro-steps 0-3 (steps 0 and 1) were right, the 5th draw was not
