@@ -2,11 +2,12 @@
 
 One training step is always the same five moves::
 
-    mask   = masker(B, grid, generator=g)          # bool [B, N], True = hidden
+    mask   = masker(B, grid, generator=g)          # bool [B, N], True = hidden (+ the context it names)
     latent = encoder(images, mask)                 # [B, P + N_visible, D] (sparse) or [B, P + N, D] (dense)
     pred   = decoder(latent, mask)                 # [B, N, D_target]
     target = target(images)                        # [B, N, D_target]
     loss   = loss(pred, target, mask)              # scalar
+    loss  += sum of every component's aux_losses(...) # optional, by name (AUX_CONTEXT)
 
 Conventions (never broken):
 
@@ -19,6 +20,9 @@ Conventions (never broken):
   ``None``. A *dense* encoder processes all ``N`` patches (hidden ones replaced by a mask token).
 * Images are ``[B, C, H, W]`` float tensors, normalized by the data pipeline; ``H, W`` need not be equal,
   ``C`` is any channel count; ``H`` and ``W`` are multiples of the patch size.
+* A masker receives the context it names (:data:`MASKER_CONTEXT`, :func:`masker_context`); what it returns
+  is checked against what it declares before an encoder sees it (:func:`maskkit.masking.check_mask`). The
+  whole masker contract is in :mod:`maskkit.hookspecs`.
 """
 
 from __future__ import annotations
