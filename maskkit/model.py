@@ -169,7 +169,8 @@ class MaskedModel(nn.Module):
             if not patch_loss:
                 pred, target = given["pred"].detach(), given["target"].detach()
                 fn = getattr(self.loss, "per_patch", None)
-                value = fn(pred, target) if fn is not None else (pred.float() - target.float()).square().mean(-1)
+                pred, target = pred.float(), target.float()  # fp32 under autocast too
+                value = fn(pred, target) if fn is not None else (pred - target).square().mean(-1)
                 patch_loss.append(value.detach())
             return patch_loss[0]
 

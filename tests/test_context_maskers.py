@@ -362,3 +362,19 @@ def test_every_micro_step_is_checked_on_the_cpu(registry, tmp_path):
     with pytest.raises(MaskError, match="masker wrong_later: declared 37 hidden patches per sample, sample 0 hides 38"):
         trainer.fit()
     assert trainer.step == 2  # micro-steps 0-3 (steps 0 and 1) were right, the 5th draw was not
+
+
+def test_comparison_samples_draw_a_context_aware_masker_on_test_images(registry):
+    """A comparison report's mask samples of a masker that looks at the images: drawn on the test images."""
+    from maskkit.compare.runner import make_samples
+
+    rec = recipe("high_variance")
+    model = maskkit.build_model(rec, registry).eval()
+    samples = make_samples(model, rec, registry, images=0, masks=4, seed=0, device=torch.device("cpu"))
+    assert samples["masks"].shape == (4, 49) and samples["masks"].sum(1).tolist() == [37] * 4
+    from maskkit.builder import build_dataset
+    from maskkit.evaluate import eval_loader
+
+    test = build_dataset(rec, "test", registry)
+    images = next(iter(eval_loader(test, model.encoder.img_size, 4)))[0]
+    assert torch.equal(samples["masks"], model.draw_mask(4, images=images))

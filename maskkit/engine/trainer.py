@@ -118,6 +118,7 @@ class Trainer:
         self.resume_path = Path(resume) if resume else None
         self.hook = self.registry.plugin_manager.hook
         self.step = 0
+        self._first_micro = 0  # the first micro-step of this call to fit (mask counts checked on the host)
         self.model: torch.nn.Module | None = None
         self.lock = run_folder.RunLock(self.run_dir)
         self.bad_images = BadImages(recipe.on_bad_image)
