@@ -65,7 +65,8 @@ for by name, as pluggy hook implementations take the arguments they name:
   ``Loss.per_patch`` or the squared error), ``latent``, ``model``, ``extras`` (the ``MaskDraw``'s), ``step``,
   ``epoch``. They are added to the training loss, returned in ``MaskedOutput.aux`` as ``"masker.<name>"``
   and logged in ``metrics.jsonl`` as ``aux/masker.<name>`` beside ``loss_main`` (``loss`` stays the total).
-  A masker's parameters train only through them: the mask is discrete.
+  A masker's parameters train only through them: the mask is discrete. (The masker's are called only when it
+  drew the step's mask: ``model(images, mask=...)`` leaves them out.)
 * **Checks.** Whatever a masker returns is checked before the encoder sees it: a ``torch.bool`` tensor of
   shape ``[B, N]`` on the device, hiding exactly ``num_hidden(grid)`` patches in every sample when that is an
   ``int``. On the CPU the count is checked on the host at every step; on a GPU on the host for the first

@@ -128,10 +128,12 @@ class MaskedModel(nn.Module):
 
         Without ``mask``, the masker draws one from ``generator`` with the context it names: these ``images``,
         ``step``, ``epoch``, ``rows`` (this process's rows of the global batch; ``slice(0, B)`` by default) and
-        this model; the mask is checked (:meth:`draw`) before the encoder sees it.
+        this model; the mask is checked (:meth:`draw`) before the encoder sees it. Every component's
+        ``aux_losses`` is then added to the loss; the masker's only when it drew the mask.
         """
         n = self.encoder.num_patches
         extras: dict = {}
+        drawn = None
         if mask is None:
             drawn = self.draw(images.shape[0], generator, images.device, images=images, step=step, epoch=epoch,
                               rows=rows, sync_checks=sync_checks)
@@ -150,16 +152,17 @@ class MaskedModel(nn.Module):
         target = self.target(images)  # [B, N, D_t]
         main_loss = self.loss(pred, target, mask)
         aux = self._aux_losses(images=images, mask=mask, pred=pred, target=target, latent=latent, extras=extras,
-                               step=step, epoch=epoch)
+                               step=step, epoch=epoch, masker_drew=drawn is not None)
         loss = main_loss
         for value in aux.values():
             loss = loss + value.float()
         return MaskedOutput(loss=loss, pred=pred, mask=mask, target=target, aux=aux, main_loss=main_loss)
 
-    def _aux_losses(self, **given: Any) -> dict[str, torch.Tensor]:
+    def _aux_losses(self, *, masker_drew: bool, **given: Any) -> dict[str, torch.Tensor]:
         """Call ``aux_losses`` of every component that defines it with the names it declares;
-        ``{"<component>.<name>": scalar}``."""
-        names = {"masker": self._masker_info()[1], **self._aux_names}
+        ``{"<component>.<name>": scalar}``. The masker's only when it drew this step's mask (a mask given to
+        :meth:`forward` has no extras of the masker's, and the masker did not choose it)."""
+        names = {"masker": self._masker_info()[1] if masker_drew else None, **self._aux_names}
         if not any(v is not None for v in names.values()):
             return {}
         context = {**given, "model": self}

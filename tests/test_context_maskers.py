@@ -378,3 +378,16 @@ def test_comparison_samples_draw_a_context_aware_masker_on_test_images(registry)
     test = build_dataset(rec, "test", registry)
     images = next(iter(eval_loader(test, model.encoder.img_size, 4)))[0]
     assert torch.equal(samples["masks"], model.draw_mask(4, images=images))
+
+
+def test_a_given_mask_leaves_the_maskers_aux_losses_out(registry):
+    """``model(images, mask=...)`` (reconstruction pictures, a fixed mask): the masker did not draw it, so its
+    auxiliary losses, which may need its extras, are not called; the loss is the main loss."""
+    model = maskkit.build_model(recipe("learned"), registry)
+    images = fashion_images(2)
+    mask = model.draw_mask(2, torch.Generator().manual_seed(0), images=images)
+    out = model(images, mask=mask)
+    assert out.aux == {} and torch.equal(out.loss, out.main_loss)
+    from maskkit.visualize import reconstruction_rows
+
+    assert reconstruction_rows(model, images, mask, [0.286], [0.353]).shape == (8, 1, 28, 28)

@@ -299,7 +299,7 @@ def test_wrapped_output_is_a_namedtuple_with_the_same_fields(builtin_registry):
     images = torch.randn(2, 1, 28, 28)
     out = _TupleOutput(model)(images, generator=torch.Generator().manual_seed(0))
     ref = model(images, generator=torch.Generator().manual_seed(0))
-    assert isinstance(out, tuple) and out._fields == ("loss", "pred", "mask", "target")
+    assert isinstance(out, tuple) and out._fields == ("loss", "pred", "mask", "target", "aux", "main_loss")
     assert torch.equal(out.loss, ref.loss) and torch.equal(out.mask, ref.mask)
 
 
