@@ -212,22 +212,51 @@ def cmd_convert(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
-    from maskkit.builder import build_component
-    from maskkit.recipe import apply_overrides
-    from maskkit.visualize import save_mask_samples
+    """Draw masks, check them (exit 2 when a sample hides another count than declared, after the picture is
+    written), print what they really hide. A masker that looks at the images or the model is drawn on the first
+    test images of a recipe (``--recipe``, default ``quickstart``) with a freshly built model."""
+    import copy
+
+    import torch
+
+    from maskkit.builder import build_component, build_dataset, build_model
+    from maskkit.evaluate import eval_loader
+    from maskkit.interfaces import masker_context
+    from maskkit.masking import check_masker
+    from maskkit.recipe import Recipe, apply_overrides, load_recipe
+    from maskkit.visualize import _denormalize, save_mask_samples
 
     _check_positive("--count", args.count)
+    registry = _registry()
     spec = apply_overrides({"masker": {"name": args.name}}, [f"masker.{kv}" for kv in args.arguments],
                            file="command line")["masker"]
-    masker = build_component(_registry(), "masker", spec, file="command line")
-    grid = _parse_grid(args.grid)
+    masker = build_component(registry, "masker", spec, file="command line")
     label = " ".join([args.name, *args.arguments])
-    path = save_mask_samples(masker, grid, args.out, count=args.count, seed=args.seed,
-                             title=f"{label} on a {grid[0]}x{grid[1]} grid (seed {args.seed})")
-    hidden = masker.num_hidden(grid)
-    count = f"{hidden} of {grid[0] * grid[1]} patches hidden in every sample" if hidden is not None else \
-        "a varying number of patches hidden per sample (needs a dense encoder)"
-    console.print(f"wrote {path}: {count}")
+    seeds = [args.seed + i for i in range(4)]  # the picture shows the first seed's; the counts cover all four
+    pictures = None
+    if {"images", "model"} & set(masker_context(masker, args.name)) or args.recipe:
+        base = load_recipe(args.recipe or "quickstart", registry=registry)
+        recipe = Recipe({**copy.deepcopy(base.tree), "masker": spec}, base.file)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            model = build_model(recipe, registry).eval()
+        grid = model.grid
+        test_set = build_dataset(recipe, "test", registry)
+        images = next(iter(eval_loader(test_set, model.encoder.img_size, args.count)))[0]
+        pictures = _denormalize(images, test_set.mean, test_set.std)
+        with torch.no_grad():
+            stats = check_masker(model.masker, grid, name=args.name, batch_size=images.shape[0], seeds=seeds,
+                                 context={"images": images, "model": model}, strict=False)
+        where = f" on {images.shape[0]} test images of recipe {args.recipe or 'quickstart'} (grid {grid[0]}x{grid[1]})"
+    else:
+        grid = _parse_grid(args.grid)
+        stats = check_masker(masker, grid, name=args.name, batch_size=args.count, seeds=seeds, strict=False)
+        where = f" on a {grid[0]}x{grid[1]} grid"
+    path = save_mask_samples(stats, args.out, count=args.count, images=pictures,
+                             title=f"{label}{where} (seed {args.seed})")
+    console.print(f"wrote {path}")
+    console.print(stats.summary(), soft_wrap=True)
+    stats.check()
     return 0
 
 
@@ -356,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="masks.png")
+    p.add_argument("--recipe", default=None, help="draw on this recipe's test images with its model (default for "
+                   "a masker that looks at the images or the model: quickstart)")
     p.set_defaults(func=cmd_masks_show)
 
     p = sub.add_parser("plugins", help="components and the plugins that provide them")

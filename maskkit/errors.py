@@ -159,3 +159,8 @@ def describe_failure(exc: BaseException, blame: Callable[[BaseException], str | 
     if type(exc).__name__ == "OutOfMemoryError":
         return 2, f"out of memory: {first_line(str(exc), 200)}; try a smaller train.batch_size"
     return 1, f"internal error: {what} (rerun with --debug for the traceback, and please report it)"
+
+
+class MaskError(PluginError):
+    """A masker returned something other than what it declares: not a bool ``[B, N]`` tensor, or a hidden count
+    that differs from its ``num_hidden`` (which would let a sparse encoder see hidden pixels)."""

@@ -31,6 +31,56 @@ Rules:
   ``maskkit plugins``, like a plugin that fails to import); an exception from any other plugin code stops the
   command with one line ``plugin 'NAME' failed: ...`` (exit 2), and ``maskkit compare`` records it as the
   failure of that run.
+
+The masker contract (version 2: a masker that looks at the image, the model and the loss)
+---------------------------------------------------------------------------------------------
+
+A masker is called ``masker(batch_size, grid, *, generator, device, **context)`` and returns a bool mask
+``[B, N]`` (True = hidden), or a :class:`maskkit.MaskDraw` ``(mask, extras)``. Everything beyond that is asked
+for by name, as pluggy hook implementations take the arguments they name:
+
+* **Context.** Keyword-only parameters of ``__call__`` (of ``forward`` for an ``nn.Module`` masker that does
+  not override ``__call__``) named from :data:`maskkit.MASKER_CONTEXT` receive: ``images`` (the batch as the
+  encoder sees it, ``[B, C, H, W]`` on the device), ``step`` (global optimizer step), ``epoch`` (fractional),
+  ``model`` (the unwrapped :class:`maskkit.MaskedModel`: run its encoder or a teacher under ``torch.no_grad``)
+  and ``rows`` (this process's rows of the global batch). Another keyword-only parameter without a default is
+  refused when the model is built, with one line naming the masker and the allowed names.
+  :func:`maskkit.interfaces.masker_context` is the rule, shared by the trainer, ``masks show`` and compare.
+* **Where it is drawn.** A *blind* masker (no ``images``/``model``, no trainable parameters, no
+  ``aux_losses``) is drawn by the training loop for the whole global batch from a generator seeded by
+  ``(seed, micro_step)``, and every process keeps its rows. Any other masker is drawn inside
+  ``MaskedModel.forward`` (so DDP and FSDP see its parameters), from the same generator on every process,
+  with ``rows`` saying which rows of the global batch it draws: draw randomness with
+  ``maskkit.masking.noise(batch_size, n, generator=..., device=..., rows=rows)`` and two processes with batch B
+  draw exactly what one process with batch 2B draws. ``maskkit.masking.mask_from_scores`` turns scores into
+  a mask with an exact count.
+* **State and parameters.** A masker may subclass ``nn.Module`` too: it becomes the model's child ``masker``,
+  its parameters and buffers are saved in checkpoints under ``masker.*`` (``--resume`` is exact) and left out
+  of ``maskkit export``; its trainable parameters get their own AdamW group, learning rate = base x
+  ``lr_scale`` (an attribute, 1.0 by default; any component may set one). Under DDP, buffers follow rank 0's;
+  under FSDP each process updates its own buffers, so keep buffer updates independent of the local batch.
+* **Auxiliary losses.** After the main loss, ``aux_losses(**named) -> {name: scalar}`` is called on every
+  component that defines it (masker, encoder, decoder, target, loss) with the :data:`maskkit.AUX_CONTEXT`
+  names it declares: ``images``, ``mask``, ``pred``, ``target``, ``patch_loss`` (``[B, N]``, detached:
+  ``Loss.per_patch`` or the squared error), ``latent``, ``model``, ``extras`` (the ``MaskDraw``'s), ``step``,
+  ``epoch``. They are added to the training loss, returned in ``MaskedOutput.aux`` as ``"masker.<name>"``
+  and logged in ``metrics.jsonl`` as ``aux/masker.<name>`` beside ``loss_main`` (``loss`` stays the total).
+  A masker's parameters train only through them: the mask is discrete. (The masker's are called only when it
+  drew the step's mask: ``model(images, mask=...)`` leaves them out.)
+* **Checks.** Whatever a masker returns is checked before the encoder sees it: a ``torch.bool`` tensor of
+  shape ``[B, N]`` on the device, hiding exactly ``num_hidden(grid)`` patches in every sample when that is an
+  ``int``. On the CPU the count is checked on the host at every step; on a GPU on the host for the first
+  micro-steps of a run, then by a device-side assertion (no sync). A wrong mask is a one-line
+  :class:`maskkit.errors.MaskError` naming the masker, what it declared and what came back (the CLI exits
+  2). ``maskkit masks show NAME`` prints what the masks really hide; ``maskkit.masking.check_masker`` is the
+  same check for scripts and ``compare``.
+* **Determinism.** Same seed and data, same masks; ``--resume`` is exact (state is in the checkpoint); two
+  processes draw what one draws when randomness comes from ``noise(rows=...)``. A masker whose masks of a
+  sample depend on the rest of the batch cannot promise the last: say so in its docstring and set
+  ``rows_invariant = False`` in its :class:`maskkit.testing.ContextMaskerContract` test.
+* **Tests and cost.** ``maskkit.testing.ContextMaskerContract`` and ``LearnableMaskerContract`` check all of
+  the above on real images; ``maskkit bench --masker NAME[,key=value]`` measures the cost per step against
+  ``random``.
 """
 
 from __future__ import annotations
@@ -57,7 +107,8 @@ Factory = Callable[..., Any]
 
 @hookspec
 def maskkit_add_maskers() -> Mapping[str, Factory]:
-    """Masking strategies: factories returning a :class:`maskkit.Masker`.
+    """Masking strategies: factories returning a :class:`maskkit.Masker` (see "The masker contract" above:
+    a masker may ask for the images, the model, the step, and train its own parameters).
 
     Built-in: ``random`` (MAE's argsort-of-noise masking).
     """

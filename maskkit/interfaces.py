@@ -2,11 +2,12 @@
 
 One training step is always the same five moves::
 
-    mask   = masker(B, grid, generator=g)          # bool [B, N], True = hidden
+    mask   = masker(B, grid, generator=g)          # bool [B, N], True = hidden (+ the context it names)
     latent = encoder(images, mask)                 # [B, P + N_visible, D] (sparse) or [B, P + N, D] (dense)
     pred   = decoder(latent, mask)                 # [B, N, D_target]
     target = target(images)                        # [B, N, D_target]
     loss   = loss(pred, target, mask)              # scalar
+    loss  += sum of every component's aux_losses(...) # optional, by name (AUX_CONTEXT)
 
 Conventions (never broken):
 
@@ -19,15 +20,22 @@ Conventions (never broken):
   ``None``. A *dense* encoder processes all ``N`` patches (hidden ones replaced by a mask token).
 * Images are ``[B, C, H, W]`` float tensors, normalized by the data pipeline; ``H, W`` need not be equal,
   ``C`` is any channel count; ``H`` and ``W`` are multiples of the patch size.
+* A masker receives the context it names (:data:`MASKER_CONTEXT`, :func:`masker_context`); what it returns
+  is checked against what it declares before an encoder sees it (:func:`maskkit.masking.check_mask`). The
+  whole masker contract is in :mod:`maskkit.hookspecs`.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from typing import Any, Callable
 
 import attrs
 import torch
 from torch import nn
+
+from maskkit.errors import ConfigError
 
 Grid = tuple[int, int]
 
@@ -55,6 +63,79 @@ AUX_CONTEXT: dict[str, str] = {
     "step": "the global optimizer step (int)",
     "epoch": "the fractional epoch (float)",
 }
+
+
+#: Keyword-only parameters of a masker's ``__call__`` that are not context: the drawing arguments every masker has.
+_MASKER_ARGUMENTS = ("generator", "device")
+
+
+def _parameters(func: Callable) -> dict[str, inspect.Parameter] | None:
+    try:
+        return dict(inspect.signature(func).parameters)
+    except (TypeError, ValueError):  # builtins without a signature: they ask for nothing
+        return None
+
+
+def _masker_call(masker: Any) -> Callable:
+    """The function that runs when ``masker(...)`` is called: ``forward`` for an ``nn.Module`` that does not
+    override ``__call__``, else ``__call__``."""
+    if isinstance(masker, nn.Module) and type(masker).__call__ is nn.Module.__call__:
+        return masker.forward
+    return masker.__call__ if not inspect.isfunction(masker) else masker
+
+
+def masker_context(masker: Any, name: str | None = None) -> tuple[str, ...]:
+    """The :data:`MASKER_CONTEXT` names ``masker`` asks for: the keyword-only parameters of its ``__call__``
+    (``forward`` for an ``nn.Module`` masker that does not override ``__call__``), in declaration order.
+
+    A keyword-only parameter without a default that is neither context nor ``generator``/``device`` can never
+    be given, so it is refused with a one-line :class:`~maskkit.errors.ConfigError` naming the masker and the
+    names it may ask for (``name``: the masker's registry name for that message; its class name by default).
+    ``**kwargs`` asks for nothing (as in pluggy, a masker receives what it names).
+    """
+    params = _parameters(_masker_call(masker)) or {}
+    names = []
+    for arg, param in params.items():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY or arg in _MASKER_ARGUMENTS:
+            continue
+        if arg in MASKER_CONTEXT:
+            names.append(arg)
+        elif param.default is inspect.Parameter.empty:
+            raise ConfigError("masker", f"{name or type(masker).__name__} asks for {arg!r}, which maskkit does not give "
+                              f"a masker; a masker may ask for: {', '.join(MASKER_CONTEXT)}")
+    return tuple(names)
+
+
+def aux_context(component: Any, name: str | None = None) -> tuple[str, ...] | None:
+    """The :data:`AUX_CONTEXT` names that ``component.aux_losses`` asks for, or ``None`` when the component
+    has no ``aux_losses``. A required parameter outside :data:`AUX_CONTEXT` is refused with a one-line
+    :class:`~maskkit.errors.ConfigError`."""
+    func = getattr(component, "aux_losses", None)
+    if func is None:
+        return None
+    params = _parameters(func) or {}
+    names = []
+    for arg, param in params.items():
+        if param.kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            continue
+        if arg in AUX_CONTEXT:
+            names.append(arg)
+        elif param.default is inspect.Parameter.empty:
+            raise ConfigError("", f"{name or type(component).__name__}.aux_losses asks for {arg!r}, which maskkit does "
+                              f"not give; aux_losses may ask for: {', '.join(AUX_CONTEXT)}")
+    return tuple(names)
+
+
+def is_blind(masker: Any, context: tuple[str, ...] | None = None) -> bool:
+    """Whether ``masker`` can be drawn outside the model, for the whole global batch at once: it names neither
+    ``images`` nor ``model``, has no trainable parameters and no ``aux_losses``. The engine draws a blind
+    masker in the training loop (every rank keeps its slice) and any other inside ``MaskedModel.forward``
+    (so DDP and FSDP see its parameters), with ``rows`` telling it which rows of the global batch it draws.
+    ``context``: the masker's :func:`masker_context` when the caller has it already."""
+    context = masker_context(masker) if context is None else context
+    if {"images", "model"} & set(context) or getattr(masker, "aux_losses", None) is not None:
+        return False
+    return not (isinstance(masker, nn.Module) and any(p.requires_grad for p in masker.parameters()))
 
 
 @attrs.frozen
@@ -187,15 +268,28 @@ class Loss(nn.Module, ABC):
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``pred, target [B, N, D]``, ``mask [B, N]`` (True = hidden) -> scalar loss."""
 
+    def per_patch(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of every patch, ``pred, target [B, N, D] -> [B, N]``, before the mask selects which count.
+
+        It is what ``aux_losses(patch_loss=...)`` receives (detached). The default is the mean squared error;
+        a loss that is not a mean of per-patch terms may keep it or give its closest per-patch measure.
+        """
+        return (pred.float() - target.float()).square().mean(dim=-1)
+
 
 @attrs.frozen
 class MaskedOutput:
     """What a :class:`MaskedModel` returns.
 
-    ``loss`` scalar; ``pred [B, N, D_target]``; ``mask [B, N]`` bool, True = hidden; ``target [B, N, D_target]``.
+    ``loss`` scalar, the training loss: ``main_loss`` plus every auxiliary loss; ``pred [B, N, D_target]``;
+    ``mask [B, N]`` bool, True = hidden; ``target [B, N, D_target]``; ``aux``: the auxiliary losses by
+    ``"<component>.<name>"`` (``"masker.rank"``), empty when no component defines ``aux_losses``;
+    ``main_loss``: the loss component's scalar alone (``None`` only when built by hand without it).
     """
 
     loss: torch.Tensor
     pred: torch.Tensor
     mask: torch.Tensor
     target: torch.Tensor
+    aux: dict = attrs.field(factory=dict)
+    main_loss: torch.Tensor | None = None

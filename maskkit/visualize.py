@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from maskkit.errors import NoPixelFormError
+from maskkit.masking import MaskStats
 from maskkit.model import MaskedModel
 from maskkit.patches import unpatchify, upsample_mask
 
@@ -67,32 +68,62 @@ def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | P
                          std: Sequence[float], seed: int = 0) -> Path:
     """Draw masks from the model's masker (seeded) and save the four-column reconstruction grid."""
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    mask = model.draw_mask(images.shape[0], gen, images.device)
+    mask = model.draw_mask(images.shape[0], gen, images.device, images=images)
     return save_grid(reconstruction_rows(model, images, mask, mean, std), path, ncol=4)
 
 
-def save_mask_samples(masker, grid: tuple[int, int], path: str | Path, *, count: int = 8, seed: int = 0,
-                      title: str | None = None, columns: int = 8) -> Path:
-    """Render ``count`` masks of ``masker`` on ``grid`` (hidden patches dark), each titled with its hidden
-    fraction, as one PNG. Drawn with matplotlib (per-panel titles and a figure title come for free)."""
+def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, title: str | None = None,
+                      columns: int = 8, images: torch.Tensor | None = None) -> Path:
+    """Render the first ``count`` masks of ``stats`` (:func:`maskkit.masking.check_masker`) as one PNG: each
+    panel titled with the patches it really hides (and the declared count when it differs), a legend saying
+    which shade is hidden, the figure title with the min/mean/max hidden over all drawn samples.
+
+    ``images [count, C, H, W]`` in [0, 1]: panels show the image with its hidden patches greyed out (for a
+    masker that looks at the images); otherwise the bare masks. Drawn with matplotlib.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    gen = torch.Generator().manual_seed(seed)
-    masks = masker(count, grid, generator=gen, device="cpu").reshape(count, *grid)
+    grid = stats.grid
+    n = grid[0] * grid[1]
+    count = min(count, stats.masks.shape[0])
+    masks = stats.masks[:count].reshape(count, *grid)
     columns = min(columns, count)
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.9), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    # over an image, hidden patches are painted a colour no grey-scale picture has
+    hidden_shade, visible_shade = ("#3b6fb6", "#9a9a9a") if images is not None else ("#4d4d4d", "#f0f0f0")
     for i, (ax, mask) in enumerate(zip(axes.flat, masks)):
-        ax.imshow(mask.numpy(), cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
-        ax.set_title(f"{100 * mask.float().mean():.1f}% hidden", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        if images is not None:
+            picture = images[i].float().cpu()
+            patch = (picture.shape[-2] // grid[0], picture.shape[-1] // grid[1])
+            pixels = upsample_mask(mask.reshape(1, n), grid, patch)[0, 0]  # [H, W] bool
+            shown = picture.mean(0) if picture.shape[0] != 3 else picture.permute(1, 2, 0)
+            ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(pixels.numpy(), cmap=matplotlib.colors.ListedColormap([(0, 0, 0, 0), hidden_shade]),
+                      vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(mask.numpy(), cmap=matplotlib.colors.ListedColormap([visible_shade, hidden_shade]),
+                      vmin=0, vmax=1, interpolation="nearest")
+        hidden = int(stats.hidden[i])
+        label = f"{hidden}/{n} hidden"
+        if stats.declared is not None and hidden != stats.declared:
+            label += f"\n(declared {stats.declared})"
+        ax.set_title(label, fontsize=8, color="black" if stats.declared in (None, hidden) else "red")
+    visible_label = "visible (the image shows)" if images is not None else "visible"
+    fig.legend(handles=[Patch(facecolor=hidden_shade, edgecolor="black", label="hidden (to predict)"),
+                        Patch(facecolor=visible_shade, edgecolor="black", label=visible_label)],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    h = stats.hidden.float()
+    counts = (f"hidden per sample over {len(h)} draws: min {int(h.min())}, mean {float(h.mean()):.1f}, "
+              f"max {int(h.max())} of {n}; declared {stats.declared if stats.declared is not None else 'varying'}")
+    fig.suptitle(f"{title}\n{counts}" if title else counts, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

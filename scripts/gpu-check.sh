@@ -6,7 +6,8 @@
 #     GPU_CHECK_COMPILE=1 bash scripts/gpu-check.sh   # also ViT-L/16 compiled, MAE vs HF (minutes more)
 # It runs the CUDA tests (`pytest -m cuda`: no host sync inside a training step, bf16 autocast, fused AdamW,
 # masks on the GPU, torch.compile, the benchmark on a tiny model), then `maskkit bench` on ViT-B/16 and
-# ViT-L/16 at 224 px, and prints the benchmark's table last. Full logs and the JSON results go to $OUT.
+# ViT-L/16 at 224 px (and `maskkit bench --masker` for the installed attmask/hpm/adamae maskers, or
+# GPU_CHECK_MASKERS='a|b'), and prints the benchmark's table last. Full logs and the JSON results go to $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
@@ -29,5 +30,11 @@ if [ "${GPU_CHECK_COMPILE:-0}" = "1" ]; then
   tail -14 "$OUT/bench-compile.txt"
 fi
 echo "CUDA tests exit status: $tests_rc (log: $OUT/tests.txt)"
+# the extra cost of context-aware maskers (maskkit bench --masker), for those the installed plugins provide
+MASKERS=$(python3 -m maskkit list masker 2>/dev/null | grep -owE "${GPU_CHECK_MASKERS:-attmask|hpm|adamae}" | sort -u)
+for m in $MASKERS; do
+  timeout 180 "${BENCH[@]}" --device cuda --models vit_base_patch16 --batch-size 64 --steps 10 --masker "$m" \
+    --json "$OUT/bench-masker-$m.json" 2>&1 | tee "$OUT/bench-masker-$m.txt" | tail -1
+done
 timeout 300 "${BENCH[@]}" --device cuda --models vit_base_patch16,vit_large_patch16 --batch-size 64 --steps 10 \
   --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" | tail -30

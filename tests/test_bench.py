@@ -177,3 +177,27 @@ def test_bench_compile_on_cpu(one_thread):
                                        data_images=None, data=False, overrides=TINY, seed=0)
     results = bench_cli.run_benchmark(settings)
     assert all(r["seconds"] > 0 and r["flops"] > 0 for r in results["steps"])
+
+
+def test_masker_cost_against_random(tmp_path, one_thread, capsys):
+    """``--masker``: drawing alone and a whole step, against random, for a masker that looks at the images and
+    a learnable one with an auxiliary loss; the command prints one ratio line per masker (and writes JSON)."""
+    import maskkit
+    from context_maskers import ContextMaskersPlugin
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"context": ContextMaskersPlugin()})
+    settings = bench_cli.settings_from_args(parse("--device", "cpu", "--models", "vit_small_patch16", "--batch-size",
+                                                  "2", "--steps", "2", *[f"--set={o}" for o in TINY]))
+    costs = bench_cli.masker_costs(settings, ["high_variance", "learned,grid_size=4"], registry=registry)
+    assert [c.masker for c in costs] == ["high_variance", "learned,grid_size=4"]
+    assert costs[0].aux == () and costs[1].aux == ("masker.fit",)
+    for c in costs:
+        assert min(c.draw_random, c.draw_masker, c.step_random, c.step_masker) > 0
+        assert c.step_ratio == c.step_masker / c.step_random and "x (the draw is" in c.line()
+    args = parse("--device", "cpu", "--models", "vit_small_patch16", "--batch-size", "2", "--steps", "1",
+                 "--masker", "random,ratio=0.5", "--json", str(tmp_path / "m.json"), *[f"--set={o}" for o in TINY])
+    assert args.func(args, Console(width=300)) == 0
+    assert "masker random,ratio=0.5 draws a batch in" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["maskers"][0]["step_ratio"] > 0
+    with pytest.raises(ConfigError, match="--masker: expected NAME"):
+        bench_cli.masker_costs(settings, ["ratio=0.5"], registry=registry)

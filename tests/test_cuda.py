@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,11 +89,13 @@ def _step_inputs(model, device, batch=4):
 
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_forward_and_backward_read_no_tensor_values_when_num_visible_is_given(builtin_registry, monkeypatch, dense):
-    """The trainer's step on the CPU: mask drawn from a generator, forward with ``num_visible``, backward."""
+    """The trainer's step on the CPU: mask drawn from a generator, forward with ``num_visible``, backward. (The
+    mask's count is checked on the host on the CPU and on a GPU's first steps: here it is asserted on the device,
+    as on a GPU after those steps; on the CPU that assertion itself reads, so the draw is outside the spy.)"""
     model = _model(builtin_registry, dense=dense)
     images, gen, num_visible = _step_inputs(model, "cpu")
+    mask = model.draw_mask(images.shape[0], gen, images.device, sync_checks=False)
     with no_host_reads(monkeypatch) as calls:
-        mask = model.draw_mask(images.shape[0], gen, images.device)
         out = model(images, mask=mask, num_visible=num_visible)
         out.loss.backward()
     assert calls == []
@@ -134,14 +137,17 @@ def test_train_compile_trains_like_eager_on_cpu(tmp_path, builtin_registry):
 class SyncErrorsDuringSteps:
     """A plugin that makes any host synchronisation an error from ``maskkit_step_start`` to
     ``maskkit_step_end``: the whole step (data to the device, masks, forward, backward, AdamW), not the
-    logging after it."""
+    logging after it. From step ``from_step`` on: the first micro-steps of a run check the mask counts on the
+    host (``maskkit.engine.trainer._SYNC_CHECKED_STEPS``), on purpose."""
 
-    def __init__(self):
+    def __init__(self, from_step: int = 0):
         self.steps = 0
+        self.from_step = from_step
 
     @maskkit.hookimpl
     def maskkit_step_start(self, trainer, model, step):
-        torch.cuda.set_sync_debug_mode("error")
+        if step >= self.from_step:
+            torch.cuda.set_sync_debug_mode("error")
 
     @maskkit.hookimpl
     def maskkit_step_end(self, trainer, model, step, loss):
@@ -152,17 +158,62 @@ class SyncErrorsDuringSteps:
 @pytest.mark.cuda
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_training_steps_do_not_sync_the_host(tmp_path, dense):
-    spy = SyncErrorsDuringSteps()
+    """After the micro-steps whose masks are checked on the host (3: steps 0 and 1 of 2 micro-steps each)."""
+    from maskkit.engine.trainer import _SYNC_CHECKED_STEPS
+
+    assert _SYNC_CHECKED_STEPS <= 4
+    spy = SyncErrorsDuringSteps(from_step=2)
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"sync-errors": spy})
     tree = tiny_tree()
     tree["encoder"]["dense"] = dense
-    tree["train"].update(max_steps=4, log_every=4, ckpt_every=0, accum_steps=2, clip_grad=1.0, device="cuda")
+    tree["train"].update(max_steps=5, log_every=5, ckpt_every=0, accum_steps=2, clip_grad=1.0, device="cuda")
     try:
         trainer = Trainer(maskkit.Recipe(tree), tmp_path, registry=registry, progress=False)
         result = trainer.fit()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert spy.steps == 4 and result.final_loss == result.final_loss  # finite, and every step ran
+    assert spy.steps == 5 and result.final_loss == result.final_loss  # finite, and every step ran
+
+
+@pytest.mark.cuda
+def test_a_learnable_context_masker_trains_without_host_syncs(tmp_path):
+    """Drawn inside the forward from the batch, with an auxiliary loss: no host sync after the checked steps."""
+    from context_maskers import ContextMaskersPlugin
+
+    spy = SyncErrorsDuringSteps(from_step=2)
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"sync-errors": spy,
+                                                                      "context": ContextMaskersPlugin()})
+    tree = tiny_tree(masker={"name": "learned"})
+    tree["train"].update(max_steps=4, log_every=4, ckpt_every=0, accum_steps=2, device="cuda")
+    try:
+        trainer = Trainer(maskkit.Recipe(tree), tmp_path, registry=registry, progress=False)
+        result = trainer.fit()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert spy.steps == 4 and result.final_loss == result.final_loss
+    assert trainer.model.masker.scores.is_cuda and float(trainer.model.masker.scores.detach().abs().sum()) > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("masker", ["wrong_later", "wrong_later_looking"])
+def test_a_wrong_mask_after_the_checked_steps_stops_the_run_with_one_line(tmp_path, masker):
+    """After the host-checked micro-steps the count is asserted on the device; the failed assertion kills the
+    CUDA context, so this runs in its own process: ``maskkit train`` exits 2 with one line naming the masker."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    tree = tiny_tree(masker={"name": masker})
+    tree["train"].update(max_steps=6, log_every=6, ckpt_every=0, device="cuda")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tree))
+    worker = Path(__file__).parent / "context_masker_worker.py"
+    done = subprocess.run([sys.executable, str(worker), "train", str(tmp_path / "r.yaml"),
+                           "--out", str(tmp_path / "run"), "--no-progress", "--no-eval"],
+                          capture_output=True, text=True, timeout=300)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last.startswith("maskkit: error: a device-side assertion failed by step") and masker in last, last
 
 
 @pytest.mark.cuda
@@ -176,7 +227,7 @@ def test_model_step_does_not_sync_on_cuda(builtin_registry, dense):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(2):
-            mask = model.draw_mask(images.shape[0], gen, images.device)
+            mask = model.draw_mask(images.shape[0], gen, images.device, sync_checks=False)  # asserted on device
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = model(images, mask=mask, num_visible=num_visible)
             out.loss.backward()

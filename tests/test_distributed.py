@@ -47,15 +47,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(recipe_file: Path, out: Path, *args: str, nproc: int = 2, launcher=None) -> subprocess.Popen:
+def launch(recipe_file: Path, out: Path, *args: str, nproc: int = 2, launcher=None,
+           program=("-m", "maskkit")) -> subprocess.Popen:
     """``python -m torch.distributed.run --nproc_per_node N -m maskkit train RECIPE ...`` (gloo, 1 thread each);
-    ``launcher``: torchrun's rendezvous arguments (default: one node, a free local port)."""
+    ``launcher``: torchrun's rendezvous arguments (default: one node, a free local port); ``program``: what
+    torchrun runs instead of ``-m maskkit`` (a script taking maskkit's command line)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if launcher is None:
         launcher = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launcher,
-           "-m", "maskkit", "--debug", "train", str(recipe_file), *args, "--out", str(out), "--no-progress",
+           *program, "--debug", "train", str(recipe_file), *args, "--out", str(out), "--no-progress",
            "--no-eval"]
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -224,6 +226,45 @@ def test_two_nodes_with_the_c10d_rendezvous_train_like_one_process(tmp_path, reg
     assert len(two) == STEPS and max(abs(a - b) for a, b in zip(two, losses(single.run_dir))) < 1e-5
 
 
+@pytest.mark.slow
+def test_a_learnable_context_masker_under_ddp_and_fsdp_draws_the_masks_of_one_process(tmp_path, monkeypatch):
+    """A masker with a parameter, a buffer and an auxiliary loss, drawn inside the forward from
+    ``maskkit.masking.noise(rows=...)``: two ranks of batch 4 (DDP, and FSDP with accumulation) log the losses
+    and aux losses of one process of batch 8 and end with the same weights, masker included."""
+    from context_maskers import ContextMaskersPlugin
+
+    worker = ("tests/context_masker_worker.py",)
+    masker = {"masker": {"name": "learned"}}
+    runs = {"ddp": [], "fsdp": ["distributed.strategy=fsdp", "train.accum_steps=2"]}
+    procs = {}
+    for name, overrides in runs.items():
+        tree = maskkit.Recipe({**_tree(4, overrides), **masker}).tree
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(tree))
+        procs[name] = launch(tmp_path / f"{name}.yaml", tmp_path / name, program=worker)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"context": ContextMaskersPlugin()})
+    singles = {}
+    for name, overrides in runs.items():
+        single = Trainer(maskkit.Recipe({**_tree(8, overrides), **masker}), tmp_path / f"single_{name}",
+                         registry=registry, progress=False)
+        single.fit()
+        singles[name] = single
+    for name in runs:
+        finish(procs[name], tmp_path / name)
+        two, one = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                    for d in (tmp_path / name, singles[name].run_dir))
+        assert len(two) == len(one) == STEPS
+        for key in ("loss", "loss_main", "aux/masker.fit"):
+            diff = max(abs(a[key] - b[key]) for a, b in zip(two, one))
+            assert diff < 1e-5, (name, key, diff)
+        state = torch.load(tmp_path / name / "checkpoint.pth", weights_only=True)
+        diffs = weight_diffs(state["model"], singles[name].model.state_dict())
+        assert max(diffs.values()) < 1e-5, {k: d for k, d in diffs.items() if d > 1e-6}
+        assert float(state["model"]["masker.scores"].abs().sum()) > 0
+        assert int(state["model"]["masker.draws"]) == STEPS * (2 if name == "fsdp" else 1)
+
+
 def test_runtime_random_streams_differ_per_rank():
     assert len({runtime_seed(0, rank) for rank in range(8)}) == 8
     assert runtime_seed(0, 0) != 0 and runtime_seed(1, 0) != runtime_seed(0, 0)
@@ -258,7 +299,7 @@ def test_wrapped_output_is_a_namedtuple_with_the_same_fields(builtin_registry):
     images = torch.randn(2, 1, 28, 28)
     out = _TupleOutput(model)(images, generator=torch.Generator().manual_seed(0))
     ref = model(images, generator=torch.Generator().manual_seed(0))
-    assert isinstance(out, tuple) and out._fields == ("loss", "pred", "mask", "target")
+    assert isinstance(out, tuple) and out._fields == ("loss", "pred", "mask", "target", "aux", "main_loss")
     assert torch.equal(out.loss, ref.loss) and torch.equal(out.mask, ref.mask)
 
 

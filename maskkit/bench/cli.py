@@ -4,6 +4,7 @@ baseline, an official-style MAE and transformers' ViTMAE, plus the throughput of
     maskkit bench [--device auto|cpu|cuda] [--models vit_base_patch16,vit_large_patch16] [--batch-size B]
                   [--steps N] [--dtype auto|bf16|fp32] [--compile] [--variants mae,dense,official,hf]
                   [--workers W] [--no-data] [--set encoder.depth=2 ...] [--json results.json]
+    maskkit bench --masker NAME[,key=value,...] [--models quickstart] [...]   the extra cost of a masker
 
 Defaults depend on the device: on CUDA ViT-B/16 and ViT-L/16, batch 64, 10 timed rounds, bf16 autocast; on the
 CPU ViT-B/16 only, batch 8, 3 timed rounds, fp32 (a few minutes on 2 cores). The table is printed last.
@@ -58,6 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--masker", action="append", default=[], metavar="NAME[,key=value,...]",
+                   help="time this masker against random instead (drawing alone, and a training step with it, "
+                        "on each --models model; repeatable; needs the masker's plugin installed)")
     p.set_defaults(func=cmd_bench)
     return p
 
@@ -180,6 +184,12 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
             "transformers_missing": hf_missing, "verdicts": verdicts(step_results, data_results)}
 
 
+def torch_device(settings: BenchSettings):
+    import torch
+
+    return torch.device(settings.device)
+
+
 def _load() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -294,8 +304,44 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     _print_wide(console, table)
 
 
+def masker_costs(settings: BenchSettings, maskers: list[str], console: Console | None = None,
+                 registry=None) -> list:
+    """``--masker``: :func:`maskkit.bench.maskers.measure_masker_cost` of every masker on every model."""
+    import torch
+
+    from maskkit.bench.maskers import measure_masker_cost
+    from maskkit.bench.steps import model_spec
+    from maskkit.registry import Registry
+
+    registry = registry or Registry.from_plugins()  # the installed plugins: that is where maskers come from
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    amp_dtype = torch.bfloat16 if settings.dtype == "bf16" else None
+    costs = []
+    for name in settings.models:
+        spec = model_spec(name, settings.overrides, registry)
+        for masker in maskers:
+            if console is not None:
+                console.log(f"timing masker {masker} against random on {name}")
+            costs.append(measure_masker_cost(spec, masker, batch_size=settings.batch_size, steps=settings.steps,
+                                             warmup=settings.warmup, device=device, amp_dtype=amp_dtype,
+                                             registry=registry, seed=settings.seed))
+    return costs
+
+
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     settings = settings_from_args(args)
+    if args.masker:
+        costs = masker_costs(settings, args.masker, console)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump({"environment": environment(torch_device(settings), settings),
+                           "maskers": [{**attrs.asdict(c), "step_ratio": c.step_ratio} for c in costs]},
+                          handle, indent=2)
+        for cost in costs:
+            console.print(cost.line(), highlight=False, soft_wrap=True)
+        return 0
     results = run_benchmark(settings, console)
     if args.json:
         with open(args.json, "w") as handle:

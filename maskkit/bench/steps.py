@@ -86,17 +86,17 @@ class ModelSpec:
 
 def model_spec(name: str, overrides: Sequence[str] = (), registry=None) -> ModelSpec:
     """The MAE recipe for ``name``: the registered ``mae_<name>`` recipe when there is one (so the shipped
-    recipes are what is measured), else MAE's defaults (75% random masking, decoder 8 x 512, 16 heads,
+    recipes are what is measured), or the registered recipe ``name`` itself (``quickstart``), else MAE's defaults (75% random masking, decoder 8 x 512, 16 heads,
     norm-pix MSE) around the timm ViT ``name`` (``_224`` appended when ``name`` is not itself a timm model).
     ``overrides`` are recipe overrides (``encoder.depth=2``)."""
     import timm
 
     from maskkit.recipe import Recipe, load_recipe
 
-    recipe_name = f"mae_{name}"
-    if registry is not None and recipe_name in registry.entries("recipe"):
-        recipe = load_recipe(recipe_name, overrides, registry=registry)
-        return ModelSpec(name, recipe.tree, recipe_name)
+    for recipe_name in (f"mae_{name}", name):  # a registered recipe may be named directly (quickstart)
+        if registry is not None and recipe_name in registry.entries("recipe"):
+            recipe = load_recipe(recipe_name, overrides, registry=registry)
+            return ModelSpec(name, recipe.tree, recipe_name)
     timm_name = name if timm.is_model(name) else f"{name}_224"
     if not timm.is_model(timm_name):
         raise ConfigError("--models", f"{name!r} is neither a timm ViT nor one with '_224' appended "

@@ -157,6 +157,22 @@ class Plan:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
+def _check_blind_masker(masker, grid: tuple[int, int], variant, file: str | None) -> None:
+    """Draw a few masks of a blind masker and check them (bool, [B, N], the declared count), so a wrong one is
+    refused by the plan and not when its run starts; a masker that looks at the images is checked when drawn."""
+    from maskkit.errors import MaskError
+    from maskkit.interfaces import masker_context
+    from maskkit.masking import check_masker
+
+    name = variant.masker.get("name")
+    if {"images", "model"} & set(masker_context(masker, name)):
+        return
+    try:
+        check_masker(masker, grid, name=name, batch_size=4, seeds=(0, 1))
+    except MaskError as exc:
+        where = f"{file}: " if file else ""
+        raise MaskError(f"{where}variants.{variant.name}: {exc}") from None
+
 def _known(cls, tree: dict) -> dict:
     """The keys of ``tree`` that are fields of ``cls`` (a plan.json written by another version loads)."""
     names = {f.name for f in attrs.fields(cls)}
@@ -240,6 +256,7 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
         grid = tuple(encoder.grid)
         n = grid[0] * grid[1]
         hidden = masker.num_hidden(grid)
+        _check_blind_masker(masker, grid, variant, file)
         if encoder.sparse and hidden is None:
             raise ConfigError(f"variants.{variant.name}.masker", f"{variant.masker.get('name')} hides a varying "
                               "number of patches per sample, but the encoder is sparse (visible tokens only); use "

@@ -209,13 +209,20 @@ def make_samples(model, recipe: Recipe, registry, *, images: int, masks: int, se
     grid = tuple(model.grid)
     out: dict[str, Any] = {"grid": list(grid)}
     gen = torch.Generator().manual_seed(seed)
-    out["masks"] = model.masker(masks, grid, generator=gen, device="cpu").cpu() if masks else \
-        torch.zeros(0, grid[0] * grid[1], dtype=torch.bool)
+    if not masks:
+        out["masks"] = torch.zeros(0, grid[0] * grid[1], dtype=torch.bool)
+    elif {"images", "model"} & set(model.masker_context()):  # drawn on the first test images, on the device
+        samples = build_dataset(recipe, "test", registry)
+        batch = next(iter(eval_loader(samples, model.encoder.img_size, masks)))[0].to(device)
+        out["masks"] = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device,
+                                       images=batch).cpu()
+    else:
+        out["masks"] = model.draw_mask(masks, gen, "cpu").cpu()  # checked against what the masker declares
     if not images:
         return out
     test_set = build_dataset(recipe, "test", registry)
     batch = next(iter(eval_loader(test_set, model.encoder.img_size, min(images, len(test_set)))))[0].to(device)
-    mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device)
+    mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device, images=batch)
     k = batch.shape[0]
     try:
         rows = reconstruction_rows(model, batch, mask, test_set.mean, test_set.std)  # [K * 4, C, H, W]

@@ -43,7 +43,8 @@ class DistributedConfig:
     (DDP): whether DDP searches each step's autograd graph for parameters that got no gradient (a small cost per
     step); needed when some trainable parameter is unused, or DDP stops with "Expected to have finished
     reduction". ``null`` (default): true when the encoder is dense (the MAE decoder's mask token is then
-    unused), false otherwise. ``reshard_after_forward`` (FSDP): free each block's gathered parameters after its
+    unused) or the masker has trainable parameters (they train through its auxiliary losses only), false
+    otherwise. ``reshard_after_forward`` (FSDP): free each block's gathered parameters after its
     forward and gather them again in backward (least memory), or keep them until the backward (less traffic).
     """
 
@@ -160,6 +161,13 @@ class _TupleOutput(nn.Module):
         return cls(*attrs.astuple(out, recurse=False))
 
 
+def _masker_trains(model: nn.Module) -> bool:
+    """Whether the model's masker has trainable parameters: they get gradients only through its auxiliary
+    losses, which a masker may compute on some steps only (or from a draw that did not use every parameter)."""
+    masker = getattr(model, "masker", None)
+    return isinstance(masker, nn.Module) and any(p.requires_grad for p in masker.parameters())
+
+
 def parallelize(model: nn.Module, ctx: DistContext, cfg: DistributedConfig, device: torch.device) -> nn.Module:
     """The module to call for the forward pass of a multi-process run, over ``model`` (its parameters stay
     ``model``'s). Call it before building the optimizer: FSDP replaces the parameters by sharded ``DTensor`` ones.
@@ -178,7 +186,7 @@ def parallelize(model: nn.Module, ctx: DistContext, cfg: DistributedConfig, devi
     ids = [device.index] if device.type == "cuda" else None
     find = cfg.find_unused_parameters
     if find is None:  # (DDP's static_graph would find them by itself, but it breaks with no_sync accumulation)
-        find = not getattr(getattr(model, "encoder", None), "sparse", True)
+        find = not getattr(getattr(model, "encoder", None), "sparse", True) or _masker_trains(model)
     return nn.parallel.DistributedDataParallel(wrapper, device_ids=ids, find_unused_parameters=find)
 
 

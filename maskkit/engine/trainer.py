@@ -36,11 +36,13 @@ from maskkit.engine import run_folder
 from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
                                         no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
-from maskkit.errors import CheckpointError, ConfigError, RunInterrupted, TrainingError
+from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
 
 CHECKPOINT_NAME = run_folder.CHECKPOINT_NAME
+# Micro-steps at the start of a GPU run whose mask counts are checked on the host (then on the device only).
+_SYNC_CHECKED_STEPS = 3
 # Sections that may change between a checkpoint and its resumption without breaking exactness.
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every"),
                       ("train", "num_workers"), ("train", "device"), ("data", "on_bad_image"),
@@ -116,6 +118,7 @@ class Trainer:
         self.resume_path = Path(resume) if resume else None
         self.hook = self.registry.plugin_manager.hook
         self.step = 0
+        self._first_micro = 0  # the first micro-step of this call to fit (mask counts checked on the host)
         self.model: torch.nn.Module | None = None
         self.lock = run_folder.RunLock(self.run_dir)
         self.bad_images = BadImages(recipe.on_bad_image)
@@ -178,7 +181,8 @@ class Trainer:
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
         if cfg.compile:  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
             for component in self.model.children():
-                component.compile()
+                if component is not self.model.masker:  # maskers draw from generators, often data-dependent
+                    component.compile()
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
         if self.dist.is_main:
@@ -201,12 +205,40 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
 
-    def _draw_mask(self, micro_step: int) -> torch.Tensor:
-        """This rank's slice of the global batch's masks for ``micro_step``."""
-        gen = torch.Generator(device=self.device).manual_seed(mask_seed(self.recipe.seed, micro_step))
-        mask = self.model.draw_mask(self.global_batch, gen, self.device)  # [G, N]
+    def _mask_generator(self, micro_step: int) -> torch.Generator:
+        """The mask generator of ``micro_step``: the same on every rank."""
+        return torch.Generator(device=self.device).manual_seed(mask_seed(self.recipe.seed, micro_step))
+
+    def _rows(self) -> slice:
+        """This rank's rows of the global batch."""
         b = self.cfg.batch_size
-        return mask[self.dist.rank * b:(self.dist.rank + 1) * b]
+        return slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+
+    def _sync_checks(self, micro_step: int) -> bool:
+        """Check mask counts on the host (a sync) on CPU, and on the first micro-steps of a run on a GPU;
+        afterwards by a device-side assertion that the loop does not wait for."""
+        return self.device.type == "cpu" or micro_step < self._first_micro + _SYNC_CHECKED_STEPS
+
+    def _draw_mask(self, micro_step: int) -> torch.Tensor:
+        """This rank's slice of the global batch's masks for ``micro_step`` (a blind masker)."""
+        mask = self.model.draw_mask(self.global_batch, self._mask_generator(micro_step), self.device,
+                                    step=self.step, epoch=self.step / self.steps_per_epoch,
+                                    sync_checks=self._sync_checks(micro_step))  # [G, N], checked
+        return mask[self._rows()]
+
+    def _forward(self, images: torch.Tensor, micro_step: int, num_visible: int | None):
+        """One micro-step's forward. A blind masker draws the global batch's masks here (every rank keeps its
+        rows); any other is drawn inside the model's forward, where DDP and FSDP see its parameters, from the same
+        generator on every rank, told which ``rows`` of the global batch this rank holds."""
+        if self.model.masker_is_blind():
+            mask = self.bad_images.keep(self._draw_mask(micro_step))  # the rows of the images that were readable
+            return self.forward_model(images, mask=mask, num_visible=num_visible)
+        rows = self._rows()
+        if images.shape[0] < rows.stop - rows.start:  # unreadable images left out (data.on_bad_image: skip): such a
+            rows = slice(rows.start, rows.start + images.shape[0])  # batch's masks depend on the world size
+        return self.forward_model(images, generator=self._mask_generator(micro_step), step=self.step,
+                                  epoch=self.step / self.steps_per_epoch, rows=rows,
+                                  sync_checks=self._sync_checks(micro_step))
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -255,7 +287,8 @@ class Trainer:
         checkpoint_path = self.run_dir / CHECKPOINT_NAME
         progress = self._progress()
         task = progress.add_task("train", total=self.total_steps, completed=self.step, loss=float("nan"),
-                                 lr=0.0, ips=0.0)
+                                 lr=0.0, ips=0.0, aux="")
+        self._first_micro = self.step * cfg.accum_steps
         batches = self._batches()
         model.train()
         try:
@@ -269,16 +302,20 @@ class Trainer:
                     self.hook.maskkit_step_start(trainer=self, model=model, step=self.step)
                     num_visible = model.num_visible()  # after the hook, which may change the masker
                     step_loss = torch.zeros((), device=self.device)
+                    step_parts: dict[str, torch.Tensor] = {}  # "loss_main", "aux/<component>.<name>": on device
                     for micro in range(cfg.accum_steps):
                         epoch, images, _ = next(batches)
                         images = images.to(self.device, non_blocking=True)
-                        mask = self._draw_mask(self.step * cfg.accum_steps + micro)
-                        mask = self.bad_images.keep(mask)  # the rows of the images that were readable
                         sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
                         with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), self._autocast():
-                            out = self.forward_model(images, mask=mask, num_visible=num_visible)
+                            out = self._forward(images, self.step * cfg.accum_steps + micro, num_visible)
                         (out.loss / cfg.accum_steps).backward()
                         step_loss += out.loss.detach().float() / cfg.accum_steps
+                        if out.aux:
+                            for key, value in {"loss_main": out.main_loss,
+                                               **{f"aux/{k}": v for k, v in out.aux.items()}}.items():
+                                part = value.detach().float() / cfg.accum_steps
+                                step_parts[key] = step_parts[key] + part if key in step_parts else part
                     if cfg.clip_grad:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                     self.optimizer.step()
@@ -299,21 +336,32 @@ class Trainer:
                         now = time.perf_counter()
                         global_step_loss = float(self.dist.mean(step_loss))
                         mean_loss = float(self.dist.mean(window_loss)) / window_steps
+                        parts = {}
+                        if step_parts:  # one collective for all of them
+                            values = self.dist.mean(torch.stack(list(step_parts.values()))).tolist()
+                            parts = dict(zip(step_parts, values))
                         ips = window_steps * self.effective_batch / max(now - window_start, 1e-9)
                         last_loss = global_step_loss
                         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                  "loss": global_step_loss, "loss_avg": mean_loss, "lr": lr,
+                                  "loss": global_step_loss, **parts, "loss_avg": mean_loss, "lr": lr,
                                   "images_per_s": ips, "time": now - start_time}
                         if metrics_file:
                             metrics_file.write(json.dumps(record) + "\n")
                             metrics_file.flush()
-                        progress.update(task, completed=self.step, loss=global_step_loss, lr=lr, ips=ips)
+                        aux_text = "".join(f"  {k.removeprefix('aux/')} {v:.4f}" for k, v in parts.items()
+                                           if k.startswith("aux/"))
+                        progress.update(task, completed=self.step, loss=global_step_loss, lr=lr, ips=ips,
+                                        aux=aux_text)
                         window_loss.zero_()
                         window_steps, window_start = 0, now
                     if finished_epoch:
                         self.hook.maskkit_epoch_end(trainer=self, model=model, epoch=self.step // self.steps_per_epoch - 1)
                     if must_ckpt:
                         self.save_checkpoint(checkpoint_path)
+        except RuntimeError as exc:
+            if "device-side assert" in str(exc):  # CUDA reports the failed assertion at a later sync
+                raise self._device_check_error(exc) from exc
+            raise
         finally:
             if metrics_file:
                 metrics_file.close()
@@ -329,6 +377,15 @@ class Trainer:
                                f"{self.run_dir / run_folder.BAD_IMAGES_NAME}")
         return TrainResult(self.run_dir, self.step, last_loss, wall, done * self.effective_batch / max(wall, 1e-9),
                            checkpoint_path, done, len(found))
+
+    def _device_check_error(self, exc: RuntimeError) -> MaskError:
+        """A one-line error for a failed device-side assertion, which on a GPU is how a wrong mask count shows
+        after the first steps (:func:`maskkit.masking.check_mask` with ``sync=False``)."""
+        first = str(exc).strip().splitlines()[0]
+        hidden = self.model.masker.num_hidden(self.grid)
+        return MaskError(f"a device-side assertion failed by step {self.step} ({first}); the engine asserts there "
+                         f"that masker {self.model.masker_name} hides its declared {hidden} patches in every sample: "
+                         f"check its masks with `maskkit masks show {self.model.masker_name}`")
 
     def _check_finite(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
         bad_step = int(self.dist.max(first_bad))
@@ -417,6 +474,7 @@ class Trainer:
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"),
+                        TextColumn("loss {task.fields[loss]:.4f}{task.fields[aux]}  lr {task.fields[lr]:.2e}  "
+                                   "{task.fields[ips]:.0f} img/s"),
                         TimeRemainingColumn(), console=self.console,
                         disable=not (self.show_progress and getattr(self, "dist", None) is not None and self.dist.is_main))
