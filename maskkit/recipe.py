@@ -46,7 +46,7 @@ class TrainConfig:
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=v.betas, converter=tuple)
     clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
-    compile: bool = attrs.field(default=False, validator=v.boolean)
+    compile: bool | str = attrs.field(default="auto", validator=v.boolean_or_auto)  # auto: on CUDA only
     device: str = attrs.field(default="auto")
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
     log_every: int = attrs.field(default=10, validator=v.positive_int)

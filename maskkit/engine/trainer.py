@@ -71,6 +71,13 @@ def pick_device(spec: str, dist: DistContext | None = None) -> torch.device:
     return torch.device(spec)
 
 
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """``train.compile``: ``auto`` compiles on CUDA (the sparse encoder's shapes are static, so compiled kernels
+    pay there, most at small launch-bound batches) and runs eagerly elsewhere (compiling costs about a minute on
+    a small CPU, longer than most CPU runs)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
 def versions(registry: Registry) -> dict[str, str]:
     import timm
 
@@ -152,9 +159,10 @@ class Trainer:
         self.grid = self.model.grid
         train_set = build_dataset(recipe, "train", self.registry, in_chans=self.model.encoder.in_chans)
         aug = recipe.augment
-        transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
-                                   mean=train_set.mean, std=train_set.std)
-        self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed, catch_bad=True)
+        # the workers crop and flip; the bytes cross processes as uint8 and are normalised on the device
+        self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,
+                                        hflip=aug.hflip, mean=train_set.mean, std=train_set.std, output="uint8")
+        self.train_set = AugmentedDataset(train_set, self.transform, recipe.data_seed, catch_bad=True)
         self.global_batch = cfg.batch_size * self.dist.world_size
         self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
                                           rank=self.dist.rank, world_size=self.dist.world_size)
@@ -179,7 +187,7 @@ class Trainer:
                                       f"{ckpt.describe_mismatch(exc)}") from None
             self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
-        if cfg.compile:  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
+        if compile_enabled(cfg.compile, self.device):  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
             for component in self.model.children():
                 if component is not self.model.masker:  # maskers draw from generators, often data-dependent
                     component.compile()
@@ -305,7 +313,7 @@ class Trainer:
                     step_parts: dict[str, torch.Tensor] = {}  # "loss_main", "aux/<component>.<name>": on device
                     for micro in range(cfg.accum_steps):
                         epoch, images, _ = next(batches)
-                        images = images.to(self.device, non_blocking=True)
+                        images = self.transform.normalize_batch(images.to(self.device, non_blocking=True))
                         sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
                         with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), self._autocast():
                             out = self._forward(images, self.step * cfg.accum_steps + micro, num_visible)
