@@ -40,7 +40,7 @@ NO_KERNEL = {
     "aten::result_type", "aten::is_nonzero", "aten::item", "aten::size", "aten::stride", "aten::numel",
     "aten::contiguous", "aten::set_", "aten::narrow", "aten::flatten", "aten::unflatten", "aten::view_as",
     "aten::expand_as", "aten::_has_compatible_shallow_copy_type", "aten::is_same_size", "aten::to",
-    "aten::_local_scalar_dense", "aten::type_as", "aten::_to_copy",
+    "aten::_local_scalar_dense", "aten::type_as",
 }
 
 

@@ -253,6 +253,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _no_autocast(self):
+        """Inside :meth:`_autocast` (open for a whole optimizer step, so that autocast's cache casts each weight
+        once per step rather than once per micro-step): the backward pass, which autocast must not wrap."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
+
     def _batches(self):
         """Yield ``(epoch, images, labels)`` micro-batches from the current step on, across epochs."""
         accum = self.cfg.accum_steps
@@ -311,19 +318,21 @@ class Trainer:
                     num_visible = model.num_visible()  # after the hook, which may change the masker
                     step_loss = torch.zeros((), device=self.device)
                     step_parts: dict[str, torch.Tensor] = {}  # "loss_main", "aux/<component>.<name>": on device
-                    for micro in range(cfg.accum_steps):
-                        epoch, images, _ = next(batches)
-                        images = self.transform.normalize_batch(images.to(self.device, non_blocking=True))
-                        sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
-                        with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), self._autocast():
-                            out = self._forward(images, self.step * cfg.accum_steps + micro, num_visible)
-                        (out.loss / cfg.accum_steps).backward()
-                        step_loss += out.loss.detach().float() / cfg.accum_steps
-                        if out.aux:
-                            for key, value in {"loss_main": out.main_loss,
-                                               **{f"aux/{k}": v for k, v in out.aux.items()}}.items():
-                                part = value.detach().float() / cfg.accum_steps
-                                step_parts[key] = step_parts[key] + part if key in step_parts else part
+                    with self._autocast():  # weights change at optimizer.step only: cast them once per step
+                        for micro in range(cfg.accum_steps):
+                            epoch, images, _ = next(batches)
+                            images = self.transform.normalize_batch(images.to(self.device, non_blocking=True))
+                            sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
+                            with no_grad_sync(self.forward_model) if sync else contextlib.nullcontext():
+                                out = self._forward(images, self.step * cfg.accum_steps + micro, num_visible)
+                            with self._no_autocast():
+                                (out.loss / cfg.accum_steps).backward()
+                            step_loss += out.loss.detach().float() / cfg.accum_steps
+                            if out.aux:
+                                for key, value in {"loss_main": out.main_loss,
+                                                   **{f"aux/{k}": v for k, v in out.aux.items()}}.items():
+                                    part = value.detach().float() / cfg.accum_steps
+                                    step_parts[key] = step_parts[key] + part if key in step_parts else part
                     if cfg.clip_grad:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                     self.optimizer.step()
