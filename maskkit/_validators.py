@@ -54,3 +54,8 @@ def boolean(inst, attribute, value):
 def boolean_or_auto(inst, attribute, value):
     if not (isinstance(value, bool) or value == "auto"):
         raise ConfigError(attribute.name, expected("true, false or auto", value))
+
+
+def positive_int_or_auto(inst, attribute, value):
+    if value != "auto":
+        positive_int(inst, attribute, value)

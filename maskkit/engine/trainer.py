@@ -33,6 +33,7 @@ from maskkit.data.loading import AugmentedDataset, BadImages, GlobalBatchSampler
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
+from maskkit.engine.batch_rule import StepShape, pick_batch
 from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
                                         no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
@@ -142,6 +143,9 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         resume_state = ckpt.load_training_checkpoint(self.resume_path) if self.resume_path else None
+        if cfg.auto_batch and resume_state is not None:  # a resumed run keeps its checkpoint's picks
+            self.recipe = recipe = self._resolve_auto_batch(resume_state)
+            self.cfg = cfg = recipe.train
         if resume_state is not None:
             self._check_resumable(resume_state)
         if self.dist.is_main:  # one run per folder; a folder left by a crash is made usable again
@@ -150,6 +154,9 @@ class Trainer:
                                resume_step=int(resume_state["step"]) if resume_state is not None else None)
         torch.manual_seed(recipe.seed)  # parameter init is a function of the seed (the same on every rank)
         self.model = build_model(recipe, self.registry).to(self.device)
+        if cfg.auto_batch:  # picked for this device; the picks go into the run folder's recipe.yaml
+            self.recipe = recipe = self._resolve_auto_batch(None)
+            self.cfg = cfg = recipe.train
         # dropout and drop-path draw from the global generators: a stream per rank, so that ranks do not drop
         # the same paths for the samples at the same place of their slices
         torch.manual_seed(runtime_seed(recipe.seed, self.dist.rank))
@@ -164,6 +171,10 @@ class Trainer:
                                         hflip=aug.hflip, mean=train_set.mean, std=train_set.std, output="uint8")
         self.train_set = AugmentedDataset(train_set, self.transform, recipe.data_seed, catch_bad=True)
         self.global_batch = cfg.batch_size * self.dist.world_size
+        if cfg.effective_batch is not None and self.global_batch * cfg.accum_steps != cfg.effective_batch:
+            raise ConfigError("train.effective_batch", f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x "
+                              f"world size {self.dist.world_size} = {self.global_batch * cfg.accum_steps}, not "
+                              f"{cfg.effective_batch} (or use batch_size: auto, accum_steps: auto)", file=recipe.file)
         self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
                                           rank=self.dist.rank, world_size=self.dist.world_size)
         micro_per_epoch = len(self.sampler)
@@ -197,6 +208,27 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(recipe.dump())
             (self.run_dir / "versions.json").write_text(json.dumps(versions(self.registry), indent=2) + "\n")
+
+    def _resolve_auto_batch(self, resume_state: dict | None) -> Recipe:
+        """The recipe with ``batch_size: auto`` replaced by numbers: the checkpoint's when resuming (the batches of
+        a run must not change), else :func:`~maskkit.engine.batch_rule.pick_batch`'s for this device."""
+        saved = ((resume_state or {}).get("recipe") or {}).get("train") or {}
+        if isinstance(saved.get("batch_size"), int) and isinstance(saved.get("accum_steps"), int):
+            micro, accum = saved["batch_size"], saved["accum_steps"]
+        elif self.model is None:  # a checkpoint without picks: pick once the model is built
+            return self.recipe
+        else:
+            cfg = self.cfg
+            memory = (torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda"
+                      else None)
+            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+            micro, accum = pick_batch(StepShape.of(self.model), effective_batch=cfg.effective_batch,
+                                      world_size=self.dist.world_size, device_type=self.device.type,
+                                      memory_bytes=memory, bf16=bf16)
+        if self.dist.is_main:
+            self.console.log(f"batch_size: auto -> {micro} per process x accum_steps {accum} x "
+                             f"{self.dist.world_size} process(es) = {micro * accum * self.dist.world_size}")
+        return self.recipe.with_overrides([f"train.batch_size={micro}", f"train.accum_steps={accum}"])
 
     def _check_resumable(self, state: dict) -> None:
         saved_world = state.get("world_size", 1)
