@@ -73,21 +73,32 @@ def loader_throughput(dataset, transform, *, batch_size: int, workers: int, imag
         del loader  # stops persistent workers
 
 
-def write_jpegs(folder: Path, count: int, *, seed: int = 0, quality: int = 90) -> Path:
+def write_jpegs(folder: Path, count: int, *, seed: int = 0, quality: int = 90,
+                pool: ProcessPoolExecutor | None = None) -> Path:
     """``count`` RGB JPEGs in ``folder/images/`` (one class), sizes 400-600 x 300-450 px, smooth random
-    content plus noise (so they compress like photos rather than like flat colour or pure noise)."""
-    from PIL import Image
-
+    content plus noise (so they compress like photos rather than like flat colour or pure noise). File ``i``
+    depends on ``(seed, i)`` only; ``pool`` writes them in its processes."""
     root = folder / "images"
     root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
+    if pool is None:
+        _write_jpeg_range(root, 0, count, seed, quality)
+    else:
+        step = -(-count // 64)
+        list(pool.map(_write_jpeg_range, *zip(*[(root, lo, min(lo + step, count), seed, quality)
+                                                 for lo in range(0, count, step)])))
+    return folder
+
+
+def _write_jpeg_range(root: Path, start: int, stop: int, seed: int, quality: int) -> None:
+    from PIL import Image
+
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
         w, h = int(rng.integers(400, 601)), int(rng.integers(300, 451))
         small = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
         img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
         array = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, size=(h, w, 3))
         Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(root / f"{i:05d}.jpg", quality=quality)
-    return folder
 
 
 def files_for(workers: int, batch_size: int, batches_per_worker: int = 4, least: int = 256) -> int:
@@ -180,14 +191,14 @@ def imagefolder_pipeline(*, workers: int, images: int | None, batch_size: int, f
     files = files or files_for(workers, batch_size)
     images = images or files
     with tempfile.TemporaryDirectory(prefix="maskkit-bench-") as tmp:
-        root = write_jpegs(Path(folder or tmp), files)
+        pool = plain_pool(workers) if baseline and workers > 0 else None
+        root = write_jpegs(Path(folder or tmp), files, pool=pool)
         dataset = ImageFolder(root, in_chans=3)
         transform = TrainTransform(img_size, scale=(0.2, 1.0), hflip=True, mean=dataset.mean,
                                    std=dataset.std, output=output)
         batch = min(batch_size, files)
         paths = [str(path) for path, _ in dataset.samples]
         paths = (paths * (-(-images // len(paths))))[:images]
-        pool = plain_pool(workers) if baseline and workers > 0 else None
         loader_rates, plain_rates, ratios, counted_total, seconds_total = [], [], [], 0, 0.0
         try:
             for round_ in range(max(1, rounds) if baseline else 1):
