@@ -147,6 +147,8 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
         data_results.append(bench_data.quickstart_pipeline(workers=settings.workers, images=n_quick,
                                                            registry=registry, pin_memory=device.type == "cuda"))
         files = bench_data.files_for(settings.workers, settings.batch_size)
+        if settings.data_images:  # a short run asked for: no more files than images timed
+            files = max(settings.batch_size, min(files, settings.data_images))
         say(f"data pipeline: ImageFolder JPEG decode + RandomResizedCrop, {settings.workers} workers, {files} "
             "files, against a plain decode + crop loop on as many processes")
         data_results.append(bench_data.imagefolder_pipeline(workers=settings.workers, images=settings.data_images,
