@@ -57,17 +57,17 @@ class _Dispatched(TorchDispatchMode):
 
 
 def count_ops(step, *, top: int = 0, profiler: bool = True) -> dict:
-    """``{"ops": n, "kernels": n, "top": [(name, n)...]}`` for one call of ``step`` (``ops`` is None without
-    ``profiler``)."""
+    """``{"ops": n, "kernels": n, "top": [(name, n)...]}``: ``kernels`` from one call of ``step``, ``ops`` from a
+    second one under the profiler (apart: the dispatch mode's own calls would add profiler events); ``ops`` is
+    None without ``profiler``."""
     mode = _Dispatched()
+    with mode:
+        step()
+    ops = None
     if profiler:
-        with profile(activities=[ProfilerActivity.CPU]) as prof, mode:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         ops = sum(e.name.startswith("aten::") for e in prof.events())
-    else:
-        with mode:
-            step()
-        ops = None
     kernels = collections.Counter({k: n for k, n in mode.counts.items() if k not in NO_KERNEL})
     return {"ops": ops, "kernels": sum(kernels.values()), "top": kernels.most_common(top)}
 
