@@ -96,6 +96,10 @@ def test_trainer_records_the_picks_and_scales_the_lr(tmp_path, builtin_registry)
     saved = yaml.safe_load((tmp_path / "recipe.yaml").read_text())["train"]
     assert (saved["batch_size"], saved["accum_steps"], saved["effective_batch"]) == (64, 2, 128)  # CPU: 64
     assert trainer.effective_batch == 128 and math.isclose(trainer.base_lr, 1e-3 * 128 / 256)
-    tree["train"].update(batch_size=32, accum_steps=2)  # numbers that do not make the effective batch
+    tree["train"]["max_steps"] = 2  # a resume of the auto recipe takes the checkpoint's picks and is accepted
+    resumed = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False,
+                      resume=tmp_path / "checkpoint.pth")
+    assert resumed.fit().steps == 2 and (resumed.cfg.batch_size, resumed.cfg.accum_steps) == (64, 2)
+    tree["train"].update(batch_size=32, accum_steps=2, max_steps=1)  # numbers that do not make the effective batch
     with pytest.raises(maskkit.ConfigError, match="train.effective_batch: batch_size 32 x accum_steps 2"):
         Trainer(maskkit.Recipe(tree), tmp_path / "bad", registry=builtin_registry, progress=False).fit()
