@@ -49,3 +49,13 @@ def betas(inst, attribute, value):
 def boolean(inst, attribute, value):
     if not isinstance(value, bool):
         raise ConfigError(attribute.name, expected("true or false", value))
+
+
+def boolean_or_auto(inst, attribute, value):
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError(attribute.name, expected("true, false or auto", value))
+
+
+def positive_int_or_auto(inst, attribute, value):
+    if value != "auto":
+        positive_int(inst, attribute, value)

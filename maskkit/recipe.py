@@ -32,12 +32,16 @@ SECTIONS = ("description", "seed", "data_seed", "data", "augment", "masker", "en
 @attrs.frozen(kw_only=True)
 class TrainConfig:
     """The ``train`` section. ``batch_size`` is per process and micro-step; the effective batch is
-    ``batch_size * accum_steps * world_size``; ``lr`` defaults to ``base_lr * effective_batch / 256``."""
+    ``batch_size * accum_steps * world_size``; ``lr`` defaults to ``base_lr * effective_batch / 256``.
+    ``batch_size: auto`` (with ``accum_steps: auto`` and ``effective_batch``) lets the trainer pick both for the
+    device and world size, keeping ``effective_batch`` (:mod:`maskkit.engine.batch_rule`); with numbers, a
+    given ``effective_batch`` is checked against them when the world size is known."""
 
     epochs: int = attrs.field(default=1, validator=v.positive_int)
     max_steps: int | None = attrs.field(default=None, validator=v.optional(v.positive_int))
-    batch_size: int = attrs.field(default=64, validator=v.positive_int)
-    accum_steps: int = attrs.field(default=1, validator=v.positive_int)
+    batch_size: int | str = attrs.field(default=64, validator=v.positive_int_or_auto)
+    accum_steps: int | str = attrs.field(default=1, validator=v.positive_int_or_auto)
+    effective_batch: int | None = attrs.field(default=None, validator=v.optional(v.positive_int))
     base_lr: float = attrs.field(default=1.5e-4, validator=v.non_negative_float)
     lr: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     min_lr: float = attrs.field(default=0.0, validator=v.non_negative_float)
@@ -46,11 +50,25 @@ class TrainConfig:
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=v.betas, converter=tuple)
     clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
-    compile: bool = attrs.field(default=False, validator=v.boolean)
+    compile: bool | str = attrs.field(default="auto", validator=v.boolean_or_auto)  # auto: on CUDA only
     device: str = attrs.field(default="auto")
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
     log_every: int = attrs.field(default=10, validator=v.positive_int)
     ckpt_every: int = attrs.field(default=0, validator=v.non_negative_int)
+
+    def __attrs_post_init__(self):
+        auto = self.batch_size == "auto"
+        if auto != (self.accum_steps == "auto"):
+            raise ConfigError("batch_size" if not auto else "accum_steps",
+                              "batch_size: auto and accum_steps: auto go together (the rule picks both)")
+        if auto and self.effective_batch is None:
+            raise ConfigError("effective_batch", "expected with batch_size: auto: the total batch that the picked "
+                                                 "batch_size x accum_steps x world size must make")
+
+    @property
+    def auto_batch(self) -> bool:
+        """Whether the trainer picks ``batch_size`` and ``accum_steps`` (``batch_size: auto``)."""
+        return self.batch_size == "auto"
 
 
 @attrs.frozen(kw_only=True)

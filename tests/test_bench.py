@@ -106,9 +106,23 @@ def test_round_robin_rotates_the_order_and_times_the_peak_each_round():
 def test_data_pipelines_run_with_workers(tmp_path):
     quick = bench_data.quickstart_pipeline(workers=1, images=256)
     assert quick.images >= 256 and quick.images_per_s > 0 and quick.batch_size == 128
-    jpeg = bench_data.imagefolder_pipeline(workers=0, images=6, batch_size=2, files=4, folder=tmp_path)
+    jpeg = bench_data.imagefolder_pipeline(workers=0, images=6, batch_size=2, files=4, folder=tmp_path, rounds=2)
     assert len(list((tmp_path / "images").glob("*.jpg"))) == 4
-    assert jpeg.images >= 6 and jpeg.images_per_s > 0
+    assert jpeg.images >= 12 and jpeg.images_per_s > 0 and jpeg.files == 4  # two rounds of at least 6
+    assert jpeg.baseline_images_per_s > 0 and jpeg.ratio_range[0] <= jpeg.ratio <= jpeg.ratio_range[1]
+
+
+def test_jpeg_files_keep_every_worker_busy_and_the_plain_loop_runs_in_processes(tmp_path):
+    assert bench_data.files_for(8, 64) == 8 * 64 * 4 and bench_data.files_for(2, 8) == 256  # at least 256
+    assert bench_data.files_for(0, 64) == 256
+    root = bench_data.write_jpegs(tmp_path, 6)
+    paths = sorted(str(p) for p in (root / "images").glob("*.jpg"))
+    pool = bench_data.plain_pool(2)
+    try:
+        done, seconds = bench_data.plain_loop_throughput(paths, processes=2, pool=pool)
+    finally:
+        pool.shutdown()
+    assert done == 6 and seconds > 0
 
 
 def test_cpu_defaults_and_argument_errors():

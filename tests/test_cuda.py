@@ -131,6 +131,60 @@ def test_train_compile_trains_like_eager_on_cpu(tmp_path, builtin_registry):
     torch.testing.assert_close(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), atol=1e-4, rtol=1e-4)
 
 
+class CastCounter(TorchDispatchMode):
+    """Counts float32 -> bfloat16 casts (``aten::_to_copy``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name == "aten::_to_copy" and (kwargs or {}).get("dtype") == torch.bfloat16:
+            self.casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_bf16_weights_are_cast_once_per_optimizer_step_not_per_micro_step(tmp_path, builtin_registry):
+    """The trainer keeps one autocast context over a step's micro-steps (backward outside autocast), so its cache
+    casts the weights in the first micro-step only; the later ones cast just the activations."""
+    per_forward: list[int] = []
+    linears: list[int] = []
+
+    class CountCasts:
+        @maskkit.hookimpl
+        def maskkit_train_start(self, trainer, model):
+            linears.append(sum(isinstance(m, torch.nn.Linear) for m in model.modules()))
+            def start(module, args):
+                module._casts = CastCounter()
+                module._casts.__enter__()
+
+            def end(module, args, output):
+                module._casts.__exit__(None, None, None)
+                per_forward.append(module._casts.casts)
+
+            model.register_forward_pre_hook(start)
+            model.register_forward_hook(end)
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"count-casts": CountCasts()})
+    tree = tiny_tree()
+    tree["train"].update(max_steps=2, batch_size=4, accum_steps=3, ckpt_every=0, precision="bf16", device="cpu")
+    result = Trainer(maskkit.Recipe(tree), tmp_path, registry=registry, progress=False).fit()
+    assert result.final_loss == result.final_loss and len(per_forward) == 6
+    first, later = per_forward[0], per_forward[1]
+    assert per_forward == [first, later, later] * 2
+    assert first - later >= 2 * linears[0]  # at least every linear layer's weight and bias
+
+
+def test_compile_auto_means_cuda_only():
+    from maskkit.engine.trainer import compile_enabled
+
+    assert compile_enabled("auto", torch.device("cuda")) and not compile_enabled("auto", torch.device("cpu"))
+    assert compile_enabled(True, torch.device("cpu")) and not compile_enabled(False, torch.device("cuda"))
+    assert maskkit.Recipe(tiny_tree()).train.compile == "auto"
+    with pytest.raises(maskkit.ConfigError, match="train.compile: expected true, false or auto"):
+        maskkit.Recipe(tiny_tree(train={**tiny_tree()["train"], "compile": "yes"})).train
+
+
 # -- CUDA only ----------------------------------------------------------------------------------------------
 
 

@@ -285,6 +285,32 @@ def test_train_transform_flip_only(embedded_train: FashionMNIST) -> None:
     assert resized.shape == (1, 56, 56)
 
 
+@pytest.mark.parametrize("source", ["fashion_mnist", "jpeg"])
+def test_uint8_output_normalised_later_equals_the_float_output(source: str, embedded_train: FashionMNIST,
+                                                               tmp_path: Path) -> None:
+    """The trainer's route (workers crop to uint8, the device normalises the batch) gives exactly the values of
+    normalising in the worker, on real images: Fashion-MNIST, and JPEGs read by ImageFolder (a channels-last
+    view, the crop's input) with a PIL grayscale copy that must be converted."""
+    if source == "jpeg":
+        from maskkit.bench.data import write_jpegs
+
+        write_jpegs(tmp_path, 3)
+        Image.open(tmp_path / "images" / "00000.jpg").convert("L").save(tmp_path / "images" / "gray.jpg")
+        base, size = ImageFolder(tmp_path / "images"), (48, 40)
+        assert not base[0][0].is_contiguous() and base[3][0].shape[0] == 3  # grey file -> RGB
+    else:
+        base, size = embedded_train, (32, 24)
+    as_float = TrainTransform(size, mean=base.mean, std=base.std)
+    as_uint8 = TrainTransform(size, mean=base.mean, std=base.std, output="uint8")
+    for i in range(4 if source == "jpeg" else 8):
+        img = base[i][0]
+        crop = as_uint8(img, sample_generator(3, 1, i))
+        assert crop.dtype == torch.uint8 and crop.is_contiguous() and crop.shape[-2:] == size
+        assert torch.equal(as_uint8.normalize_batch(crop[None])[0], as_float(img, sample_generator(3, 1, i)))
+    with pytest.raises(ValueError, match="output"):
+        TrainTransform(8, output="float16")
+
+
 def test_eval_transform_and_denormalize() -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     g = torch.Generator().manual_seed(0)

@@ -2,12 +2,13 @@
 baseline, an official-style MAE and transformers' ViTMAE, plus the throughput of the data pipeline alone.
 
     maskkit bench [--device auto|cpu|cuda] [--models vit_base_patch16,vit_large_patch16] [--batch-size B]
-                  [--steps N] [--dtype auto|bf16|fp32] [--compile] [--variants mae,dense,official,hf]
+                  [--steps N] [--dtype auto|bf16|fp32] [--[no-]compile] [--variants mae,dense,official,hf]
                   [--workers W] [--no-data] [--set encoder.depth=2 ...] [--json results.json]
     maskkit bench --masker NAME[,key=value,...] [--models quickstart] [...]   the extra cost of a masker
 
 Defaults depend on the device: on CUDA ViT-B/16 and ViT-L/16, batch 64, 10 timed rounds, bf16 autocast; on the
-CPU ViT-B/16 only, batch 8, 3 timed rounds, fp32 (a few minutes on 2 cores). The table is printed last.
+CPU ViT-B/16 only, batch 8, 3 timed rounds, fp32 (a few minutes on 2 cores). Models are compiled on CUDA (as
+``train.compile: auto`` trains them) and eager on the CPU. The table is printed last.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                               "(default 3 on CUDA, 1 on CPU; at least 3 with --compile)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on CPU, as training does)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile each model (default: on CUDA, as train.compile: auto; --no-compile for eager)")
     p.add_argument("--variants", default="mae,dense,official,hf",
                    help="which of mae (maskkit), dense (mask-token encoder), official (models_mae.py "
                         "structure), hf (transformers) to run")
     p.add_argument("--workers", type=int, help="data-loader workers for the data pipelines (default: CPU count, "
                                                "at most 8)")
     p.add_argument("--data-images", type=int, default=None,
-                   help="images timed per data pipeline (default 2048 quickstart / 256 JPEG on CPU; 4x on CUDA)")
+                   help="images timed per data pipeline (default 2048 quickstart, 4x on CUDA; JPEG: one pass over "
+                        "its files, enough for every worker to be busy for 4 batches)")
     p.add_argument("--no-data", action="store_true", help="skip the data-pipeline measurement")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override for the models, e.g. --set encoder.depth=2 (repeatable)")
@@ -88,7 +91,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     import torch
 
     from maskkit.bench.steps import VARIANTS
-    from maskkit.engine.trainer import pick_device
+    from maskkit.engine.trainer import compile_enabled, pick_device
     from maskkit.errors import ConfigError
 
     device = pick_device(args.device)
@@ -108,12 +111,13 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     if args.warmup is not None and args.warmup < 1:
         raise ConfigError("--warmup", f"expected a positive int (the FLOP-counted step), got {args.warmup}")
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    compile_ = compile_enabled("auto" if args.compile is None else args.compile, device)  # the trainer's rule
     warmup = args.warmup or defaults["warmup"]
-    if args.compile:
+    if compile_:
         warmup = max(warmup, 3)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     return BenchSettings(str(device), models, args.batch_size or defaults["batch_size"],
-                         args.steps or defaults["steps"], warmup, dtype, args.compile, variants, workers,
+                         args.steps or defaults["steps"], warmup, dtype, compile_, variants, workers,
                          args.data_images, not args.no_data, tuple(args.overrides), args.seed, args.threads)
 
 
@@ -139,14 +143,16 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
     if settings.data:
         scale = 4 if device.type == "cuda" else 1
         n_quick = settings.data_images or 2048 * scale
-        n_jpeg = settings.data_images or 256 * scale
         say(f"data pipeline: quickstart loader, {settings.workers} workers")
         data_results.append(bench_data.quickstart_pipeline(workers=settings.workers, images=n_quick,
                                                            registry=registry, pin_memory=device.type == "cuda"))
-        say(f"data pipeline: ImageFolder JPEG decode + RandomResizedCrop, {settings.workers} workers")
-        data_results.append(bench_data.imagefolder_pipeline(workers=settings.workers, images=n_jpeg,
-                                                            batch_size=settings.batch_size,
-                                                            files=max(64, 2 * settings.batch_size),
+        files = bench_data.files_for(settings.workers, settings.batch_size)
+        if settings.data_images:  # a short run asked for: no more files than images timed
+            files = max(settings.batch_size, min(files, settings.data_images))
+        say(f"data pipeline: ImageFolder JPEG decode + RandomResizedCrop, {settings.workers} workers, {files} "
+            "files, against a plain decode + crop loop on as many processes")
+        data_results.append(bench_data.imagefolder_pipeline(workers=settings.workers, images=settings.data_images,
+                                                            batch_size=settings.batch_size, files=files,
                                                             pin_memory=device.type == "cuda"))
 
     kinds = list(settings.variants)
@@ -239,7 +245,8 @@ def verdicts(step_results, data_results) -> list[str]:
         if jpeg is not None:
             side = ("the data pipeline limits" if jpeg.images_per_s < mae.images_per_s else
                     "the model step limits")
-            parts.append(f"JPEG pipeline {jpeg.images_per_s:.0f} img/s with {jpeg.workers} workers, so {side}")
+            plain = "" if jpeg.ratio is None else f", {jpeg.ratio:.2f} of a plain decode + crop loop"
+            parts.append(f"JPEG pipeline {jpeg.images_per_s:.0f} img/s with {jpeg.workers} workers{plain}, so {side}")
         lines.append("; ".join(parts))
     return lines
 
@@ -266,11 +273,18 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     env = results["environment"]
     if results["data"]:
         table = Table(title="data pipeline alone (the trainer's loader, no model)", box=box.SIMPLE_HEAD)
-        for column in ("pipeline", "what", "workers", "batch", "images/s"):
-            table.add_column(column, justify="right" if column in ("workers", "batch", "images/s") else "left")
+        numeric = ("workers", "files", "batch", "images/s", "plain loop", "loader / plain")
+        for column in ("pipeline", "what") + numeric:
+            table.add_column(column, justify="right" if column in numeric else "left")
         for d in results["data"]:
-            table.add_row(d["pipeline"], d["description"], str(d["workers"]), str(d["batch_size"]),
-                          f"{d['images_per_s']:.0f}")
+            ratio = d.get("ratio")
+            table.add_row(d["pipeline"], d["description"], str(d["workers"]), str(d.get("files") or "-"),
+                          str(d["batch_size"]), f"{d['images_per_s']:.0f}",
+                          "-" if d.get("baseline_images_per_s") is None else f"{d['baseline_images_per_s']:.0f}",
+                          "-" if ratio is None else f"{ratio:.2f} ({d['ratio_range'][0]:.2f}-{d['ratio_range'][1]:.2f})")
+        table.caption = ("plain loop: PIL decode + torchvision RandomResizedCrop + flip on the PIL image in as many "
+                         "processes, no loader; loader / plain: median (range) of the rounds' ratios, timed "
+                         "side by side")
         _print_wide(console, table)
     if results["transformers_missing"]:
         console.print("transformers is not installed: no ViTMAEForPreTraining reference rows")

@@ -5,16 +5,24 @@ Two pipelines, both the trainer's own classes (``AugmentedDataset`` + ``TrainTra
 
 * ``quickstart``: the embedded Fashion-MNIST subset at 28 px, as ``recipes/quickstart.yaml`` trains;
 * ``imagefolder``: an ``ImageFolder`` of JPEGs written to a temporary folder (ImageNet-like sizes around
-  500 x 375), decoded with PIL, RandomResizedCrop to 224 + flip + normalisation: the per-image work of MAE's
-  ImageNet pretraining.
+  500 x 375), decoded with PIL, RandomResizedCrop to 224 + flip (uint8 out of the workers; the trainer
+  normalises on the device): the per-image work of MAE's ImageNet pretraining. It writes enough files for every
+  worker to be busy for several batches (:func:`files_for`), and times, side by side in the same run and on the
+  same number of processes, a plain loop (PIL decode + torchvision's ``RandomResizedCrop`` on the PIL image +
+  flip, no loader, no batching, nothing sent between processes): the ratio of the two says how much the
+  loader's own machinery costs, and the rounds alternate so that a shared machine's drift hits both alike.
 
-The first batch (worker start-up) is not timed.
+The first batch (worker start-up) and the plain loop's process start-up are not timed.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -33,6 +41,10 @@ class DataResult:
     images: int  # images timed
     seconds: float
     images_per_s: float
+    files: int | None = None  # files in the folder (JPEG pipeline)
+    baseline_images_per_s: float | None = None  # the plain decode + crop loop, same processes (median round)
+    ratio: float | None = None  # loader / plain loop, the median of the rounds' ratios
+    ratio_range: tuple[float, float] | None = None  # the least and greatest round's ratio
 
 
 def loader_throughput(dataset, transform, *, batch_size: int, workers: int, images: int, seed: int = 0,
@@ -61,21 +73,91 @@ def loader_throughput(dataset, transform, *, batch_size: int, workers: int, imag
         del loader  # stops persistent workers
 
 
-def write_jpegs(folder: Path, count: int, *, seed: int = 0, quality: int = 90) -> Path:
+def write_jpegs(folder: Path, count: int, *, seed: int = 0, quality: int = 90,
+                pool: ProcessPoolExecutor | None = None) -> Path:
     """``count`` RGB JPEGs in ``folder/images/`` (one class), sizes 400-600 x 300-450 px, smooth random
-    content plus noise (so they compress like photos rather than like flat colour or pure noise)."""
-    from PIL import Image
-
+    content plus noise (so they compress like photos rather than like flat colour or pure noise). File ``i``
+    depends on ``(seed, i)`` only; ``pool`` writes them in its processes."""
     root = folder / "images"
     root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
+    if pool is None:
+        _write_jpeg_range(root, 0, count, seed, quality)
+    else:
+        step = -(-count // 64)
+        list(pool.map(_write_jpeg_range, *zip(*[(root, lo, min(lo + step, count), seed, quality)
+                                                 for lo in range(0, count, step)])))
+    return folder
+
+
+def _write_jpeg_range(root: Path, start: int, stop: int, seed: int, quality: int) -> None:
+    from PIL import Image
+
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
         w, h = int(rng.integers(400, 601)), int(rng.integers(300, 451))
         small = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3)).astype(np.uint8)
         img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
         array = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, size=(h, w, 3))
         Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(root / f"{i:05d}.jpg", quality=quality)
-    return folder
+
+
+def files_for(workers: int, batch_size: int, batches_per_worker: int = 4, least: int = 256) -> int:
+    """JPEGs to write so that every one of ``workers`` loader processes gets ``batches_per_worker`` batches of
+    ``batch_size`` per epoch (at least ``least``): fewer files than ``workers x batch`` leave workers idle."""
+    return max(least, max(workers, 1) * batch_size * batches_per_worker)
+
+
+def _plain_decode_crop(paths: list[str], img_size: int, seed: int) -> int:
+    """The baseline's per-image work in one process: PIL decode to RGB, torchvision's ``RandomResizedCrop``
+    (scale 0.2-1, bicubic) and a random flip on the PIL image, then a uint8 array. Returns the images done."""
+    import torch
+    import torchvision.transforms as T
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    crop = T.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC)
+    for path in paths:
+        with Image.open(path) as img:
+            out = crop(img.convert("RGB"))
+        if torch.rand(()) < 0.5:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        np.asarray(out)
+    return len(paths)
+
+
+def _ready(_: int) -> int:
+    time.sleep(0.05)  # long enough for the pool to start every process
+    return os.getpid()
+
+
+def plain_loop_throughput(paths: list[str], *, processes: int, img_size: int = 224, seed: int = 0,
+                          pool: ProcessPoolExecutor | None = None) -> tuple[int, float]:
+    """``(images, seconds)`` of :func:`_plain_decode_crop` over ``paths`` split into ``processes`` contiguous
+    shares run at once (in this process when ``processes`` is 0). ``pool``: started processes to reuse (their
+    start-up is never timed)."""
+    if processes == 0:
+        start = time.perf_counter()
+        done = _plain_decode_crop(paths, img_size, seed)
+        return done, time.perf_counter() - start
+    shares = [paths[i::processes] for i in range(processes)]
+    own = pool is None
+    pool = pool or plain_pool(processes)
+    try:
+        start = time.perf_counter()
+        done = sum(pool.map(_plain_decode_crop, shares, [img_size] * processes, range(seed, seed + processes)))
+        return done, time.perf_counter() - start
+    finally:
+        if own:
+            pool.shutdown()
+
+
+def plain_pool(processes: int) -> ProcessPoolExecutor:
+    """``processes`` started worker processes (forked where the platform can, as the DataLoader's are)."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method))
+    list(pool.map(_ready, range(4 * processes)))  # start them all before any timing
+    return pool
 
 
 def quickstart_pipeline(*, workers: int, images: int, registry=None, pin_memory: bool = False) -> DataResult:
@@ -87,7 +169,7 @@ def quickstart_pipeline(*, workers: int, images: int, registry=None, pin_memory:
     dataset = build_dataset(recipe, "train", registry)
     enc, aug = recipe.tree["encoder"], recipe.augment
     transform = TrainTransform(enc["img_size"], scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
-                               mean=dataset.mean, std=dataset.std)
+                               mean=dataset.mean, std=dataset.std, output="uint8")  # as the trainer's workers
     batch = recipe.train.batch_size
     counted, seconds = loader_throughput(dataset, transform, batch_size=batch, workers=workers, images=images,
                                          pin_memory=pin_memory)
@@ -95,18 +177,51 @@ def quickstart_pipeline(*, workers: int, images: int, registry=None, pin_memory:
                       counted, seconds, counted / seconds)
 
 
-def imagefolder_pipeline(*, workers: int, images: int, batch_size: int, files: int = 64, img_size: int = 224,
-                         folder: Path | None = None, pin_memory: bool = False) -> DataResult:
-    """JPEG decode + RandomResizedCrop(``img_size``, scale 0.2-1) + flip + normalise from an ``ImageFolder`` of
-    ``files`` generated JPEGs (in ``folder``, or a temporary folder removed afterwards)."""
+def imagefolder_pipeline(*, workers: int, images: int | None, batch_size: int, files: int | None = None,
+                         img_size: int = 224, folder: Path | None = None, pin_memory: bool = False,
+                         rounds: int = 3, baseline: bool = True, output: str = "uint8") -> DataResult:
+    """JPEG decode + RandomResizedCrop(``img_size``, scale 0.2-1) + flip from an ``ImageFolder`` of ``files``
+    generated JPEGs (default :func:`files_for`; in ``folder``, or a temporary folder removed afterwards), through
+    the trainer's loader with ``workers`` processes, ``images`` timed per round (default: ``files``). With
+    ``baseline``, each of ``rounds`` rounds also times the plain loop on as many processes over the same number
+    of images, alternating which goes first; the rates are the rounds' medians. ``output="float"`` normalises
+    in the workers instead (what the trainer did before it moved that to the device), for comparison."""
     from maskkit.data.image_folder import ImageFolder
 
+    files = files or files_for(workers, batch_size)
+    images = images or files
     with tempfile.TemporaryDirectory(prefix="maskkit-bench-") as tmp:
-        root = write_jpegs(Path(folder or tmp), files)
+        pool = plain_pool(workers) if baseline and workers > 0 else None
+        root = write_jpegs(Path(folder or tmp), files, pool=pool)
         dataset = ImageFolder(root, in_chans=3)
-        transform = TrainTransform(img_size, scale=(0.2, 1.0), hflip=True, mean=dataset.mean, std=dataset.std)
+        transform = TrainTransform(img_size, scale=(0.2, 1.0), hflip=True, mean=dataset.mean,
+                                   std=dataset.std, output=output)
         batch = min(batch_size, files)
-        counted, seconds = loader_throughput(dataset, transform, batch_size=batch, workers=workers, images=images,
-                                             pin_memory=pin_memory)
+        paths = [str(path) for path, _ in dataset.samples]
+        paths = (paths * (-(-images // len(paths))))[:images]
+        loader_rates, plain_rates, ratios, counted_total, seconds_total = [], [], [], 0, 0.0
+        try:
+            for round_ in range(max(1, rounds) if baseline else 1):
+                order = ("loader", "plain") if round_ % 2 == 0 else ("plain", "loader")
+                rates = {}
+                for which in order if baseline else ("loader",):
+                    if which == "loader":
+                        counted, seconds = loader_throughput(dataset, transform, batch_size=batch, workers=workers,
+                                                             images=images, seed=round_, pin_memory=pin_memory)
+                        counted_total, seconds_total = counted_total + counted, seconds_total + seconds
+                    else:
+                        counted, seconds = plain_loop_throughput(paths, processes=workers, img_size=img_size,
+                                                                 seed=round_, pool=pool)
+                    rates[which] = counted / seconds
+                loader_rates.append(rates["loader"])
+                if baseline:
+                    plain_rates.append(rates["plain"])
+                    ratios.append(rates["loader"] / rates["plain"])
+        finally:
+            if pool is not None:
+                pool.shutdown()
     return DataResult("imagefolder", f"JPEG ~500x375 decode + RandomResizedCrop {img_size}", workers, batch,
-                      counted, seconds, counted / seconds)
+                      counted_total, seconds_total, statistics.median(loader_rates), files,
+                      statistics.median(plain_rates) if plain_rates else None,
+                      statistics.median(ratios) if ratios else None,
+                      (min(ratios), max(ratios)) if ratios else None)

@@ -76,16 +76,18 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """``(image uint8 [in_chans, H, W], label int)``."""
+        """``(image uint8 [in_chans, H, W], label int)``: a channels-last view of the decoded pixels (no
+        reordering copy; a crop then reads it in place)."""
         path, label = self.samples[index]
+        mode = "RGB" if self.in_chans == 3 else "L"
         try:
             with Image.open(path) as img:
-                array = np.array(img.convert("RGB" if self.in_chans == 3 else "L"))
+                array = np.array(img if img.mode == mode else img.convert(mode))  # convert() to the same mode copies
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what PIL raises
             raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
         if array.ndim == 2:
             array = array[:, :, None]
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), label
+        return torch.from_numpy(array).permute(2, 0, 1), label
 
     def __repr__(self) -> str:
         return f"ImageFolder(root='{self.root}', n={len(self)}, classes={len(self.classes)}, in_chans={self.in_chans})"

@@ -80,6 +80,7 @@ class _Normalize:
         self._std_t = None if std is None else torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """``[..., C, H, W]`` (one image or a batch, on any device) -> float32, same shape and device."""
         x = img.to(torch.float32, copy=True)  # never write into the caller's tensor
         if img.dtype == torch.uint8:
             x.div_(255.0)
@@ -87,7 +88,10 @@ class _Normalize:
             return x
         if self._mean_t.shape[0] not in (1, x.shape[-3]):
             raise ValueError(f"mean/std have {self._mean_t.shape[0]} channels, image has {x.shape[-3]}")
-        return x.sub_(self._mean_t).div_(self._std_t)
+        mean, std = self._mean_t, self._std_t
+        if x.device != mean.device:  # a few floats, copied without waiting for the device
+            mean, std = mean.to(x.device, non_blocking=True), std.to(x.device, non_blocking=True)
+        return x.sub_(mean).div_(std)
 
 
 def _check_image(img: torch.Tensor) -> None:
@@ -104,12 +108,20 @@ class TrainTransform:
     when both are None). The crop (``scale``, ``ratio`` as in torchvision's ``RandomResizedCrop``) is
     resized bicubically with antialiasing; ``scale=None`` skips the crop and only resizes to
     ``img_size``. Flip with probability 0.5 when ``hflip``. Draws: crop parameters, then the flip.
+
+    ``output="uint8"`` stops before the normalisation: the crop comes back in the input's dtype (uint8 for a
+    uint8 image, a quarter of float32's bytes between loader processes), contiguous, and
+    :meth:`normalize_batch` finishes the job on a whole batch on the device. Both routes give the same values.
     """
 
     def __init__(self, img_size: Size, scale: tuple[float, float] | None = (0.2, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 output: str = "float"):
         self.img_size = _pair(img_size)
+        if output not in ("float", "uint8"):
+            raise ValueError(f"output: expected 'float' or 'uint8', got {output!r}")
+        self.output = output
         if scale is not None and not (0 < scale[0] <= scale[1]):
             raise ValueError(f"scale: expected 0 < min <= max, got {tuple(scale)}")
         if not (0 < ratio[0] <= ratio[1]):
@@ -121,7 +133,7 @@ class TrainTransform:
         self.mean, self.std = self._normalize.mean, self._normalize.std
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """uint8 ``[C, H, W]`` -> float32 ``[C, img_h, img_w]``."""
+        """uint8 ``[C, H, W]`` -> float32 ``[C, img_h, img_w]`` (uint8 with ``output="uint8"``)."""
         _check_image(img)
         height, width = img.shape[-2:]
         size = list(self.img_size)
@@ -133,11 +145,18 @@ class TrainTransform:
             img = F.resize(img, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
         if self.hflip and torch.rand((), generator=generator).item() < 0.5:
             img = img.flip(-1)
+        if self.output == "uint8":
+            return img.contiguous()
         return self._normalize(img)
+
+    def normalize_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """What ``output="float"`` does last, for crops made with ``output="uint8"``: ``[..., C, H, W]`` (uint8 or
+        float, any device) -> float32 normalised with ``mean``/``std``, on the same device."""
+        return self._normalize(images)
 
     def __repr__(self) -> str:
         return (f"TrainTransform(img_size={self.img_size}, scale={self.scale}, ratio={self.ratio}, "
-                f"hflip={self.hflip}, mean={self.mean}, std={self.std})")
+                f"hflip={self.hflip}, mean={self.mean}, std={self.std}, output={self.output!r})")
 
 
 class EvalTransform:

@@ -33,6 +33,7 @@ from maskkit.data.loading import AugmentedDataset, BadImages, GlobalBatchSampler
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
+from maskkit.engine.batch_rule import StepShape, pick_batch
 from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
                                         no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
@@ -69,6 +70,13 @@ def pick_device(spec: str, dist: DistContext | None = None) -> torch.device:
             return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
         return torch.device("cpu")
     return torch.device(spec)
+
+
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """``train.compile``: ``auto`` compiles on CUDA (the sparse encoder's shapes are static, so compiled kernels
+    pay there, most at small launch-bound batches) and runs eagerly elsewhere (compiling costs about a minute on
+    a small CPU, longer than most CPU runs)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
 
 
 def versions(registry: Registry) -> dict[str, str]:
@@ -135,6 +143,9 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         resume_state = ckpt.load_training_checkpoint(self.resume_path) if self.resume_path else None
+        if cfg.auto_batch and resume_state is not None:  # a resumed run keeps its checkpoint's picks
+            self.recipe = recipe = self._resolve_auto_batch(resume_state)
+            self.cfg = cfg = recipe.train
         if resume_state is not None:
             self._check_resumable(resume_state)
         if self.dist.is_main:  # one run per folder; a folder left by a crash is made usable again
@@ -143,6 +154,9 @@ class Trainer:
                                resume_step=int(resume_state["step"]) if resume_state is not None else None)
         torch.manual_seed(recipe.seed)  # parameter init is a function of the seed (the same on every rank)
         self.model = build_model(recipe, self.registry).to(self.device)
+        if cfg.auto_batch:  # picked for this device; the picks go into the run folder's recipe.yaml
+            self.recipe = recipe = self._resolve_auto_batch(None)
+            self.cfg = cfg = recipe.train
         # dropout and drop-path draw from the global generators: a stream per rank, so that ranks do not drop
         # the same paths for the samples at the same place of their slices
         torch.manual_seed(runtime_seed(recipe.seed, self.dist.rank))
@@ -152,10 +166,15 @@ class Trainer:
         self.grid = self.model.grid
         train_set = build_dataset(recipe, "train", self.registry, in_chans=self.model.encoder.in_chans)
         aug = recipe.augment
-        transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip,
-                                   mean=train_set.mean, std=train_set.std)
-        self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed, catch_bad=True)
+        # the workers crop and flip; the bytes cross processes as uint8 and are normalised on the device
+        self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,
+                                        hflip=aug.hflip, mean=train_set.mean, std=train_set.std, output="uint8")
+        self.train_set = AugmentedDataset(train_set, self.transform, recipe.data_seed, catch_bad=True)
         self.global_batch = cfg.batch_size * self.dist.world_size
+        if cfg.effective_batch is not None and self.global_batch * cfg.accum_steps != cfg.effective_batch:
+            raise ConfigError("train.effective_batch", f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x "
+                              f"world size {self.dist.world_size} = {self.global_batch * cfg.accum_steps}, not "
+                              f"{cfg.effective_batch} (or use batch_size: auto, accum_steps: auto)", file=recipe.file)
         self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
                                           rank=self.dist.rank, world_size=self.dist.world_size)
         micro_per_epoch = len(self.sampler)
@@ -179,7 +198,7 @@ class Trainer:
                                       f"{ckpt.describe_mismatch(exc)}") from None
             self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
-        if cfg.compile:  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
+        if compile_enabled(cfg.compile, self.device):  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
             for component in self.model.children():
                 if component is not self.model.masker:  # maskers draw from generators, often data-dependent
                     component.compile()
@@ -189,6 +208,27 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(recipe.dump())
             (self.run_dir / "versions.json").write_text(json.dumps(versions(self.registry), indent=2) + "\n")
+
+    def _resolve_auto_batch(self, resume_state: dict | None) -> Recipe:
+        """The recipe with ``batch_size: auto`` replaced by numbers: the checkpoint's when resuming (the batches of
+        a run must not change), else :func:`~maskkit.engine.batch_rule.pick_batch`'s for this device."""
+        saved = ((resume_state or {}).get("recipe") or {}).get("train") or {}
+        if isinstance(saved.get("batch_size"), int) and isinstance(saved.get("accum_steps"), int):
+            micro, accum = saved["batch_size"], saved["accum_steps"]
+        elif self.model is None:  # a checkpoint without picks: pick once the model is built
+            return self.recipe
+        else:
+            cfg = self.cfg
+            memory = (torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda"
+                      else None)
+            bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+            micro, accum = pick_batch(StepShape.of(self.model), effective_batch=cfg.effective_batch,
+                                      world_size=self.dist.world_size, device_type=self.device.type,
+                                      memory_bytes=memory, bf16=bf16)
+        if self.dist.is_main:
+            self.console.log(f"batch_size: auto -> {micro} per process x accum_steps {accum} x "
+                             f"{self.dist.world_size} process(es) = {micro * accum * self.dist.world_size}")
+        return self.recipe.with_overrides([f"train.batch_size={micro}", f"train.accum_steps={accum}"])
 
     def _check_resumable(self, state: dict) -> None:
         saved_world = state.get("world_size", 1)
@@ -244,6 +284,13 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _no_autocast(self):
+        """Inside :meth:`_autocast` (open for a whole optimizer step, so that autocast's cache casts each weight
+        once per step rather than once per micro-step): the backward pass, which autocast must not wrap."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
 
     def _batches(self):
         """Yield ``(epoch, images, labels)`` micro-batches from the current step on, across epochs."""
@@ -303,19 +350,21 @@ class Trainer:
                     num_visible = model.num_visible()  # after the hook, which may change the masker
                     step_loss = torch.zeros((), device=self.device)
                     step_parts: dict[str, torch.Tensor] = {}  # "loss_main", "aux/<component>.<name>": on device
-                    for micro in range(cfg.accum_steps):
-                        epoch, images, _ = next(batches)
-                        images = images.to(self.device, non_blocking=True)
-                        sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
-                        with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), self._autocast():
-                            out = self._forward(images, self.step * cfg.accum_steps + micro, num_visible)
-                        (out.loss / cfg.accum_steps).backward()
-                        step_loss += out.loss.detach().float() / cfg.accum_steps
-                        if out.aux:
-                            for key, value in {"loss_main": out.main_loss,
-                                               **{f"aux/{k}": v for k, v in out.aux.items()}}.items():
-                                part = value.detach().float() / cfg.accum_steps
-                                step_parts[key] = step_parts[key] + part if key in step_parts else part
+                    with self._autocast():  # weights change at optimizer.step only: cast them once per step
+                        for micro in range(cfg.accum_steps):
+                            epoch, images, _ = next(batches)
+                            images = self.transform.normalize_batch(images.to(self.device, non_blocking=True))
+                            sync = (self.dist.enabled and micro < cfg.accum_steps - 1)
+                            with no_grad_sync(self.forward_model) if sync else contextlib.nullcontext():
+                                out = self._forward(images, self.step * cfg.accum_steps + micro, num_visible)
+                            with self._no_autocast():
+                                (out.loss / cfg.accum_steps).backward()
+                            step_loss += out.loss.detach().float() / cfg.accum_steps
+                            if out.aux:
+                                for key, value in {"loss_main": out.main_loss,
+                                                   **{f"aux/{k}": v for k, v in out.aux.items()}}.items():
+                                    part = value.detach().float() / cfg.accum_steps
+                                    step_parts[key] = step_parts[key] + part if key in step_parts else part
                     if cfg.clip_grad:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                     self.optimizer.step()

@@ -1,0 +1,151 @@
+"""The GPU goals of issue 10 as one table: each goal, the measured value, pass / fail / unmeasured.
+
+``scripts/gpu-check.sh`` runs the benchmarks and a short ``maskkit train``, writing JSON into one folder, and
+then ``python -m maskkit.bench.goals FOLDER`` prints the table (and writes ``FOLDER/goals.json``). The files it
+reads, each optional (a goal whose file is missing is *unmeasured*):
+
+* ``bench-L64.json``: ``maskkit bench`` ViT-L/16, batch 64, compiled (the headline), variants mae, dense, hf;
+* ``bench-L64-eager.json``: the same, eager (transformers against maskkit, eager against eager);
+* ``bench-Lauto.json``: ViT-L/16 at the micro-batch ``batch_size: auto`` picks for this GPU, compiled;
+* ``bench-B64.json``: ViT-B/16, batch 64, with the data pipeline (loader against a plain decode + crop loop);
+* ``train-B64/metrics.jsonl``: ``maskkit train`` of ViT-B/16 at batch 64 on generated JPEGs, the same
+  compile setting as ``bench-B64.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class GoalRow:
+    goal: str
+    target: str
+    measured: str  # "-" when unmeasured
+    status: str  # pass | fail | unmeasured
+    value: float | None = None
+
+
+def _step(bench: dict | None, model: str, variant: str) -> dict | None:
+    if not bench:
+        return None
+    return next((r for r in bench.get("steps", []) if r["model"] == model and r["variant"] == variant), None)
+
+
+def _ratio_row(goal: str, bound: float, bench: dict | None, model: str, slow: str, fast: str = "mae") -> GoalRow:
+    """``slow``'s seconds per step over ``fast``'s (> 1: ``fast`` is faster) against ``>= bound``."""
+    a, b = _step(bench, model, slow), _step(bench, model, fast)
+    if a is None or b is None:
+        return GoalRow(goal, f">= {bound:g}x", "-", "unmeasured")
+    value = a["seconds"] / b["seconds"]
+    return GoalRow(goal, f">= {bound:g}x", f"{value:.2f}x", "pass" if value >= bound else "fail", value)
+
+
+def _mfu_row(goal: str, bound: float, bench: dict | None, model: str) -> GoalRow:
+    row = _step(bench, model, "mae")
+    if row is None:
+        return GoalRow(goal, f">= {100 * bound:.0f}%", "-", "unmeasured")
+    batch = f" (batch {row['batch_size']})"
+    return GoalRow(goal, f">= {100 * bound:.0f}%", f"{100 * row['mfu']:.1f}%{batch}",
+                   "pass" if row["mfu"] >= bound else "fail", row["mfu"])
+
+
+def train_images_per_s(metrics: list[dict]) -> float | None:
+    """Steady-state images/s of a run: the median of its logged windows after the first (start-up, compilation)."""
+    rates = [m["images_per_s"] for m in metrics if "images_per_s" in m]
+    return statistics.median(rates[1:]) if len(rates) > 1 else None
+
+
+def evaluate(results: dict[str, Any]) -> list[GoalRow]:
+    """The goals' rows from ``results``: ``{"L64", "L64-eager", "Lauto", "B64": bench JSON, "train-B64": list
+    of metrics records}`` (any may be missing)."""
+    L, B = "vit_large_patch16", "vit_base_patch16"
+    l64, l64e, lauto, b64 = (results.get(k) for k in ("L64", "L64-eager", "Lauto", "B64"))
+    rows = [
+        _mfu_row("ViT-L/16 MAE MFU at the recipe's auto batch", 0.50, lauto, L),
+        _mfu_row("ViT-L/16 MAE MFU at batch 64", 0.35, l64, L),
+        _ratio_row("ViT-L/16 vs transformers' ViTMAE (compiled vs compiled, batch 64)", 1.3, l64, L, "hf"),
+        _ratio_row("ViT-L/16 vs transformers' ViTMAE (eager vs eager, batch 64)", 1.3, l64e, L, "hf"),
+        _ratio_row("ViT-L/16 sparse encoder vs mask-token encoder", 3.0, l64 or l64e, L, "dense"),
+        _ratio_row("ViT-B/16 sparse encoder vs mask-token encoder", 2.5, b64, B, "dense"),
+    ]
+    bench_b = _step(b64, B, "mae")
+    train = train_images_per_s(results.get("train-B64") or [])
+    if bench_b is None or train is None:
+        rows.append(GoalRow("maskkit train / bench images/s (ViT-B/16, batch 64)", ">= 0.90", "-", "unmeasured"))
+    else:
+        value = train / bench_b["images_per_s"]
+        rows.append(GoalRow("maskkit train / bench images/s (ViT-B/16, batch 64)", ">= 0.90",
+                            f"{value:.2f} ({train:.0f} / {bench_b['images_per_s']:.0f})",
+                            "pass" if value >= 0.9 else "fail", value))
+    jpeg = next((d for d in (b64 or {}).get("data", []) if d["pipeline"] == "imagefolder"), None)
+    if jpeg is None or jpeg.get("ratio") is None:
+        rows.append(GoalRow("ImageFolder loader / plain decode + crop loop (same processes)", ">= 0.90", "-",
+                            "unmeasured"))
+    else:
+        lo, hi = jpeg["ratio_range"]
+        rows.append(GoalRow("ImageFolder loader / plain decode + crop loop (same processes)", ">= 0.90",
+                            f"{jpeg['ratio']:.2f} ({lo:.2f}-{hi:.2f}), {jpeg['workers']} workers",
+                            "pass" if jpeg["ratio"] >= 0.9 else "fail", jpeg["ratio"]))
+    if jpeg is None or bench_b is None:
+        rows.append(GoalRow("JPEG loader (CPU workers) / ViT-B/16 MAE step rate", ">= 1.00", "-", "unmeasured"))
+    else:
+        value = jpeg["images_per_s"] / bench_b["images_per_s"]
+        rows.append(GoalRow("JPEG loader (CPU workers) / ViT-B/16 MAE step rate", ">= 1.00",
+                            f"{value:.2f} ({jpeg['images_per_s']:.0f} / {bench_b['images_per_s']:.0f} img/s)",
+                            "pass" if value >= 1.0 else "fail", value))
+    rows.append(GoalRow("GPU decode path (nvJPEG) / ViT-B/16 MAE step rate", ">= 1.00", "-", "unmeasured"))
+    return rows
+
+
+def load_results(folder: Path) -> dict[str, Any]:
+    """The JSON files of ``folder`` named in the module docstring (missing or unreadable ones left out)."""
+    results: dict[str, Any] = {}
+    for key in ("L64", "L64-eager", "Lauto", "B64"):
+        path = folder / f"bench-{key}.json"
+        try:
+            results[key] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    metrics = folder / "train-B64" / "metrics.jsonl"
+    if metrics.is_file():
+        results["train-B64"] = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return results
+
+
+def format_table(rows: list[GoalRow]) -> str:
+    """A plain-text table (it is printed last by a shell script, into a log)."""
+    width = max(len(r.goal) for r in rows)
+    measured = max(len(r.measured) for r in rows)
+    lines = [f"{'goal':<{width}}  {'target':>8}  {'measured':<{measured}}  result", "-" * (width + measured + 24)]
+    lines += [f"{r.goal:<{width}}  {r.target:>8}  {r.measured:<{measured}}  {r.status.upper()}" for r in rows]
+    passed = sum(r.status == "pass" for r in rows)
+    failed = sum(r.status == "fail" for r in rows)
+    lines.append(f"{passed} passed, {failed} failed, {len(rows) - passed - failed} unmeasured")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m maskkit.bench.goals FOLDER``: print the table, write ``FOLDER/goals.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m maskkit.bench.goals FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(args[0])
+    rows = evaluate(load_results(folder))
+    print(format_table(rows))
+    try:
+        (folder / "goals.json").write_text(json.dumps([attrs.asdict(r) for r in rows], indent=2) + "\n")
+    except OSError as exc:
+        print(f"could not write {folder / 'goals.json'}: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The goals table that ``scripts/gpu-check.sh`` prints last: parsing and pass/fail, on fabricated results."""
+
+from __future__ import annotations
+
+import json
+
+from maskkit.bench import goals
+
+L, B = "vit_large_patch16", "vit_base_patch16"
+
+
+def _bench(model, batch, **variants):
+    """A bench JSON with one row per ``variant=(seconds, mfu)``."""
+    return {"steps": [{"model": model, "variant": v, "batch_size": batch, "seconds": s, "mfu": mfu,
+                       "images_per_s": batch / s} for v, (s, mfu) in variants.items()], "data": []}
+
+
+def _write_folder(tmp_path):
+    (tmp_path / "bench-L64.json").write_text(json.dumps(_bench(L, 64, mae=(0.04, 0.36), dense=(0.13, 0.4),
+                                                               hf=(0.05, 0.3))))
+    (tmp_path / "bench-Lauto.json").write_text(json.dumps(_bench(L, 256, mae=(0.1, 0.45))))
+    b64 = _bench(B, 64, mae=(0.032, 0.2), dense=(0.064, 0.3))  # 2000 img/s, sparse 2.0x dense
+    b64["data"] = [{"pipeline": "quickstart", "images_per_s": 9e4},
+                   {"pipeline": "imagefolder", "images_per_s": 2500.0, "workers": 16, "ratio": 0.93,
+                    "ratio_range": [0.88, 0.97]}]
+    (tmp_path / "bench-B64.json").write_text(json.dumps(b64))
+    (tmp_path / "train-B64").mkdir()
+    records = [{"step": 10 * i, "images_per_s": rate} for i, rate in enumerate([300.0, 1900.0, 1850.0, 1950.0])]
+    (tmp_path / "train-B64" / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+
+
+def test_goals_from_a_folder_of_results(tmp_path, capsys):
+    _write_folder(tmp_path)
+    assert goals.main([str(tmp_path)]) == 0
+    rows = {r["goal"]: r for r in json.loads((tmp_path / "goals.json").read_text())}
+    status = {goal: r["status"] for goal, r in rows.items()}
+    assert status["ViT-L/16 MAE MFU at the recipe's auto batch"] == "fail"  # 45% < 50%
+    assert rows["ViT-L/16 MAE MFU at the recipe's auto batch"]["measured"] == "45.0% (batch 256)"
+    assert status["ViT-L/16 MAE MFU at batch 64"] == "pass"  # 36% >= 35%
+    assert status["ViT-L/16 vs transformers' ViTMAE (compiled vs compiled, batch 64)"] == "fail"  # 1.25x
+    assert status["ViT-L/16 vs transformers' ViTMAE (eager vs eager, batch 64)"] == "unmeasured"  # no file
+    assert status["ViT-L/16 sparse encoder vs mask-token encoder"] == "pass"  # 3.25x
+    assert status["ViT-B/16 sparse encoder vs mask-token encoder"] == "fail"  # 2.0x
+    train = rows["maskkit train / bench images/s (ViT-B/16, batch 64)"]
+    assert train["status"] == "pass" and abs(train["value"] - 1900 / 2000) < 1e-9  # median after the first window
+    assert status["ImageFolder loader / plain decode + crop loop (same processes)"] == "pass"
+    assert status["JPEG loader (CPU workers) / ViT-B/16 MAE step rate"] == "pass"  # 2500 / 2000
+    assert status["GPU decode path (nvJPEG) / ViT-B/16 MAE step rate"] == "unmeasured"
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "5 passed, 3 failed, 2 unmeasured"
+    assert "1.25x" in out and "FAIL" in out and "UNMEASURED" in out
+
+
+def test_an_empty_folder_is_all_unmeasured(tmp_path):
+    rows = goals.evaluate(goals.load_results(tmp_path))
+    assert rows and all(r.status == "unmeasured" and r.measured == "-" for r in rows)
+    (tmp_path / "bench-B64.json").write_text("{not json")  # a crashed benchmark leaves a broken file
+    assert goals.load_results(tmp_path) == {}
