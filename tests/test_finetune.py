@@ -272,3 +272,73 @@ def test_two_ddp_ranks_fine_tune_like_one_process(pretrained, tmp_path, monkeypa
     own = one.model.state_dict()
     diffs = {k: (v - own[k]).abs().max().item() for k, v in state["model"].items() if not k.endswith("qkv.bias")}
     assert max(diffs.values()) < 1e-5
+
+
+# -- fine-tuning as a comparison's evaluation ---------------------------------------------------------------
+
+
+class SmallFashion:
+    """Dataset ``small_fashion``: the first 96 train / 48 test embedded Fashion-MNIST images."""
+
+    @maskkit.hookimpl
+    def maskkit_add_datasets(self):
+        from maskkit.data.fashion_mnist import FashionMNIST
+
+        def small_fashion(split: str = "train"):
+            data = FashionMNIST(split, source="embedded")
+            n = 96 if split == "train" else 48
+            data.images, data.labels = data.images[:n], data.labels[:n]
+            return data
+
+        return {"small_fashion": small_fashion}
+
+
+def _compare_spec(folder: Path, finetune) -> Path:
+    tree = tiny_tree(data={"name": "small_fashion"})
+    tree["train"].update(max_steps=4, ckpt_every=0, log_every=1)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(tree))
+    spec = {"base": "tiny.yaml", "variants": {"r75": {}, "r50": {"masker.ratio": 0.5}}, "seeds": [0, 1],
+            "budget": {"match": "epochs", "steps": 2},
+            "eval": {"knn": True, "reconstructions": 0, "mask_samples": 0, "finetune": finetune}}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_compare_reports_fine_tuning_beside_knn_with_the_same_seeds(tmp_path):
+    from maskkit.compare import load_spec, make_plan, run_comparison
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+    spec_file = _compare_spec(tmp_path, {"recipe": "finetune_quickstart", "max_steps": 2, "batch_size": 8,
+                                         "device": "cpu"})
+    plan = make_plan(load_spec(spec_file, registry=registry), registry=registry)
+    out = tmp_path / "out"
+    outcome = run_comparison(plan, out, registry=registry, console=Console(file=io.StringIO()), progress=False)
+    assert not outcome.failed, outcome.errors
+    for variant in ("r75", "r50"):
+        for seed in (0, 1):
+            run = out / "runs" / variant / f"seed{seed}"
+            scores = json.loads((run / "eval.json").read_text())
+            tuned = json.loads((run / "finetune" / "finetune.json").read_text())
+            assert scores["finetune_top1"] == tuned["top1"] and tuned["test_images"] == 48 and tuned["steps"] == 2
+            ft_recipe = yaml.safe_load((run / "finetune" / "recipe.yaml").read_text())
+            assert (ft_recipe["seed"], ft_recipe["data_seed"]) == (seed, 0)
+            assert ft_recipe["data"] == {"name": "small_fashion"} and ft_recipe["finetune"]["layer_decay"] == 0.75
+    report = (out / "report" / "report.md").read_text()
+    assert "| kNN top-1 (%) | fine-tune top-1 (%) |" in report and "end-to-end fine-tuning top-1" in report
+    results = json.loads((out / "report" / "results.json").read_text())
+    r50 = results["variants"][1]
+    assert r50["finetune_top1"]["n"] == 2 and r50["delta_finetune_top1"]["n"] == 2
+
+
+def test_compare_spec_fine_tuning_errors_name_the_spec_and_key(tmp_path):
+    from maskkit.compare import load_spec
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+    for settings, message in [({"layer_decay": 2}, "eval.finetune.layer_decay: expected a number in (0, 1], got 2"),
+                              ({"mixpu": 0.5}, "eval.finetune.mixpu: unknown key (did you mean mixup?)"),
+                              ([1], "eval.finetune: expected a mapping")]:
+        spec_file = _compare_spec(tmp_path, settings)
+        with pytest.raises(ConfigError) as info:
+            load_spec(spec_file, registry=registry)
+        assert str(info.value).startswith(f"{spec_file}: {message}"), str(info.value)
