@@ -39,7 +39,7 @@ FT = {"epochs": 1, "max_steps": 4, "batch_size": 8, "base_lr": 1e-3, "warmup_epo
 def pretrained(tmp_path_factory) -> Path:
     """A maskkit pretraining checkpoint of a tiny MAE (3 blocks, 2 steps)."""
     tree = tiny_tree()
-    tree["encoder"]["depth"] = DEPTH
+    tree["encoder"].update(depth=DEPTH, embed_dim=64, num_heads=1)  # MAE's 64-wide heads, as official readers infer
     tree["train"].update(max_steps=2, ckpt_every=0)
     out = tmp_path_factory.mktemp("pre")
     Trainer(maskkit.Recipe(tree), out, progress=False).fit()
@@ -84,6 +84,44 @@ def test_pretrained_weights_are_loaded_features_equal(pretrained, builtin_regist
         after = classifier.forward_features(images)[:, 0]
     assert not torch.allclose(before, expected, atol=1e-3)
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+
+
+def test_every_pretrained_source_gives_the_same_classifier(pretrained, tmp_path):
+    """maskkit checkpoint, official MAE checkpoint ({"model": ...}), transformers ViTMAE folder, and a
+    fine-tuning checkpoint: the classifier built from each has the pretrained encoder's features."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.interop.vit_names import official_to_transformers
+
+    tree, state = read_pretrained(pretrained)
+    torch.save({"model": state}, tmp_path / "official.pth")
+    sources = {"official": tmp_path / "official.pth"}
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def features(source):
+        src_tree, src_state = read_pretrained(source)
+        model = build_classifier(src_tree["encoder"], 10, global_pool="token").eval()
+        load_pretrained_encoder(model, src_state, str(source))
+        with torch.no_grad():
+            return model.forward_features(images)[:, 0]
+
+    enc = tree["encoder"]
+    config = transformers.ViTMAEConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=enc["embed_dim"],
+                                       num_hidden_layers=DEPTH, num_attention_heads=1,
+                                       intermediate_size=4 * enc["embed_dim"], decoder_hidden_size=16,
+                                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                                       decoder_intermediate_size=64, layer_norm_eps=1e-6, norm_pix_loss=True)
+    hf = transformers.ViTMAEForPreTraining(config)
+    missing, unexpected = hf.load_state_dict(official_to_transformers(state), strict=False)
+    assert not [k for k in missing if not k.startswith("decoder.")] and not unexpected
+    hf.save_pretrained(tmp_path / "hf")
+    sources["transformers"] = tmp_path / "hf"
+    run = trainer(pretrained, tmp_path / "ft", max_steps=1, ema=False, global_pool="token", base_lr=0.0, lr=0.0,
+                  min_lr=0.0)
+    run.fit()
+    sources["finetuned"] = tmp_path / "ft" / "checkpoint.pth"
+    expected = features(pretrained)
+    for name, source in sources.items():
+        torch.testing.assert_close(features(source), expected, rtol=0, atol=1e-5, msg=name)
 
 
 def test_missing_encoder_weights_are_a_one_line_error(pretrained):
@@ -171,7 +209,7 @@ def test_checkpoint_is_weights_only_and_loads_into_timm(pretrained, tmp_path):
     assert state["kind"] == "finetune" and state["num_classes"] == 10
     enc = state["encoder"]
     model = timm.create_model(enc["name"], num_classes=10, global_pool="avg", img_size=28, patch_size=4, in_chans=1,
-                              embed_dim=32, depth=DEPTH, num_heads=2)
+                              embed_dim=64, depth=DEPTH, num_heads=1)
     model.load_state_dict(state["model"], strict=True)
     scores = json.loads((tmp_path / "run" / "finetune.json").read_text())
     assert scores == result.scores and scores["test_images"] == 2000 and 0 <= scores["top5"] <= 1
