@@ -122,6 +122,10 @@ def test_every_pretrained_source_gives_the_same_classifier(pretrained, tmp_path)
     expected = features(pretrained)
     for name, source in sources.items():
         torch.testing.assert_close(features(source), expected, rtol=0, atol=1e-5, msg=name)
+    # and the fine-tuned [CLS]-head classifier travels to transformers, with the dataset's class names
+    assert main(["export", str(sources["finetuned"]), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
+    labels = json.loads((tmp_path / "vit" / "config.json").read_text())["id2label"]
+    assert labels["0"] == "T-shirt/top" and len(labels) == 10
 
 
 def test_missing_encoder_weights_are_a_one_line_error(pretrained):

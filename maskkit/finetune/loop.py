@@ -12,7 +12,8 @@ Checkpoint layout (a maskkit training checkpoint with ``kind: finetune``)::
      "model": timm ViT classifier state dict (timm / official MAE fine-tuned names: blocks.*, fc_norm.*, head.*),
      "ema": state dict or None, "optimizer": ..., "world_size": int, "rng": [per rank],
      "recipe": the fine-tuning recipe tree, "encoder": the pretraining recipe's encoder section,
-     "num_classes": int, "pretrained": the source it started from, "versions": {...}}
+     "num_classes": int, "class_names": [str] (the dataset's, when it names them),
+     "pretrained": the source it started from, "versions": {...}}
 """
 
 from __future__ import annotations
@@ -347,6 +348,7 @@ class FinetuneTrainer:
                      "ema": self.ema.state_dict() if self.ema is not None else None,
                      "world_size": self.dist.world_size, "rng": rng, "recipe": self.recipe.tree,
                      "encoder": dict(self.encoder_spec), "num_classes": self.num_classes,
+                     "class_names": [str(c) for c in getattr(self.train_set.base, "classes", None) or []],
                      "pretrained": str(self.source), "versions": versions(self.registry)}
             ckpt.save_atomic(state, path)
         self.dist.barrier()

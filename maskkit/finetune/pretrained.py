@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from maskkit.engine.checkpoint import load_training_checkpoint
 from maskkit.interop import read_pretrained as read_any_pretrained
 
@@ -23,9 +25,21 @@ def read_finetuned_checkpoint(path: str | Path) -> tuple[dict, dict]:
     return {"encoder": state["encoder"], **({"data": recipe["data"]} if "data" in recipe else {})}, state["model"]
 
 
+def is_finetuned_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a maskkit fine-tuning checkpoint (a memory-mapped ``weights_only`` peek: cheap even
+    for a large file; ``False`` for anything unreadable, which the readers then report)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file, or not one at all: for interop's readers to explain
+        return False
+    return isinstance(obj, dict) and obj.get("format") == "maskkit" and obj.get("kind") == "finetune"
+
+
 def read_pretrained(path: str | Path) -> tuple[dict, dict]:
     """``(recipe_tree, state_dict)`` of the pretrained weights at ``path`` (see the module docstring)."""
-    tree, state = read_any_pretrained(path)
-    if "finetune" in tree and "encoder" not in tree:  # a fine-tuning checkpoint's recipe
+    if is_finetuned_checkpoint(path):
         return read_finetuned_checkpoint(path)
-    return tree, state
+    return read_any_pretrained(path)
