@@ -128,6 +128,13 @@ def test_every_pretrained_source_gives_the_same_classifier(pretrained, tmp_path)
     assert labels["0"] == "T-shirt/top" and len(labels) == 10
 
 
+def test_the_encoders_norm_eps_carries_over(pretrained):
+    tree, _ = read_pretrained(pretrained)
+    classifier = build_classifier({**tree["encoder"], "norm_eps": 1e-12}, 10)
+    assert classifier.blocks[0].norm1.eps == 1e-12 and classifier.fc_norm.eps == 1e-12
+    assert build_classifier(tree["encoder"], 10).blocks[0].norm1.eps == 1e-6
+
+
 def test_missing_encoder_weights_are_a_one_line_error(pretrained):
     tree, state = read_pretrained(pretrained)
     classifier = build_classifier(tree["encoder"], 10)

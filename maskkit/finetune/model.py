@@ -10,6 +10,7 @@ timm's and the official MAE fine-tuned checkpoints' (``blocks.0.attn.qkv.weight`
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import timm
@@ -31,6 +32,9 @@ def timm_classifier_arguments(encoder_spec: Mapping[str, Any]) -> tuple[str, dic
         raise ConfigError("encoder.name", expected("a timm ViT encoder (fine-tuning builds timm's ViT classifier)",
                                                    name))
     kwargs = {k: val for k, val in spec.items() if k not in TimmViTEncoder.MASKKIT_ARGUMENTS}
+    eps = spec.get("norm_eps", 1e-6)
+    if eps != 1e-6:  # as TimmViTEncoder does (timm's default LayerNorm eps is 1e-6); fc_norm gets it too
+        kwargs["norm_layer"] = partial(nn.LayerNorm, eps=float(eps))
     return name, kwargs
 
 
