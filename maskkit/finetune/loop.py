@@ -33,6 +33,7 @@ from maskkit.builder import build_dataset
 from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine import checkpoint as ckpt
+from maskkit.engine import run_folder
 from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
                                         no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, set_lr
@@ -131,6 +132,7 @@ class FinetuneTrainer:
         self.resume_path = Path(resume) if resume else None
         self.step = 0
         self.dist: DistContext | None = None
+        self.lock = run_folder.RunLock(self.run_dir)
 
     # -- set-up ---------------------------------------------------------------------------------------------
 
@@ -146,6 +148,10 @@ class FinetuneTrainer:
             self.encoder_spec, self.source = resume_state["encoder"], resume_state.get("pretrained", "?")
         else:
             self.encoder_spec, state_dict, self.source = self.pretrained
+        if self.dist.is_main:  # one run per folder; a folder left by a crash is made usable again
+            self.lock.acquire()
+            run_folder.prepare(self.run_dir, resume=self.resume_path,
+                               resume_step=int(resume_state["step"]) if resume_state is not None else None)
         train_set = build_dataset(recipe, "train", self.registry)
         self.test_set = build_dataset(recipe, "test", self.registry)
         self.num_classes = num_classes_of(train_set)
@@ -243,6 +249,13 @@ class FinetuneTrainer:
             epoch += 1
 
     def fit(self) -> FinetuneResult:
+        try:
+            return self._fit()
+        finally:
+            if self.lock.held:
+                self.lock.release()
+
+    def _fit(self) -> FinetuneResult:
         self._setup()
         cfg = self.cfg
         metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.dist.is_main else None
