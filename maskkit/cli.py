@@ -1,6 +1,7 @@
 """The ``maskkit`` command line. Each sub-command is one function; errors are one line and exit status 2.
 
     maskkit train RECIPE [key.path=value ...] [--out DIR] [--resume CKPT]
+    maskkit finetune CHECKPOINT [key.path=value ...] [--recipe R] [--out DIR] [--resume CKPT]
     maskkit compare SPEC.yaml [--out DIR] [--gpus auto]
     maskkit bench [--device cuda] [--models vit_base_patch16,vit_large_patch16]
     maskkit eval knn|linear CHECKPOINT
@@ -77,6 +78,47 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         with torch.no_grad():
             scores = evaluate(trainer.model, recipe, device=trainer.device, registry=registry, run_dir=out)
         _print_eval(console, scores)
+    trainer.dist.shutdown()
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.finetune import FinetuneTrainer, load_finetune_checkpoint, load_finetune_recipe, read_pretrained
+    from maskkit.finetune.config import FinetuneRecipe
+    from maskkit.finetune.loop import CHECKPOINT_NAME
+
+    registry = _registry()
+    if args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).exists():
+        args.overrides.insert(0, args.checkpoint)  # `maskkit finetune --resume ckpt a.b=1`
+        args.checkpoint = None
+    if args.checkpoint is None and args.resume is None:
+        raise MaskkitError("finetune: give a pretrained CHECKPOINT, or --resume a fine-tuning checkpoint")
+    pretrained = None
+    if args.resume is not None:
+        state = load_finetune_checkpoint(args.resume)
+        recipe = FinetuneRecipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
+        recipe.validate()
+    else:
+        tree, weights = read_pretrained(args.checkpoint)
+        if not isinstance(tree.get("encoder"), dict):
+            raise MaskkitError(f"{args.checkpoint}: no encoder section to build the classifier from")
+        recipe = load_finetune_recipe(args.recipe, args.overrides, pretrained_tree=tree, registry=registry)
+        pretrained = (tree["encoder"], weights, str(args.checkpoint))
+    out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else
+                                           _default_run_dir(f"finetune-{Path(args.checkpoint).parent.name}"))
+    if args.resume is None and any((out / name).exists() for name in (CHECKPOINT_NAME, "metrics.jsonl")):
+        raise MaskkitError(f"{out} already holds a run; continue it with --resume {out / CHECKPOINT_NAME}, or "
+                           "give another --out (nothing was overwritten)")
+    trainer = FinetuneTrainer(recipe, out, pretrained=pretrained, registry=registry, resume=args.resume,
+                              console=console, progress=not args.no_progress)
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        scores = result.scores
+        top5 = f", top-5 {100 * scores['top5']:.2f}%" if "top5" in scores else ""
+        ema = f"; EMA top-1 {100 * scores['ema_top1']:.2f}%" if "ema_top1" in scores else ""
+        console.print(f"fine-tuned {result.steps} steps ({scores['init']} init) in {result.wall_time:.1f} s; test "
+                      f"top-1 {100 * scores['top1']:.2f}%{top5}{ema} on {scores['test_images']} images; "
+                      f"run folder: {out}", highlight=False)
     trainer.dist.shutdown()
     return 0
 
@@ -342,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained encoder end to end for classification")
+    p.add_argument("checkpoint", nargs="?", help="pretrained checkpoint (optional with --resume)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.epochs=2 finetune.layer_decay=0.65")
+    p.add_argument("--recipe", help="fine-tuning recipe .yaml or registered name, e.g. finetune_quickstart "
+                                    "(default: the MAE ViT-B settings, the checkpoint's data)")
+    p.add_argument("--out", help="run folder (default runs/finetune-NAME-TIME; with --resume, the checkpoint's)")
+    p.add_argument("--resume", help="fine-tuning checkpoint to continue from")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder")
     p.add_argument("method", choices=["knn", "linear"])

@@ -186,6 +186,9 @@ class Recipe:
 
     def validate(self) -> None:
         """Check the engine's sections and the top-level keys (component arguments are checked at build)."""
+        if "finetune" in self.tree:
+            raise ConfigError("finetune", "a fine-tuning recipe: run it with `maskkit finetune CHECKPOINT --recipe "
+                              "RECIPE`", file=self.file)
         for key in self.tree:
             if key not in SECTIONS:
                 close = difflib.get_close_matches(str(key), SECTIONS, n=1)

@@ -13,7 +13,8 @@ from maskkit.recipe import apply_overrides, load_recipe
 
 from helpers import TINY, VariableMaskerPlugin, tiny_tree
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))  # compare/ holds comparison specs
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml")  # compare/ holds comparison specs
+                 if not p.stem.startswith("finetune_"))  # fine-tuning recipes: tests/test_finetune.py
 
 
 def write(tmp_path, tree, name="recipe.yaml"):

@@ -34,12 +34,20 @@ from maskkit.compare.runner import (DONE, EVAL_FILE, SAMPLES_FILE, STATUS_FILE, 
 from maskkit.engine.trainer import CHECKPOINT_NAME
 
 REPORT_DIR = "report"
-ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"))
+ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"),
+              ("finetune_top1", "fine-tune top-1 (%)"))  # each shown when plan.eval.<first word> is set
 RUN_COLUMNS = ("variant", "seed", "status", "steps", "epochs", "tokens_per_step", "encoder_tokens", "knn_top1",
-               "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss", "images_per_s",
-               "train_time_s", "eval_time_s", "error", "run_dir")
-NUMBERS = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
-           "images_per_s", "train_time_s", "eval_time_s")
+               "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
+               "images_per_s", "train_time_s", "eval_time_s", "error", "run_dir")
+NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
+           "final_loss", "images_per_s", "train_time_s", "eval_time_s")
+
+
+def _measured(plan: Plan, key: str) -> bool:
+    """Whether the plan measures accuracy ``key`` (``knn_top1``: ``plan.eval.knn``...; fine-tuning: a mapping)."""
+    return getattr(plan.eval, key.split("_")[0]) not in (None, False)
+
+
 PLOTS = ("loss_curves.png", "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
 
 
@@ -91,7 +99,7 @@ def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]
             "error": status.get("error") if status.get("status") == "failed" else None,
             "run_dir": str(run_dir.relative_to(out_dir)),
         }
-        for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
+        for key in ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1"):
             row[key] = scores.get(key) if finished else None
         rows.append(row)
     return rows, curves
@@ -179,6 +187,8 @@ def table_columns(plan: Plan) -> list[str]:
         cols.append("kNN top-1 (%)")
     if plan.eval.linear:
         cols.append("linear top-1 (%)")
+    if plan.eval.finetune is not None:
+        cols.append("fine-tune top-1 (%)")
     return cols + ["final loss", "images/s", "enc. tokens/step", "steps", "enc. tokens", "wall time", "seeds"]
 
 
@@ -193,6 +203,8 @@ def table_rows(plan: Plan, summary: list[dict]) -> list[list[str]]:
             row.append(_pm(s["knn_top1"], _pct, 100))
         if plan.eval.linear:
             row.append(_pm(s["linear_top1"], _pct, 100))
+        if plan.eval.finetune is not None:
+            row.append(_pm(s["finetune_top1"], _pct, 100))
         row += [_pm(s["final_loss"], _loss), _pm(s["images_per_s"], _rate), f"{s['tokens_per_step']:,}",
                 f"{s['steps']} ({s['epochs']:.3g} ep)", _si(s["encoder_tokens"]), _pm(s["train_time_s"], _secs),
                 f"{s['finished']}/{s['runs']}"]
@@ -201,7 +213,7 @@ def table_rows(plan: Plan, summary: list[dict]) -> list[list[str]]:
 
 
 def delta_rows(plan: Plan, summary: list[dict]) -> tuple[list[str], list[list[str]]]:
-    keys = [(k, label) for k, label in ACCURACIES if getattr(plan.eval, k.split("_")[0])]
+    keys = [(k, label) for k, label in ACCURACIES if _measured(plan, k)]
     header = ["variant"] + [f"Δ {label.replace(' (%)', '')} (points)" for _, label in keys]
     rows = []
     for s in summary:
@@ -218,6 +230,9 @@ def protocol_lines(plan: Plan, meta: dict) -> list[str]:
         measures.append(f"kNN top-1 (k={ev.k}, cosine similarity, weighted votes exp(sim/T) with T={ev.temperature})")
     if ev.linear:
         measures.append("a linear probe (BatchNorm without affine + linear layer, trained on cached features)")
+    if ev.finetune is not None:
+        settings = ", ".join(f"{k}={v}" for k, v in ev.finetune.items()) or "maskkit finetune defaults"
+        measures.append(f"end-to-end fine-tuning top-1 ({settings}; each run's seed)")
     seeds = ", ".join(map(str, plan.seeds))
     lines = [
         f"Base recipe: `{plan.base}`; spec: `{plan.spec_file}`.",
@@ -295,7 +310,7 @@ def plot_loss_curves(plan: Plan, curves: dict[str, list[dict]], path: Path) -> P
 
 
 def _accuracy_keys(plan: Plan) -> list[tuple[str, str]]:
-    return [(k, label) for k, label in ACCURACIES if getattr(plan.eval, k.split("_")[0])]
+    return [(k, label) for k, label in ACCURACIES if _measured(plan, k)]
 
 
 def accuracy_axis(values: list[float]) -> tuple[float, float]:
@@ -328,7 +343,7 @@ def plot_accuracy(plan: Plan, rows: list[dict], summary: list[dict], path: Path)
             ax.scatter([x] * len(points), points, color="black", s=10, zorder=3)
             spread = 0.0 if stat["std"] is None else 100 * stat["std"]
             shown += points + [100 * stat["mean"] - spread, 100 * stat["mean"] + spread]
-        base = _stats([r[f"random_init_{key}"] for r in rows])
+        base = _stats([r.get(f"random_init_{key}") for r in rows])
         if base["mean"] is not None:
             shown.append(100 * base["mean"])
             ax.axhline(100 * base["mean"], color="grey", ls="--" if j == 0 else ":", lw=1,
@@ -513,7 +528,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _run_table(plan: Plan, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "status", "steps"]
-    header += [label for k, label in ACCURACIES if getattr(plan.eval, k.split("_")[0])]
+    header += [label for k, label in ACCURACIES if _measured(plan, k)]
     header += ["final loss", "images/s", "wall time"]
     out = []
     for r in rows:

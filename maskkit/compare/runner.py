@@ -253,6 +253,14 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
     samples = make_samples(model, recipe, registry, images=plan.eval.reconstructions,
                            masks=plan.eval.mask_samples, seed=run.seed, device=device)
     save_atomic(samples, run_dir / SAMPLES_FILE)
+    if plan.eval.finetune is not None:  # end-to-end fine-tuning of this run's checkpoint, in run_dir/finetune
+        from maskkit.finetune.evaluation import finetune_evaluation
+
+        tuned = finetune_evaluation(run_dir / CHECKPOINT_NAME, plan.eval.finetune, run_dir / "finetune",
+                                    seed=run.seed, data_seed=plan.data_seed, device=str(device), registry=registry,
+                                    progress=False)
+        scores |= {f"finetune_{k}": tuned[k] for k in ("top1", "top5") if k in tuned}
+        scores["finetune_time_s"] = tuned["wall_time_s"]
     scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": eval_settings(plan)}
     write_json(run_dir / EVAL_FILE, scores)
     return scores

@@ -37,7 +37,7 @@ from maskkit.recipe import SECTIONS, Recipe, load_recipe, parse_yaml, read_text_
 SPEC_KEYS = ("description", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval", "device")
 BUDGET_KEYS = ("match", "epochs", "steps", "tokens", "reference")
 EVAL_KEYS = ("knn", "linear", "baseline", "k", "temperature", "pool", "batch_size", "reconstructions",
-             "mask_samples")
+             "mask_samples", "finetune")
 MATCHES = ("epochs", "tokens")
 # Recipe keys that every run of a comparison shares; a variant changing one is refused.
 SHARED_KEYS = (("seed",), ("data_seed",), ("data",), ("eval",), ("train", "epochs"), ("train", "max_steps"),
@@ -100,6 +100,7 @@ class EvalSpec:
     batch_size: int = 256
     reconstructions: int = 6
     mask_samples: int = 8
+    finetune: dict | None = None  # fine-tuning settings (maskkit.finetune.evaluation), None: no fine-tuning
 
     def recipe_overrides(self) -> dict:
         """The ``eval`` section keys this spec sets on each run's evaluation recipe."""
@@ -286,8 +287,14 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
     cfg = base.eval
     knn = _bool(raw.get("knn", True), "eval.knn", file)
     linear = _bool(raw.get("linear", False), "eval.linear", file)
-    if not (knn or linear):
-        raise ConfigError("eval", "measure something: knn: true and/or linear: true", file=file)
+    finetune = raw.get("finetune")
+    if finetune is not None:  # checked now against the base recipe, before anything trains
+        from maskkit.finetune.evaluation import finetune_recipe_for
+
+        finetune = {} if finetune is True else finetune
+        finetune_recipe_for(finetune, base.tree, seed=0, data_seed=0, file=file)
+    if not (knn or linear or finetune is not None):
+        raise ConfigError("eval", "measure something: knn: true, linear: true and/or finetune: {...}", file=file)
     temperature = raw.get("temperature", cfg.temperature)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
         raise ConfigError("eval.temperature", expected("a number > 0", temperature), file=file)
@@ -299,7 +306,8 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
         k=_int(raw.get("k", cfg.k), "eval.k", file, 1), temperature=float(temperature), pool=pool,
         batch_size=_int(raw.get("batch_size", cfg.batch_size), "eval.batch_size", file, 1),
         reconstructions=_int(raw.get("reconstructions", 6), "eval.reconstructions", file, 0),
-        mask_samples=_int(raw.get("mask_samples", 8), "eval.mask_samples", file, 0))
+        mask_samples=_int(raw.get("mask_samples", 8), "eval.mask_samples", file, 0),
+        finetune=None if finetune is None else dict(finetune))
 
 
 def _resolve_base(base: Any, spec_dir: Path | None, file: str, registry) -> Recipe:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import platform
 import shlex
 import signal
 import threading
@@ -37,6 +35,7 @@ from maskkit.engine.batch_rule import StepShape, pick_batch
 from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
                                         no_grad_sync, parallelize, unsharded_copy)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
+from maskkit.engine.runtime import pick_device, runtime_seed, versions  # noqa: F401 (re-exported)
 from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
@@ -55,37 +54,11 @@ def mask_seed(seed: int, micro_step: int) -> int:
     return (seed * 1_000_003 + micro_step * 7_919 + 17) % (2**63 - 1)
 
 
-def runtime_seed(seed: int, rank: int) -> int:
-    """The seed of the global generators after the model is built: one stream per rank."""
-    return (seed * 1_000_003 + (rank + 1) * 104_729 + 29) % (2**63 - 1)
-
-
-def pick_device(spec: str, dist: DistContext | None = None) -> torch.device:
-    """``auto``: CUDA when present (this rank's local GPU: ``LOCAL_RANK`` under torchrun), else CPU."""
-    if spec == "auto":
-        if torch.cuda.is_available():
-            if dist is not None:
-                return torch.device("cuda", dist.local_rank)
-            local = os.environ.get("LOCAL_RANK")
-            return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
-        return torch.device("cpu")
-    return torch.device(spec)
-
-
 def compile_enabled(setting: bool | str, device: torch.device) -> bool:
     """``train.compile``: ``auto`` compiles on CUDA (the sparse encoder's shapes are static, so compiled kernels
     pay there, most at small launch-bound batches) and runs eagerly elsewhere (compiling costs about a minute on
     a small CPU, longer than most CPU runs)."""
     return setting is True or (setting == "auto" and device.type == "cuda")
-
-
-def versions(registry: Registry) -> dict[str, str]:
-    import timm
-
-    from maskkit import __version__
-
-    return {"maskkit": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__),
-            "python": platform.python_version(), **{f"plugin:{k}": v for k, v in registry.versions().items()}}
 
 
 def _diff_keys(old: Any, new: Any, prefix: tuple = ()) -> list[tuple]:

@@ -1,0 +1,383 @@
+"""The fine-tuning loop: a pretrained encoder and a fine-tuning recipe in, a run folder out (``recipe.yaml``,
+``versions.json``, ``metrics.jsonl``, ``checkpoint.pth``, ``finetune.json`` with top-1/top-5 on the test split).
+
+The engine's guarantees hold as in :mod:`maskkit.engine.trainer`: the data order and each sample's
+augmentation come from ``(data_seed, epoch[, index])``, Mixup from ``(seed, micro_step)``, drop path from the
+global generators seeded per rank after the model is built, and checkpoints (atomic, ``weights_only``
+readable) keep the model, optimizer, EMA and every rank's random state, so a resumed run continues exactly.
+
+Checkpoint layout (a maskkit training checkpoint with ``kind: finetune``)::
+
+    {"format": "maskkit", "format_version": 1, "kind": "finetune", "step": int,
+     "model": timm ViT classifier state dict (timm / official MAE fine-tuned names: blocks.*, fc_norm.*, head.*),
+     "ema": state dict or None, "optimizer": ..., "world_size": int, "rng": [per rank],
+     "recipe": the fine-tuning recipe tree, "encoder": the pretraining recipe's encoder section,
+     "num_classes": int, "class_names": [str] (the dataset's, when it names them),
+     "pretrained": the source it started from, "versions": {...}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from maskkit.builder import build_dataset
+from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
+from maskkit.data.transforms import EvalTransform
+from maskkit.engine import checkpoint as ckpt
+from maskkit.engine import run_folder
+from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
+                                        no_grad_sync, parallelize, unsharded_copy)
+from maskkit.engine.optim import lr_at, set_lr
+from maskkit.engine.runtime import pick_device, runtime_seed, versions
+from maskkit.errors import CheckpointError, ConfigError, TrainingError
+from maskkit.finetune.config import FinetuneRecipe
+from maskkit.finetune.data import FinetuneTrainTransform, SeededMixup, make_criterion, num_classes_of
+from maskkit.finetune.model import (build_classifier, freeze_for_partial_finetuning, layer_decay_groups,
+                                    load_pretrained_encoder)
+from maskkit.registry import Registry, default_registry
+
+CHECKPOINT_NAME = "checkpoint.pth"
+RESULT_NAME = "finetune.json"
+KIND = "finetune"
+# keys that may change between a checkpoint and its resumption without breaking exactness
+_RESUMABLE = {"epochs", "max_steps", "log_every", "ckpt_every", "num_workers", "device", "eval_batch_size"}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two recipe trees, except the resumable ``finetune`` ones."""
+    a, b = _flat(old), _flat(new)
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            and not (k.startswith("finetune.") and k.split(".", 1)[1] in _RESUMABLE)
+            and not k.startswith(("distributed.strategy", "description"))]
+
+
+@attrs.define
+class FinetuneResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    wall_time: float
+    trained_steps: int
+    scores: dict | None  # what finetune.json holds (on the main process)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]) -> dict[int, int]:
+    """Correct counts at each ``k``: ``logits [B, K]``, ``labels [B]`` -> ``{k: count}``."""
+    top = logits.topk(max(ks), dim=1).indices  # [B, max k]
+    hits = top == labels[:, None]
+    return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: torch.nn.Module, dataset, *, img_size: tuple[int, int], device: torch.device,
+                        batch_size: int, amp_dtype: torch.dtype | None = None) -> dict:
+    """Top-1 (and top-5 with more than 5 classes) of ``model`` on ``dataset`` (deterministic eval transform)."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    data = AugmentedDataset(dataset, EvalTransform(img_size, dataset.mean, dataset.std))
+    loader = make_loader(data, BatchSampler(SequentialSampler(data), batch_size, drop_last=False))
+    num_classes = model.num_classes
+    ks = (1, 5) if num_classes > 5 else (1,)
+    correct, total = dict.fromkeys(ks, 0), 0
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in loader:
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+            with ctx:
+                logits = model(images.to(device))
+            for k, n in topk_accuracy(logits.float().cpu(), labels, ks).items():
+                correct[k] += n
+            total += labels.shape[0]
+    finally:
+        model.train(was_training)
+    return {f"top{k}": correct[k] / max(total, 1) for k in ks} | {"test_images": total}
+
+
+class FinetuneTrainer:
+    """Fine-tunes a pretrained encoder for classification: ``FinetuneTrainer(recipe, out_dir,
+    pretrained=(encoder_spec, state_dict, source)).fit()``; ``resume=`` a fine-tuning checkpoint continues.
+
+    ``pretrained``: what :func:`maskkit.finetune.pretrained.read_pretrained` gives, as ``(the pretraining
+    recipe's encoder section, a state dict under official MAE / timm names, a label for messages)``.
+    """
+
+    def __init__(self, recipe: FinetuneRecipe, out_dir: str | Path, *,
+                 pretrained: tuple[dict, dict, str] | None = None, registry: Registry | None = None,
+                 resume: str | Path | None = None, console: Console | None = None, progress: bool = True):
+        if pretrained is None and resume is None:
+            raise CheckpointError("fine-tuning needs a pretrained checkpoint or a fine-tuning checkpoint to resume")
+        self.recipe = recipe
+        self.cfg = recipe.finetune
+        self.pretrained = pretrained
+        self.registry = registry or default_registry()
+        self.console = console or Console(stderr=True)
+        self.show_progress = progress
+        self.run_dir = Path(out_dir)
+        self.resume_path = Path(resume) if resume else None
+        self.step = 0
+        self.dist: DistContext | None = None
+        self.lock = run_folder.RunLock(self.run_dir)
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg, recipe = self.cfg, self.recipe
+        self.device = pick_device(cfg.device)
+        self.dist = DistContext.from_env(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        resume_state = load_finetune_checkpoint(self.resume_path) if self.resume_path else None
+        if resume_state is not None:
+            self._check_resumable(resume_state)
+            self.encoder_spec, self.source = resume_state["encoder"], resume_state.get("pretrained", "?")
+        else:
+            self.encoder_spec, state_dict, self.source = self.pretrained
+        if self.dist.is_main:  # one run per folder; a folder left by a crash is made usable again
+            self.lock.acquire()
+            run_folder.prepare(self.run_dir, resume=self.resume_path,
+                               resume_step=int(resume_state["step"]) if resume_state is not None else None)
+        train_set = build_dataset(recipe, "train", self.registry)
+        self.test_set = build_dataset(recipe, "test", self.registry)
+        self.num_classes = num_classes_of(train_set)
+        torch.manual_seed(recipe.seed)  # head init (and the encoder's, for init: random): the same on every rank
+        try:
+            model = build_classifier(self.encoder_spec, self.num_classes, drop_path=cfg.drop_path,
+                                     global_pool=cfg.global_pool)
+        except ConfigError as exc:
+            raise ConfigError(exc.key, exc.message, file=f"{self.source}:recipe") from None
+        if resume_state is None and cfg.init == "pretrained":
+            load_pretrained_encoder(model, state_dict, self.source)
+        if cfg.tune_blocks is not None:
+            freeze_for_partial_finetuning(model, cfg.tune_blocks)
+        self.model = model.to(self.device)
+        self.img_size = tuple(model.patch_embed.img_size)
+        in_chans = model.patch_embed.proj.in_channels
+        torch.manual_seed(runtime_seed(recipe.seed, self.dist.rank))  # drop path: a stream per rank
+        self.forward_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.forward_model = parallelize(self.model, self.dist, distributed_config(recipe), self.device)
+        if cfg.ema and is_sharded(self.model):
+            raise ConfigError("finetune.ema", "EMA of weights is not supported with FSDP; use DDP",
+                              file=recipe.file)
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
+        transform = FinetuneTrainTransform(self.img_size, in_chans, train_set.mean, train_set.std, cfg)
+        self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed)
+        self.global_batch = cfg.batch_size * self.dist.world_size
+        if cfg.mixup_active and cfg.batch_size % 2:
+            raise ConfigError("finetune.batch_size", f"Mixup/CutMix pair each batch with its reverse: expected an "
+                              f"even batch size, got {cfg.batch_size}", file=recipe.file)
+        self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
+                                          rank=self.dist.rank, world_size=self.dist.world_size)
+        micro_per_epoch = len(self.sampler)
+        if micro_per_epoch < cfg.accum_steps:
+            raise ConfigError("finetune.batch_size", f"{len(train_set)} training images make {micro_per_epoch} "
+                              f"batches of {self.global_batch}, fewer than accum_steps={cfg.accum_steps}",
+                              file=recipe.file)
+        self.steps_per_epoch = micro_per_epoch // cfg.accum_steps
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.effective_batch = self.global_batch * cfg.accum_steps
+        self.base_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.effective_batch / 256
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        groups = layer_decay_groups(self.model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=cfg.betas, fused=True)
+        self.mixup = SeededMixup(cfg, self.num_classes, recipe.seed) if cfg.mixup_active else None
+        self.criterion = make_criterion(cfg)
+        self.amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" or (cfg.precision == "auto" and
+                                                                        self.device.type == "cuda")) else None
+        if resume_state is not None:
+            load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
+            if self.ema is not None:
+                if resume_state.get("ema") is None:
+                    raise CheckpointError(f"{self.resume_path}: holds no EMA weights")
+                self.ema.load_state_dict(resume_state["ema"])
+            self.step = int(resume_state["step"])
+            ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
+        self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
+                                  pin_memory=self.device.type == "cuda")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "recipe.yaml").write_text(recipe.dump())
+            (self.run_dir / "versions.json").write_text(json.dumps(versions(self.registry), indent=2) + "\n")
+
+    def _check_resumable(self, state: dict) -> None:
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(f"{self.resume_path}: written by {saved_world} process(es), resumed with "
+                                  f"{self.dist.world_size}; resume with the same number of processes")
+        changed = changed_keys(state.get("recipe") or {}, self.recipe.tree)
+        if changed:
+            raise CheckpointError(f"{self.resume_path}: the recipe differs from the checkpoint's in "
+                                  f"{', '.join(changed[:4])}; a resumed run must use the same recipe")
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batches(self):
+        """Yield ``(images, labels)`` micro-batches from the current step on, across epochs."""
+        epoch, within = divmod(self.step, self.steps_per_epoch)
+        start = within * self.cfg.accum_steps
+        while True:
+            self.sampler.set_epoch(epoch)
+            self.train_set.set_epoch(epoch)
+            self.sampler.set_start(start)
+            yield from self.loader
+            start = 0
+            epoch += 1
+
+    def fit(self) -> FinetuneResult:
+        try:
+            return self._fit()
+        finally:
+            if self.lock.held:
+                self.lock.release()
+
+    def _fit(self) -> FinetuneResult:
+        self._setup()
+        cfg = self.cfg
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.dist.is_main else None
+        window_loss = torch.zeros((), device=self.device)
+        window_steps, window_start = 0, time.perf_counter()
+        start_time, start_step = time.perf_counter(), self.step
+        last_loss = float("nan")
+        checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        progress = self._progress()
+        task = progress.add_task("finetune", total=self.total_steps, completed=self.step, loss=float("nan"),
+                                 lr=0.0, ips=0.0)
+        batches = self._batches()
+        self.model.train()
+        try:
+            with progress:
+                while self.step < self.total_steps:
+                    lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
+                               warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
+                    set_lr(self.optimizer, lr)
+                    step_loss = torch.zeros((), device=self.device)
+                    for micro in range(cfg.accum_steps):
+                        images, labels = next(batches)
+                        if self.mixup is not None:
+                            images, targets = self.mixup(images, labels, self.step * cfg.accum_steps + micro)
+                        else:
+                            targets = labels
+                        images = images.to(self.device, non_blocking=True)
+                        targets = targets.to(self.device, non_blocking=True)
+                        sync = self.dist.enabled and micro < cfg.accum_steps - 1
+                        with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), \
+                                self._autocast():
+                            logits = self.forward_model(images)
+                        loss = self.criterion(logits.float(), targets)
+                        (loss / cfg.accum_steps).backward()
+                        step_loss += loss.detach() / cfg.accum_steps
+                    if cfg.clip_grad:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update(self.model, step=self.step)
+                    window_loss += step_loss
+                    window_steps += 1
+                    self.step += 1
+                    is_last = self.step == self.total_steps
+                    must_ckpt = is_last or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
+                    if self.step % cfg.log_every == 0 or is_last or must_ckpt:
+                        now = time.perf_counter()
+                        last_loss = float(self.dist.mean(step_loss))
+                        if not torch.isfinite(torch.tensor(last_loss)):
+                            last = (f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists()
+                                    else "no checkpoint was written")
+                            raise TrainingError(f"non-finite loss at step {self.step - 1} (0-based); stopping, {last}")
+                        ips = window_steps * self.effective_batch / max(now - window_start, 1e-9)
+                        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": last_loss,
+                                  "loss_avg": float(self.dist.mean(window_loss)) / window_steps, "lr": lr,
+                                  "images_per_s": ips, "time": now - start_time}
+                        if metrics_file:
+                            metrics_file.write(json.dumps(record) + "\n")
+                            metrics_file.flush()
+                        progress.update(task, completed=self.step, loss=last_loss, lr=lr, ips=ips)
+                        window_loss.zero_()
+                        window_steps, window_start = 0, now
+                    if must_ckpt:
+                        self.save_checkpoint(checkpoint_path)
+        finally:
+            if metrics_file:
+                metrics_file.close()
+        if is_sharded(self.model):
+            self.model = unsharded_copy(self.model, lambda: build_classifier(
+                self.encoder_spec, self.num_classes, drop_path=cfg.drop_path, global_pool=cfg.global_pool
+            ).to(self.device))
+        wall = time.perf_counter() - start_time
+        scores = self._evaluate(wall) if self.dist.is_main else None
+        self.dist.barrier()
+        return FinetuneResult(self.run_dir, self.step, last_loss, wall, self.step - start_step, scores)
+
+    def _evaluate(self, wall: float) -> dict:
+        kwargs = dict(img_size=self.img_size, device=self.device, batch_size=self.cfg.eval_batch_size,
+                      amp_dtype=self.amp_dtype)
+        scores = evaluate_classifier(self.model, self.test_set, **kwargs)
+        if self.ema is not None:
+            scores |= {f"ema_{k}": v for k, v in evaluate_classifier(self.ema.module, self.test_set, **kwargs).items()
+                       if k != "test_images"}
+        scores |= {"num_classes": self.num_classes, "steps": self.step, "init": self.cfg.init,
+                   "pretrained": str(self.source), "tune_blocks": self.cfg.tune_blocks,
+                   "train_images": len(self.train_set), "final_loss": self._final_loss(),
+                   "wall_time_s": wall}
+        (self.run_dir / RESULT_NAME).write_text(json.dumps(scores, indent=2) + "\n")
+        return scores
+
+    def _final_loss(self) -> float | None:
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return json.loads(lines[-1])["loss"] if lines else None
+
+    def save_checkpoint(self, path: Path) -> None:
+        gathered = gather_state(self.model, self.optimizer, self.dist)  # collective under FSDP
+        rng = self.dist.gather_objects(ckpt.rng_state(self.device))
+        if self.dist.is_main:
+            state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": KIND, "step": self.step,
+                     "model": gathered[0], "optimizer": gathered[1],
+                     "ema": self.ema.state_dict() if self.ema is not None else None,
+                     "world_size": self.dist.world_size, "rng": rng, "recipe": self.recipe.tree,
+                     "encoder": dict(self.encoder_spec), "num_classes": self.num_classes,
+                     "class_names": [str(c) for c in getattr(self.train_set.base, "classes", None) or []],
+                     "pretrained": str(self.source), "versions": versions(self.registry)}
+            ckpt.save_atomic(state, path)
+        self.dist.barrier()
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"),
+                        TimeRemainingColumn(), console=self.console,
+                        disable=not (self.show_progress and self.dist is not None and self.dist.is_main))
+
+
+def load_finetune_checkpoint(path: str | Path) -> dict:
+    """A fine-tuning checkpoint written by :class:`FinetuneTrainer` (``weights_only`` load); anything else is
+    refused with a one-line message."""
+    state = ckpt.load_training_checkpoint(path)
+    if state.get("kind") != KIND:
+        raise CheckpointError(f"{path}: a pretraining checkpoint, not a fine-tuning one; fine-tune it with "
+                              f"`maskkit finetune {path}` (--resume takes a fine-tuning run's checkpoint)")
+    return state

@@ -1,0 +1,393 @@
+"""``maskkit finetune``: the pretrained weights really load, layer decay and partial fine-tuning do what the
+paper says, exact resume, checkpoints, errors, the progress bar, and DDP equal to one process (slow)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from rich.console import Console
+
+import maskkit
+from helpers import tiny_tree
+from maskkit.builder import build_dataset
+from maskkit.cli import main
+from maskkit.data.transforms import EvalTransform
+from maskkit.engine.trainer import Trainer
+from maskkit.errors import CheckpointError, ConfigError
+from maskkit.finetune import FinetuneTrainer, load_finetune_recipe, read_pretrained
+from maskkit.finetune.model import build_classifier, layer_decay_groups, load_pretrained_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPTH = 3
+# every source of randomness on: RandAugment, erasing, Mixup/CutMix, drop path, EMA
+FT = {"epochs": 1, "max_steps": 4, "batch_size": 8, "base_lr": 1e-3, "warmup_epochs": 0.001, "layer_decay": 0.65,
+      "drop_path": 0.1, "log_every": 1, "ckpt_every": 2, "device": "cpu", "ema": True, "ema_decay": 0.9,
+      "eval_batch_size": 500}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A maskkit pretraining checkpoint of a tiny MAE (3 blocks, 2 steps)."""
+    tree = tiny_tree()
+    tree["encoder"].update(depth=DEPTH, embed_dim=64, num_heads=1)  # MAE's 64-wide heads, as official readers infer
+    tree["train"].update(max_steps=2, ckpt_every=0)
+    out = tmp_path_factory.mktemp("pre")
+    Trainer(maskkit.Recipe(tree), out, progress=False).fit()
+    return out / "checkpoint.pth"
+
+
+def ft_recipe(ckpt: Path, **changes):
+    tree, _ = read_pretrained(ckpt)
+    return load_finetune_recipe({"seed": 0, "finetune": {**FT, **changes}}, pretrained_tree=tree)
+
+
+def trainer(ckpt: Path, out: Path, *, resume=None, console=None, **changes) -> FinetuneTrainer:
+    tree, state = read_pretrained(ckpt)
+    return FinetuneTrainer(ft_recipe(ckpt, **changes), out, pretrained=(tree["encoder"], state, str(ckpt)),
+                           resume=resume, console=console, progress=console is not None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrained_weights_are_loaded_features_equal(pretrained, builtin_registry):
+    """The classifier's encoder gives the pretrained encoder's features on real images (class token, after
+    the final norm), and a random-init classifier does not."""
+    tree, state = read_pretrained(pretrained)
+    recipe = maskkit.Recipe(tree)
+    mae = maskkit.build_model(recipe, builtin_registry)
+    mae.load_state_dict(state)
+    data = build_dataset(recipe, "test", builtin_registry)
+    images = torch.stack([EvalTransform(28, data.mean, data.std)(data[i][0]) for i in range(16)])
+    classifier = build_classifier(tree["encoder"], 10, global_pool="token").eval()
+    with torch.no_grad():
+        expected = mae.encoder.forward_features(images)[:, 0]
+        before = classifier.forward_features(images)[:, 0]
+        load_pretrained_encoder(classifier, state, "test")
+        after = classifier.forward_features(images)[:, 0]
+    assert not torch.allclose(before, expected, atol=1e-3)
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+
+
+def test_every_pretrained_source_gives_the_same_classifier(pretrained, tmp_path):
+    """maskkit checkpoint, official MAE checkpoint ({"model": ...}), transformers ViTMAE folder, and a
+    fine-tuning checkpoint: the classifier built from each has the pretrained encoder's features."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.interop.vit_names import official_to_transformers
+
+    tree, state = read_pretrained(pretrained)
+    torch.save({"model": state}, tmp_path / "official.pth")
+    sources = {"official": tmp_path / "official.pth"}
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def features(source):
+        src_tree, src_state = read_pretrained(source)
+        model = build_classifier(src_tree["encoder"], 10, global_pool="token").eval()
+        load_pretrained_encoder(model, src_state, str(source))
+        with torch.no_grad():
+            return model.forward_features(images)[:, 0]
+
+    enc = tree["encoder"]
+    config = transformers.ViTMAEConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=enc["embed_dim"],
+                                       num_hidden_layers=DEPTH, num_attention_heads=1,
+                                       intermediate_size=4 * enc["embed_dim"], decoder_hidden_size=16,
+                                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                                       decoder_intermediate_size=64, layer_norm_eps=1e-6, norm_pix_loss=True)
+    hf = transformers.ViTMAEForPreTraining(config)
+    missing, unexpected = hf.load_state_dict(official_to_transformers(state), strict=False)
+    assert not [k for k in missing if not k.startswith("decoder.")] and not unexpected
+    hf.save_pretrained(tmp_path / "hf")
+    sources["transformers"] = tmp_path / "hf"
+    run = trainer(pretrained, tmp_path / "ft", max_steps=1, ema=False, global_pool="token", base_lr=0.0, lr=0.0,
+                  min_lr=0.0)
+    run.fit()
+    sources["finetuned"] = tmp_path / "ft" / "checkpoint.pth"
+    expected = features(pretrained)
+    for name, source in sources.items():
+        torch.testing.assert_close(features(source), expected, rtol=0, atol=1e-5, msg=name)
+    # and the fine-tuned [CLS]-head classifier travels to transformers, with the dataset's class names
+    assert main(["export", str(sources["finetuned"]), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
+    labels = json.loads((tmp_path / "vit" / "config.json").read_text())["id2label"]
+    assert labels["0"] == "T-shirt/top" and len(labels) == 10
+
+
+def test_the_encoders_norm_eps_carries_over(pretrained):
+    tree, _ = read_pretrained(pretrained)
+    classifier = build_classifier({**tree["encoder"], "norm_eps": 1e-12}, 10)
+    assert classifier.blocks[0].norm1.eps == 1e-12 and classifier.fc_norm.eps == 1e-12
+    assert build_classifier(tree["encoder"], 10).blocks[0].norm1.eps == 1e-6
+
+
+def test_missing_encoder_weights_are_a_one_line_error(pretrained):
+    tree, state = read_pretrained(pretrained)
+    classifier = build_classifier(tree["encoder"], 10)
+    del state["blocks.0.attn.qkv.weight"]
+    with pytest.raises(CheckpointError, match=r"no pretrained weights for 1 encoder tensor.*blocks.0.attn.qkv"):
+        load_pretrained_encoder(classifier, state, "x.pth")
+
+
+@pytest.mark.parametrize("decay", [0.65, 0.75, 1.0])
+def test_layer_decay_groups_scale_like_the_official_mae(pretrained, decay):
+    """MAE's lr_decay.py: embeddings get decay ** (depth + 1), block i decay ** (depth - i), head 1."""
+    tree, _ = read_pretrained(pretrained)
+    model = build_classifier(tree["encoder"], 10)
+    groups = layer_decay_groups(model, weight_decay=0.05, layer_decay=decay)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = 0
+    for group in groups:
+        for param in group["params"]:
+            name, seen = names[id(param)], seen + 1
+            if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+                layer = 0
+            elif name.startswith("blocks."):
+                layer = int(name.split(".")[1]) + 1
+            else:
+                layer = DEPTH + 1
+            assert group["lr_scale"] == pytest.approx(decay ** (DEPTH + 1 - layer)), name
+            no_decay = param.ndim <= 1 or name in ("cls_token", "pos_embed")
+            assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert seen == len(names)
+
+
+def test_partial_finetuning_trains_only_the_last_blocks_and_head(pretrained, tmp_path):
+    """tune_blocks=1 (MAE Figure 9): the earlier blocks and embeddings keep their pretrained values."""
+    run = trainer(pretrained, tmp_path / "partial", tune_blocks=1, ema=False)
+    run.fit()
+    _, state = read_pretrained(pretrained)
+    tuned = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    assert tuned and all(n.startswith((f"blocks.{DEPTH - 1}.", "fc_norm.", "head.")) for n in tuned)
+    after = run.model.state_dict()
+    for name in ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.mlp.fc1.weight"):
+        assert torch.equal(after[name], state[name]), name
+    assert not torch.equal(after[f"blocks.{DEPTH - 1}.mlp.fc1.weight"], state[f"blocks.{DEPTH - 1}.mlp.fc1.weight"])
+    with pytest.raises(ConfigError, match="tune_blocks: expected at most the encoder depth 3"):
+        trainer(pretrained, tmp_path / "too_many", tune_blocks=4).fit()
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):
+    """Interrupted after the step-2 checkpoint and resumed: the same losses, weights, EMA and scores."""
+    whole = trainer(pretrained, tmp_path / "whole")
+    whole_result = whole.fit()
+
+    save = FinetuneTrainer.save_checkpoint
+
+    def save_then_crash(self, path):
+        save(self, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(pretrained, tmp_path / "cut").fit()
+    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)["step"] == 2
+    resumed = trainer(pretrained, tmp_path / "cut", resume=tmp_path / "cut" / "checkpoint.pth")
+    result = resumed.fit()
+    assert result.trained_steps == 2 and len(losses(tmp_path / "whole")) == 4
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+    a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert {k: v for k, v in result.scores.items() if k != "wall_time_s"} == \
+        {k: v for k, v in whole_result.scores.items() if k != "wall_time_s"}
+    assert not list((tmp_path / "cut").glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_checkpoint_is_weights_only_and_loads_into_timm(pretrained, tmp_path):
+    """The fine-tuned weights are timm's classifier as it is (official MAE fine-tuned names)."""
+    run = trainer(pretrained, tmp_path / "run", max_steps=2, ema=False)
+    result = run.fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert state["kind"] == "finetune" and state["num_classes"] == 10
+    enc = state["encoder"]
+    model = timm.create_model(enc["name"], num_classes=10, global_pool="avg", img_size=28, patch_size=4, in_chans=1,
+                              embed_dim=64, depth=DEPTH, num_heads=1)
+    model.load_state_dict(state["model"], strict=True)
+    scores = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert scores == result.scores and scores["test_images"] == 2000 and 0 <= scores["top5"] <= 1
+    assert scores["top1"] <= scores["top5"]
+
+
+def test_progress_bar_shows_the_steps(pretrained, tmp_path):
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120)
+    trainer(pretrained, tmp_path / "run", console=console, max_steps=2, ema=False).fit()
+    text = buffer.getvalue()
+    assert "finetune" in text and "2/2" in text
+
+
+def test_recipe_errors_name_file_and_key(pretrained, tmp_path):
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({"finetune": {"layer_decay": 1.5}}))
+    with pytest.raises(ConfigError) as info:
+        load_finetune_recipe(path)
+    assert str(info.value) == f"{path}: finetune.layer_decay: expected a number in (0, 1], got 1.5"
+    with pytest.raises(ConfigError, match=r"finetune.mixpu: unknown key \(did you mean mixup\?\)"):
+        load_finetune_recipe(path, ["finetune.layer_decay=0.5", "finetune.mixpu=0.2"])
+    with pytest.raises(ConfigError, match=r"encoder: unknown section of a fine-tuning recipe"):
+        load_finetune_recipe(path, ["finetune.layer_decay=0.5", "encoder.depth=2"])
+    with pytest.raises(ConfigError, match="a pretraining recipe, not a fine-tuning one"):
+        load_finetune_recipe(ROOT / "recipes" / "quickstart.yaml")
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "nope.pth")], "no such checkpoint file"),
+        ([str(pretrained), "finetune.drop_path=2"], "finetune.drop_path: expected a probability in [0, 1], got 2"),
+        ([str(pretrained), "--recipe", "quickstart"], "a pretraining recipe, not a fine-tuning one"),
+        (["--resume", str(pretrained)], "a pretraining checkpoint, not a fine-tuning one"),
+        ([str(pretrained), "finetune.batch_size=7", "finetune.device=cpu", "--out", str(tmp_path / "odd")],
+         "expected an even batch size, got 7"),
+    ]
+    for args, fragment in cases:
+        assert main(["finetune", *args, "--no-progress"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err, err
+    assert main(["train", "finetune_quickstart"]) == 2
+    assert "a fine-tuning recipe" in capsys.readouterr().err
+
+
+def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["finetune", str(pretrained), "--recipe", "finetune_quickstart", "finetune.max_steps=2",
+                 "finetune.batch_size=8", "finetune.device=cpu", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    scores = json.loads((out / "finetune.json").read_text())
+    assert f"top-1 {100 * scores['top1']:.2f}%" in printed and scores["steps"] == 2
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]["max_steps"] == 2
+    assert main(["finetune", str(pretrained), "--out", str(out), "--no-progress"]) == 2  # holds a run
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_shipped_recipes_have_the_paper_settings():
+    expected = {"base": (100, 0.65, 0.1), "large": (50, 0.75, 0.2), "huge": (50, 0.75, 0.3)}
+    for size, (epochs, decay, drop_path) in expected.items():
+        name = f"finetune_vit_{size}_patch{14 if size == 'huge' else 16}"
+        cfg = load_finetune_recipe(name).finetune
+        assert (cfg.epochs, cfg.layer_decay, cfg.drop_path) == (epochs, decay, drop_path)
+        assert cfg.batch_size * cfg.accum_steps * 8 == 1024  # on 8 GPUs
+        assert cfg.base_lr == (5e-4 if size == "base" else 1e-3) and cfg.warmup_epochs == 5
+        assert (cfg.mixup, cfg.cutmix, cfg.smoothing, cfg.reprob) == (0.8, 1.0, 0.1, 0.25)
+        assert cfg.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.weight_decay == 0.05
+        assert cfg.betas == (0.9, 0.999) and cfg.global_pool == "avg"
+    assert load_finetune_recipe("finetune_quickstart").component("data")["name"] == "fashion_mnist"
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_fine_tune_like_one_process(pretrained, tmp_path, monkeypatch):
+    """Two gloo ranks of batch 4 against one process of batch 8 (augmentations per sample; Mixup and drop
+    path off, since those are drawn per rank): the same losses and weights."""
+    changes = {"batch_size": 4, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.0, "ema": False, "ckpt_every": 0}
+    recipe_file = tmp_path / "ddp.yaml"
+    recipe_file.write_text(yaml.safe_dump({"seed": 0, "finetune": {**FT, **changes}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1")
+    out = tmp_path / "two"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskkit", "--debug",
+                             "finetune", str(pretrained), "--recipe", str(recipe_file), "--out", str(out),
+                             "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    one = trainer(pretrained, tmp_path / "one", **{**changes, "batch_size": 8})
+    one.fit()
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    two_losses, one_losses = losses(out), losses(tmp_path / "one")
+    assert len(two_losses) == len(one_losses) == 4
+    assert max(abs(a - b) for a, b in zip(two_losses, one_losses)) < 1e-5, (two_losses, one_losses)
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert state["world_size"] == 2
+    own = one.model.state_dict()
+    diffs = {k: (v - own[k]).abs().max().item() for k, v in state["model"].items() if not k.endswith("qkv.bias")}
+    assert max(diffs.values()) < 1e-5
+
+
+# -- fine-tuning as a comparison's evaluation ---------------------------------------------------------------
+
+
+class SmallFashion:
+    """Dataset ``small_fashion``: the first 96 train / 48 test embedded Fashion-MNIST images."""
+
+    @maskkit.hookimpl
+    def maskkit_add_datasets(self):
+        from maskkit.data.fashion_mnist import FashionMNIST
+
+        def small_fashion(split: str = "train"):
+            data = FashionMNIST(split, source="embedded")
+            n = 96 if split == "train" else 48
+            data.images, data.labels = data.images[:n], data.labels[:n]
+            return data
+
+        return {"small_fashion": small_fashion}
+
+
+def _compare_spec(folder: Path, finetune) -> Path:
+    tree = tiny_tree(data={"name": "small_fashion"})
+    tree["train"].update(max_steps=4, ckpt_every=0, log_every=1)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(tree))
+    spec = {"base": "tiny.yaml", "variants": {"r75": {}, "r50": {"masker.ratio": 0.5}}, "seeds": [0, 1],
+            "budget": {"match": "epochs", "steps": 2},
+            "eval": {"knn": True, "reconstructions": 0, "mask_samples": 0, "finetune": finetune}}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_compare_reports_fine_tuning_beside_knn_with_the_same_seeds(tmp_path):
+    from maskkit.compare import load_spec, make_plan, run_comparison
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+    spec_file = _compare_spec(tmp_path, {"recipe": "finetune_quickstart", "max_steps": 2, "batch_size": 8,
+                                         "device": "cpu"})
+    plan = make_plan(load_spec(spec_file, registry=registry), registry=registry)
+    out = tmp_path / "out"
+    outcome = run_comparison(plan, out, registry=registry, console=Console(file=io.StringIO()), progress=False)
+    assert not outcome.failed, outcome.errors
+    for variant in ("r75", "r50"):
+        for seed in (0, 1):
+            run = out / "runs" / variant / f"seed{seed}"
+            scores = json.loads((run / "eval.json").read_text())
+            tuned = json.loads((run / "finetune" / "finetune.json").read_text())
+            assert scores["finetune_top1"] == tuned["top1"] and tuned["test_images"] == 48 and tuned["steps"] == 2
+            ft_recipe = yaml.safe_load((run / "finetune" / "recipe.yaml").read_text())
+            assert (ft_recipe["seed"], ft_recipe["data_seed"]) == (seed, 0)
+            assert ft_recipe["data"] == {"name": "small_fashion"} and ft_recipe["finetune"]["layer_decay"] == 0.75
+    report = (out / "report" / "report.md").read_text()
+    assert "| kNN top-1 (%) | fine-tune top-1 (%) |" in report and "end-to-end fine-tuning top-1" in report
+    results = json.loads((out / "report" / "results.json").read_text())
+    r50 = results["variants"][1]
+    assert r50["finetune_top1"]["n"] == 2 and r50["delta_finetune_top1"]["n"] == 2
+
+
+def test_compare_spec_fine_tuning_errors_name_the_spec_and_key(tmp_path):
+    from maskkit.compare import load_spec
+
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+    for settings, message in [({"layer_decay": 2}, "eval.finetune.layer_decay: expected a number in (0, 1], got 2"),
+                              ({"mixpu": 0.5}, "eval.finetune.mixpu: unknown key (did you mean mixup?)"),
+                              ([1], "eval.finetune: expected a mapping")]:
+        spec_file = _compare_spec(tmp_path, settings)
+        with pytest.raises(ConfigError) as info:
+            load_spec(spec_file, registry=registry)
+        assert str(info.value).startswith(f"{spec_file}: {message}"), str(info.value)
