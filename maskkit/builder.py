@@ -115,9 +115,9 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
     """The :class:`MaskedModel` a recipe describes (random init; nothing downloads).
 
     Validates the masker/encoder pairing before building anything heavy: a sparse encoder needs a masker that
-    hides a fixed count.
+    hides a fixed count. The recipe's ``plugins`` are loaded into (a copy of) ``registry`` first.
     """
-    registry = registry or default_registry()
+    registry = (registry or default_registry()).with_plugins(recipe.plugins)
     file = recipe.file
     masker = build_component(registry, "masker", recipe.component("masker"), file=file)
     encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
@@ -146,7 +146,7 @@ def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, 
     ``in_chans``: the encoder's channel count; a dataset whose images have another (by the length of its
     ``mean``) is a one-line error naming ``data``, before any image meets the model.
     """
-    registry = registry or default_registry()
+    registry = (registry or default_registry()).with_plugins(recipe.plugins)
     spec = recipe.dataset_spec()
     try:
         dataset = build_component(registry, "dataset", spec, section="data", file=recipe.file,

@@ -25,8 +25,8 @@ COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
 # ``on_bad_image``: what training does with an image file that cannot be decoded: ``stop`` (the default; the
 # error names the file) or ``skip`` (leave it out of its batch, count it, list it in the run folder).
 DATA_ENGINE_KEYS = {"on_bad_image": ("stop", "skip")}
-SECTIONS = ("description", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder", "target", "loss",
-            "train", "eval", "distributed")
+SECTIONS = ("description", "plugins", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder",
+            "target", "loss", "train", "eval", "distributed")
 
 
 @attrs.frozen(kw_only=True)
@@ -156,6 +156,18 @@ class Recipe:
         """The ``data`` section without the engine's own keys: what the dataset factory is called with."""
         return {k: v for k, v in self.component("data").items() if k not in DATA_ENGINE_KEYS}
 
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The ``plugins`` section: one-file plugins (``my_masker.py``) or modules (``pkg.masker``) the recipe
+        needs; a recipe loaded from a file has its relative paths made absolute (from the recipe's folder)."""
+        raw = self.tree.get("plugins") or []
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+            raise ConfigError("plugins", expected("a list of plugin files (x.py) or module names", raw),
+                              file=self.file)
+        return tuple(raw)
+
     def component(self, section: str) -> dict:
         """The ``{name: ..., **kwargs}`` spec of a component section."""
         spec = self.tree.get(section)
@@ -176,7 +188,7 @@ class Recipe:
                                   file=self.file)
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
-        _ = self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image
+        _ = self.plugins, self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image
         from maskkit.engine.distributed import distributed_config
 
         distributed_config(self)
@@ -257,10 +269,23 @@ def apply_overrides(tree: dict, overrides: Iterable[str], file: str = "<recipe>"
     return tree
 
 
+def resolve_plugins(tree: dict, base_dir: str | Path, file: str) -> dict:
+    """``tree`` with the plugin files of its ``plugins`` section made absolute (relative to ``base_dir``, the
+    folder of the file it was read from), so the resolved recipe of a run names them wherever it is read."""
+    from maskkit.registry import resolve_plugin_spec
+
+    if not tree.get("plugins"):
+        return tree
+    plugins = Recipe(tree, file).plugins
+    return {**tree, "plugins": [resolve_plugin_spec(item, base_dir) for item in plugins]}
+
+
 def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, registry=None) -> Recipe:
     """Load a recipe from a YAML path, a registered recipe name (``"quickstart"``), or a dict; apply overrides.
 
-    Raises :class:`~maskkit.errors.ConfigError` naming the file and key on any problem.
+    Raises :class:`~maskkit.errors.ConfigError` naming the file and key on any problem. The recipe's
+    ``plugins`` are not imported here: :meth:`maskkit.Registry.with_plugins` loads them where components are
+    built.
     """
     if isinstance(source, dict):
         recipe = Recipe(copy.deepcopy(source), None)
@@ -277,5 +302,7 @@ def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, reg
                               file=str(source))
         recipe = Recipe(parse_yaml(read_text_file(path), str(path)), str(path))
     recipe = recipe.with_overrides(overrides)
+    base_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
+    recipe = Recipe(resolve_plugins(recipe.tree, base_dir, recipe.file), recipe.path)
     recipe.validate()
     return recipe

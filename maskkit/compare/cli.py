@@ -70,7 +70,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from maskkit.compare.report import rich_table, write_report
     from maskkit.compare.runner import PLAN_FILE, run_comparison, run_status
     from maskkit.compare.spec import load_spec
-    from maskkit.registry import default_registry
+    from maskkit.registry import registry_for
 
     spec_path = resolve_spec(args.spec)
     out = Path(args.out) if args.out else default_out(spec_path)
@@ -83,8 +83,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         console.print(rich_table(out, plan))
         console.print(f"report: {report / 'report.md'} (also report.html, results.csv, results.json)")
         return 0
-    registry = default_registry()
+    registry = registry_for(getattr(args, "plugins", None) or ())
     spec = load_spec(spec_path, registry=registry)
+    registry = registry.with_plugins(spec.plugins)
     plan = make_plan(spec, registry, device=args.device)
     if args.dry_run:
         statuses = [run_status(run, plan, out) for run in plan.runs] if out.is_dir() else None

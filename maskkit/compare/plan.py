@@ -100,6 +100,9 @@ class Plan:
     eval: EvalSpec
     variants: tuple[VariantPlan, ...]
     runs: tuple[RunPlan, ...]
+    # one-file plugins and modules every run loads (the spec's, --plugin, MASKKIT_PLUGINS), so a worker process
+    # builds the registry the plan was made with; a base recipe's own plugins travel in each run's recipe
+    plugins: tuple[str, ...] = ()
 
     def variant(self, name: str) -> VariantPlan:
         for v in self.variants:
@@ -138,6 +141,7 @@ class Plan:
         tree = dict(tree)
         tree.pop("format", None)
         tree["seeds"] = tuple(tree["seeds"])
+        tree["plugins"] = tuple(tree.get("plugins") or ())
         tree["eval"] = EvalSpec(**tree["eval"])
         tree["variants"] = tuple(VariantPlan(**{**_known(VariantPlan, v), "grid": tuple(v["grid"])})
                                  for v in tree["variants"])
@@ -198,7 +202,7 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
     from maskkit.builder import build_component, build_dataset, build_model
     from maskkit.registry import default_registry
 
-    registry = registry or default_registry()
+    registry = (registry or default_registry()).with_plugins(spec.plugins)
     file = spec.file
     device = device if device is not None else spec.device
     base = Recipe(spec.base_tree, spec.file)
@@ -278,4 +282,4 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
                 reference=budget.reference if budget.match == "tokens" and budget.tokens is None else None,
                 budget_tokens=total, steps_per_epoch=spe, batch_size=cfg.batch_size, effective_batch=effective,
                 train_images=train_images, seeds=spec.seeds, data_seed=spec.data_seed, device=device,
-                eval=spec.eval, variants=tuple(variants), runs=tuple(runs))
+                eval=spec.eval, variants=tuple(variants), runs=tuple(runs), plugins=registry.plugin_specs)

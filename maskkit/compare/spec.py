@@ -14,6 +14,7 @@
     data_seed: 0                        # data order and augmentations: the same in every run (default: base's)
     eval: {knn: true, linear: true}     # kNN k=20 cosine T=0.07 and/or a linear probe, on frozen features
     budget: {match: tokens, epochs: 10, reference: random75}   # or {match: epochs, epochs: 10}
+    plugins: [my_masker.py]             # optional: one-file plugins or modules (paths relative to this file)
 
 A variant may not change what every run of a comparison must share (:data:`SHARED_KEYS`): the seeds, the
 data and its order, the evaluation, the batch and the budget. Those come from the base and the spec. Every
@@ -34,7 +35,8 @@ import yaml
 from maskkit.errors import ConfigError, expected
 from maskkit.recipe import SECTIONS, Recipe, load_recipe, parse_yaml, read_text_file, safe_load
 
-SPEC_KEYS = ("description", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval", "device")
+SPEC_KEYS = ("description", "plugins", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval",
+             "device")
 BUDGET_KEYS = ("match", "epochs", "steps", "tokens", "reference")
 EVAL_KEYS = ("knn", "linear", "baseline", "k", "temperature", "pool", "batch_size", "reconstructions",
              "mask_samples")
@@ -118,6 +120,7 @@ class CompareSpec:
     budget: BudgetSpec
     eval: EvalSpec
     device: str | None = None
+    plugins: tuple[str, ...] = ()  # the spec's own one-file plugins or modules, resolved (absolute paths)
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -302,6 +305,18 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
         mask_samples=_int(raw.get("mask_samples", 8), "eval.mask_samples", file, 0))
 
 
+def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...]:
+    from maskkit.registry import resolve_plugin_spec
+
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+        raise ConfigError("plugins", expected("a list of plugin files (x.py) or module names", raw), file=file)
+    return tuple(resolve_plugin_spec(item, spec_dir) for item in raw)
+
+
 def _resolve_base(base: Any, spec_dir: Path | None, file: str, registry) -> Recipe:
     """The base recipe: a path relative to the spec's folder, a path relative to the working directory, a
     registered recipe name, or (from Python) a recipe mapping."""
@@ -394,7 +409,10 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
         from maskkit.registry import default_registry
 
         registry = default_registry()
+    plugins = _parse_plugins(tree.get("plugins"), spec_dir, file)
+    registry = registry.with_plugins(plugins)
     base = _resolve_base(tree["base"], spec_dir, file, registry)
+    registry = registry.with_plugins(base.plugins)
     base_tree = copy.deepcopy(base.tree)
     for change in common:
         try:
@@ -428,7 +446,7 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
     spec = CompareSpec(file=file, description=description.strip(), base=base.path or "<mapping>", base_tree=base_tree,
                        variants=tuple(variants), seeds=seeds, data_seed=data_seed,
                        budget=_parse_budget(tree.get("budget"), names, file),
-                       eval=_parse_eval(tree.get("eval"), base, file), device=device)
+                       eval=_parse_eval(tree.get("eval"), base, file), device=device, plugins=plugins)
     if check:
         check_components(spec, registry)
     return spec
