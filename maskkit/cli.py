@@ -305,13 +305,26 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             names = own
         for name in names:
             entry = entries[name]
-            version = entry.version[:19] if entry.version.startswith("sha256:") else entry.version  # a file's hash
-            table.add_row(kind, name, entry.plugin, version)
+            table.add_row(kind, name, *_provenance(entry, registry))
     console.print(table)
     for failure in registry.failures:
         console.print(f"[red]plugin {escape(repr(failure.name))} failed to load:[/red] {escape(failure.error)}",
                       soft_wrap=True)
     return 0
+
+
+def _provenance(entry, registry) -> tuple[str, str]:
+    """``(plugin, version)`` as shown: a one-file plugin by its path (relative to here when inside) and the
+    start of its content hash."""
+    source = registry.sources.get(entry.plugin)
+    if source is None or source.file is None:
+        return entry.plugin, entry.version
+    path = Path(source.file)
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return str(path), entry.version[:19]
 
 
 def cmd_recipes(args: argparse.Namespace, console: Console) -> int:
