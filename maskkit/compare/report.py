@@ -7,13 +7,12 @@ Written to ``OUT/report/``:
   and standard deviation over seeds, the paired difference to the reference variant, and the settings.
 * ``summary.csv``: one row per variant, mean and std (sample std, n - 1) of every number over its seeds.
 * ``report.md`` and ``report.html``: the table and the pictures, with the budget and the protocol spelled out.
-* ``loss_curves.png`` (training loss against steps and against encoder tokens processed), ``accuracy.png``
-  (bars with error bars), ``accuracy_vs_compute.png`` (accuracy against encoder tokens processed),
-  ``reconstructions.png`` (the same test images reconstructed by every variant under its own masks) and
-  ``masks.png`` (a strip of mask samples per variant).
+* the pictures of :mod:`maskkit.compare.plots`.
 
-Everything is read from the output folder (``plan.json`` and the run folders), so ``maskkit compare SPEC
---report-only`` rebuilds it at any time, and runs still missing show as such.
+The numbers come from :mod:`maskkit.compare.results` and the pictures from :mod:`maskkit.compare.plots`;
+this module formats and writes them. Everything is read from the output folder (``plan.json`` and the run
+folders), so ``maskkit compare SPEC --report-only`` rebuilds it at any time, and runs still missing show as
+such.
 """
 
 from __future__ import annotations
@@ -21,117 +20,16 @@ from __future__ import annotations
 import csv
 import html
 import json
-import math
-import statistics
 from pathlib import Path
-from typing import Any
 
-import torch
-
+from maskkit.compare.files import EVAL_FILE, PLAN_FILE, read_json
 from maskkit.compare.plan import Plan
-from maskkit.compare.runner import (DONE, EVAL_FILE, SAMPLES_FILE, STATUS_FILE, TIMING_FILE, checkpoint_step,
-                                    read_json, training_time)
-from maskkit.engine.trainer import CHECKPOINT_NAME
+from maskkit.compare.plots import (PLOTS, _load_samples, accuracy_axis, plot_accuracy,  # noqa: F401
+                                   plot_accuracy_vs_compute, plot_loss_curves, plot_masks, plot_reconstructions)
+from maskkit.compare.results import (ACCURACIES, NUMBERS, RUN_COLUMNS, accuracy_keys, collect,  # noqa: F401
+                                     read_metrics, reference_variant, summarize)
 
 REPORT_DIR = "report"
-ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"))
-RUN_COLUMNS = ("variant", "seed", "status", "steps", "epochs", "tokens_per_step", "encoder_tokens", "knn_top1",
-               "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss", "images_per_s",
-               "train_time_s", "eval_time_s", "error", "run_dir")
-NUMBERS = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
-           "images_per_s", "train_time_s", "eval_time_s")
-PLOTS = ("loss_curves.png", "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
-
-
-# -- collecting ---------------------------------------------------------------------------------------------
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a ``metrics.jsonl``, one per step (a step logged twice, by a session that crashed after
-    logging it and the resume that redid it, keeps its last record), in step order."""
-    records: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                records[int(record["step"])] = record
-            except (ValueError, KeyError, TypeError):
-                continue
-    return [records[s] for s in sorted(records)]
-
-
-def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Per-run rows (see :data:`RUN_COLUMNS`) and per-run loss curves (``{run_id: metrics records}``)."""
-    rows, curves = [], {}
-    for run in plan.runs:
-        vplan = plan.variant(run.variant)
-        run_dir = run.run_dir(out_dir)
-        status = read_json(run_dir / STATUS_FILE) or {}
-        scores = read_json(run_dir / EVAL_FILE) or {}
-        step = checkpoint_step(run_dir / CHECKPOINT_NAME) or 0
-        finished = status.get("status") == DONE and bool(scores) and step >= run.steps
-        if finished:
-            state = "done"
-        elif status.get("status") == "failed":
-            state = "failed"
-        elif step == 0:
-            state = "missing"
-        else:
-            state = f"at step {step}" if step < run.steps else "not evaluated"
-        metrics = read_metrics(run_dir / "metrics.jsonl")
-        curves[run.run_id] = metrics
-        train_time = training_time(read_json(run_dir / TIMING_FILE), final_step=run.steps) if finished else None
-        row: dict[str, Any] = {
-            "variant": run.variant, "seed": run.seed, "status": state, "steps": run.steps,
-            "epochs": round(run.steps / plan.steps_per_epoch, 4), "tokens_per_step": vplan.tokens_per_step,
-            "encoder_tokens": run.steps * vplan.tokens_per_step,
-            "final_loss": metrics[-1].get("loss_avg", metrics[-1].get("loss")) if metrics and finished else None,
-            "images_per_s": (run.steps * plan.effective_batch / train_time) if train_time else None,
-            "train_time_s": train_time, "eval_time_s": scores.get("eval_time_s") if finished else None,
-            "error": status.get("error") if status.get("status") == "failed" else None,
-            "run_dir": str(run_dir.relative_to(out_dir)),
-        }
-        for key in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1"):
-            row[key] = scores.get(key) if finished else None
-        rows.append(row)
-    return rows, curves
-
-
-def _stats(values: list[float]) -> dict:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
-
-
-def reference_variant(plan: Plan) -> str:
-    """The variant the others are compared with: the budget's reference, else the first one."""
-    return plan.reference or plan.variants[0].name
-
-
-def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
-    """One entry per variant: cost, and mean/std/n of every number over its finished seeds; ``delta_*``: the
-    paired difference to the reference variant (same seed, same data order), mean/std/n over seeds."""
-    ref = reference_variant(plan)
-    by_key = {(r["variant"], r["seed"]): r for r in rows}
-    out = []
-    for v in plan.variants:
-        mine = [r for r in rows if r["variant"] == v.name]
-        entry: dict[str, Any] = {
-            "variant": v.name, "changes": v.changes, "masker": v.masker, "mask_ratio": v.mask_ratio,
-            "tokens_per_image": v.tokens_per_image, "tokens_per_step": v.tokens_per_step, "steps": v.steps,
-            "epochs": round(v.epochs, 4), "encoder_tokens": v.encoder_tokens,
-            "runs": len(mine), "finished": sum(r["status"] == "done" for r in mine),
-        }
-        for key in NUMBERS:
-            entry[key] = _stats([r[key] for r in mine])
-        for key, _ in ACCURACIES:
-            diffs = [r[key] - by_key[(ref, r["seed"])][key] for r in mine
-                     if r[key] is not None and by_key.get((ref, r["seed"]), {}).get(key) is not None]
-            entry[f"delta_{key}"] = _stats(diffs) if v.name != ref else None
-        out.append(entry)
-    return out
 
 
 # -- formatting ---------------------------------------------------------------------------------------------
@@ -238,238 +136,6 @@ def protocol_lines(plan: Plan, meta: dict) -> list[str]:
     return lines
 
 
-# -- plots ----------------------------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _colors(plan: Plan) -> dict[str, Any]:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    return {v.name: cmap(i % 10) for i, v in enumerate(plan.variants)}
-
-
-def plot_loss_curves(plan: Plan, curves: dict[str, list[dict]], path: Path) -> Path:
-    plt = _plt()
-    colors = _colors(plan)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for v in plan.variants:
-        per_seed = [{r["step"]: r.get("loss_avg", r["loss"]) for r in curves.get(run.run_id, [])}
-                    for run in plan.runs if run.variant == v.name]
-        per_seed = [c for c in per_seed if c]
-        if not per_seed:
-            continue
-        steps = sorted(set.intersection(*(set(c) for c in per_seed)))
-        if not steps:
-            continue
-        values = torch.tensor([[c[s] for s in steps] for c in per_seed], dtype=torch.float64)
-        mean = values.mean(0).tolist()
-        label = f"{v.name} ({len(per_seed)} seed{'s' if len(per_seed) > 1 else ''})"
-        for ax, xs in ((axes[0], steps), (axes[1], [s * v.tokens_per_step for s in steps])):
-            ax.plot(xs, mean, color=colors[v.name], label=label, lw=1.5)
-            if len(per_seed) > 1:
-                ax.fill_between(xs, values.min(0).values.tolist(), values.max(0).values.tolist(),
-                                color=colors[v.name], alpha=0.2, lw=0)
-    axes[0].set_xlabel("optimizer step")
-    axes[1].set_xlabel("encoder tokens processed")
-    for ax in axes:
-        ax.set_ylabel("training loss (mean over logging window)")
-        ax.grid(alpha=0.3)
-    axes[0].set_title("loss against steps")
-    axes[1].set_title("loss against compute")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[0].legend(fontsize=8)
-    fig.suptitle("training loss, mean over seeds (band: min to max)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _accuracy_keys(plan: Plan) -> list[tuple[str, str]]:
-    return [(k, label) for k, label in ACCURACIES if getattr(plan.eval, k.split("_")[0])]
-
-
-def accuracy_axis(values: list[float]) -> tuple[float, float]:
-    """The y range (in %) of the accuracy bars: from a multiple of 5 below the lowest value (seed, mean - std,
-    random-init line), leaving room, to just above the highest; the differences between masking strategies
-    are often a point or two, invisible on a 0-100 axis."""
-    lo, hi = min(values), max(values)
-    room = max(2.0, 0.5 * (hi - lo))
-    bottom = max(0.0, 5.0 * ((lo - room) // 5.0))
-    return bottom, min(100.0, hi + max(1.0, 0.1 * (hi - bottom)))
-
-
-def plot_accuracy(plan: Plan, rows: list[dict], summary: list[dict], path: Path) -> Path:
-    plt = _plt()
-    keys = _accuracy_keys(plan)
-    shown: list[float] = []  # every value drawn, for the y range
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(plan.variants) * len(keys) + 2), 4.2))
-    width = 0.8 / len(keys)
-    hatches = ["", "//"]
-    colors = _colors(plan)
-    for j, (key, label) in enumerate(keys):
-        for i, s in enumerate(summary):
-            stat = s[key]
-            x = i + (j - (len(keys) - 1) / 2) * width
-            if stat["mean"] is None:
-                continue
-            ax.bar(x, 100 * stat["mean"], width * 0.9, color=colors[s["variant"]], hatch=hatches[j % 2],
-                   edgecolor="black", lw=0.5, yerr=None if stat["std"] is None else 100 * stat["std"], capsize=4)
-            points = [100 * r[key] for r in rows if r["variant"] == s["variant"] and r[key] is not None]
-            ax.scatter([x] * len(points), points, color="black", s=10, zorder=3)
-            spread = 0.0 if stat["std"] is None else 100 * stat["std"]
-            shown += points + [100 * stat["mean"] - spread, 100 * stat["mean"] + spread]
-        base = _stats([r[f"random_init_{key}"] for r in rows])
-        if base["mean"] is not None:
-            shown.append(100 * base["mean"])
-            ax.axhline(100 * base["mean"], color="grey", ls="--" if j == 0 else ":", lw=1,
-                       label=f"random init, {label.split(' (')[0]}")
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor="white", edgecolor="black", hatch=hatches[j % 2], label=label)
-               for j, (_, label) in enumerate(keys)]
-    handles += ax.get_legend_handles_labels()[0]  # the random-init lines
-    ax.set_xticks(range(len(summary)), [s["variant"] for s in summary])
-    ax.set_ylabel("top-1 accuracy (%)")
-    budget = "encoder tokens" if plan.match == "tokens" else "epochs"
-    title = f"frozen-feature accuracy, mean ± std over seeds (dots: seeds); budget: equal {budget}"
-    if shown:
-        bottom, top = accuracy_axis(shown)
-        ax.set_ylim(bottom, top)
-        if bottom > 0:
-            title += f"; y axis from {bottom:.0f}%"
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_accuracy_vs_compute(plan: Plan, summary: list[dict], path: Path) -> Path:
-    plt = _plt()
-    keys = _accuracy_keys(plan)
-    colors = _colors(plan)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys):
-        for s in summary:
-            stat = s[key]
-            if stat["mean"] is None:
-                continue
-            ax.errorbar(s["encoder_tokens"], 100 * stat["mean"], yerr=None if stat["std"] is None else
-                        100 * stat["std"], fmt="o", color=colors[s["variant"]], capsize=4, label=s["variant"])
-            ax.annotate(s["variant"], (s["encoder_tokens"], 100 * stat["mean"]), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8)
-        ax.set_xlabel("encoder tokens processed per run")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{label.split(' (')[0]} against compute", fontsize=10)
-        xs = [s["encoder_tokens"] for s in summary]
-        if xs and max(xs) > 0:
-            ax.set_xlim(0, max(xs) * 1.15)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _load_samples(plan: Plan, out_dir: Path) -> dict[str, dict]:
-    """Per variant, the samples of its first seed that has them."""
-    found: dict[str, dict] = {}
-    for seed in plan.seeds:
-        for run in plan.runs:
-            if run.seed != seed or run.variant in found:
-                continue
-            path = run.run_dir(out_dir) / SAMPLES_FILE
-            if path.is_file():
-                try:
-                    found[run.variant] = {**torch.load(path, map_location="cpu", weights_only=True), "seed": seed}
-                except Exception:  # a damaged file: leave the variant out of the pictures
-                    continue
-    return found
-
-
-def _show(ax, picture: torch.Tensor) -> None:
-    """``picture`` uint8 ``[C, H, W]`` on ``ax``, without axes."""
-    if picture.shape[0] == 1:
-        ax.imshow(picture[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _row_label(ax, text: str) -> None:
-    ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
-
-
-def plot_reconstructions(plan: Plan, samples: dict[str, dict], path: Path) -> Path | None:
-    plt = _plt()
-    variants = [v.name for v in plan.variants if "pictures" in samples.get(v.name, {})]
-    if not variants:
-        return None
-    first = samples[variants[0]]["pictures"]
-    k = min(samples[v]["pictures"].shape[0] for v in variants)
-    rows = 1 + 2 * len(variants)
-    fig, axes = plt.subplots(rows, k, figsize=(1.25 * k + 2.2, 1.25 * rows + 0.5), squeeze=False)
-    for col in range(k):
-        _show(axes[0][col], first[col, 0])
-    _row_label(axes[0][0], "original")
-    for i, name in enumerate(variants):
-        pics = samples[name]["pictures"]
-        for col in range(k):
-            _show(axes[1 + 2 * i][col], pics[col, 1])
-            ax = axes[2 + 2 * i][col]
-            if pics.shape[1] >= 4:
-                _show(ax, pics[col, 3])
-            else:
-                ax.axis("off")
-        _row_label(axes[1 + 2 * i][0], f"{name}\nmasked")
-        _row_label(axes[2 + 2 * i][0], f"{name}\nreconstructed" if pics.shape[1] >= 4 else f"{name}\n(no pixels)")
-    fig.suptitle("the same test images, each variant under its own masks\n(grey: hidden; reconstruction with "
-                 f"the visible patches pasted back; seed {samples[variants[0]]['seed']})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_masks(plan: Plan, samples: dict[str, dict], path: Path) -> Path | None:
-    plt = _plt()
-    variants = [v for v in plan.variants if samples.get(v.name, {}).get("masks") is not None
-                and samples[v.name]["masks"].shape[0] > 0]
-    if not variants:
-        return None
-    m = min(samples[v.name]["masks"].shape[0] for v in variants)
-    fig, axes = plt.subplots(len(variants), m, figsize=(1.2 * m + 2.4, 1.3 * len(variants) + 0.5), squeeze=False)
-    for i, v in enumerate(variants):
-        masks = samples[v.name]["masks"]
-        grid = samples[v.name]["grid"]
-        for col in range(m):
-            ax = axes[i][col]
-            ax.imshow(masks[col].reshape(*grid).float().numpy(), cmap="Greys", vmin=0, vmax=1.4,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        hidden = 100 * masks[:m].float().mean().item()
-        _row_label(axes[i][0], f"{v.name}\n{hidden:.0f}% hidden")
-    fig.suptitle(f"mask samples per variant (dark: hidden; {grid[0]}x{grid[1]} patch grid)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # -- writing --------------------------------------------------------------------------------------------------
 
 
@@ -518,7 +184,7 @@ def _run_table(plan: Plan, rows: list[dict]) -> tuple[list[str], list[list[str]]
     out = []
     for r in rows:
         line = [f"{r['variant']}/seed{r['seed']}", r["status"], str(r["steps"])]
-        for key, _ in _accuracy_keys(plan):
+        for key, _ in accuracy_keys(plan):
             line.append("-" if r[key] is None else f"{100 * r[key]:.2f}")
         line += ["-" if r["final_loss"] is None else f"{r['final_loss']:.4f}",
                  "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
@@ -545,8 +211,6 @@ def _meta(out_dir: Path, plan: Plan) -> dict:
 
 def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
     """Write the report of the comparison in ``out_dir`` into ``out_dir/report`` and return that folder."""
-    from maskkit.compare.runner import PLAN_FILE
-
     out_dir = Path(out_dir)
     plan = plan or Plan.load(out_dir / PLAN_FILE)
     report = out_dir / REPORT_DIR
@@ -649,8 +313,6 @@ def rich_table(out_dir: str | Path, plan: Plan | None = None):
     """The report's main table as a :class:`rich.table.Table` (what ``maskkit compare`` prints)."""
     from rich.markup import escape
     from rich.table import Table
-
-    from maskkit.compare.runner import PLAN_FILE
 
     out_dir = Path(out_dir)
     plan = plan or Plan.load(out_dir / PLAN_FILE)

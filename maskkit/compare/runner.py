@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import os
 import shlex
 import subprocess
@@ -38,52 +37,20 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from maskkit.compare.files import (DONE, EVAL_FILE, FAILED, PARTIAL, PENDING, PLAN_FILE, SAMPLES_FILE,  # noqa: F401
+                                   STATUS_FILE, TIMING_FILE, TRAINED, checkpoint_step, read_json, training_time,
+                                   write_json)
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 from maskkit.recipe import Recipe, safe_load
 
-STATUS_FILE = "compare.json"
-TIMING_FILE = "timing.json"
-EVAL_FILE = "eval.json"
-SAMPLES_FILE = "samples.pt"
-PLAN_FILE = "plan.json"
-
-PENDING, PARTIAL, TRAINED, DONE, FAILED = "pending", "partial", "trained", "done", "failed"
 # Recipe keys that may differ between a run folder and the plan without changing what the run computes.
 _IGNORED = {("train", "device"), ("train", "num_workers"), ("train", "log_every"), ("train", "ckpt_every"),
             ("eval",), ("description",)}
 
 
-# -- small file helpers --------------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write atomically: readers (and a crash) see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a maskkit checkpoint, without reading its tensors (memory-mapped); None if unreadable."""
-    if not path.is_file():
-        return None
-    for mmap in (True, False):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            return int(state["step"])
-        except Exception:  # not a zip checkpoint (mmap), truncated, foreign
-            continue
-    return None
+# -- a run folder's recipe against the plan's ---------------------------------------------------------------
 
 
 def _training_view(tree: dict) -> dict:
@@ -169,20 +136,6 @@ class CompareTrainer(Trainer):
             self._timing["sessions"][-1]["marks"].append([self.step, time.perf_counter() - self._t0])
             write_json(self._timing_path, self._timing)
         super().save_checkpoint(path)
-
-
-def training_time(timing: dict | None, final_step: int | None = None) -> float | None:
-    """Seconds of training behind the final checkpoint: for each session, its time up to the checkpoint the
-    next session resumed from (the last session: up to ``final_step`` or its last checkpoint)."""
-    if not isinstance(timing, dict) or not timing.get("sessions"):
-        return None
-    sessions = timing["sessions"]
-    total = 0.0
-    for i, session in enumerate(sessions):
-        end = sessions[i + 1]["start_step"] if i + 1 < len(sessions) else final_step
-        marks = [(int(s), float(t)) for s, t in session.get("marks", []) if end is None or s <= end]
-        total += max((t for _, t in marks), default=0.0)
-    return total
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
