@@ -27,7 +27,7 @@ from maskkit.compare.plan import Plan
 from maskkit.compare.plots import (PLOTS, _load_samples, accuracy_axis, plot_accuracy,  # noqa: F401
                                    plot_accuracy_vs_compute, plot_loss_curves, plot_masks, plot_reconstructions)
 from maskkit.compare.results import (ACCURACIES, NUMBERS, RUN_COLUMNS, accuracy_keys, collect,  # noqa: F401
-                                     read_metrics, reference_variant, summarize)
+                                     findings, read_metrics, reference_variant, seed_stats, summarize)
 
 REPORT_DIR = "report"
 
@@ -56,6 +56,10 @@ def _rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _ms(x: float) -> str:
+    return f"{x:.3g}"
+
+
 def _secs(x: float) -> str:
     return f"{x:.1f} s" if abs(x) < 120 else f"{x / 60:.1f} min"
 
@@ -77,7 +81,8 @@ def table_columns(plan: Plan) -> list[str]:
         cols.append("kNN top-1 (%)")
     if plan.eval.linear:
         cols.append("linear top-1 (%)")
-    return cols + ["final loss", "images/s", "enc. tokens/step", "steps", "enc. tokens", "wall time", "seeds"]
+    return cols + ["final loss", "images/s", "masker ms/batch", "enc. tokens/step", "steps", "enc. tokens",
+                   "wall time", "seeds"]
 
 
 def table_rows(plan: Plan, summary: list[dict]) -> list[list[str]]:
@@ -91,21 +96,55 @@ def table_rows(plan: Plan, summary: list[dict]) -> list[list[str]]:
             row.append(_pm(s["knn_top1"], _pct, 100))
         if plan.eval.linear:
             row.append(_pm(s["linear_top1"], _pct, 100))
-        row += [_pm(s["final_loss"], _loss), _pm(s["images_per_s"], _rate), f"{s['tokens_per_step']:,}",
-                f"{s['steps']} ({s['epochs']:.3g} ep)", _si(s["encoder_tokens"]), _pm(s["train_time_s"], _secs),
-                f"{s['finished']}/{s['runs']}"]
+        row += [_pm(s["final_loss"], _loss), _pm(s["images_per_s"], _rate), _pm(s["masker_ms_per_batch"], _ms),
+                f"{s['tokens_per_step']:,}", f"{s['steps']} ({s['epochs']:.3g} ep)", _si(s["encoder_tokens"]),
+                _pm(s["train_time_s"], _secs), f"{s['finished']}/{s['runs']}"]
         rows.append(row)
+    baseline = random_init_row(plan, summary)
+    if baseline is not None:
+        rows.append(baseline)
     return rows
+
+
+def random_init_row(plan: Plan, summary: list[dict]) -> list[str] | None:
+    """The table's last row: the reference variant's encoder at its initialisation, scored the same way (the
+    floor every variant must clear); None when the baseline was not scored."""
+    ref = next((s for s in summary if s["variant"] == reference_variant(plan)), None)
+    keys = accuracy_keys(plan)
+    if ref is None or all((ref.get(f"random_init_{k}") or {}).get("mean") is None for k, _ in keys):
+        return None
+    row = ["(random init)", f"{ref['variant']}'s encoder, untrained"] + \
+        (["-"] if _show_other_changes(plan) else [])
+    row += [_pm(ref[f"random_init_{k}"], _pct, 100) for k, _ in keys]
+    return row + ["-"] * (len(table_columns(plan)) - len(row))
+
+
+def delta_interval(stat: dict | None) -> str:
+    """``+1.20 [-0.40, +2.80]``: a paired difference in points with its 95% interval (when there is one)."""
+    text = _pm(stat, lambda x: f"{x:+.2f}", 100)
+    if stat and stat.get("ci95"):
+        lo, hi = (100 * x for x in stat["ci95"])
+        text += f" [{lo:+.2f}, {hi:+.2f}]"
+    return text
 
 
 def delta_rows(plan: Plan, summary: list[dict]) -> tuple[list[str], list[list[str]]]:
     keys = [(k, label) for k, label in ACCURACIES if getattr(plan.eval, k.split("_")[0])]
-    header = ["variant"] + [f"Δ {label.replace(' (%)', '')} (points)" for _, label in keys]
+    header = ["variant"] + [f"Δ {label.replace(' (%)', '')} (points, ± std [95% interval])" for _, label in keys]
     rows = []
     for s in summary:
         if s[f"delta_{keys[0][0]}"] is None:
             continue
-        rows.append([s["variant"]] + [_pm(s[f"delta_{k}"], lambda x: f"{x:+.2f}", 100) for k, _ in keys])
+        rows.append([s["variant"]] + [delta_interval(s[f"delta_{k}"]) for k, _ in keys])
+    return header, rows
+
+
+def aux_rows(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Auxiliary losses (``aux/<component>.<name>`` in metrics.jsonl), mean ± std over seeds of each run's
+    last logging window; no rows when no run logged any."""
+    keys = sorted({k for s in summary for k in s.get("aux", {})})
+    header = ["variant"] + [k.removeprefix("aux/") for k in keys]
+    rows = [[s["variant"]] + [_pm(s["aux"].get(k), _loss) for k in keys] for s in summary if s.get("aux")]
     return header, rows
 
 
@@ -113,13 +152,15 @@ def protocol_lines(plan: Plan, meta: dict) -> list[str]:
     ev = plan.eval
     measures = []
     if ev.knn:
-        measures.append(f"kNN top-1 (k={ev.k}, cosine similarity, weighted votes exp(sim/T) with T={ev.temperature})")
+        measures.append(f"kNN top-1 (k={ev.k}, cosine similarity, weighted votes exp(sim/T) with T={ev.temperature})"
+                        + (" on a fixed subset (quick mode)" if ev.quick else ""))
     if ev.linear:
         measures.append("a linear probe (BatchNorm without affine + linear layer, trained on cached features)")
     seeds = ", ".join(map(str, plan.seeds))
     lines = [
         f"Base recipe: `{plan.base}`; spec: `{plan.spec_file}`.",
         f"Budget: {plan.budget_text()}",
+        f"Schedule: {plan.schedule_text()}.",
         f"Seeds: {seeds}. The seed sets the initialisation and the masks; the data order and augmentations come "
         f"from data_seed {plan.data_seed}, the same for every run, so variants at one seed differ only in what "
         "the variant changes (paired comparison).",
@@ -129,10 +170,13 @@ def protocol_lines(plan: Plan, meta: dict) -> list[str]:
         "Columns: mean ± sample std over seeds; final loss = mean training loss over the last logging window; "
         "images/s and wall time = training only (all sessions of a resumed run, evaluation excluded); enc. "
         "tokens/step = tokens the encoder processes per optimizer step (prefix + visible patches for a sparse "
-        "encoder, all patches for a dense one, times the batch); enc. tokens = per run, in all.",
+        "encoder, all patches for a dense one, times the batch); enc. tokens = per run, in all; masker ms/batch "
+        f"= milliseconds the masker takes to draw one batch's masks ({plan.batch_size} samples) on the run's "
+        "device (median of 20 draws).",
     ]
     if ev.baseline:
-        lines.append("Random init: the same encoder at its initialisation, scored the same way.")
+        lines.append("Random init: the same encoder at its initialisation (the seed's), scored the same way; "
+                     "shown as the table's last row.")
     return lines
 
 
@@ -147,18 +191,49 @@ def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
+# Accuracies are fractions in results.json and percentages in the CSV files and the tables; the CSV column
+# names carry the unit (knn_top1_pct; paired differences: delta_knn_top1_points).
+PERCENT_KEYS = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1")
+
+
+def _csv_name(key: str) -> str:
+    if key.startswith("delta_"):
+        return f"{key}_points"
+    return f"{key}_pct" if key in PERCENT_KEYS else key
+
+
+def _run_csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """results.csv: one row per run; accuracies in percent (``*_pct``), auxiliary losses as ``aux/...``."""
+    aux = sorted({k for r in rows for k in r.get("aux", {})})
+    columns = [_csv_name(c) for c in RUN_COLUMNS] + aux
+    flat = []
+    for r in rows:
+        out = {_csv_name(k): (100 * v if k in PERCENT_KEYS and v is not None else v) for k, v in r.items()
+               if k != "aux"}
+        flat.append({**out, **r.get("aux", {})})
+    return columns, flat
+
+
 def _summary_csv_rows(summary: list[dict]) -> tuple[list[str], list[dict]]:
     columns = ["variant", "changes", "runs", "finished", "steps", "epochs", "tokens_per_step", "encoder_tokens"]
+    keys = NUMBERS + tuple(f"delta_{k}" for k, _ in ACCURACIES)
     flat_rows = []
     for s in summary:
         flat = {k: s[k] for k in columns}
-        for key in NUMBERS + tuple(f"delta_{k}" for k, _ in ACCURACIES):
+        for key in keys:
             stat = s.get(key) or {}
+            scale = 100 if key in PERCENT_KEYS or key.startswith("delta_") else 1
             for part in ("mean", "std"):
-                flat[f"{key}_{part}"] = stat.get(part)
+                flat[f"{_csv_name(key)}_{part}"] = None if stat.get(part) is None else scale * stat[part]
+            if key.startswith("delta_"):
+                ci = stat.get("ci95") or [None, None]
+                flat[f"{_csv_name(key)}_ci95_low"], flat[f"{_csv_name(key)}_ci95_high"] = \
+                    (None if x is None else scale * x for x in ci)
         flat_rows.append(flat)
-    for key in NUMBERS + tuple(f"delta_{k}" for k, _ in ACCURACIES):
-        columns += [f"{key}_mean", f"{key}_std"]
+    for key in keys:
+        columns += [f"{_csv_name(key)}_mean", f"{_csv_name(key)}_std"]
+        if key.startswith("delta_"):
+            columns += [f"{_csv_name(key)}_ci95_low", f"{_csv_name(key)}_ci95_high"]
     return columns, flat_rows
 
 
@@ -220,7 +295,7 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
     meta = _meta(out_dir, plan)
     versions = _versions(out_dir, plan)
 
-    _csv(report / "results.csv", list(RUN_COLUMNS), rows)
+    _csv(report / "results.csv", *_run_csv_rows(rows))
     columns, flat = _summary_csv_rows(summary)
     _csv(report / "summary.csv", columns, flat)
     name = Path(plan.spec_file).stem
@@ -231,10 +306,12 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
         "seeds": list(plan.seeds), "data_seed": plan.data_seed, "steps_per_epoch": plan.steps_per_epoch,
         "batch_size": plan.effective_batch, "train_images": meta.get("train_images", plan.train_images),
         "test_images": meta.get("test_images"), "evaluation": {**_asdict(plan.eval)},
-        "reference_variant": reference_variant(plan), "versions": versions,
+        "reference_variant": reference_variant(plan), "versions": versions, "quick": plan.eval.quick,
+        "schedule": plan.schedule_text(), "units": "accuracies and their differences as fractions (0.5 = 50%)",
     }
-    (report / "results.json").write_text(json.dumps({"comparison": comparison, "variants": summary, "runs": rows},
-                                                    indent=2, default=str) + "\n")
+    notes = findings(plan, summary)
+    (report / "results.json").write_text(json.dumps({"comparison": comparison, "findings": notes,
+                                                     "variants": summary, "runs": rows}, indent=2, default=str) + "\n")
 
     pictures: dict[str, str] = {}
     samples = _load_samples(plan, out_dir)
@@ -248,6 +325,7 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
 
     header, body = table_columns(plan), table_rows(plan, summary)
     dheader, drows = delta_rows(plan, summary)
+    aheader, arows = aux_rows(summary)
     rheader, rbody = _run_table(plan, rows)
     failed = [r for r in rows if r["error"]]
     captions = {"loss_curves.png": "Training loss against steps and against encoder tokens processed",
@@ -256,14 +334,19 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
                 "reconstructions.png": "The same test images reconstructed by every variant under its own masks",
                 "masks.png": "Mask samples per variant"}
     n_seeds = len(plan.seeds)
-    md = [f"# Comparison: {name}", ""]
+    quick = " (QUICK evaluation: a subset, kNN only)" if plan.eval.quick else ""
+    md = [f"# Comparison: {name}{quick}", ""]
     if plan.description:
         md += [plan.description, ""]
+    if notes:
+        md += ["## Read before ranking", ""] + [f"- **{note}**" for note in notes] + [""]
     md += [f"- {line}" for line in protocol_lines(plan, meta)] + [""]
     md += [f"## Results (mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''})", "", _md_table(header, body), ""]
     if drows:
         md += [f"Paired differences to **{reference_variant(plan)}** (same seed, same data order), in accuracy "
                "points:", "", _md_table(dheader, drows), ""]
+    if arows:
+        md += ["Auxiliary losses (last logging window, mean ± std over seeds):", "", _md_table(aheader, arows), ""]
     if failed:
         md += ["**Failed runs:**", ""] + [f"- {r['variant']}/seed{r['seed']}: {r['error']}" for r in failed] + [""]
     for filename, caption in captions.items():
@@ -281,9 +364,12 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
             "text-align:right}td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f3f3f3}"
             "img{max-width:100%;border:1px solid #eee}li{margin:.3em 0}</style></head><body>",
-            f"<h1>Comparison: {html.escape(name)}</h1>"]
+            f"<h1>Comparison: {html.escape(name + quick)}</h1>"]
     if plan.description:
         page.append(f"<p>{html.escape(plan.description)}</p>")
+    if notes:
+        page += ["<h2>Read before ranking</h2>",
+                 "<ul>" + "".join(f"<li><b>{html.escape(note)}</b></li>" for note in notes) + "</ul>"]
     page.append("<ul>" + "".join(f"<li>{html.escape(line).replace('`', '')}</li>"
                                  for line in protocol_lines(plan, meta)) + "</ul>")
     page += [f"<h2>Results (mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''})</h2>",
@@ -291,6 +377,8 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
     if drows:
         page += [f"<p>Paired differences to <b>{html.escape(reference_variant(plan))}</b> (same seed, same data "
                  "order), in accuracy points:</p>", _html_table(dheader, drows)]
+    if arows:
+        page += ["<p>Auxiliary losses (last logging window, mean ± std over seeds):</p>", _html_table(aheader, arows)]
     if failed:
         page.append("<p><b>Failed runs:</b></p><ul>" + "".join(
             f"<li>{html.escape(r['variant'])}/seed{r['seed']}: {html.escape(r['error'])}</li>" for r in failed)
@@ -320,7 +408,9 @@ def rich_table(out_dir: str | Path, plan: Plan | None = None):
     summary = summarize(plan, rows)
     n = len(plan.seeds)
     table = Table(title=f"{Path(plan.spec_file).stem}: mean ± std over {n} seed{'s' if n > 1 else ''}; "
-                        f"budget: equal {'encoder tokens' if plan.match == 'tokens' else 'epochs'}")
+                        f"budget: equal {'encoder tokens' if plan.match == 'tokens' else 'epochs'}"
+                        + ("; QUICK evaluation (subset, kNN only)" if plan.eval.quick else ""),
+                  caption="\n".join(findings(plan, summary)) or None, caption_justify="left")
     for i, column in enumerate(table_columns(plan)):
         table.add_column(column, justify="left" if i < 2 else "right", overflow="fold")
     for row in table_rows(plan, summary):

@@ -9,6 +9,7 @@ Layout of the output folder::
         eval.json                    scores on frozen features, and the evaluation settings they used
         samples.pt                   test reconstructions under this variant's masks, and mask samples
         compare.json                 status: running / done / failed (with the error)
+    OUT/baselines/KEY.json           random-init scores, made by the first run of a seed and encoder, shared
     OUT/report/                      see :mod:`maskkit.compare.report`
 
 A run is *finished* when its checkpoint is at its final step and its ``eval.json`` was made with the spec's
@@ -40,6 +41,7 @@ from rich.markup import escape
 from maskkit.compare.files import (DONE, EVAL_FILE, FAILED, PARTIAL, PENDING, PLAN_FILE, SAMPLES_FILE,  # noqa: F401
                                    STATUS_FILE, TIMING_FILE, TRAINED, checkpoint_step, read_json, training_time,
                                    write_json)
+from maskkit.compare.measure import baseline_key, shared_baseline, time_masker
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
@@ -193,13 +195,21 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
     run_dir = run.run_dir(out_dir)
     recipe = _eval_recipe(run, plan)
     start = time.perf_counter()
-    scores = evaluate(model, recipe, device=device, registry=registry, baseline=plan.eval.baseline,
-                      linear=plan.eval.linear)
+
+    def score(baseline: bool) -> dict:
+        return evaluate(model, recipe, device=device, registry=registry, baseline=baseline,
+                        linear=plan.eval.linear, train_images=plan.eval.train_images,
+                        test_images=plan.eval.test_images)
+
+    settings = eval_settings(plan)
+    scores = shared_baseline(out_dir, baseline_key(run.recipe, settings), score) if plan.eval.baseline \
+        else score(False)
     elapsed = time.perf_counter() - start
+    scores["masker_ms_per_batch"] = time_masker(model, plan.batch_size, device, seed=run.seed)
     samples = make_samples(model, recipe, registry, images=plan.eval.reconstructions,
                            masks=plan.eval.mask_samples, seed=run.seed, device=device)
     save_atomic(samples, run_dir / SAMPLES_FILE)
-    scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": eval_settings(plan)}
+    scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": settings}
     write_json(run_dir / EVAL_FILE, scores)
     return scores
 

@@ -39,7 +39,10 @@ SPEC_KEYS = ("description", "plugins", "base", "overrides", "variants", "seeds",
              "device")
 BUDGET_KEYS = ("match", "epochs", "steps", "tokens", "reference")
 EVAL_KEYS = ("knn", "linear", "baseline", "k", "temperature", "pool", "batch_size", "reconstructions",
-             "mask_samples")
+             "mask_samples", "quick")
+# --quick: kNN on a fixed subset of the splits, no linear probe (for iterating on an idea, not for a table)
+QUICK_TRAIN_IMAGES = 2000
+QUICK_TEST_IMAGES = 1000
 MATCHES = ("epochs", "tokens")
 # Recipe keys that every run of a comparison shares; a variant changing one is refused.
 SHARED_KEYS = (("seed",), ("data_seed",), ("data",), ("eval",), ("train", "epochs"), ("train", "max_steps"),
@@ -91,17 +94,28 @@ class BudgetSpec:
 @attrs.frozen
 class EvalSpec:
     """What is measured after training, the same for every run. ``k``, ``temperature``, ``pool`` and
-    ``batch_size`` default to the base recipe's ``eval`` section (MAE/DINO: k=20, cosine, T=0.07)."""
+    ``batch_size`` default to the base recipe's ``eval`` section (MAE/DINO: k=20, cosine, T=0.07). The
+    random-init ``baseline`` is scored by default: a variant below it learned nothing usable. ``quick``
+    scores kNN on ``train_images`` / ``test_images`` of the splits and skips the linear probe."""
 
     knn: bool = True
     linear: bool = False
-    baseline: bool = False
+    baseline: bool = True
     k: int = 20
     temperature: float = 0.07
     pool: str = "mean"
     batch_size: int = 256
     reconstructions: int = 6
     mask_samples: int = 8
+    quick: bool = False
+    train_images: int | None = None  # None: the whole split
+    test_images: int | None = None
+
+    def as_quick(self) -> "EvalSpec":
+        """This evaluation in quick mode: kNN only, on a fixed subset (:data:`QUICK_TRAIN_IMAGES` /
+        :data:`QUICK_TEST_IMAGES` images)."""
+        return attrs.evolve(self, quick=True, knn=True, linear=False, train_images=QUICK_TRAIN_IMAGES,
+                            test_images=QUICK_TEST_IMAGES)
 
     def recipe_overrides(self) -> dict:
         """The ``eval`` section keys this spec sets on each run's evaluation recipe."""
@@ -297,12 +311,13 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
     pool = raw.get("pool", cfg.pool)
     if pool not in ("mean", "cls"):
         raise ConfigError("eval.pool", expected("one of mean, cls", pool), file=file)
-    return EvalSpec(
-        knn=knn, linear=linear, baseline=_bool(raw.get("baseline", False), "eval.baseline", file),
+    spec = EvalSpec(
+        knn=knn, linear=linear, baseline=_bool(raw.get("baseline", True), "eval.baseline", file),
         k=_int(raw.get("k", cfg.k), "eval.k", file, 1), temperature=float(temperature), pool=pool,
         batch_size=_int(raw.get("batch_size", cfg.batch_size), "eval.batch_size", file, 1),
         reconstructions=_int(raw.get("reconstructions", 6), "eval.reconstructions", file, 0),
         mask_samples=_int(raw.get("mask_samples", 8), "eval.mask_samples", file, 0))
+    return spec.as_quick() if _bool(raw.get("quick", False), "eval.quick", file) else spec
 
 
 def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...]:
