@@ -433,3 +433,20 @@ def attrs_evolve(obj, **changes):
     import attrs
 
     return attrs.evolve(obj, **changes)
+
+
+def test_aux_losses_reach_the_report_when_logged(full, tmp_path):
+    from maskkit.compare.report import write_report
+
+    out = tmp_path / "out"
+    shutil.copytree(full[0], out)
+    for variant, value in (("r75", 0.25), ("r50", 0.5)):
+        metrics = out / "runs" / variant / "seed0" / "metrics.jsonl"
+        lines = metrics.read_text().splitlines()
+        lines[-1] = json.dumps({**json.loads(lines[-1]), "aux/masker.entropy": value})
+        metrics.write_text("\n".join(lines) + "\n")
+    report = write_report(out, full[1].plan)
+    with (report / "results.csv").open() as handle:
+        assert [float(r["aux/masker.entropy"]) for r in csv.DictReader(handle)] == [0.25, 0.5]
+    text = (report / "report.md").read_text()
+    assert "| variant | masker.entropy |" in text and "| r50 | 0.5000 |" in text

@@ -184,30 +184,37 @@ def _row_label(ax, text: str) -> None:
 
 
 def plot_reconstructions(plan: Plan, samples: dict[str, dict], path: Path) -> Path | None:
+    """The same test images (columns) under every variant's masks: a row of originals, then per variant its
+    masked images, its reconstructions and its reconstructions with the visible patches pasted back, each row
+    labelled with the variant and what it shows."""
     plt = _plt()
     variants = [v.name for v in plan.variants if "pictures" in samples.get(v.name, {})]
     if not variants:
         return None
     first = samples[variants[0]]["pictures"]
     k = min(samples[v]["pictures"].shape[0] for v in variants)
-    rows = 1 + 2 * len(variants)
-    fig, axes = plt.subplots(rows, k, figsize=(1.25 * k + 2.2, 1.25 * rows + 0.5), squeeze=False)
+    kinds = ((1, "masked"), (2, "reconstruction"), (3, "reconstruction\n+ visible"))
+    rows = 1 + len(kinds) * len(variants)
+    fig, axes = plt.subplots(rows, k, figsize=(1.25 * k + 2.4, 1.25 * rows + 0.6), squeeze=False)
     for col in range(k):
         _show(axes[0][col], first[col, 0])
+        axes[0][col].set_title(f"test image {col + 1}", fontsize=8)
     _row_label(axes[0][0], "original")
     for i, name in enumerate(variants):
         pics = samples[name]["pictures"]
-        for col in range(k):
-            _show(axes[1 + 2 * i][col], pics[col, 1])
-            ax = axes[2 + 2 * i][col]
-            if pics.shape[1] >= 4:
-                _show(ax, pics[col, 3])
-            else:
-                ax.axis("off")
-        _row_label(axes[1 + 2 * i][0], f"{name}\nmasked")
-        _row_label(axes[2 + 2 * i][0], f"{name}\nreconstructed" if pics.shape[1] >= 4 else f"{name}\n(no pixels)")
-    fig.suptitle("the same test images, each variant under its own masks\n(grey: hidden; reconstruction with "
-                 f"the visible patches pasted back; seed {samples[variants[0]]['seed']})", fontsize=9)
+        for j, (index, kind) in enumerate(kinds):
+            row = 1 + len(kinds) * i + j
+            for col in range(k):
+                if pics.shape[1] > index:
+                    _show(axes[row][col], pics[col, index])
+                else:  # a target without pixel form: an empty panel (its frame hidden), the row still labelled
+                    axes[row][col].set_xticks([])
+                    axes[row][col].set_yticks([])
+                    for spine in axes[row][col].spines.values():
+                        spine.set_visible(False)
+            _row_label(axes[row][0], f"{name}\n{kind}" if pics.shape[1] > index else f"{name}\n(no pixels)")
+    fig.suptitle("the same test images, each variant under its own masks (grey: hidden patches); seed "
+                 f"{samples[variants[0]]['seed']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
