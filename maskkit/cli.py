@@ -141,16 +141,9 @@ def _print_eval(console: Console, scores: dict) -> None:
 
 def _model_from_checkpoint(path: str, overrides: Sequence[str] = (), registry=None):
     """Rebuild the model of a maskkit checkpoint from the recipe stored in it, and load its weights."""
-    from maskkit.builder import build_model
-    from maskkit.engine.checkpoint import load_model_state, load_training_checkpoint
-    from maskkit.recipe import Recipe
+    from maskkit.engine.checkpoint import load_model
 
-    state = load_training_checkpoint(path)
-    recipe = Recipe(state["recipe"], f"{path}:recipe").with_overrides(overrides)
-    recipe.validate()
-    model = build_model(recipe, registry or _registry())
-    load_model_state(model, state["model"], path)
-    return model, recipe
+    return load_model(path, overrides, registry or _registry())
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:

@@ -214,17 +214,6 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
     return scores
 
 
-def _model_from_checkpoint(run: RunPlan, run_dir: Path, registry, device: torch.device):
-    from maskkit.builder import build_model
-    from maskkit.engine.checkpoint import load_training_checkpoint
-
-    state = load_training_checkpoint(run_dir / CHECKPOINT_NAME)
-    recipe = Recipe(state["recipe"], str(run_dir / CHECKPOINT_NAME))
-    model = build_model(recipe, registry)
-    model.load_state_dict(state["model"])
-    return model.to(device)
-
-
 # -- one run ------------------------------------------------------------------------------------------------
 
 
@@ -260,8 +249,10 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
             trainer.fit()
             model, device = trainer.model, trainer.device
         else:
+            from maskkit.engine.checkpoint import load_model
+
             device = pick_device(recipe.train.device)
-            model = _model_from_checkpoint(run, run_dir, registry, device)
+            model = load_model(run_dir / CHECKPOINT_NAME, registry=registry)[0].to(device)
         evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
     except RunInterrupted as exc:  # Ctrl-C / SIGTERM: the comparison stops (the checkpoint stays for a resume)
         again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
