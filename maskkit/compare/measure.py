@@ -1,5 +1,6 @@
-"""Measurements a comparison adds to each run's evaluation: the masker's own time per batch, and the random-init
-baseline scored once per seed and encoder rather than once per run."""
+"""Measurements a comparison adds to each run: its training wall time across resumes (:class:`TrainingClock`,
+a plugin on the engine's hooks), the masker's own time per batch, and the random-init baseline scored once per
+seed and encoder rather than once per run."""
 
 from __future__ import annotations
 
@@ -11,10 +12,37 @@ from typing import Any, Callable
 
 import torch
 
-from maskkit.compare.files import read_json, write_json
+from maskkit.compare.files import TIMING_FILE, read_json, write_json
+from maskkit.registry import hookimpl
 
 BASELINE_DIR = "baselines"
 RANDOM_INIT_PREFIX = "random_init_"
+
+
+class TrainingClock:
+    """Writes ``timing.json`` into a run folder: the training wall time of each session up to each checkpoint,
+    so the wall time of a resumed run counts the work that its final checkpoint contains exactly once (see
+    :func:`maskkit.compare.files.training_time`). A plugin on the engine's hooks, one per run."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / TIMING_FILE
+        self.timing: dict = {"sessions": []}
+        self.t0 = time.perf_counter()
+
+    @hookimpl
+    def maskkit_train_start(self, trainer) -> None:
+        timing = read_json(self.path) if trainer.step > 0 else None  # resumed: keep the earlier sessions
+        if not isinstance(timing, dict) or not isinstance(timing.get("sessions"), list):
+            timing = {"sessions": []}
+        timing["sessions"].append({"start_step": trainer.step, "marks": []})
+        self.timing, self.t0 = timing, time.perf_counter()
+        if trainer.dist.is_main:
+            write_json(self.path, timing)
+
+    @hookimpl(tryfirst=True)  # before other plugins' reactions to the checkpoint (one may stop the run)
+    def maskkit_checkpoint_saved(self, step: int) -> None:
+        self.timing["sessions"][-1]["marks"].append([step, time.perf_counter() - self.t0])
+        write_json(self.path, self.timing)
 
 
 def _sync(device: torch.device) -> None:

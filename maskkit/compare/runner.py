@@ -41,7 +41,7 @@ from rich.markup import escape
 from maskkit.compare.files import (DONE, EVAL_FILE, FAILED, PARTIAL, PENDING, PLAN_FILE, SAMPLES_FILE,  # noqa: F401
                                    STATUS_FILE, TIMING_FILE, TRAINED, checkpoint_step, read_json, training_time,
                                    write_json)
-from maskkit.compare.measure import baseline_key, shared_baseline, time_masker
+from maskkit.compare.measure import TrainingClock, baseline_key, shared_baseline, time_masker
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
@@ -115,29 +115,6 @@ def run_status(run: RunPlan, plan: Plan, out_dir: Path) -> RunStatus:
 
 
 # -- training ---------------------------------------------------------------------------------------------
-
-
-class CompareTrainer(Trainer):
-    """The trainer, plus ``timing.json``: the training wall time of each session up to each checkpoint, so the
-    wall time of a resumed run counts the work that its final checkpoint contains exactly once."""
-
-    def _setup(self) -> None:
-        super()._setup()
-        self._timing_path = self.run_dir / TIMING_FILE
-        timing = read_json(self._timing_path) if self.step > 0 else None
-        if not isinstance(timing, dict) or not isinstance(timing.get("sessions"), list):
-            timing = {"sessions": []}
-        timing["sessions"].append({"start_step": self.step, "marks": []})
-        self._timing = timing
-        self._t0 = time.perf_counter()
-        if self.dist.is_main:
-            write_json(self._timing_path, timing)
-
-    def save_checkpoint(self, path: Path) -> None:
-        if self.dist.is_main:  # the mark first: a crash inside the save leaves a mark the resume never uses
-            self._timing["sessions"][-1]["marks"].append([self.step, time.perf_counter() - self._t0])
-            write_json(self._timing_path, self._timing)
-        super().save_checkpoint(path)
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
@@ -244,7 +221,8 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
     try:
         recipe = Recipe(run.recipe, plan.spec_file)
         if step < run.steps:
-            trainer = CompareTrainer(recipe, run_dir, registry=registry, console=console, progress=progress,
+            clocked = registry.with_objects({"maskkit-compare-clock": TrainingClock(run_dir)})  # timing.json
+            trainer = Trainer(recipe, run_dir, registry=clocked, console=console, progress=progress,
                                      resume=run_dir / CHECKPOINT_NAME if resume else None)
             trainer.fit()
             model, device = trainer.model, trainer.device
