@@ -1,4 +1,5 @@
-"""YAML recipes: load, apply dotted overrides, validate the engine's sections.
+"""YAML recipes: load, apply dotted overrides, validate the engine's sections (this module never imports the
+engine: every section is validated here, the engine reads the results).
 
 A recipe is a mapping of sections. Component sections are a registry name plus the constructor's keyword
 arguments (``masker: {name: random, ratio: 0.75}``); there are no import paths. The ``train`` section is
@@ -82,6 +83,29 @@ class EvalConfig:
     batch_size: int = attrs.field(default=256, validator=v.positive_int)
 
 
+def _optional_bool(inst, attribute, value):
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(attribute.name, expected("true, false or null", value))
+
+
+@attrs.frozen(kw_only=True)
+class DistributedConfig:
+    """The recipe's ``distributed`` section; it matters only when launched with ``WORLD_SIZE > 1``.
+
+    ``strategy``: ``ddp`` (a full replica per process) or ``fsdp`` (FSDP2: parameters, gradients and
+    optimizer state sharded over the processes; each transformer block is one unit). ``find_unused_parameters``
+    (DDP): whether DDP searches each step's autograd graph for parameters that got no gradient (a small cost per
+    step); needed when some trainable parameter is unused, or DDP stops with "Expected to have finished
+    reduction". ``null`` (default): true when the encoder is dense (the MAE decoder's mask token is then
+    unused), false otherwise. ``reshard_after_forward`` (FSDP): free each block's gathered parameters after its
+    forward and gather them again in backward (least memory), or keep them until the backward (less traffic).
+    """
+
+    strategy: str = attrs.field(default="ddp", validator=v.one_of("ddp", "fsdp"))
+    find_unused_parameters: bool | None = attrs.field(default=None, validator=_optional_bool)
+    reshard_after_forward: bool = attrs.field(default=True, validator=v.boolean)
+
+
 def _section_config(cls, tree: dict, section: str, file: str | None):
     raw = tree.get(section) or {}
     if not isinstance(raw, dict):
@@ -126,6 +150,10 @@ class Recipe:
     @property
     def eval(self) -> EvalConfig:
         return _section_config(EvalConfig, self.tree, "eval", self.file)
+
+    @property
+    def distributed(self) -> DistributedConfig:
+        return _section_config(DistributedConfig, self.tree, "distributed", self.file)
 
     @property
     def seed(self) -> int:
@@ -188,10 +216,8 @@ class Recipe:
                                   file=self.file)
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
-        _ = self.plugins, self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image
-        from maskkit.engine.distributed import distributed_config
-
-        distributed_config(self)
+        _ = (self.plugins, self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image,
+             self.distributed)
 
     def dump(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)
