@@ -190,18 +190,15 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from maskkit.engine.checkpoint import save_atomic
 
-    from maskkit.builtin.vit import TimmViTEncoder
-
     model, recipe = _model_from_checkpoint(args.checkpoint, registry=_registry(args))
     encoder = model.encoder
-    # mask tokens are pretraining-only: a timm model has no such parameter
-    state = {k: v for k, v in encoder.state_dict().items() if k not in ("encoder_mask_token", "mask_token")}
+    state = encoder.export_state_dict()  # the encoder decides: pretraining-only weights (mask tokens) stay out
     save_atomic(state, args.out)
     name = getattr(encoder, "model_name", type(encoder).__name__)
     console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names")
-    if isinstance(encoder, TimmViTEncoder):  # its recipe arguments beyond maskkit's own are timm's
-        own = {"name", *TimmViTEncoder.MASKKIT_ARGUMENTS}
-        kwargs = "".join(f", {k}={v!r}" for k, v in recipe.tree["encoder"].items() if k not in own)
+    arguments = encoder.export_arguments(recipe.tree["encoder"])
+    if arguments is not None:
+        kwargs = "".join(f", {k}={v!r}" for k, v in arguments.items())
         console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
                       f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)
     return 0

@@ -123,10 +123,25 @@ class Encoder(nn.Module, ABC):
     in_chans: int
     grid: Grid
     num_prefix_tokens: int
+    #: names of parameters (top-level attributes) that exist only for pretraining, such as a mask token:
+    #: :meth:`export_state_dict` leaves them out
+    PRETRAINING_ONLY: tuple[str, ...] = ()
 
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a downstream model loads (``maskkit export``): ``state_dict()`` without the
+        pretraining-only parameters (:attr:`PRETRAINING_ONLY`), under the backbone library's names. An encoder
+        whose export needs more (renamed or reshaped weights) overrides this; the encoder decides, not the CLI."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] not in self.PRETRAINING_ONLY}
+
+    def export_arguments(self, recipe_arguments: dict) -> dict | None:
+        """The keyword arguments that build this backbone in its own library (timm's ``create_model``) from
+        its recipe section's arguments, so ``maskkit export`` can print how to load the file; ``None`` (the
+        default) when there is no such library call."""
+        return None
 
     @abstractmethod
     def forward(self, images: torch.Tensor, mask: torch.Tensor, *, num_visible: int | None = None) -> torch.Tensor:

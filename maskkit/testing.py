@@ -120,6 +120,13 @@ class EncoderContract:
         assert enc.grid == (enc.img_size[0] // enc.patch_size[0], enc.img_size[1] // enc.patch_size[1])
         assert isinstance(enc.sparse, bool) and enc.embed_dim > 0 and enc.num_prefix_tokens >= 0
 
+    def test_export_leaves_out_pretraining_only_weights(self):
+        enc = self.make_encoder()
+        full, exported = enc.state_dict(), enc.export_state_dict()
+        assert exported and set(exported) <= set(full)
+        assert not any(k.split(".")[0] in enc.PRETRAINING_ONLY for k in exported)
+        assert all(torch.equal(v, full[k]) for k, v in exported.items())
+
     @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
     @given(b=st.integers(1, 4), seed=seeds)
     def test_output_shape(self, b, seed):

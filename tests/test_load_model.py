@@ -29,3 +29,14 @@ def test_load_model_rebuilds_the_trained_model(builtin_registry, tmp_path):
     save_atomic(state, tmp_path / "bent.pth")
     with pytest.raises(CheckpointError, match="bent.pth: its weights do not fit the model its recipe builds"):
         load_model(tmp_path / "bent.pth", registry=builtin_registry)
+
+
+def test_the_encoder_decides_what_its_export_keeps(builtin_registry):
+    import maskkit
+
+    dense = maskkit.create("encoder", "vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, embed_dim=32,
+                           depth=1, num_heads=2, dense=True, registry=builtin_registry)
+    assert "encoder_mask_token" in dense.state_dict() and "encoder_mask_token" not in dense.export_state_dict()
+    assert set(dense.state_dict()) - set(dense.export_state_dict()) == {"encoder_mask_token"}
+    args = {"name": "vit_tiny_patch16_224", "img_size": 28, "patch_size": 4, "dense": True, "mae_init": True}
+    assert dense.export_arguments(args) == {"img_size": 28, "patch_size": 4}
