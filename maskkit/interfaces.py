@@ -163,9 +163,10 @@ class Encoder(nn.Module, ABC):
 class Decoder(nn.Module, ABC):
     """Latent tokens to one prediction per patch.
 
-    The builder passes the wiring arguments the constructor accepts: ``in_dim`` (the encoder's D), ``grid``,
-    ``out_dim`` (the target's D per patch), ``num_prefix_tokens``, ``patch_size``, ``in_chans``, ``sparse``
-    (the encoder's mode: a decoder that needs dense latents can refuse a sparse encoder at build time).
+    The builder passes the wiring arguments the constructor accepts (a recipe may not set them): ``in_dim``
+    (the encoder's D), ``out_dim`` (the target's D per patch), ``grid``, ``num_prefix_tokens``, ``patch_size``,
+    ``in_chans``, ``img_size`` (the encoder's), and ``sparse`` (the encoder's mode: a decoder that needs dense
+    latents can refuse a sparse encoder at build time).
     """
 
     @abstractmethod
@@ -179,8 +180,11 @@ class Decoder(nn.Module, ABC):
 class Target(nn.Module, ABC):
     """What the decoder must predict, per patch.
 
-    The builder passes the wiring arguments the constructor accepts: ``patch_size``, ``in_chans``, ``grid``,
-    and ``encoder`` (for teacher targets). ``dim`` is the size of one patch's target.
+    The builder passes the wiring arguments the constructor accepts (a recipe may not set them):
+    ``patch_size``, ``in_chans``, ``grid``, ``img_size`` (the encoder's) and ``encoder`` (the module itself,
+    for teacher targets).
+
+    ``dim`` is the size of one patch's target.
     """
 
     dim: int
