@@ -1,14 +1,27 @@
-"""An official-style MAE: the structure of the official ``models_mae.py`` written out in one module.
+"""MAE in one page: the whole algorithm of the official ``models_mae.py`` in one module, to read first.
 
-It is the benchmark's "official-style reference": one ``nn.Module`` with timm's ``PatchEmbed`` and ``Block``,
-masking by sorting per-sample noise (``ids_shuffle`` / ``ids_restore``), the encoder on the kept tokens, the
-decoder appending mask tokens and un-shuffling with ``ids_restore``, and the norm-pix MSE on hidden patches.
+maskkit splits MAE into five swappable components spread over several files (masker, encoder, decoder,
+target, loss: see ``maskkit/builtin/``). This module is the same computation written straight through, in
+the order of the paper, so a reader can see the algorithm before its plug points:
+
+1. :meth:`~OfficialStyleMAE.patchify` and the patch embedding: ``[B, C, H, W] -> [B, N, D]`` plus fixed
+   position embeddings (maskkit: the ``vit_*`` encoders);
+2. :meth:`~OfficialStyleMAE.random_masking`: sort per-sample uniform noise, keep the ``(1 - ratio) N``
+   smallest (``ids_shuffle`` / ``ids_restore``) (maskkit: the ``random`` masker, ``maskkit.masking``);
+3. :meth:`~OfficialStyleMAE.forward_encoder`: the ViT on the cls token and the kept patches only (the sparse
+   encoder);
+4. :meth:`~OfficialStyleMAE.forward_decoder`: append mask tokens, un-shuffle with ``ids_restore``, a small
+   ViT, one prediction per patch (the ``mae`` decoder);
+5. :meth:`~OfficialStyleMAE.forward_loss`: per-patch normalised pixels (``norm_pixels``) and the MSE over the
+   hidden patches only (``mse``).
+
 Its parameter names are the official ones, which are also maskkit's MAE state-dict keys, so
-:meth:`OfficialStyleMAE.like` copies a maskkit model's weights into it with ``strict=True``; a test checks that
-both compute the same loss from the same weights, images and noise.
+:meth:`OfficialStyleMAE.like` copies a maskkit model's weights into it with ``strict=True``;
+``tests/test_mae_reference.py`` checks that both compute the same loss from the same weights, images and noise,
+so this page stays true to the components. The benchmark (``maskkit bench``) measures maskkit against it.
 
-It exists to be measured against (and to pin down the official semantics independently of maskkit's
-component split), not to be trained: maskkit's :class:`~maskkit.model.MaskedModel` is the real thing.
+It is for reading and measuring, not for training: maskkit's :class:`~maskkit.model.MaskedModel` is the real
+thing.
 """
 
 from __future__ import annotations
