@@ -2,7 +2,9 @@
 
 Wiring: a decoder needs the encoder's width and grid and the target's size per patch; a target needs the
 patch size (and a teacher target the encoder). The builder passes these *wiring arguments* to every factory
-whose signature accepts them; a recipe may not set them itself.
+whose signature accepts them; a recipe may not set them itself. :data:`WIRING` is the list, documented for
+plugin authors on :class:`maskkit.Decoder`, :class:`maskkit.Target` and ``maskkit_add_datasets`` (a test
+keeps those docs and this list equal, and the builder refuses to pass anything not in it).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
 
 WIRING = {
-    "decoder": ("in_dim", "grid", "out_dim", "num_prefix_tokens", "patch_size", "in_chans", "sparse"),
-    "target": ("patch_size", "in_chans", "grid", "encoder", "img_size"),
+    "decoder": ("in_dim", "out_dim", "grid", "num_prefix_tokens", "patch_size", "in_chans", "img_size", "sparse"),
+    "target": ("patch_size", "in_chans", "grid", "img_size", "encoder"),
     "dataset": ("split",),
 }
 
@@ -84,6 +86,9 @@ def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, s
     except ConfigError as exc:
         raise exc.within(section, file) from None
     wiring = dict(wiring or {})
+    undeclared = set(wiring) - set(WIRING.get(kind, ()))
+    if undeclared:  # a builder bug, not a user error: WIRING is what plugin authors are told
+        raise AssertionError(f"the builder passes {sorted(undeclared)} to {kind}s but WIRING does not list them")
     sig = _signature(entry.factory)
     params = sig.parameters if sig else {}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -115,9 +120,9 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
     """The :class:`MaskedModel` a recipe describes (random init; nothing downloads).
 
     Validates the masker/encoder pairing before building anything heavy: a sparse encoder needs a masker that
-    hides a fixed count.
+    hides a fixed count. The recipe's ``plugins`` are loaded into (a copy of) ``registry`` first.
     """
-    registry = registry or default_registry()
+    registry = (registry or default_registry()).with_plugins(recipe.plugins)
     file = recipe.file
     masker = build_component(registry, "masker", recipe.component("masker"), file=file)
     encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
@@ -146,7 +151,7 @@ def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, 
     ``in_chans``: the encoder's channel count; a dataset whose images have another (by the length of its
     ``mean``) is a one-line error naming ``data``, before any image meets the model.
     """
-    registry = registry or default_registry()
+    registry = (registry or default_registry()).with_plugins(recipe.plugins)
     spec = recipe.dataset_spec()
     try:
         dataset = build_component(registry, "dataset", spec, section="data", file=recipe.file,

@@ -9,11 +9,15 @@
     maskkit export CHECKPOINT --out encoder.pth [--format timm|transformers]
     maskkit convert SOURCE --out ckpt.pth [key.path=value ...]
     maskkit plugins | maskkit recipes | maskkit list KIND [PATTERN]
+
+Any command takes ``--plugin PATH.py|MODULE`` (repeatable, before or after the command) to load a plugin that
+is not installed, like ``pytest -p``; ``MASKKIT_PLUGINS`` does the same from the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,10 +32,42 @@ from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 Command = Callable[[argparse.Namespace, Console], int]
 
 
-def _registry():
-    from maskkit.registry import default_registry
+def _registry(args: argparse.Namespace | None = None):
+    """The registry of this invocation: the installed plugins plus those of ``--plugin`` (built once)."""
+    from maskkit.registry import registry_for
 
-    return default_registry()
+    if getattr(args, "_registry", None) is None:
+        registry = registry_for(getattr(args, "plugins", None) or ())
+        if args is None:
+            return registry
+        args._registry = registry
+    return args._registry
+
+
+def split_plugin_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(plugins, rest)``: the values of every ``--plugin X`` / ``--plugin=X`` anywhere before ``--``, and the
+    other arguments (so the option works before or after the sub-command)."""
+    plugins: list[str] = []
+    rest: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--":
+            rest.extend(items[i:])
+            break
+        if item == "--plugin":
+            if i + 1 >= len(items):
+                raise MaskkitError("--plugin: expected a plugin file (x.py) or a module name")
+            plugins.append(items[i + 1])
+            i += 2
+            continue
+        if item.startswith("--plugin="):
+            plugins.append(item.partition("=")[2])
+        else:
+            rest.append(item)
+        i += 1
+    return plugins, rest
 
 
 def _default_run_dir(recipe_source: str) -> Path:
@@ -50,7 +86,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from maskkit.evaluate import evaluate
     from maskkit.recipe import Recipe, load_recipe
 
-    registry = _registry()
+    registry = _registry(args)
     if args.recipe is None and args.resume is None:
         raise MaskkitError("train: give a RECIPE (a .yaml path or a name from `maskkit recipes`), or --resume")
     if args.recipe is None or "=" in args.recipe:  # `maskkit train --resume ckpt a.b=1`: recipe from checkpoint
@@ -87,7 +123,7 @@ def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
     from maskkit.finetune.config import FinetuneRecipe
     from maskkit.finetune.loop import CHECKPOINT_NAME
 
-    registry = _registry()
+    registry = _registry(args)
     if args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).exists():
         args.overrides.insert(0, args.checkpoint)  # `maskkit finetune --resume ckpt a.b=1`
         args.checkpoint = None
@@ -145,18 +181,11 @@ def _print_eval(console: Console, scores: dict) -> None:
 # -- checkpoints: eval, visualize, export -------------------------------------------------------------------
 
 
-def _model_from_checkpoint(path: str, overrides: Sequence[str] = ()):
+def _model_from_checkpoint(path: str, overrides: Sequence[str] = (), registry=None):
     """Rebuild the model of a maskkit checkpoint from the recipe stored in it, and load its weights."""
-    from maskkit.builder import build_model
-    from maskkit.engine.checkpoint import load_model_state, load_training_checkpoint
-    from maskkit.recipe import Recipe
+    from maskkit.engine.checkpoint import load_model
 
-    state = load_training_checkpoint(path)
-    recipe = Recipe(state["recipe"], f"{path}:recipe").with_overrides(overrides)
-    recipe.validate()
-    model = build_model(recipe, _registry())
-    load_model_state(model, state["model"], path)
-    return model, recipe
+    return load_model(path, overrides, registry or _registry())
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
@@ -168,11 +197,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     overrides = list(args.overrides)
     if args.data:
         overrides += [f"data.{item}" for item in args.data]
-    model, recipe = _model_from_checkpoint(args.checkpoint, overrides)
+    registry = _registry(args)
+    model, recipe = _model_from_checkpoint(args.checkpoint, overrides, registry)
     device = pick_device(args.device)
     model.to(device)
     with torch.no_grad():
-        scores = evaluate(model, recipe, device=device, registry=_registry(), baseline=args.baseline,
+        scores = evaluate(model, recipe, device=device, registry=registry, baseline=args.baseline,
                           linear=args.method == "linear")
     _print_eval(console, scores)
     return 0
@@ -187,11 +217,11 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
     from maskkit.visualize import save_reconstructions
 
     _check_positive("--count", args.count)
-    model, recipe = _model_from_checkpoint(args.checkpoint)
+    model, recipe = _model_from_checkpoint(args.checkpoint, registry=_registry(args))
     if args.images:
         dataset = ImageFolder(args.images, in_chans=model.encoder.in_chans)
     else:
-        dataset = build_dataset(recipe, "test", _registry(), in_chans=model.encoder.in_chans)
+        dataset = build_dataset(recipe, "test", _registry(args), in_chans=model.encoder.in_chans)
     images = next(iter(eval_loader(dataset, model.encoder.img_size, args.count)))[0]
     with torch.no_grad():
         path = save_reconstructions(model, images, args.out, mean=dataset.mean, std=dataset.std, seed=args.seed)
@@ -202,18 +232,15 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from maskkit.engine.checkpoint import save_atomic
 
-    from maskkit.builtin.vit import TimmViTEncoder
-
-    model, recipe = _model_from_checkpoint(args.checkpoint)
+    model, recipe = _model_from_checkpoint(args.checkpoint, registry=_registry(args))
     encoder = model.encoder
-    # mask tokens are pretraining-only: a timm model has no such parameter
-    state = {k: v for k, v in encoder.state_dict().items() if k not in ("encoder_mask_token", "mask_token")}
+    state = encoder.export_state_dict()  # the encoder decides: pretraining-only weights (mask tokens) stay out
     save_atomic(state, args.out)
     name = getattr(encoder, "model_name", type(encoder).__name__)
     console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names")
-    if isinstance(encoder, TimmViTEncoder):  # its recipe arguments beyond maskkit's own are timm's
-        own = {"name", *TimmViTEncoder.MASKKIT_ARGUMENTS}
-        kwargs = "".join(f", {k}={v!r}" for k, v in recipe.tree["encoder"].items() if k not in own)
+    arguments = encoder.export_arguments(recipe.tree["encoder"])
+    if arguments is not None:
+        kwargs = "".join(f", {k}={v!r}" for k, v in arguments.items())
         console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
                       f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)
     return 0
@@ -226,7 +253,7 @@ def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
     if args.format == "transformers":
         from maskkit.interop.transformers_export import export_transformers, write_summary
 
-        result = export_transformers(load_training_checkpoint(args.checkpoint), args.out, _registry(),
+        result = export_transformers(load_training_checkpoint(args.checkpoint), args.out, _registry(args),
                                      source=args.checkpoint)
         console.print(write_summary(result), highlight=False, soft_wrap=True)
         return 0
@@ -241,7 +268,7 @@ def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
 def cmd_convert(args: argparse.Namespace, console: Console) -> int:
     from maskkit.interop import load_pretrained, write_checkpoint
 
-    registry = _registry()
+    registry = _registry(args)
     loaded = load_pretrained(args.source, args.overrides, registry=registry)
     write_checkpoint(loaded, args.out, registry=registry, origin=str(args.source))
     encoder = loaded.recipe["encoder"]
@@ -269,7 +296,7 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
     from maskkit.visualize import _denormalize, save_mask_samples
 
     _check_positive("--count", args.count)
-    registry = _registry()
+    registry = _registry(args)
     spec = apply_overrides({"masker": {"name": args.name}}, [f"masker.{kv}" for kv in args.arguments],
                            file="command line")["masker"]
     masker = build_component(registry, "masker", spec, file="command line")
@@ -324,10 +351,11 @@ def _parse_grid(text: str) -> tuple[int, int]:
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     from maskkit.registry import KINDS, Registry
 
-    registry = Registry.from_plugins(strict=False)  # must work to diagnose: a misbehaving plugin is listed below
+    # must work to diagnose: a misbehaving plugin is listed below
+    registry = Registry.from_plugins(strict=False, files=getattr(args, "plugins", None) or ())
     table = Table(title="maskkit components")
     for column in ("kind", "name", "plugin", "version"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for kind in (*KINDS, "recipe"):
         entries = registry.entries(kind)
         names = sorted(entries)
@@ -338,7 +366,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             names = own
         for name in names:
             entry = entries[name]
-            table.add_row(kind, name, entry.plugin, entry.version)
+            table.add_row(kind, name, *_provenance(entry, registry))
     console.print(table)
     for failure in registry.failures:
         console.print(f"[red]plugin {escape(repr(failure.name))} failed to load:[/red] {escape(failure.error)}",
@@ -346,18 +374,32 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _provenance(entry, registry) -> tuple[str, str]:
+    """``(plugin, version)`` as shown: a one-file plugin by its path (relative to here when inside) and the
+    start of its content hash."""
+    source = registry.sources.get(entry.plugin)
+    if source is None or source.file is None:
+        return entry.plugin, entry.version
+    path = Path(source.file)
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return str(path), entry.version[:19]
+
+
 def cmd_recipes(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="recipes")
     for column in ("name", "plugin", "path"):
         table.add_column(column)
-    for name, entry in sorted(_registry().entries("recipe").items()):
+    for name, entry in sorted(_registry(args).entries("recipe").items()):
         table.add_row(name, entry.plugin, str(entry.factory))
     console.print(table)
     return 0
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
-    for name in _registry().list(args.kind, args.pattern):
+    for name in _registry(args).list(args.kind, args.pattern):
         console.print(name, highlight=False)
     return 0
 
@@ -368,6 +410,9 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskkit", description="Pluggable masked image modeling.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--plugin", action="append", default=[], dest="plugins", metavar="PATH.py|MODULE",
+                        help="load a plugin file or module that is not installed (repeatable; before or after the "
+                             f"command; also from MASKKIT_PLUGINS, separated by {os.pathsep!r})")
     sub = parser.add_subparsers(dest="command", required=True)
     from maskkit.compare.cli import add_parser as add_compare_parser
 
@@ -459,7 +504,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     """``parser.parse_args``, except that ``key=value`` overrides may also come after options
     (``maskkit train R.yaml --out runs/x train.epochs=2``) and ``--debug`` after the command: argparse alone
     stops taking positional arguments once an option has been given."""
+    try:
+        plugins, argv = split_plugin_options(sys.argv[1:] if argv is None else argv)
+    except MaskkitError as exc:
+        parser.error(str(exc))
     args, extra = parser.parse_known_args(argv)
+    args.plugins = [*getattr(args, "plugins", []), *plugins]
     if "--debug" in extra:
         args.debug = True
         extra = [item for item in extra if item != "--debug"]

@@ -21,6 +21,29 @@ from maskkit.registry import Registry, default_registry
 from maskkit.visualize import save_reconstructions
 
 
+class SubsetView:
+    """The images ``indices`` of ``base``, keeping its ``mean`` and ``std`` (what the eval transform needs)."""
+
+    def __init__(self, base: Any, indices: torch.Tensor):
+        self.base, self.indices = base, [int(i) for i in indices]
+        self.mean, self.std = base.mean, base.std
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.base[self.indices[index]]
+
+
+def subset(dataset: Any, count: int | None, seed: int = 0) -> Any:
+    """``count`` images of ``dataset`` drawn without replacement by ``seed`` (in dataset order), or the whole
+    dataset when ``count`` is None or not smaller: the same images for every run that asks the same."""
+    if count is None or count >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return SubsetView(dataset, order.sort().values)
+
+
 def eval_loader(dataset: Any, img_size: tuple[int, int], batch_size: int, num_workers: int = 0):
     """A loader over ``dataset`` in its natural order with the deterministic eval transform."""
     data = AugmentedDataset(dataset, EvalTransform(img_size, dataset.mean, dataset.std))
@@ -36,16 +59,18 @@ def frozen_features(model: MaskedModel, dataset: Any, *, device: torch.device, p
 
 
 def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, registry: Registry | None = None,
-             run_dir: Path | None = None, baseline: bool | None = None, linear: bool | None = None) -> dict:
+             run_dir: Path | None = None, baseline: bool | None = None, linear: bool | None = None,
+             train_images: int | None = None, test_images: int | None = None) -> dict:
     """kNN top-1 (k, temperature, pooling from the recipe's ``eval`` section) of the model's frozen encoder;
     with ``baseline`` also of the same architecture at its initialisation (built from the recipe's seed),
-    with ``linear`` a linear probe. Writes ``eval.json`` and ``reconstructions.png`` into ``run_dir``."""
+    with ``linear`` a linear probe. ``train_images`` / ``test_images`` score on a fixed subset of that many
+    images (a quick look; :func:`subset`). Writes ``eval.json`` and ``reconstructions.png`` into ``run_dir``."""
     registry = registry or default_registry()
     cfg = recipe.eval
     baseline = cfg.random_init_baseline if baseline is None else baseline
     linear = cfg.linear if linear is None else linear
-    train_set = build_dataset(recipe, "train", registry, in_chans=model.encoder.in_chans)
-    test_set = build_dataset(recipe, "test", registry, in_chans=model.encoder.in_chans)
+    train_set = subset(build_dataset(recipe, "train", registry, in_chans=model.encoder.in_chans), train_images)
+    test_set = subset(build_dataset(recipe, "test", registry, in_chans=model.encoder.in_chans), test_images)
     amp = torch.bfloat16 if device.type == "cuda" else None
     results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,
                                "train_images": len(train_set), "test_images": len(test_set)}

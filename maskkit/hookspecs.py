@@ -126,9 +126,8 @@ def maskkit_add_encoders() -> Mapping[str, Factory]:
 def maskkit_add_decoders() -> Mapping[str, Factory]:
     """Decoders: factories returning a :class:`maskkit.Decoder`.
 
-    The builder passes the wiring arguments the factory accepts (``in_dim``, ``grid``, ``out_dim``,
-    ``num_prefix_tokens``, ``patch_size``, ``in_chans``, ``sparse``: whether the encoder's latent holds only
-    the visible patches); recipes must not set them. Built-in: ``mae``.
+    The builder passes the wiring arguments the factory accepts, listed on :class:`maskkit.Decoder` (the
+    encoder's width and geometry, the target's size per patch); recipes must not set them. Built-in: ``mae``.
     """
 
 
@@ -136,8 +135,8 @@ def maskkit_add_decoders() -> Mapping[str, Factory]:
 def maskkit_add_targets() -> Mapping[str, Factory]:
     """Targets: factories returning a :class:`maskkit.Target`.
 
-    The builder passes the wiring arguments the factory accepts (``patch_size``, ``in_chans``, ``grid``,
-    ``encoder``). Built-in: ``pixels``, ``norm_pixels``.
+    The builder passes the wiring arguments the factory accepts, listed on :class:`maskkit.Target` (the
+    encoder's geometry, and the encoder itself for teacher targets). Built-in: ``pixels``, ``norm_pixels``.
     """
 
 
@@ -150,8 +149,11 @@ def maskkit_add_losses() -> Mapping[str, Factory]:
 def maskkit_add_datasets() -> Mapping[str, Factory]:
     """Datasets: factories returning a ``torch.utils.data.Dataset`` of ``(uint8 image [C, H, W], label)``.
 
-    The dataset also carries ``in_chans``, ``mean`` and ``std``. The builder passes ``split`` (``"train"`` or
-    ``"test"``) when the factory accepts it. Built-in: ``fashion_mnist``, ``image_folder``.
+    The dataset also carries ``in_chans``, ``mean`` and ``std``.
+
+    The builder passes the wiring arguments the factory accepts: ``split`` ("train" or "test").
+
+    Built-in: ``fashion_mnist``, ``image_folder``.
     """
 
 

@@ -204,10 +204,25 @@ class Encoder(nn.Module, ABC):
     in_chans: int
     grid: Grid
     num_prefix_tokens: int
+    #: names of parameters (top-level attributes) that exist only for pretraining, such as a mask token:
+    #: :meth:`export_state_dict` leaves them out
+    PRETRAINING_ONLY: tuple[str, ...] = ()
 
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a downstream model loads (``maskkit export``): ``state_dict()`` without the
+        pretraining-only parameters (:attr:`PRETRAINING_ONLY`), under the backbone library's names. An encoder
+        whose export needs more (renamed or reshaped weights) overrides this; the encoder decides, not the CLI."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] not in self.PRETRAINING_ONLY}
+
+    def export_arguments(self, recipe_arguments: dict) -> dict | None:
+        """The keyword arguments that build this backbone in its own library (timm's ``create_model``) from
+        its recipe section's arguments, so ``maskkit export`` can print how to load the file; ``None`` (the
+        default) when there is no such library call."""
+        return None
 
     @abstractmethod
     def forward(self, images: torch.Tensor, mask: torch.Tensor, *, num_visible: int | None = None) -> torch.Tensor:
@@ -229,9 +244,10 @@ class Encoder(nn.Module, ABC):
 class Decoder(nn.Module, ABC):
     """Latent tokens to one prediction per patch.
 
-    The builder passes the wiring arguments the constructor accepts: ``in_dim`` (the encoder's D), ``grid``,
-    ``out_dim`` (the target's D per patch), ``num_prefix_tokens``, ``patch_size``, ``in_chans``, ``sparse``
-    (the encoder's mode: a decoder that needs dense latents can refuse a sparse encoder at build time).
+    The builder passes the wiring arguments the constructor accepts (a recipe may not set them): ``in_dim``
+    (the encoder's D), ``out_dim`` (the target's D per patch), ``grid``, ``num_prefix_tokens``, ``patch_size``,
+    ``in_chans``, ``img_size`` (the encoder's), and ``sparse`` (the encoder's mode: a decoder that needs dense
+    latents can refuse a sparse encoder at build time).
     """
 
     @abstractmethod
@@ -245,8 +261,11 @@ class Decoder(nn.Module, ABC):
 class Target(nn.Module, ABC):
     """What the decoder must predict, per patch.
 
-    The builder passes the wiring arguments the constructor accepts: ``patch_size``, ``in_chans``, ``grid``,
-    and ``encoder`` (for teacher targets). ``dim`` is the size of one patch's target.
+    The builder passes the wiring arguments the constructor accepts (a recipe may not set them):
+    ``patch_size``, ``in_chans``, ``grid``, ``img_size`` (the encoder's) and ``encoder`` (the module itself,
+    for teacher targets).
+
+    ``dim`` is the size of one patch's target.
     """
 
     dim: int

@@ -1,4 +1,5 @@
-"""YAML recipes: load, apply dotted overrides, validate the engine's sections.
+"""YAML recipes: load, apply dotted overrides, validate the engine's sections (this module never imports the
+engine: every section is validated here, the engine reads the results).
 
 A recipe is a mapping of sections. Component sections are a registry name plus the constructor's keyword
 arguments (``masker: {name: random, ratio: 0.75}``); there are no import paths. The ``train`` section is
@@ -25,8 +26,8 @@ COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
 # ``on_bad_image``: what training does with an image file that cannot be decoded: ``stop`` (the default; the
 # error names the file) or ``skip`` (leave it out of its batch, count it, list it in the run folder).
 DATA_ENGINE_KEYS = {"on_bad_image": ("stop", "skip")}
-SECTIONS = ("description", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder", "target", "loss",
-            "train", "eval", "distributed")
+SECTIONS = ("description", "plugins", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder",
+            "target", "loss", "train", "eval", "distributed")
 
 
 @attrs.frozen(kw_only=True)
@@ -100,6 +101,30 @@ class EvalConfig:
     batch_size: int = attrs.field(default=256, validator=v.positive_int)
 
 
+def _optional_bool(inst, attribute, value):
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(attribute.name, expected("true, false or null", value))
+
+
+@attrs.frozen(kw_only=True)
+class DistributedConfig:
+    """The recipe's ``distributed`` section; it matters only when launched with ``WORLD_SIZE > 1``.
+
+    ``strategy``: ``ddp`` (a full replica per process) or ``fsdp`` (FSDP2: parameters, gradients and
+    optimizer state sharded over the processes; each transformer block is one unit). ``find_unused_parameters``
+    (DDP): whether DDP searches each step's autograd graph for parameters that got no gradient (a small cost per
+    step); needed when some trainable parameter is unused, or DDP stops with "Expected to have finished
+    reduction". ``null`` (default): true when the encoder is dense (the MAE decoder's mask token is then
+    unused) or the masker has trainable parameters (they train through its auxiliary losses only), false
+    otherwise. ``reshard_after_forward`` (FSDP): free each block's gathered parameters after its
+    forward and gather them again in backward (least memory), or keep them until the backward (less traffic).
+    """
+
+    strategy: str = attrs.field(default="ddp", validator=v.one_of("ddp", "fsdp"))
+    find_unused_parameters: bool | None = attrs.field(default=None, validator=_optional_bool)
+    reshard_after_forward: bool = attrs.field(default=True, validator=v.boolean)
+
+
 def _section_config(cls, tree: dict, section: str, file: str | None):
     raw = tree.get(section) or {}
     if not isinstance(raw, dict):
@@ -146,6 +171,10 @@ class Recipe:
         return _section_config(EvalConfig, self.tree, "eval", self.file)
 
     @property
+    def distributed(self) -> DistributedConfig:
+        return _section_config(DistributedConfig, self.tree, "distributed", self.file)
+
+    @property
     def seed(self) -> int:
         seed = self.tree.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -174,6 +203,18 @@ class Recipe:
         """The ``data`` section without the engine's own keys: what the dataset factory is called with."""
         return {k: v for k, v in self.component("data").items() if k not in DATA_ENGINE_KEYS}
 
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The ``plugins`` section: one-file plugins (``my_masker.py``) or modules (``pkg.masker``) the recipe
+        needs; a recipe loaded from a file has its relative paths made absolute (from the recipe's folder)."""
+        raw = self.tree.get("plugins") or []
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+            raise ConfigError("plugins", expected("a list of plugin files (x.py) or module names", raw),
+                              file=self.file)
+        return tuple(raw)
+
     def component(self, section: str) -> dict:
         """The ``{name: ..., **kwargs}`` spec of a component section."""
         spec = self.tree.get(section)
@@ -197,10 +238,8 @@ class Recipe:
                                   file=self.file)
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
-        _ = self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image
-        from maskkit.engine.distributed import distributed_config
-
-        distributed_config(self)
+        _ = (self.plugins, self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image,
+             self.distributed)
 
     def dump(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)
@@ -278,10 +317,23 @@ def apply_overrides(tree: dict, overrides: Iterable[str], file: str = "<recipe>"
     return tree
 
 
+def resolve_plugins(tree: dict, base_dir: str | Path, file: str) -> dict:
+    """``tree`` with the plugin files of its ``plugins`` section made absolute (relative to ``base_dir``, the
+    folder of the file it was read from), so the resolved recipe of a run names them wherever it is read."""
+    from maskkit.registry import resolve_plugin_spec
+
+    if not tree.get("plugins"):
+        return tree
+    plugins = Recipe(tree, file).plugins
+    return {**tree, "plugins": [resolve_plugin_spec(item, base_dir) for item in plugins]}
+
+
 def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, registry=None) -> Recipe:
     """Load a recipe from a YAML path, a registered recipe name (``"quickstart"``), or a dict; apply overrides.
 
-    Raises :class:`~maskkit.errors.ConfigError` naming the file and key on any problem.
+    Raises :class:`~maskkit.errors.ConfigError` naming the file and key on any problem. The recipe's
+    ``plugins`` are not imported here: :meth:`maskkit.Registry.with_plugins` loads them where components are
+    built.
     """
     if isinstance(source, dict):
         recipe = Recipe(copy.deepcopy(source), None)
@@ -298,5 +350,7 @@ def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, reg
                               file=str(source))
         recipe = Recipe(parse_yaml(read_text_file(path), str(path)), str(path))
     recipe = recipe.with_overrides(overrides)
+    base_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
+    recipe = Recipe(resolve_plugins(recipe.tree, base_dir, recipe.file), recipe.path)
     recipe.validate()
     return recipe

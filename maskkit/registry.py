@@ -6,6 +6,7 @@ The whole host lifecycle::
     pm.add_hookspecs(hookspecs)                   # the contract
     pm.register(builtin.plugin, "maskkit")        # built-ins are plugins too
     load entry points of group "maskkit"           # third-party plugins (failures are recorded, not fatal)
+    load one-file plugins and modules               # --plugin PATH.py|MODULE, MASKKIT_PLUGINS, recipes' plugins:
 
 A :class:`Registry` then asks every plugin what it adds and remembers who added what, so a name clash names
 both plugins and ``maskkit plugins`` can show provenance. A registry is immutable once built; make a new one
@@ -16,14 +17,17 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
+import importlib
 import importlib.metadata
+import importlib.util
 import os
 import sys
 import traceback
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 import pluggy
@@ -33,6 +37,7 @@ from maskkit.errors import PluginError, UnknownComponentError
 
 ENTRY_POINT_GROUP = "maskkit"
 DISABLE_AUTOLOAD_ENV = "MASKKIT_DISABLE_PLUGIN_AUTOLOAD"
+PLUGINS_ENV = "MASKKIT_PLUGINS"  # one-file plugins or modules, separated by os.pathsep (like PYTEST_PLUGINS)
 KINDS = ("masker", "encoder", "decoder", "target", "loss", "dataset")
 _HOOK_OF_KIND = {kind: f"maskkit_add_{'losses' if kind == 'loss' else kind + 's'}" for kind in KINDS}
 
@@ -59,21 +64,102 @@ class PluginFailure:
 
 
 @attrs.frozen
+class PluginSource:
+    """Where a plugin that is not installed comes from: a Python file or an importable module.
+
+    ``name`` is the plugin's name in the registry (the file's absolute path, or the module's dotted name), so
+    ``maskkit plugins`` and clash messages show the file; ``sha256`` is the file's content hash (files only).
+    """
+
+    name: str
+    file: str | None = None
+    module: str | None = None
+    sha256: str | None = None
+
+    @property
+    def version(self) -> str:
+        return f"sha256:{self.sha256}" if self.sha256 else "-"
+
+
+def is_plugin_file(spec: str) -> bool:
+    """Whether ``spec`` names a file (``my_masker.py``, ``./x/y``) rather than a module (``pkg.masker``)."""
+    return spec.endswith(".py") or "/" in spec or os.sep in spec
+
+
+def resolve_plugin_spec(spec: str, base_dir: str | Path | None = None) -> str:
+    """An absolute path for a plugin file (relative paths from ``base_dir``, else the working directory); a
+    module name unchanged."""
+    spec = str(spec).strip()
+    if not is_plugin_file(spec):
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        local = Path(base_dir) / path if base_dir is not None else None
+        path = local if local is not None and local.exists() else path
+    return str(path.absolute())
+
+
+def plugin_specs_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The plugins named by ``MASKKIT_PLUGINS`` (``os.pathsep``-separated files or modules), resolved."""
+    raw = (os.environ if environ is None else environ).get(PLUGINS_ENV, "")
+    return tuple(resolve_plugin_spec(item) for item in raw.split(os.pathsep) if item.strip())
+
+
+def _import_plugin(spec: str) -> tuple[object, PluginSource]:
+    """Import one plugin file or module. A file becomes the module ``maskkit_plugin_<stem>_<hash>`` in
+    ``sys.modules`` (so its classes pickle); importing the same unchanged file again reuses it."""
+    if not is_plugin_file(spec):
+        module = importlib.import_module(spec)
+        return module, PluginSource(spec, module=spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such plugin file: {path}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    mod_name = f"maskkit_plugin_{stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}_{digest[:8]}"
+    module = sys.modules.get(mod_name)
+    if module is None:
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(mod_name, None)
+            raise
+    return module, PluginSource(str(path), file=str(path), sha256=digest)
+
+
+@attrs.frozen
 class LoadedPlugins:
-    """A plugin manager with what loading it found: failed entry points and plugin versions."""
+    """A plugin manager with what loading it found: failed plugins, plugin versions, and where the plugins
+    that are not installed came from (``sources``, by plugin name)."""
 
     manager: pluggy.PluginManager
     failures: tuple[PluginFailure, ...]
     versions: Mapping[str, str]
+    sources: Mapping[str, PluginSource] = attrs.field(factory=dict)
+    autoload: bool = True
+    objects: Mapping[str, object] = attrs.field(factory=dict)
+    specs: tuple[str, ...] = ()
 
 
-def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, object] | None = None, *,
-                        strict: bool = True) -> LoadedPlugins:
+def _failure_text(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, object] | None = None,
+                        files: Iterable[str] = (), *, strict: bool = True) -> LoadedPlugins:
     """Build a plugin manager with the built-ins and (unless disabled) every ``maskkit`` entry point.
 
     ``autoload=None`` reads ``MASKKIT_DISABLE_PLUGIN_AUTOLOAD``. Entry points that fail to import are
     recorded by name in ``failures``; they do not stop the others. ``plugins`` registers further plugin
-    objects by name (a notebook's or a test's own hooks), after the entry points.
+    objects by name (a notebook's or a test's own hooks), after the entry points. ``files`` are one-file
+    plugins (``my_masker.py``) or module names (``pkg.masker``), loaded after the entry points together with
+    those of ``MASKKIT_PLUGINS`` (which autoload=False does not turn off); they obey the same rules: a failure
+    is recorded, a clash names both plugins.
     """
     from maskkit import __version__
     from maskkit.builtin import plugin as builtin_plugin
@@ -97,6 +183,21 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
                 failures.append(PluginFailure(ep.name, last))
                 continue
             versions[ep.name] = ep.dist.version if ep.dist is not None else "-"
+    sources: dict[str, PluginSource] = {}
+    specs = tuple(dict.fromkeys([*(resolve_plugin_spec(f) for f in files), *plugin_specs_from_env()]))
+    for spec in specs:
+        if pm.get_plugin(spec) is not None:
+            continue
+        try:
+            module, source = _import_plugin(spec)
+            if pm.is_registered(module):  # a module also installed as an entry point: already in
+                continue
+            pm.register(module, name=source.name)
+        except Exception as exc:  # the same rule as entry points: recorded, the others keep working
+            failures.append(PluginFailure(spec, _failure_text(exc)))
+            continue
+        sources[source.name] = source
+        versions[source.name] = source.version if source.file else str(getattr(module, "__version__", "-"))
     for name, plugin in (plugins or {}).items():
         pm.register(plugin, name=name)
         versions.setdefault(name, "-")
@@ -111,7 +212,7 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
             pm.unregister(exc.plugin)
             failures.append(PluginFailure(name, str(error)))
-    return LoadedPlugins(pm, tuple(failures), versions)
+    return LoadedPlugins(pm, tuple(failures), versions, sources, autoload, dict(plugins or {}), specs)
 
 
 class Registry:
@@ -125,6 +226,9 @@ class Registry:
 
     def __init__(self, loaded: LoadedPlugins, *, strict: bool = True):
         self.plugin_manager = loaded.manager
+        self.sources: Mapping[str, PluginSource] = dict(loaded.sources)
+        self._loaded = loaded
+        self._strict = strict
         self._versions = dict(loaded.versions)
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self._recipes: dict[str, Entry] = {}
@@ -146,15 +250,37 @@ class Registry:
         self.failures = loaded.failures + tuple(failed.values())
 
     @classmethod
-    def from_plugins(cls, autoload: bool | None = None, plugins: Mapping[str, object] | None = None, *,
-                     strict: bool = True) -> "Registry":
-        """A registry of the built-ins, every installed plugin, and ``plugins`` (see :func:`make_plugin_manager`).
+    def from_plugins(cls, autoload: bool | None = None, plugins: Mapping[str, object] | None = None,
+                     files: Iterable[str] = (), *, strict: bool = True) -> "Registry":
+        """A registry of the built-ins, every installed plugin, ``plugins`` and the one-file plugins or modules
+        ``files`` (see :func:`make_plugin_manager`).
 
         A plugin whose ``maskkit_add_*`` hook raises is always left out and listed in ``failures``; with
         ``strict=False`` (``maskkit plugins``, which must work to diagnose) so is one that clashes with another
         or returns the wrong type, which is otherwise a :class:`~maskkit.errors.PluginError`.
         """
-        return cls(make_plugin_manager(autoload, plugins, strict=strict), strict=strict)
+        return cls(make_plugin_manager(autoload, plugins, files, strict=strict), strict=strict)
+
+    @property
+    def plugin_specs(self) -> tuple[str, ...]:
+        """The one-file plugins and modules this registry was asked to load (resolved), for a worker process
+        to load the same ones: ``Registry.from_plugins(files=registry.plugin_specs)``."""
+        return self._loaded.specs
+
+    def with_objects(self, plugins: Mapping[str, object]) -> "Registry":
+        """This registry plus the plugin objects ``plugins`` (``{name: object with hook implementations}``):
+        a run's own observers (compare's training clock) without touching a registry others share."""
+        return Registry.from_plugins(self._loaded.autoload, {**self._loaded.objects, **plugins}, self._loaded.specs,
+                                     strict=self._strict)
+
+    def with_plugins(self, files: Iterable[str], base_dir: str | Path | None = None) -> "Registry":
+        """This registry plus the one-file plugins or modules ``files`` (relative paths from ``base_dir``);
+        ``self`` when they are all loaded already."""
+        new = [resolve_plugin_spec(f, base_dir) for f in files]
+        if all(spec in self._loaded.specs for spec in new):
+            return self
+        return Registry.from_plugins(self._loaded.autoload, self._loaded.objects, [*self._loaded.specs, *new],
+                                     strict=self._strict)
 
     def _ask_plugins(self) -> tuple[list[tuple[str, str, str, Any]], dict[str, PluginFailure]]:
         """Call every ``maskkit_add_*`` implementation. A plugin whose hook raises is recorded as a failure and
@@ -228,7 +354,7 @@ class Registry:
         hint = f"did you mean {', '.join(close)}? " if close else ""
         plugins = ", ".join(sorted({e.plugin for k in KINDS for e in self._entries[k].values()}))
         raise UnknownComponentError("name", f"unknown {kind} {name!r}; {hint}loaded plugins: {plugins}"
-                                    + (f"; failed to load: {', '.join(f.name for f in self.failures)}"
+                                    + (f"; failed to load: {'; '.join(f'{f.name} ({f.error})' for f in self.failures)}"
                                        if self.failures else ""))
 
     def create(self, kind: str, name: str, **kwargs: Any) -> Any:
@@ -239,7 +365,8 @@ class Registry:
         return Path(self.get("recipe", name).factory)
 
     def versions(self) -> dict[str, str]:
-        """``{plugin name: version}`` for every registered plugin (for run provenance)."""
+        """``{plugin name: version}`` for every registered plugin (for run provenance); a one-file plugin is
+        named by its path and versioned by its content hash (``sha256:...``)."""
         names = [self.plugin_manager.get_name(p) for p in self.plugin_manager.get_plugins()]
         return {name: self._versions.get(name, "-") for name in sorted(names)}
 
@@ -269,6 +396,13 @@ def default_registry() -> Registry:
     Pass an explicit :class:`Registry` wherever you need a different set of plugins (tests do).
     """
     return Registry.from_plugins()
+
+
+def registry_for(files: Iterable[str] = ()) -> Registry:
+    """The default registry, plus the one-file plugins or modules ``files`` when there are any (a command
+    line's ``--plugin``)."""
+    files = tuple(files)
+    return Registry.from_plugins(files=files) if files else default_registry()
 
 
 def create(kind: str, name: str, *, registry: Registry | None = None, **kwargs: Any) -> Any:

@@ -163,6 +163,13 @@ class EncoderContract:
         expect(enc.embed_dim > 0 and enc.num_prefix_tokens >= 0, "embed_dim, num_prefix_tokens",
                "> 0 and >= 0", (enc.embed_dim, enc.num_prefix_tokens))
 
+    def test_export_leaves_out_pretraining_only_weights(self):
+        enc = self.make_encoder()
+        full, exported = enc.state_dict(), enc.export_state_dict()
+        assert exported and set(exported) <= set(full)
+        assert not any(k.split(".")[0] in enc.PRETRAINING_ONLY for k in exported)
+        assert all(torch.equal(v, full[k]) for k, v in exported.items())
+
     @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
     @given(b=st.integers(1, 4), seed=seeds)
     def test_output_shape(self, b, seed):

@@ -14,6 +14,9 @@ from maskkit.masking import MaskStats
 from maskkit.model import MaskedModel
 from maskkit.patches import unpatchify, upsample_mask
 
+# The columns of a reconstruction grid, in the order of :func:`reconstruction_rows`; every grid titles them.
+RECONSTRUCTION_COLUMNS = ("original", "masked (grey: hidden)", "reconstruction", "reconstruction + visible")
+
 
 def _denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -64,12 +67,52 @@ def save_grid(pictures: torch.Tensor, path: str | Path, *, ncol: int, min_side: 
     return path
 
 
+def reconstruction_figure(pictures: torch.Tensor, *, columns: Sequence[str] = RECONSTRUCTION_COLUMNS,
+                          title: str | None = None):
+    """A matplotlib figure of ``pictures [B * len(columns), C, H, W]`` in [0, 1], one image per row and one
+    titled column per kind (:data:`RECONSTRUCTION_COLUMNS`), so the picture needs no caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncol = len(columns)
+    rows = pictures.shape[0] // ncol
+    pics = pictures.float().clamp(0, 1).cpu().reshape(rows, ncol, *pictures.shape[1:])
+    fig, axes = plt.subplots(rows, ncol, figsize=(1.9 * ncol, 1.8 * rows + (0.8 if title else 0.4)), squeeze=False)
+    for r in range(rows):
+        for c in range(ncol):
+            ax, pic = axes[r][c], pics[r, c]
+            if pic.shape[0] == 1:
+                ax.imshow(pic[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(pic[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | Path, *, mean: Sequence[float],
                          std: Sequence[float], seed: int = 0) -> Path:
-    """Draw masks from the model's masker (seeded) and save the four-column reconstruction grid."""
+    """Draw masks from the model's masker (seeded) and save the four-column reconstruction grid, its columns
+    titled (:data:`RECONSTRUCTION_COLUMNS`)."""
+    import matplotlib.pyplot as plt
+
     gen = torch.Generator(device=images.device).manual_seed(seed)
     mask = model.draw_mask(images.shape[0], gen, images.device, images=images)
-    return save_grid(reconstruction_rows(model, images, mask, mean, std), path, ncol=4)
+    hidden = 100 * mask.float().mean().item()
+    fig = reconstruction_figure(reconstruction_rows(model, images, mask, mean, std),
+                                title=f"{images.shape[0]} images, masks seed {seed} ({hidden:.0f}% hidden)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, title: str | None = None,

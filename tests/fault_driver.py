@@ -56,7 +56,7 @@ def main() -> int:
     if args.die_in_save:
         die_in_save(args.die_in_save)
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"slow": Slow(args.sleep)})
-    cli._registry = lambda: registry
+    cli._registry = lambda args=None: registry
     return cli.main([a for a in args.rest if a != "--"])
 
 

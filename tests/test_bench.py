@@ -16,7 +16,7 @@ from rich.console import Console
 from maskkit.bench import cli as bench_cli
 from maskkit.bench import data as bench_data
 from maskkit.bench import steps as bench_steps
-from maskkit.bench.reference import OfficialStyleMAE
+from maskkit.mae_reference import OfficialStyleMAE
 from maskkit.errors import ConfigError
 
 TINY = ("encoder.img_size=32", "encoder.depth=2", "decoder.depth=1", "decoder.embed_dim=32", "decoder.num_heads=2")

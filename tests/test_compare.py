@@ -229,21 +229,35 @@ def test_comparison_end_to_end_writes_every_report_file(full):
         rows = list(csv.DictReader(handle))
     assert [(r["variant"], r["seed"], r["status"]) for r in rows] == [("r75", "0", "done"), ("r50", "0", "done")]
     assert [int(r["tokens_per_step"]) for r in rows] == [104, 200]
-    for r in rows:
-        assert 0 <= float(r["knn_top1"]) <= 1 and 0 <= float(r["linear_top1"]) <= 1
+    for r in rows:  # percentages in the CSV, as in the tables, with the unit in the column name
+        assert 1 < float(r["knn_top1_pct"]) <= 100 and 1 < float(r["linear_top1_pct"]) <= 100
+        assert 1 < float(r["random_init_knn_top1_pct"]) <= 100  # the random-init baseline is scored by default
         assert float(r["final_loss"]) > 0 and float(r["images_per_s"]) > 0 and float(r["train_time_s"]) > 0
+        assert 0 < float(r["masker_ms_per_batch"]) < 1000
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["comparison"]["budget"]["match"] == "epochs"
     r50 = results["variants"][1]
     assert r50["variant"] == "r50" and r50["knn_top1"]["n"] == 1 and r50["knn_top1"]["std"] is None
-    assert r50["delta_knn_top1"]["mean"] == pytest.approx(float(rows[1]["knn_top1"]) - float(rows[0]["knn_top1"]))
+    assert 100 * r50["knn_top1"]["mean"] == pytest.approx(float(rows[1]["knn_top1_pct"]))  # fractions in JSON
+    assert 100 * r50["delta_knn_top1"]["mean"] == pytest.approx(float(rows[1]["knn_top1_pct"]) -
+                                                                float(rows[0]["knn_top1_pct"]))
+    with (out / "report" / "summary.csv").open() as handle:
+        summary_rows = list(csv.DictReader(handle))
+    assert float(summary_rows[1]["delta_knn_top1_points_mean"]) == pytest.approx(100 * r50["delta_knn_top1"]["mean"])
+    # the random-init encoder of a seed is scored once and shared by the variants (the same encoder)
+    assert rows[0]["random_init_knn_top1_pct"] == rows[1]["random_init_knn_top1_pct"]
+    assert len(list((out / "baselines").glob("*.json"))) == 1
     report = (out / "report" / "report.md").read_text()
-    assert "| variant | masker | kNN top-1 (%) | linear top-1 (%) | final loss | images/s | enc. tokens/step" in report
-    assert "| r50 | random(ratio=0.5) |" in report
+    assert ("| variant | masker | kNN top-1 (%) | linear top-1 (%) | final loss | images/s | masker ms/batch | "
+            "enc. tokens/step") in report
+    assert "| r50 | random(ratio=0.5) |" in report and "| (random init) | r75's encoder, untrained |" in report
     assert "equal epochs" in report and "data_seed 0" in report and "![" in report
-    # the same data order in every run, masks and init from the seed
+    assert "## Read before ranking" in report and "One seed: the differences between variants have no error bar" \
+        in report and results["findings"][0].startswith("One seed")
+    # the same data order in every run, masks and init from the seed; the schedule planned over the steps trained
     recipes = [yaml.safe_load((out / "runs" / v / "seed0" / "recipe.yaml").read_text()) for v in ("r75", "r50")]
-    assert [(r["seed"], r["data_seed"], r["train"]["max_steps"]) for r in recipes] == [(0, 0, 4)] * 2
+    assert [(r["seed"], r["data_seed"], r["train"]["max_steps"], r["train"]["epochs"]) for r in recipes] == \
+        [(0, 0, 4, 1)] * 2
     samples = torch.load(out / "runs" / "r50" / "seed0" / "samples.pt", weights_only=True)
     assert samples["pictures"].shape == (3, 4, 1, 28, 28) and samples["masks"].shape == (4, 49)
     assert samples["masks"].sum(1).tolist() == [25] * 4
@@ -344,3 +358,95 @@ def test_paired_differences_are_signed_and_their_spread_is_not():
 
     assert _pm({"mean": -0.022, "std": 0.0192}, lambda x: f"{x:+.2f}", 100) == "-2.20 ± 1.92"
     assert _pm({"mean": 0.0028, "std": None}, lambda x: f"{x:+.2f}", 100) == "+0.28"
+
+
+def test_the_schedule_is_planned_over_the_steps_trained(tmp_path, registry):
+    """A budget shorter than the base's training keeps the base's share of warm-up (1 of 8 epochs: an eighth)
+    instead of cutting the base's schedule, and each run's recipe says what it trains."""
+    spec = load_spec(write_spec(tmp_path, overrides=["train.max_steps=null", "train.epochs=8",
+                                                     "train.warmup_epochs=1"], budget={"steps": 16}),
+                     registry=registry)
+    plan = make_plan(spec, registry)  # 96 images of batch 8: 12 steps an epoch; the base trains 96 steps
+    assert [v.warmup_steps for v in plan.variants] == [2, 2]  # 16 / 8
+    train = plan.runs[0].recipe["train"]
+    assert (train["max_steps"], train["epochs"]) == (16, 2) and train["warmup_epochs"] * 12 == pytest.approx(2)
+    assert "warm-up (2 of 16 steps" in plan.schedule_text()
+    from maskkit.compare.results import findings
+
+    assert not any("warm-up covers" in note for note in findings(plan, []))
+    mostly = make_plan(load_spec(write_spec(tmp_path, overrides=["train.max_steps=null", "train.epochs=2",
+                                                                 "train.warmup_epochs=1.5"], budget={"steps": 8}),
+                                 registry=registry), registry)
+    assert any(note.startswith("r75: learning-rate warm-up covers 6 of its 8 steps") for note in
+               findings(mostly, []))
+
+
+def test_findings_say_in_words_what_the_numbers_do_not_support(full):
+    import attrs
+
+    from maskkit.compare.results import findings, seed_stats
+
+    plan = attrs.evolve(full[1].plan, seeds=(0, 1, 2))
+    stat = seed_stats([0.70, 0.71, 0.72], interval=True)
+    assert stat["ci95"] == pytest.approx([0.71 - 4.303 * 0.01 / 3 ** 0.5, 0.71 + 4.303 * 0.01 / 3 ** 0.5])
+    summary = [
+        {"variant": "r75", "knn_top1": seed_stats([0.6] * 3), "random_init_knn_top1": seed_stats([0.5] * 3),
+         "linear_top1": seed_stats([0.6] * 3), "random_init_linear_top1": seed_stats([0.5] * 3)},
+        {"variant": "r50", "knn_top1": seed_stats([0.45, 0.46, 0.47]), "random_init_knn_top1": seed_stats([0.5] * 3),
+         "linear_top1": seed_stats([0.65] * 3), "random_init_linear_top1": seed_stats([0.5] * 3),
+         "delta_knn_top1": seed_stats([0.01, -0.02, 0.015], interval=True),
+         "delta_linear_top1": seed_stats([0.05, 0.06, 0.055], interval=True)}]
+    notes = findings(plan, summary)
+    assert not any(n.startswith("One seed") for n in notes)
+    assert any(n.startswith("r50 vs r75, kNN top-1: +0.17 points, 95% interval [") and
+               n.endswith("within the seeds' spread, no ranking.") for n in notes), notes
+    assert any(n.startswith("r50 vs r75, linear top-1: +5.50 points") and n.endswith("r50 is better.")
+               for n in notes), notes
+    assert any(n.startswith("r50 scores below its encoder at random initialisation (kNN top-1 46.00% against "
+                            "50.00%)") for n in notes), notes
+    assert not any(n.startswith("r75 scores below") for n in notes)
+    quick = attrs.evolve(plan, eval=plan.eval.as_quick())
+    assert findings(quick, summary)[0].startswith("Quick evaluation: kNN on 2000 train / 1000 test images")
+
+
+def test_quick_mode_scores_a_fixed_subset_and_the_report_says_so(tmp_path, registry, capsys):
+    from maskkit.data.fashion_mnist import FashionMNIST
+    from maskkit.evaluate import subset
+
+    data = FashionMNIST("test", source="embedded")
+    a, b = subset(data, 50, seed=0), subset(data, 50, seed=0)
+    assert len(a) == 50 and a.indices == b.indices and a.indices == sorted(set(a.indices))
+    assert torch.equal(a[3][0], data[a.indices[3]][0]) and a.mean == data.mean and subset(data, None) is data
+    spec = load_spec(write_spec(tmp_path, variants={"r75": {}}, budget={"steps": 2},
+                                eval={"knn": True, "linear": True, "reconstructions": 0, "mask_samples": 0}),
+                     registry=registry)
+    quick = make_plan(spec, registry)
+    quick = attrs_evolve(quick, eval=quick.eval.as_quick())
+    assert not quick.eval.linear and quick.eval.train_images == 2000
+    run_comparison(quick, tmp_path / "out", registry=registry, console=quiet(), progress=False)
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert report.startswith("# Comparison: spec (QUICK evaluation: a subset, kNN only)")
+    assert "on a fixed subset (quick mode)" in report and "linear top-1" not in report
+
+
+def attrs_evolve(obj, **changes):
+    import attrs
+
+    return attrs.evolve(obj, **changes)
+
+
+def test_aux_losses_reach_the_report_when_logged(full, tmp_path):
+    from maskkit.compare.report import write_report
+
+    out = tmp_path / "out"
+    shutil.copytree(full[0], out)
+    for variant, value in (("r75", 0.25), ("r50", 0.5)):
+        metrics = out / "runs" / variant / "seed0" / "metrics.jsonl"
+        lines = metrics.read_text().splitlines()
+        lines[-1] = json.dumps({**json.loads(lines[-1]), "aux/masker.entropy": value})
+        metrics.write_text("\n".join(lines) + "\n")
+    report = write_report(out, full[1].plan)
+    with (report / "results.csv").open() as handle:
+        assert [float(r["aux/masker.entropy"]) for r in csv.DictReader(handle)] == [0.25, 0.5]
+    text = (report / "report.md").read_text()
+    assert "| variant | masker.entropy |" in text and "| r50 | 0.5000 |" in text

@@ -148,7 +148,7 @@ def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, ful
     assert f"checkpoint of step {saved} saved" in line and steps(out)[-1] == saved  # nothing trained is lost
     assert not (out / LOCK_NAME).exists()
     command = line.split("resume with: ", 1)[1]
-    monkeypatch.setattr(cli, "_registry", lambda: builtin_registry)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: builtin_registry)
     assert cli.main([*shlex.split(command)[1:], "--no-progress", "--no-eval"]) == 0
     assert losses(out) == losses(full)
 
@@ -263,7 +263,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, cap
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(ckpt.torch, "save", save_on_a_full_disk)
-    monkeypatch.setattr(cli, "_registry", lambda: builtin_registry)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: builtin_registry)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(fault_tree()))
     out = tmp_path / "run"
@@ -307,7 +307,7 @@ def test_plugin_errors_name_the_plugin_and_leave_it_out(tmp_path, capsys, monkey
     assert [f.name for f in registry.failures] == ["half"]
     assert "maskkit_add_maskers() raised RuntimeError: cannot import its masker" in registry.failures[0].error
     assert registry.list("masker") == ["random"] and "half" not in registry.versions()
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_tree()))
     out = tmp_path / "run"
@@ -319,8 +319,8 @@ def test_plugin_errors_name_the_plugin_and_leave_it_out(tmp_path, capsys, monkey
 
     from_plugins = Registry.from_plugins.__func__
     monkeypatch.setattr(Registry, "from_plugins", classmethod(
-        lambda cls, autoload=None, plugins=None, strict=True: from_plugins(
-            cls, False, {"half": RaisingAddHook(), "clash": Clash()}, strict=strict)))
+        lambda cls, autoload=None, plugins=None, files=(), strict=True: from_plugins(
+            cls, False, {"half": RaisingAddHook(), "clash": Clash()}, files, strict=strict)))
     with pytest.raises(maskkit.errors.PluginError, match="registered twice"):
         Registry.from_plugins()
     assert cli.main(["plugins"]) == 0  # the diagnosis tool works whatever the plugins do

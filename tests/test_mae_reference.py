@@ -150,7 +150,7 @@ def test_sparse_encoder_refuses_uneven_masks(builtin_registry):
 def test_official_style_reference_loads_maskkit_weights_and_computes_the_same_loss(builtin_registry):
     """The benchmark's official-style MAE (models_mae.py's structure on timm blocks) takes maskkit's state dict
     strictly and, from the same images and noise, gives the same mask, predictions, loss and gradients."""
-    from maskkit.bench.reference import OfficialStyleMAE
+    from maskkit.mae_reference import OfficialStyleMAE
 
     torch.manual_seed(0)
     model = maskkit.build_model(mae_recipe(depth=2, dec_depth=2, img=32, patch=4, chans=3), builtin_registry)

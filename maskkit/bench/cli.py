@@ -128,7 +128,7 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
 
     from maskkit.bench import data as bench_data
     from maskkit.bench import steps as bench_steps
-    from maskkit.bench.reference import OfficialStyleMAE
+    from maskkit.mae_reference import OfficialStyleMAE
     from maskkit.registry import Registry
 
     say = (lambda message: console.log(message)) if console is not None else (lambda message: None)

@@ -4,7 +4,7 @@ Variants of one model size (all built with the same widths and depths, same batc
 
 * ``mae``: maskkit's MAE, the encoder run on the visible patches only (the paper's sparse design);
 * ``dense``: the same encoder fed all patches, hidden ones replaced by a mask token (the paper's baseline);
-* ``official``: the official ``models_mae.py`` structure (:mod:`maskkit.bench.reference`) with maskkit's
+* ``official``: the official ``models_mae.py`` structure (:mod:`maskkit.mae_reference`) with maskkit's
   weights copied in, the "official-style reference" maskkit's MAE step must not be slower than;
 * ``hf``: transformers' ``ViTMAEForPreTraining`` (SDPA attention) as an external reference, when installed.
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from maskkit.errors import ConfigError, expected
+from maskkit import toolkit
 from maskkit.interfaces import Grid, Masker
 
 
-def check_ratio(ratio: float, key: str = "ratio") -> float:
-    """Validate a mask ratio: a float strictly between 0 and 1."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
-        raise ConfigError(key, expected("a float in (0, 1)", ratio))
-    return float(ratio)
+check_ratio = toolkit.ratio  # the public validator (kept under its old name)
 
 
 class RandomMasker(Masker):

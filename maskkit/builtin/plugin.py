@@ -12,6 +12,7 @@ from maskkit.builtin.decoder import MAEDecoder
 from maskkit.builtin.masking import RandomMasker
 from maskkit.builtin.vit import timm_vit_factories
 from maskkit.registry import hookimpl
+from maskkit.toolkit import recipe_files
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -53,6 +54,4 @@ def maskkit_add_datasets():
 def maskkit_add_recipes():
     """The recipes in the source tree's ``recipes/`` folder (maskkit is installed editable from a clone);
     ``recipes/compare/`` holds comparison specs, not recipes."""
-    if not RECIPE_DIR.is_dir():
-        return {}
-    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.yaml"))}
+    return recipe_files(RECIPE_DIR)

@@ -33,6 +33,7 @@ class TimmViTEncoder(Encoder):
     """
 
     MASKKIT_ARGUMENTS = ("sincos_pos_embed", "mae_init", "dense", "norm_eps")  # the rest go to timm.create_model
+    PRETRAINING_ONLY = ("encoder_mask_token",)  # a dense encoder's mask token: timm's ViT has none
 
     def __init__(
         self,
@@ -131,6 +132,11 @@ class TimmViTEncoder(Encoder):
 
     def forward_features(self, images):
         return self._blocks(self._patch_tokens(images))
+
+    def export_arguments(self, recipe_arguments: dict) -> dict:
+        """The recipe's arguments that are timm's: ``timm.create_model(model_name, **these)`` builds the
+        exported backbone (its size, patch, channels...)."""
+        return {k: v for k, v in recipe_arguments.items() if k not in ("name", *self.MASKKIT_ARGUMENTS)}
 
     def extra_repr(self) -> str:
         mode = "sparse" if self.sparse else "dense"

@@ -3,6 +3,7 @@
     maskkit compare SPEC [--out DIR] [--device DEV] [--gpus auto|none|0,1,...] [--retry-failed]
     maskkit compare SPEC --dry-run          the plan (budget, steps, cost per variant, what is done) only
     maskkit compare SPEC --report-only      rebuild the report from what is in --out
+    maskkit compare SPEC --quick            kNN on a subset, no linear probe: to iterate, labelled in the report
 
 ``SPEC`` is a path, or the name of a comparison shipped in ``recipes/compare/`` (``mae_table1f``). The output
 folder defaults to ``runs/compare/SPEC-NAME`` (no timestamp: running the same command again resumes).
@@ -70,7 +71,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from maskkit.compare.report import rich_table, write_report
     from maskkit.compare.runner import PLAN_FILE, run_comparison, run_status
     from maskkit.compare.spec import load_spec
-    from maskkit.registry import default_registry
+    from maskkit.registry import registry_for
 
     spec_path = resolve_spec(args.spec)
     out = Path(args.out) if args.out else default_out(spec_path)
@@ -83,8 +84,13 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         console.print(rich_table(out, plan))
         console.print(f"report: {report / 'report.md'} (also report.html, results.csv, results.json)")
         return 0
-    registry = default_registry()
+    registry = registry_for(getattr(args, "plugins", None) or ())
     spec = load_spec(spec_path, registry=registry)
+    registry = registry.with_plugins(spec.plugins)
+    if args.quick:
+        import attrs
+
+        spec = attrs.evolve(spec, eval=spec.eval.as_quick())
     plan = make_plan(spec, registry, device=args.device)
     if args.dry_run:
         statuses = [run_status(run, plan, out) for run in plan.runs] if out.is_dir() else None
@@ -121,6 +127,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; train nothing")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from --out; train nothing")
+    p.add_argument("--quick", action="store_true", help="evaluate quickly, for iterating: kNN on a fixed subset of "
+                                                        "the splits, no linear probe (the report says so)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
     return p

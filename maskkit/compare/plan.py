@@ -10,12 +10,18 @@ Budget. ``match: epochs`` gives every variant the same steps (so the same images
 then differs and the report shows it. ``match: tokens`` gives every variant the encoder tokens the reference
 variant processes in its steps (or ``budget.tokens``): ``steps = max(1, round(tokens / tokens_per_step))`` (halves
 round up), so a variant that shows the encoder twice as many patches trains half as many steps.
+
+Schedule. The learning-rate schedule is planned over the steps a run actually trains, not cut from the base
+recipe's: the base's warm-up keeps its share of the training (``warmup_epochs / epochs``: 1 of 8 epochs stays
+an eighth) and the cosine decays to ``min_lr`` at the run's last step. Each run's recipe says so: ``max_steps``
+is its steps, ``epochs`` the epochs they start, ``warmup_epochs`` the scaled warm-up.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ class VariantPlan:
     steps: int
     epochs: float
     other_changes: str = ""  # the changes outside the masker section
+    warmup_steps: int = 0  # learning-rate warm-up, the base recipe's share of its training scaled to ``steps``
 
     @property
     def encoder_tokens(self) -> int:
@@ -100,6 +107,9 @@ class Plan:
     eval: EvalSpec
     variants: tuple[VariantPlan, ...]
     runs: tuple[RunPlan, ...]
+    # one-file plugins and modules every run loads (the spec's, --plugin, MASKKIT_PLUGINS), so a worker process
+    # builds the registry the plan was made with; a base recipe's own plugins travel in each run's recipe
+    plugins: tuple[str, ...] = ()
 
     def variant(self, name: str) -> VariantPlan:
         for v in self.variants:
@@ -112,6 +122,12 @@ class Plan:
             if r.run_id == run_id:
                 return r
         raise KeyError(run_id)
+
+    def schedule_text(self) -> str:
+        """One sentence saying how the learning rate was scheduled over the budget (for the report)."""
+        warm = ", ".join(dict.fromkeys(f"{v.warmup_steps} of {v.steps}" for v in self.variants))
+        return (f"learning rate: linear warm-up ({warm} steps, the base recipe's share of its training) then "
+                "cosine decay to the recipe's min_lr at each run's last step, planned over the steps trained")
 
     def budget_text(self) -> str:
         """One sentence saying how the budget was matched (for the report)."""
@@ -138,7 +154,8 @@ class Plan:
         tree = dict(tree)
         tree.pop("format", None)
         tree["seeds"] = tuple(tree["seeds"])
-        tree["eval"] = EvalSpec(**tree["eval"])
+        tree["plugins"] = tuple(tree.get("plugins") or ())
+        tree["eval"] = EvalSpec(**_known(EvalSpec, tree["eval"]))
         tree["variants"] = tuple(VariantPlan(**{**_known(VariantPlan, v), "grid": tuple(v["grid"])})
                                  for v in tree["variants"])
         tree["runs"] = tuple(RunPlan(**_known(RunPlan, r)) for r in tree["runs"])
@@ -214,7 +231,7 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
     from maskkit.builder import build_component, build_dataset, build_model
     from maskkit.registry import default_registry
 
-    registry = registry or default_registry()
+    registry = (registry or default_registry()).with_plugins(spec.plugins)
     file = spec.file
     device = device if device is not None else spec.device
     base = Recipe(spec.base_tree, spec.file)
@@ -226,6 +243,7 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
                           f"{cfg.batch_size} x accum_steps {cfg.accum_steps}", file=file)
     effective = cfg.batch_size * cfg.accum_steps
     default_steps = cfg.max_steps or cfg.epochs * spe
+    warmup_share = min(1.0, round(cfg.warmup_epochs * spe) / default_steps)  # of the base's own training
     budget = spec.budget
     if budget.steps is not None:
         ref_steps = budget.steps
@@ -280,19 +298,23 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
             other_changes=", ".join(c.describe() for c in variant.changes if c.key.split(".")[0] != "masker"),
             grid=grid, num_patches=n,
             num_prefix_tokens=encoder.num_prefix_tokens, hidden=hidden, sparse=bool(encoder.sparse),
-            tokens_per_image=per_image, tokens_per_step=per_step, steps=steps, epochs=steps / spe))
+            tokens_per_image=per_image, tokens_per_step=per_step, steps=steps, epochs=steps / spe,
+            warmup_steps=round(warmup_share * steps)))
     runs = []
     for seed in spec.seeds:
         for variant, vplan in zip(spec.variants, variants):
             tree = copy.deepcopy(variant.tree)
             tree["seed"] = seed
             tree["data_seed"] = spec.data_seed
-            tree.setdefault("train", {})["max_steps"] = vplan.steps
+            train = tree.setdefault("train", {})
+            # the schedule over the steps trained (see the module docstring), said in the run's recipe
+            train.update(max_steps=vplan.steps, epochs=max(1, math.ceil(vplan.steps / spe)),
+                         warmup_epochs=vplan.warmup_steps / spe)
             if device is not None:
-                tree["train"]["device"] = device
+                train["device"] = device
             runs.append(RunPlan(variant.name, seed, vplan.steps, tree))
     return Plan(spec_file=file, description=spec.description, base=spec.base, match=budget.match,
                 reference=budget.reference if budget.match == "tokens" and budget.tokens is None else None,
                 budget_tokens=total, steps_per_epoch=spe, batch_size=cfg.batch_size, effective_batch=effective,
                 train_images=train_images, seeds=spec.seeds, data_seed=spec.data_seed, device=device,
-                eval=spec.eval, variants=tuple(variants), runs=tuple(runs))
+                eval=spec.eval, variants=tuple(variants), runs=tuple(runs), plugins=registry.plugin_specs)

@@ -9,6 +9,7 @@ Layout of the output folder::
         eval.json                    scores on frozen features, and the evaluation settings they used
         samples.pt                   test reconstructions under this variant's masks, and mask samples
         compare.json                 status: running / done / failed (with the error)
+    OUT/baselines/KEY.json           random-init scores, made by the first run of a seed and encoder, shared
     OUT/report/                      see :mod:`maskkit.compare.report`
 
 A run is *finished* when its checkpoint is at its final step and its ``eval.json`` was made with the spec's
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import os
 import shlex
 import subprocess
@@ -38,52 +38,21 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from maskkit.compare.files import (DONE, EVAL_FILE, FAILED, PARTIAL, PENDING, PLAN_FILE, SAMPLES_FILE,  # noqa: F401
+                                   STATUS_FILE, TIMING_FILE, TRAINED, checkpoint_step, read_json, training_time,
+                                   write_json)
+from maskkit.compare.measure import TrainingClock, baseline_key, shared_baseline, time_masker
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 from maskkit.recipe import Recipe, safe_load
 
-STATUS_FILE = "compare.json"
-TIMING_FILE = "timing.json"
-EVAL_FILE = "eval.json"
-SAMPLES_FILE = "samples.pt"
-PLAN_FILE = "plan.json"
-
-PENDING, PARTIAL, TRAINED, DONE, FAILED = "pending", "partial", "trained", "done", "failed"
 # Recipe keys that may differ between a run folder and the plan without changing what the run computes.
 _IGNORED = {("train", "device"), ("train", "num_workers"), ("train", "log_every"), ("train", "ckpt_every"),
             ("eval",), ("description",)}
 
 
-# -- small file helpers --------------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write atomically: readers (and a crash) see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a maskkit checkpoint, without reading its tensors (memory-mapped); None if unreadable."""
-    if not path.is_file():
-        return None
-    for mmap in (True, False):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            return int(state["step"])
-        except Exception:  # not a zip checkpoint (mmap), truncated, foreign
-            continue
-    return None
+# -- a run folder's recipe against the plan's ---------------------------------------------------------------
 
 
 def _training_view(tree: dict) -> dict:
@@ -148,43 +117,6 @@ def run_status(run: RunPlan, plan: Plan, out_dir: Path) -> RunStatus:
 # -- training ---------------------------------------------------------------------------------------------
 
 
-class CompareTrainer(Trainer):
-    """The trainer, plus ``timing.json``: the training wall time of each session up to each checkpoint, so the
-    wall time of a resumed run counts the work that its final checkpoint contains exactly once."""
-
-    def _setup(self) -> None:
-        super()._setup()
-        self._timing_path = self.run_dir / TIMING_FILE
-        timing = read_json(self._timing_path) if self.step > 0 else None
-        if not isinstance(timing, dict) or not isinstance(timing.get("sessions"), list):
-            timing = {"sessions": []}
-        timing["sessions"].append({"start_step": self.step, "marks": []})
-        self._timing = timing
-        self._t0 = time.perf_counter()
-        if self.dist.is_main:
-            write_json(self._timing_path, timing)
-
-    def save_checkpoint(self, path: Path) -> None:
-        if self.dist.is_main:  # the mark first: a crash inside the save leaves a mark the resume never uses
-            self._timing["sessions"][-1]["marks"].append([self.step, time.perf_counter() - self._t0])
-            write_json(self._timing_path, self._timing)
-        super().save_checkpoint(path)
-
-
-def training_time(timing: dict | None, final_step: int | None = None) -> float | None:
-    """Seconds of training behind the final checkpoint: for each session, its time up to the checkpoint the
-    next session resumed from (the last session: up to ``final_step`` or its last checkpoint)."""
-    if not isinstance(timing, dict) or not timing.get("sessions"):
-        return None
-    sessions = timing["sessions"]
-    total = 0.0
-    for i, session in enumerate(sessions):
-        end = sessions[i + 1]["start_step"] if i + 1 < len(sessions) else final_step
-        marks = [(int(s), float(t)) for s, t in session.get("marks", []) if end is None or s <= end]
-        total += max((t for _, t in marks), default=0.0)
-    return total
-
-
 # -- evaluation -----------------------------------------------------------------------------------------------
 
 
@@ -247,9 +179,17 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
     run_dir = run.run_dir(out_dir)
     recipe = _eval_recipe(run, plan)
     start = time.perf_counter()
-    scores = evaluate(model, recipe, device=device, registry=registry, baseline=plan.eval.baseline,
-                      linear=plan.eval.linear)
+
+    def score(baseline: bool) -> dict:
+        return evaluate(model, recipe, device=device, registry=registry, baseline=baseline,
+                        linear=plan.eval.linear, train_images=plan.eval.train_images,
+                        test_images=plan.eval.test_images)
+
+    settings = eval_settings(plan)
+    scores = shared_baseline(out_dir, baseline_key(run.recipe, settings), score) if plan.eval.baseline \
+        else score(False)
     elapsed = time.perf_counter() - start
+    scores["masker_ms_per_batch"] = time_masker(model, plan.batch_size, device, seed=run.seed)
     samples = make_samples(model, recipe, registry, images=plan.eval.reconstructions,
                            masks=plan.eval.mask_samples, seed=run.seed, device=device)
     save_atomic(samples, run_dir / SAMPLES_FILE)
@@ -261,20 +201,9 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
                                     progress=False)
         scores |= {f"finetune_{k}": tuned[k] for k in ("top1", "top5") if k in tuned}
         scores["finetune_time_s"] = tuned["wall_time_s"]
-    scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": eval_settings(plan)}
+    scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": settings}
     write_json(run_dir / EVAL_FILE, scores)
     return scores
-
-
-def _model_from_checkpoint(run: RunPlan, run_dir: Path, registry, device: torch.device):
-    from maskkit.builder import build_model
-    from maskkit.engine.checkpoint import load_training_checkpoint
-
-    state = load_training_checkpoint(run_dir / CHECKPOINT_NAME)
-    recipe = Recipe(state["recipe"], str(run_dir / CHECKPOINT_NAME))
-    model = build_model(recipe, registry)
-    model.load_state_dict(state["model"])
-    return model.to(device)
 
 
 # -- one run ------------------------------------------------------------------------------------------------
@@ -307,13 +236,16 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
     try:
         recipe = Recipe(run.recipe, plan.spec_file)
         if step < run.steps:
-            trainer = CompareTrainer(recipe, run_dir, registry=registry, console=console, progress=progress,
+            clocked = registry.with_objects({"maskkit-compare-clock": TrainingClock(run_dir)})  # timing.json
+            trainer = Trainer(recipe, run_dir, registry=clocked, console=console, progress=progress,
                                      resume=run_dir / CHECKPOINT_NAME if resume else None)
             trainer.fit()
             model, device = trainer.model, trainer.device
         else:
+            from maskkit.engine.checkpoint import load_model
+
             device = pick_device(recipe.train.device)
-            model = _model_from_checkpoint(run, run_dir, registry, device)
+            model = load_model(run_dir / CHECKPOINT_NAME, registry=registry)[0].to(device)
         evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
     except RunInterrupted as exc:  # Ctrl-C / SIGTERM: the comparison stops (the checkpoint stays for a resume)
         again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"

@@ -14,6 +14,7 @@
     data_seed: 0                        # data order and augmentations: the same in every run (default: base's)
     eval: {knn: true, linear: true}     # kNN k=20 cosine T=0.07 and/or a linear probe, on frozen features
     budget: {match: tokens, epochs: 10, reference: random75}   # or {match: epochs, epochs: 10}
+    plugins: [my_masker.py]             # optional: one-file plugins or modules (paths relative to this file)
 
 A variant may not change what every run of a comparison must share (:data:`SHARED_KEYS`): the seeds, the
 data and its order, the evaluation, the batch and the budget. Those come from the base and the spec. Every
@@ -34,10 +35,14 @@ import yaml
 from maskkit.errors import ConfigError, expected
 from maskkit.recipe import SECTIONS, Recipe, load_recipe, parse_yaml, read_text_file, safe_load
 
-SPEC_KEYS = ("description", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval", "device")
+SPEC_KEYS = ("description", "plugins", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval",
+             "device")
 BUDGET_KEYS = ("match", "epochs", "steps", "tokens", "reference")
 EVAL_KEYS = ("knn", "linear", "baseline", "k", "temperature", "pool", "batch_size", "reconstructions",
-             "mask_samples", "finetune")
+             "mask_samples", "quick", "finetune")
+# --quick: kNN on a fixed subset of the splits, no linear probe (for iterating on an idea, not for a table)
+QUICK_TRAIN_IMAGES = 2000
+QUICK_TEST_IMAGES = 1000
 MATCHES = ("epochs", "tokens")
 # Recipe keys that every run of a comparison shares; a variant changing one is refused.
 SHARED_KEYS = (("seed",), ("data_seed",), ("data",), ("eval",), ("train", "epochs"), ("train", "max_steps"),
@@ -89,11 +94,13 @@ class BudgetSpec:
 @attrs.frozen
 class EvalSpec:
     """What is measured after training, the same for every run. ``k``, ``temperature``, ``pool`` and
-    ``batch_size`` default to the base recipe's ``eval`` section (MAE/DINO: k=20, cosine, T=0.07)."""
+    ``batch_size`` default to the base recipe's ``eval`` section (MAE/DINO: k=20, cosine, T=0.07). The
+    random-init ``baseline`` is scored by default: a variant below it learned nothing usable. ``quick``
+    scores kNN on ``train_images`` / ``test_images`` of the splits and skips the linear probe."""
 
     knn: bool = True
     linear: bool = False
-    baseline: bool = False
+    baseline: bool = True
     k: int = 20
     temperature: float = 0.07
     pool: str = "mean"
@@ -101,6 +108,15 @@ class EvalSpec:
     reconstructions: int = 6
     mask_samples: int = 8
     finetune: dict | None = None  # fine-tuning settings (maskkit.finetune.evaluation), None: no fine-tuning
+    quick: bool = False
+    train_images: int | None = None  # None: the whole split
+    test_images: int | None = None
+
+    def as_quick(self) -> "EvalSpec":
+        """This evaluation in quick mode: kNN only, on a fixed subset (:data:`QUICK_TRAIN_IMAGES` /
+        :data:`QUICK_TEST_IMAGES` images)."""
+        return attrs.evolve(self, quick=True, knn=True, linear=False, train_images=QUICK_TRAIN_IMAGES,
+                            test_images=QUICK_TEST_IMAGES)
 
     def recipe_overrides(self) -> dict:
         """The ``eval`` section keys this spec sets on each run's evaluation recipe."""
@@ -119,6 +135,7 @@ class CompareSpec:
     budget: BudgetSpec
     eval: EvalSpec
     device: str | None = None
+    plugins: tuple[str, ...] = ()  # the spec's own one-file plugins or modules, resolved (absolute paths)
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -301,13 +318,26 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
     pool = raw.get("pool", cfg.pool)
     if pool not in ("mean", "cls"):
         raise ConfigError("eval.pool", expected("one of mean, cls", pool), file=file)
-    return EvalSpec(
-        knn=knn, linear=linear, baseline=_bool(raw.get("baseline", False), "eval.baseline", file),
+    spec = EvalSpec(
+        knn=knn, linear=linear, baseline=_bool(raw.get("baseline", True), "eval.baseline", file),
         k=_int(raw.get("k", cfg.k), "eval.k", file, 1), temperature=float(temperature), pool=pool,
         batch_size=_int(raw.get("batch_size", cfg.batch_size), "eval.batch_size", file, 1),
         reconstructions=_int(raw.get("reconstructions", 6), "eval.reconstructions", file, 0),
         mask_samples=_int(raw.get("mask_samples", 8), "eval.mask_samples", file, 0),
         finetune=None if finetune is None else dict(finetune))
+    return spec.as_quick() if _bool(raw.get("quick", False), "eval.quick", file) else spec
+
+
+def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...]:
+    from maskkit.registry import resolve_plugin_spec
+
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
+        raise ConfigError("plugins", expected("a list of plugin files (x.py) or module names", raw), file=file)
+    return tuple(resolve_plugin_spec(item, spec_dir) for item in raw)
 
 
 def _resolve_base(base: Any, spec_dir: Path | None, file: str, registry) -> Recipe:
@@ -402,7 +432,10 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
         from maskkit.registry import default_registry
 
         registry = default_registry()
+    plugins = _parse_plugins(tree.get("plugins"), spec_dir, file)
+    registry = registry.with_plugins(plugins)
     base = _resolve_base(tree["base"], spec_dir, file, registry)
+    registry = registry.with_plugins(base.plugins)
     base_tree = copy.deepcopy(base.tree)
     for change in common:
         try:
@@ -436,7 +469,7 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
     spec = CompareSpec(file=file, description=description.strip(), base=base.path or "<mapping>", base_tree=base_tree,
                        variants=tuple(variants), seeds=seeds, data_seed=data_seed,
                        budget=_parse_budget(tree.get("budget"), names, file),
-                       eval=_parse_eval(tree.get("eval"), base, file), device=device)
+                       eval=_parse_eval(tree.get("eval"), base, file), device=device, plugins=plugins)
     if check:
         check_components(spec, registry)
     return spec

@@ -1,9 +1,9 @@
 """One run of a comparison in its own process: ``python -m maskkit.compare.worker OUT RUN_ID``.
 
 The comparison runner starts one per GPU (with ``CUDA_VISIBLE_DEVICES`` set) when it spreads runs over several
-GPUs. The worker reads ``OUT/plan.json`` (never the spec), uses the installed plugins, and exits 0 when the run
-is finished, 1 when it failed (the error is in the run's ``compare.json``), 2 on a usage error, 128 + N when
-signal N stopped it (after a checkpoint).
+GPUs. The worker reads ``OUT/plan.json`` (never the spec), uses the installed plugins and the plan's one-file
+plugins (``plan.plugins``), and exits 0 when the run is finished, 1 when it failed (the error is in the run's
+``compare.json``), 2 on a usage error, 128 + N when signal N stopped it (after a checkpoint).
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"maskkit compare worker: error: {plan_path}: cannot run {args.run_id!r}: {exc}", file=sys.stderr)
         return 2
+    from maskkit.registry import registry_for
+
     console = Console(stderr=False, force_terminal=False)
     try:
-        status = execute_run(run, plan, args.out_dir, console=console, progress=False,
-                             retry_failed=args.retry_failed)
+        status = execute_run(run, plan, args.out_dir, registry=registry_for(plan.plugins), console=console,
+                             progress=False, retry_failed=args.retry_failed)
     except RunInterrupted as exc:  # the runner stops its workers with SIGTERM: the checkpoint is saved
         print(f"{run.run_id}: {exc}", file=sys.stderr)
         return 128 + exc.signum

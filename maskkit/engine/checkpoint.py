@@ -10,7 +10,10 @@ Layout of a maskkit checkpoint::
 so dropout and drop-path streams, which differ per rank, continue exactly on resume. Checkpoints of earlier
 versions hold one ``{"cpu": ..., "cuda": [one per visible GPU]}``, restored on every rank as it is.
 
-:func:`load_weights` also reads official MAE checkpoints (``{"model": state_dict}``) and encoder-only ones.
+:func:`load_model` rebuilds the model of a maskkit checkpoint from the recipe stored in it: the one way every
+command (eval, visualize, export, compare) loads a trained model. :func:`load_weights` loads weights into a
+model that exists already, and also reads official MAE checkpoints (``{"model": state_dict}``) and encoder-only
+ones.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -161,6 +164,21 @@ def load_training_checkpoint(path: str | Path) -> dict:
     if obj.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {obj['format_version']} is newer than this maskkit")
     return obj
+
+
+def load_model(path: str | Path, overrides: Iterable[str] = (), registry=None) -> tuple[nn.Module, Any]:
+    """``(model, recipe)`` of a maskkit training checkpoint: the recipe stored in it (with ``overrides``, e.g.
+    ``eval.k=10``, validated), the :class:`~maskkit.MaskedModel` it describes (its ``plugins`` loaded into
+    ``registry``), and the checkpoint's weights in it. The model is on the CPU, in training mode."""
+    from maskkit.builder import build_model
+    from maskkit.recipe import Recipe
+
+    state = load_training_checkpoint(path)
+    recipe = Recipe(state["recipe"], f"{path}:recipe").with_overrides(overrides)
+    recipe.validate()
+    model = build_model(recipe, registry)
+    load_model_state(model, state["model"], path)  # a one-line error when the recipe no longer builds it
+    return model, recipe
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str:

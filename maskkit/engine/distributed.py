@@ -5,7 +5,7 @@ model is spread over the processes (DDP or FSDP2).
 engine then initialises the default process group (NCCL on GPU, gloo on CPU). A plain ``maskkit train`` runs
 as world size 1 with no process group.
 
-The recipe's ``distributed`` section (:class:`DistributedConfig`) picks the strategy: ``ddp`` (default) keeps a
+The recipe's ``distributed`` section (:class:`~maskkit.recipe.DistributedConfig`) picks the strategy: ``ddp`` (default) keeps a
 full replica per process and all-reduces gradients; ``fsdp`` shards parameters, gradients and optimizer state
 with ``torch.distributed.fsdp.fully_shard`` (FSDP2), one unit per transformer block plus the rest, for encoders
 too large to replicate. Checkpoints are always written unsharded (:func:`gather_state`), so a checkpoint of
@@ -25,39 +25,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from maskkit import _validators as v
-from maskkit.errors import ConfigError, expected
-
-
-def _optional_bool(inst, attribute, value):
-    if value is not None and not isinstance(value, bool):
-        raise ConfigError(attribute.name, expected("true, false or null", value))
-
-
-@attrs.frozen(kw_only=True)
-class DistributedConfig:
-    """The recipe's ``distributed`` section; it matters only when launched with ``WORLD_SIZE > 1``.
-
-    ``strategy``: ``ddp`` (a full replica per process) or ``fsdp`` (FSDP2: parameters, gradients and
-    optimizer state sharded over the processes; each transformer block is one unit). ``find_unused_parameters``
-    (DDP): whether DDP searches each step's autograd graph for parameters that got no gradient (a small cost per
-    step); needed when some trainable parameter is unused, or DDP stops with "Expected to have finished
-    reduction". ``null`` (default): true when the encoder is dense (the MAE decoder's mask token is then
-    unused) or the masker has trainable parameters (they train through its auxiliary losses only), false
-    otherwise. ``reshard_after_forward`` (FSDP): free each block's gathered parameters after its
-    forward and gather them again in backward (least memory), or keep them until the backward (less traffic).
-    """
-
-    strategy: str = attrs.field(default="ddp", validator=v.one_of("ddp", "fsdp"))
-    find_unused_parameters: bool | None = attrs.field(default=None, validator=_optional_bool)
-    reshard_after_forward: bool = attrs.field(default=True, validator=v.boolean)
+from maskkit.recipe import DistributedConfig  # noqa: F401 (validated with the other sections; re-exported)
 
 
 def distributed_config(recipe) -> DistributedConfig:
-    """The validated ``distributed`` section of ``recipe`` (defaults when absent)."""
-    from maskkit.recipe import _section_config
-
-    return _section_config(DistributedConfig, recipe.tree, "distributed", recipe.file)
+    """The validated ``distributed`` section of ``recipe`` (defaults when absent): ``recipe.distributed``."""
+    return recipe.distributed
 
 
 @attrs.frozen

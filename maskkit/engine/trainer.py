@@ -92,7 +92,7 @@ class Trainer:
                  resume: str | Path | None = None, console: Console | None = None, progress: bool = True):
         self.recipe = recipe
         self.cfg = recipe.train
-        self.registry = registry or default_registry()
+        self.registry = (registry or default_registry()).with_plugins(recipe.plugins)  # the recipe's own plugins
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         self.run_dir = Path(out_dir)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maskkit.builtin.masking import RandomMasker
+import maskkit
 from maskkit.errors import ConfigError
 from maskkit_blockmask import BlockMasker
 from maskkit_blockmask.block import NO_BLOCK, TRIMMED_BLOCK, WHOLE_BLOCK, _Rectangles
@@ -51,7 +51,7 @@ def rectangle(top: int, left: int, height: int, width: int, grid) -> torch.Tenso
 def test_num_hidden_is_maes_rule():
     assert BlockMasker(0.75).num_hidden((14, 14)) == 196 - int(196 * 0.25) == 147
     assert BlockMasker(0.4).num_hidden((14, 14)) == 196 - int(196 * 0.6) == 79
-    assert BlockMasker(0.5).num_hidden((14, 14)) == RandomMasker(0.5).num_hidden((14, 14))
+    assert BlockMasker(0.5).num_hidden((14, 14)) == maskkit.create("masker", "random", ratio=0.5).num_hidden((14, 14))
     assert BlockMasker(0.5, exact=False).num_hidden((14, 14)) is None
     # clamped so a sample always shows and hides something
     assert BlockMasker(0.99).num_hidden((2, 2)) == 3
@@ -142,7 +142,7 @@ def test_custom_aspect_ratio_range_is_respected():
 def test_block_masks_are_contiguous_compared_to_random():
     """On 14x14 at ratio 0.5, block masks form a few compact regions; random masks, many scattered ones."""
     block = BlockMasker(0.5)(64, (14, 14), generator=gen(5))
-    random = RandomMasker(0.5)(64, (14, 14), generator=gen(5))
+    random = maskkit.create("masker", "random", ratio=0.5)(64, (14, 14), generator=gen(5))
 
     def components(mask):
         return sum(connected_components(row.view(14, 14)) for row in mask) / mask.shape[0]

@@ -14,7 +14,8 @@ import statistics
 import time
 
 import torch
-from maskkit.builtin.targets import norm_pixels, pixels
+
+import maskkit
 
 from maskkit_hog import HOGTarget
 
@@ -38,8 +39,8 @@ def main() -> None:
     device = torch.device(args.device)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     targets = {
-        "pixels": pixels(args.patch, 3),
-        "norm_pixels": norm_pixels(args.patch, 3),
+        "pixels": maskkit.create("target", "pixels", patch_size=args.patch, in_chans=3),
+        "norm_pixels": maskkit.create("target", "norm_pixels", patch_size=args.patch, in_chans=3),
         "hog": HOGTarget(args.patch, 3),
         "hog (gray)": HOGTarget(args.patch, 3, channels="gray"),
     }

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maskkit.builtin.vit import TimmViTEncoder
+import maskkit
 from maskkit.errors import ConfigError
 from maskkit.patches import upsample_mask
 from maskkit.testing import EncoderContract
@@ -198,7 +198,7 @@ def test_convnext_matches_timm_and_exports_to_it(name):
 
 def test_dense_vit_hides_pixels_at_the_simmim_vit_mask_scale():
     """The ViT recipe's pairing (dense ViT, 2x2-cell mask patches): hidden pixels do not reach the output."""
-    enc = TimmViTEncoder("vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=3, depth=1, embed_dim=32,
+    enc = maskkit.create("encoder", "vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=3, depth=1, embed_dim=32,
                          num_heads=2, dense=True).eval()
     mask = SimMIMRandomMasker(0.6, scale=2)(2, enc.grid, generator=torch.Generator().manual_seed(0))
     images = _images(enc, 2)

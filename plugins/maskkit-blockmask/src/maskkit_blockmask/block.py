@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from maskkit import Masker
-from maskkit.builtin.masking import check_ratio
+from maskkit import toolkit
 from maskkit.errors import ConfigError
 
 Grid = tuple[int, int]
@@ -94,7 +94,7 @@ class BlockMasker(Masker):
 
     def __init__(self, ratio: float = 0.4, min_block_patches: int = 16, max_block_patches: int | None = None,
                  aspect_ratio: tuple[float, float] = (0.3, 1 / 0.3), exact: bool = True):
-        self.ratio = check_ratio(ratio)
+        self.ratio = toolkit.ratio(ratio)
         self.min_block_patches = _positive_int(min_block_patches, "min_block_patches")
         if max_block_patches is not None:
             max_block_patches = _positive_int(max_block_patches, "max_block_patches")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import maskkit
+from maskkit import toolkit
 from maskkit_blockmask.block import BlockMasker
 from maskkit_blockmask.grid import GridMasker
 from maskkit_blockmask.uniform import UniformMasker
@@ -17,7 +18,4 @@ def maskkit_add_maskers():
     return {"block": BlockMasker, "grid": GridMasker, "uniform": UniformMasker}
 
 
-@maskkit.hookimpl
-def maskkit_add_recipes():
-    """The YAML files shipped in ``maskkit_blockmask/recipes/``, named by file stem."""
-    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.yaml"))}
+maskkit_add_recipes = toolkit.recipes_hook(RECIPE_DIR)  # {file stem: path} of the shipped recipes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import maskkit
+from maskkit import toolkit
 
 from maskkit_hog.target import HOGTarget
 
@@ -16,7 +17,4 @@ def maskkit_add_targets():
     return {"hog": HOGTarget}
 
 
-@maskkit.hookimpl
-def maskkit_add_recipes():
-    """``{recipe name: path}`` for the YAML files shipped as package data in ``maskkit_hog/recipes/``."""
-    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.yaml"))}
+maskkit_add_recipes = toolkit.recipes_hook(RECIPE_DIR)  # {file stem: path} of the shipped recipes

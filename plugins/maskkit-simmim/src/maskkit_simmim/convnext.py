@@ -60,6 +60,8 @@ class SimMIMConvNeXtEncoder(Encoder):
     ``patch_size`` (the stem's).
     """
 
+    PRETRAINING_ONLY = ("mask_token",)  # SimMIM's mask token: the timm backbone has none
+
     def __init__(
         self,
         model_name: str,

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from maskkit.builtin.masking import check_ratio
+from maskkit import toolkit
 from maskkit.errors import ConfigError, expected
 from maskkit.interfaces import Grid, Masker
 
@@ -27,7 +27,7 @@ class SimMIMRandomMasker(Masker):
     """
 
     def __init__(self, ratio: float = 0.6, scale: int = 1):
-        self.ratio = check_ratio(ratio)
+        self.ratio = toolkit.ratio(ratio)
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ConfigError("scale", expected("a positive int (mask patch side in grid cells)", scale))
         self.scale = scale

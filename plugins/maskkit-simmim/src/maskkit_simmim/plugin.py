@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import maskkit
+from maskkit import toolkit
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -40,6 +41,4 @@ def maskkit_add_maskers():
     return {"simmim_random": SimMIMRandomMasker}
 
 
-@maskkit.hookimpl
-def maskkit_add_recipes():
-    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.yaml"))}
+maskkit_add_recipes = toolkit.recipes_hook(RECIPE_DIR)  # {file stem: path} of the shipped recipes

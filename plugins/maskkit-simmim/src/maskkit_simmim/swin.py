@@ -38,6 +38,8 @@ class SimMIMSwinEncoder(Encoder):
     Note that timm's Swin defaults to ``drop_path_rate=0.1``; SimMIM pre-trains Swin-B with 0.0.
     """
 
+    PRETRAINING_ONLY = ("mask_token",)  # SimMIM's mask token: the timm backbone has none
+
     def __init__(
         self,
         model_name: str,

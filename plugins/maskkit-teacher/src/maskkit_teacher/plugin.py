@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import maskkit
+from maskkit import toolkit
 from maskkit_teacher.linear_head import LinearHead
 from maskkit_teacher.teacher import TeacherTarget
 
@@ -26,9 +27,7 @@ def maskkit_add_decoders():
     return {"d2v_linear": LinearHead}
 
 
-@maskkit.hookimpl
-def maskkit_add_recipes():
-    return {path.stem: path for path in sorted(RECIPE_DIR.glob("*.yaml"))}
+maskkit_add_recipes = toolkit.recipes_hook(RECIPE_DIR)  # {file stem: path} of the shipped recipes
 
 
 @maskkit.hookimpl

@@ -1,0 +1,189 @@
+"""A comparison's numbers: one row per run read from its folder, and per variant the mean, spread and paired
+difference to the reference variant over seeds.
+
+Everything is read from the output folder (``plan.json`` and the run folders); nothing here draws or writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from maskkit.compare.files import (DONE, EVAL_FILE, STATUS_FILE, TIMING_FILE, checkpoint_step, read_json,
+                                   training_time)
+from maskkit.compare.plan import Plan
+from maskkit.engine.trainer import CHECKPOINT_NAME
+
+ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"),
+              ("finetune_top1", "fine-tune top-1 (%)"))  # each shown when plan.eval.<first word> is set
+RUN_COLUMNS = ("variant", "seed", "status", "steps", "epochs", "tokens_per_step", "encoder_tokens", "knn_top1",
+               "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss", "images_per_s",
+               "masker_ms_per_batch", "train_time_s", "eval_time_s", "error", "run_dir")
+NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
+           "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s")
+AUX_PREFIX = "aux/"  # metrics.jsonl keys of auxiliary losses: aux/<component>.<name>
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+WARMUP_MOST = 0.5  # a warm-up longer than this share of the steps trained is called out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``, one per step (a step logged twice, by a session that crashed after
+    logging it and the resume that redid it, keeps its last record), in step order."""
+    records: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                records[int(record["step"])] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return [records[s] for s in sorted(records)]
+
+
+def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Per-run rows (see :data:`RUN_COLUMNS`) and per-run loss curves (``{run_id: metrics records}``)."""
+    rows, curves = [], {}
+    for run in plan.runs:
+        vplan = plan.variant(run.variant)
+        run_dir = run.run_dir(out_dir)
+        status = read_json(run_dir / STATUS_FILE) or {}
+        scores = read_json(run_dir / EVAL_FILE) or {}
+        step = checkpoint_step(run_dir / CHECKPOINT_NAME) or 0
+        finished = status.get("status") == DONE and bool(scores) and step >= run.steps
+        if finished:
+            state = "done"
+        elif status.get("status") == "failed":
+            state = "failed"
+        elif step == 0:
+            state = "missing"
+        else:
+            state = f"at step {step}" if step < run.steps else "not evaluated"
+        metrics = read_metrics(run_dir / "metrics.jsonl")
+        curves[run.run_id] = metrics
+        train_time = training_time(read_json(run_dir / TIMING_FILE), final_step=run.steps) if finished else None
+        row: dict[str, Any] = {
+            "variant": run.variant, "seed": run.seed, "status": state, "steps": run.steps,
+            "epochs": round(run.steps / plan.steps_per_epoch, 4), "tokens_per_step": vplan.tokens_per_step,
+            "encoder_tokens": run.steps * vplan.tokens_per_step,
+            "final_loss": metrics[-1].get("loss_avg", metrics[-1].get("loss")) if metrics and finished else None,
+            "images_per_s": (run.steps * plan.effective_batch / train_time) if train_time else None,
+            "train_time_s": train_time, "eval_time_s": scores.get("eval_time_s") if finished else None,
+            "error": status.get("error") if status.get("status") == "failed" else None,
+            "run_dir": str(run_dir.relative_to(out_dir)),
+        }
+        for key in ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
+                    "masker_ms_per_batch"):
+            row[key] = scores.get(key) if finished else None
+        # auxiliary losses: their mean over the last logging window, like final_loss
+        row["aux"] = {k: v for k, v in metrics[-1].items() if k.startswith(AUX_PREFIX)} if metrics and finished \
+            else {}
+        rows.append(row)
+    return rows, curves
+
+
+def t95(dof: int) -> float:
+    """The two-sided 95% quantile of Student's t with ``dof`` degrees of freedom."""
+    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+
+
+def seed_stats(values: list[float], interval: bool = False) -> dict:
+    """Mean, sample std (n - 1) and count of the finite ``values``; with ``interval`` also ``ci95``, the 95%
+    t-interval of the mean (two values or more), e.g. of paired differences over seeds."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, **({"ci95": None} if interval else {})}
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    out = {"mean": mean, "std": std, "n": len(values)}
+    if interval:
+        half = t95(len(values) - 1) * std / math.sqrt(len(values)) if std is not None else None
+        out["ci95"] = None if half is None else [mean - half, mean + half]
+    return out
+
+
+def reference_variant(plan: Plan) -> str:
+    """The variant the others are compared with: the budget's reference, else the first one."""
+    return plan.reference or plan.variants[0].name
+
+
+def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
+    """One entry per variant: cost, and mean/std/n of every number over its finished seeds; ``delta_*``: the
+    paired difference to the reference variant (same seed, same data order), mean/std/n over seeds."""
+    ref = reference_variant(plan)
+    by_key = {(r["variant"], r["seed"]): r for r in rows}
+    out = []
+    for v in plan.variants:
+        mine = [r for r in rows if r["variant"] == v.name]
+        entry: dict[str, Any] = {
+            "variant": v.name, "changes": v.changes, "masker": v.masker, "mask_ratio": v.mask_ratio,
+            "tokens_per_image": v.tokens_per_image, "tokens_per_step": v.tokens_per_step, "steps": v.steps,
+            "epochs": round(v.epochs, 4), "encoder_tokens": v.encoder_tokens,
+            "runs": len(mine), "finished": sum(r["status"] == "done" for r in mine),
+        }
+        for key in NUMBERS:
+            entry[key] = seed_stats([r[key] for r in mine])
+        for key, _ in ACCURACIES:
+            diffs = [r[key] - by_key[(ref, r["seed"])][key] for r in mine
+                     if r[key] is not None and by_key.get((ref, r["seed"]), {}).get(key) is not None]
+            entry[f"delta_{key}"] = seed_stats(diffs, interval=True) if v.name != ref else None
+        aux_keys = sorted({k for r in mine for k in r.get("aux", {})})
+        entry["aux"] = {k: seed_stats([r.get("aux", {}).get(k) for r in mine]) for k in aux_keys}
+        out.append(entry)
+    return out
+
+
+def findings(plan: Plan, summary: list[dict]) -> list[str]:
+    """What a reader must know before ranking the variants, in words: a single seed, differences within the
+    seeds' spread (the paired interval holds 0), a variant below the random-init encoder, a warm-up taking most
+    of the budget, a quick evaluation. Empty when none applies."""
+    notes = []
+    ref = reference_variant(plan)
+    n_seeds = len(plan.seeds)
+    keys = accuracy_keys(plan)
+    if plan.eval.quick:
+        notes.append(f"Quick evaluation: kNN on {plan.eval.train_images} train / {plan.eval.test_images} test "
+                     "images and no linear probe; use it to iterate, not to report.")
+    if n_seeds == 1:
+        notes.append("One seed: the differences between variants have no error bar, and at small budgets they are "
+                     "often within seed noise; run seeds: 3 or more before ranking.")
+    else:
+        for s in summary:
+            for key, label in keys:
+                delta = s.get(f"delta_{key}")
+                if not delta or delta.get("ci95") is None:
+                    continue
+                lo, hi = (100 * x for x in delta["ci95"])
+                what = label.split(" (")[0]
+                text = (f"{s['variant']} vs {ref}, {what}: {100 * delta['mean']:+.2f} points, 95% interval "
+                        f"[{lo:+.2f}, {hi:+.2f}] over {delta['n']} paired seeds")
+                if lo <= 0 <= hi:
+                    notes.append(text + ": within the seeds' spread, no ranking.")
+                else:
+                    notes.append(text + f": {s['variant']} is {'better' if lo > 0 else 'worse'}.")
+    for s in summary:
+        for key, label in keys:
+            mine, base = s.get(key) or {}, s.get(f"random_init_{key}") or {}
+            if mine.get("mean") is not None and base.get("mean") is not None and mine["mean"] < base["mean"]:
+                notes.append(f"{s['variant']} scores below its encoder at random initialisation ({label.split(' (')[0]} "
+                             f"{100 * mine['mean']:.2f}% against {100 * base['mean']:.2f}%): its features got "
+                             "worse with training at this budget; do not rank it on this run.")
+    for v in plan.variants:
+        if v.steps and v.warmup_steps > WARMUP_MOST * v.steps:
+            notes.append(f"{v.name}: learning-rate warm-up covers {v.warmup_steps} of its {v.steps} steps; the "
+                         "run is mostly warm-up, so the comparison says little about the schedule's end.")
+    return notes
+
+
+def accuracy_keys(plan: Plan) -> list[tuple[str, str]]:
+    """The accuracies the plan measures: ``(key, column label)``."""
+    return [(k, label) for k, label in ACCURACIES if measured(plan, k)]
+
+
+def measured(plan: Plan, key: str) -> bool:
+    """Whether the plan measures accuracy ``key`` (``knn_top1``: ``plan.eval.knn``...; fine-tuning: a mapping)."""
+    return getattr(plan.eval, key.split("_")[0]) not in (None, False)

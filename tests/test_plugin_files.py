@@ -1,0 +1,171 @@
+"""One-file plugins: ``--plugin PATH.py|MODULE``, ``MASKKIT_PLUGINS``, a recipe's and a spec's ``plugins:``;
+provenance (the file and its hash), the same clash and failure rules as installed plugins, compare workers."""
+
+import hashlib
+import json
+import os
+import textwrap
+
+import pytest
+import yaml
+
+import maskkit
+from maskkit.cli import main, split_plugin_options
+from maskkit.errors import PluginError, UnknownComponentError
+from maskkit.registry import PLUGINS_ENV, Registry
+
+from helpers import tiny_tree
+
+STRIPES = '''
+"""Stripes: hide whole rows of the patch grid (a one-file plugin)."""
+
+import torch
+
+import maskkit
+
+
+class Stripes(maskkit.Masker):
+    def __init__(self, rows: int = 2):
+        self.rows = rows
+
+    def __call__(self, batch_size, grid, *, generator=None, device=None):
+        h, w = grid
+        order = torch.rand(batch_size, h, generator=generator, device=device).argsort(dim=1)
+        hidden_rows = order < self.rows  # [B, h]
+        return hidden_rows[:, :, None].expand(batch_size, h, w).reshape(batch_size, h * w)
+
+    def num_hidden(self, grid):
+        return self.rows * grid[1]
+
+
+@maskkit.hookimpl
+def maskkit_add_maskers():
+    return {"stripes": Stripes}
+'''
+
+
+@pytest.fixture
+def stripes(tmp_path):
+    path = tmp_path / "stripes.py"
+    path.write_text(STRIPES)
+    return path
+
+
+def write_plugin(path, body):
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_file_registers_with_its_path_and_hash_as_provenance(stripes):
+    reg = Registry.from_plugins(autoload=False, files=[str(stripes)])
+    entry = reg.get("masker", "stripes")
+    digest = hashlib.sha256(stripes.read_bytes()).hexdigest()
+    assert entry.plugin == str(stripes) and entry.version == f"sha256:{digest}"
+    assert reg.versions()[str(stripes)] == f"sha256:{digest}"
+    assert reg.sources[str(stripes)].file == str(stripes)
+    mask = reg.create("masker", "stripes", rows=3)(4, (7, 7))
+    assert mask.shape == (4, 49) and mask.sum(1).tolist() == [21] * 4
+
+
+def test_relative_paths_and_modules_and_the_environment(stripes, tmp_path, monkeypatch):
+    other = write_plugin(tmp_path / "pkg_loss.py", '''
+        import maskkit
+        from maskkit.builtin.losses import MSELoss
+
+        @maskkit.hookimpl
+        def maskkit_add_losses():
+            return {"mse_again": MSELoss}
+    ''')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry.from_plugins(autoload=False, files=["stripes.py", "pkg_loss"])  # a relative file, a module
+    assert reg.get("masker", "stripes").plugin == str(stripes)
+    assert reg.get("loss", "mse_again").plugin == "pkg_loss"
+    monkeypatch.setenv(PLUGINS_ENV, os.pathsep.join([str(stripes), str(other)]))
+    reg = Registry.from_plugins(autoload=False, files=["stripes.py"])  # the same file twice: loaded once
+    assert reg.get("masker", "stripes").plugin == str(stripes)
+    assert reg.get("loss", "mse_again").plugin == str(other)
+    assert reg.plugin_specs == (str(stripes), str(other))
+
+
+def test_failures_are_recorded_and_named_like_installed_plugins(tmp_path):
+    broken = write_plugin(tmp_path / "broken.py", "raise RuntimeError('broken on purpose')\n")
+    reg = Registry.from_plugins(autoload=False, files=[str(broken), str(tmp_path / "missing.py")])
+    assert [f.name for f in reg.failures] == [str(broken), str(tmp_path / "missing.py")]
+    assert "broken on purpose" in reg.failures[0].error and "no such plugin file" in reg.failures[1].error
+    assert reg.list("masker") == ["random"]  # the others keep working
+    with pytest.raises(UnknownComponentError, match="failed to load: .*broken.py \\(RuntimeError: broken on purpose"):
+        reg.get("masker", "stripes")
+
+
+def test_a_clash_names_the_file(tmp_path):
+    clash = write_plugin(tmp_path / "clash.py", '''
+        import maskkit
+        from maskkit.builtin.masking import RandomMasker
+
+        @maskkit.hookimpl
+        def maskkit_add_maskers():
+            return {"random": RandomMasker}
+    ''')
+    with pytest.raises(PluginError, match=f"masker 'random' is registered twice: by plugin 'maskkit' and by plugin "
+                                          f"'{clash}'"):
+        Registry.from_plugins(autoload=False, files=[str(clash)])
+
+
+def test_plugin_option_before_or_after_the_command(stripes, capsys):
+    assert split_plugin_options(["--plugin", "a.py", "train", "r.yaml", "--plugin=b", "x=1", "--", "--plugin"]) == \
+        (["a.py", "b"], ["train", "r.yaml", "x=1", "--", "--plugin"])
+    assert main(["--plugin", str(stripes), "list", "masker"]) == 0
+    assert "stripes" in capsys.readouterr().out.split()
+    assert main(["plugins", "--plugin", str(stripes)]) == 0
+    out = capsys.readouterr().out
+    assert "stripes" in out and "stripes.py" in out and "sha256:" in out
+    assert main(["masks", "show", "stripes", "rows=3", "--grid", "7x7", "--out", str(stripes.parent / "m.png"),
+                 "--plugin", str(stripes)]) == 0
+
+
+def test_a_recipe_names_its_plugin_and_the_run_records_it(stripes, tmp_path, capsys):
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    stripes.rename(folder / "stripes.py")
+    plugin = folder / "stripes.py"
+    tree = tiny_tree(plugins=["stripes.py"], masker={"name": "stripes", "rows": 3})
+    tree["train"].update(max_steps=2, ckpt_every=0)
+    (folder / "r.yaml").write_text(yaml.safe_dump(tree))
+    assert main(["train", str(folder / "r.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert resolved["plugins"] == [str(plugin)]  # absolute: the run folder is readable from anywhere
+    versions = json.loads((tmp_path / "run" / "versions.json").read_text())
+    assert versions[f"plugin:{plugin}"] == "sha256:" + hashlib.sha256(plugin.read_bytes()).hexdigest()
+    # the checkpoint's recipe brings its plugin along: no --plugin needed to evaluate it
+    capsys.readouterr()
+    assert main(["eval", "knn", str(tmp_path / "run" / "checkpoint.pth"), "eval.k=3", "--device", "cpu"]) == 0
+    assert "kNN" in capsys.readouterr().out
+    (folder / "bad.yaml").write_text(yaml.safe_dump(tiny_tree(plugins=[3])))
+    assert main(["train", str(folder / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
+    assert "plugins: expected a list of plugin files" in capsys.readouterr().err
+
+
+def test_a_spec_plugin_reaches_the_plan_and_its_worker(stripes, tmp_path):
+    from maskkit.compare import load_spec, make_plan
+    from maskkit.compare.runner import PLAN_FILE
+    from maskkit.compare.worker import main as worker_main
+
+    base = tiny_tree()
+    base["train"].update(max_steps=2, ckpt_every=0)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(base))
+    spec = {"base": "tiny.yaml", "plugins": ["stripes.py"], "seeds": 1, "budget": {"steps": 2},
+            "variants": {"random": {}, "stripes": {"masker": {"name": "stripes", "rows": 2}}},
+            "eval": {"knn": True, "reconstructions": 0, "mask_samples": 0, "k": 3}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    registry = Registry.from_plugins(autoload=False)
+    loaded = load_spec(tmp_path / "spec.yaml", registry=registry)
+    assert loaded.plugins == (str(stripes),)
+    plan = make_plan(loaded, registry)
+    assert plan.plugins == (str(stripes),)
+    out = tmp_path / "out"
+    plan.save(out / PLAN_FILE)
+    assert maskkit.compare.plan.Plan.load(out / PLAN_FILE).plugins == (str(stripes),)
+    # the worker starts from plan.json alone: it loads the plugin itself
+    assert worker_main([str(out), "stripes/seed0"]) == 0
+    assert json.loads((out / "runs" / "stripes" / "seed0" / "compare.json").read_text())["status"] == "done"
