@@ -79,17 +79,17 @@ class AttMaskMasker(Masker):
         scores = -attention if self.mode == "low" else attention
         mask = mask_from_scores(scores, mae_num_hidden(self.ratio, grid))  # [B, N]
         hints = self._num_hints(n)
+        if hints or self.masking_prob < 1.0:
+            # one draw for all the randomness: each row's values then do not depend on how the batch is split
+            draw = noise(batch_size, 2 * n + 1, generator=generator, device=device, rows=rows)  # [B, 2N + 1]
         if hints:
             pool = mask_from_scores(attention, int(self.hint_pool * n))  # [B, N] the most attended
-            draw = noise(batch_size, n, generator=generator, device=device, rows=rows)  # [B, N]
-            reveal = mask_from_scores(torch.where(pool, draw, torch.full_like(draw, -1.0)), hints)
+            reveal = mask_from_scores(torch.where(pool, draw[:, :n], torch.full_like(draw[:, :n], -1.0)), hints)
             mask = mask & ~reveal
         if self.masking_prob < 1.0:
             # samples not masked by attention hide the same count uniformly at random (MAE's masking)
-            coin = noise(batch_size, 1, generator=generator, device=device, rows=rows)  # [B, 1]
-            uniform = mask_from_scores(noise(batch_size, n, generator=generator, device=device, rows=rows),
-                                       self.num_hidden(grid))
-            mask = torch.where(coin < self.masking_prob, mask, uniform)
+            uniform = mask_from_scores(draw[:, n:2 * n], self.num_hidden(grid))
+            mask = torch.where(draw[:, 2 * n:] < self.masking_prob, mask, uniform)
         return mask
 
     def __repr__(self) -> str:
