@@ -64,7 +64,7 @@ def draw(masker, b, grid=GRID, seed=0, **context) -> torch.Tensor:
     return getattr(out, "mask", out)
 
 
-class ContextMaskerContract(MaskerContract):
+class QuickstartContextContract(MaskerContract):
     """maskkit's masker contract on the quickstart grid, with real images and a tiny model passed as context."""
 
     grids = st.just(GRID)

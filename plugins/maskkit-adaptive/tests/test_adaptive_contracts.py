@@ -1,7 +1,8 @@
 """Every masker of the plugin passes maskkit's masker contract: blind ones as they are, context-aware ones with
 real images and a tiny model as context."""
 
-from adaptive_helpers import ContextMaskerContract
+import torch
+from adaptive_helpers import QuickstartContextContract
 
 from maskkit.testing import MaskerContract
 from maskkit_adaptive import AdaMAEMasker, AttMaskMasker, ColorNoiseMasker, CurriculumMasker, HPMMasker
@@ -32,28 +33,62 @@ class TestCurriculum(MaskerContract):
         return CurriculumMasker()
 
 
-class TestAttMaskHigh(ContextMaskerContract):
+class TestAttMaskHigh(QuickstartContextContract):
     deterministic = True  # the mask is a function of the images and the model alone
 
     def make_masker(self):
         return AttMaskMasker(mode="high")
 
 
-class TestAttMaskHint(ContextMaskerContract):
+class TestAttMaskHint(QuickstartContextContract):
     def make_masker(self):
         return AttMaskMasker(mode="hint")
 
 
-class TestAttMaskLowHalfRandom(ContextMaskerContract):
+class TestAttMaskLowHalfRandom(QuickstartContextContract):
     def make_masker(self):
         return AttMaskMasker(mode="low", masking_prob=0.5)
 
 
-class TestHPM(ContextMaskerContract):
+class TestHPM(QuickstartContextContract):
     def make_masker(self):
         return HPMMasker(in_dim=32)
 
 
-class TestAdaMAE(ContextMaskerContract):
+class TestAdaMAE(QuickstartContextContract):
     def make_masker(self):
+        return AdaMAEMasker(in_dim=32)
+
+
+# maskkit's contracts for maskers that ask for context and for learnable ones (on maskkit.testing's small model,
+# 7x7 patches of 28x28 Fashion-MNIST, width 32)
+
+from maskkit.testing import ContextMaskerContract  # noqa: E402
+from maskkit.testing import LearnableMaskerContract  # noqa: E402
+
+
+class TestAttMaskHighContext(ContextMaskerContract):
+    def make_masker(self):
+        return AttMaskMasker(mode="high")
+
+
+class TestAttMaskHintContext(ContextMaskerContract):
+    def make_masker(self):
+        return AttMaskMasker(mode="hint", hint_ratio=0.1, hint_pool=0.3, masking_prob=0.5)
+
+
+class TestCurriculumContext(ContextMaskerContract):
+    def make_masker(self):
+        return CurriculumMasker()
+
+
+class TestHPMLearnable(LearnableMaskerContract):
+    def make_masker(self):
+        torch.manual_seed(0)
+        return HPMMasker(in_dim=32, ramp_epochs=0.001)
+
+
+class TestAdaMAELearnable(LearnableMaskerContract):
+    def make_masker(self):
+        torch.manual_seed(0)
         return AdaMAEMasker(in_dim=32)
