@@ -4,7 +4,7 @@ real images and a tiny model as context."""
 import torch
 from adaptive_helpers import QuickstartContextContract
 
-from maskkit.testing import MaskerContract
+from maskkit.testing import ContextMaskerContract, LearnableMaskerContract, MaskerContract
 from maskkit_adaptive import AdaMAEMasker, AttMaskMasker, ColorNoiseMasker, CurriculumMasker, HPMMasker
 
 
@@ -62,9 +62,6 @@ class TestAdaMAE(QuickstartContextContract):
 
 # maskkit's contracts for maskers that ask for context and for learnable ones (on maskkit.testing's small model,
 # 7x7 patches of 28x28 Fashion-MNIST, width 32)
-
-from maskkit.testing import ContextMaskerContract  # noqa: E402
-from maskkit.testing import LearnableMaskerContract  # noqa: E402
 
 
 class TestAttMaskHighContext(ContextMaskerContract):
