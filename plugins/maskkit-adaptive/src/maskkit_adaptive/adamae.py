@@ -111,6 +111,8 @@ class AdaMAEMasker(nn.Module, Masker):
 
     def aux_losses(self, *, mask: torch.Tensor, patch_loss: torch.Tensor, extras: dict) -> dict[str, torch.Tensor]:
         """AdaMAE's sampling loss over the hidden patches: ``-loss_weight * mean(log p_hidden * err_hidden)``."""
+        if "log_probs" not in extras:  # the model was given a mask (a picture, a replay): nothing was sampled
+            return {}
         log_p = extras["log_probs"]  # [B, N]
         hidden = mask.to(log_p.dtype)
         per_sample = (log_p * patch_loss.detach().to(log_p.dtype) * hidden).sum(1) / hidden.sum(1).clamp_min(1)
