@@ -1,0 +1,78 @@
+"""Each masker trains the quickstart MAE (made tiny) through maskkit's Trainer: masks drawn with the context
+they name, aux losses added and logged, learnable maskers' parameters trained, checkpointed and resumed exactly."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from adaptive_helpers import TINY, registry
+
+import maskkit
+from maskkit.engine.trainer import Trainer
+from maskkit.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[3]
+RUN = [*TINY, "train.batch_size=8", "train.max_steps=3", "train.ckpt_every=0", "train.log_every=1", "eval.knn=false"]
+MASKERS = {
+    "attmask": "{name: attmask, mode: hint}",
+    "hpm": "{name: hpm, in_dim: 32, ramp_epochs: 0.001}",
+    "adamae": "{name: adamae, in_dim: 32, loss_weight: 1.0}",
+    "colormae": "{name: colormae, color: green}",
+    "curriculum": "{name: curriculum, ramp_epochs: 0.001}",
+}
+AUX = {"hpm": "aux/masker.rank", "adamae": "aux/masker.sampling"}
+
+
+def _recipe(masker: str, *overrides: str):
+    return maskkit.load_recipe(ROOT / "recipes" / "quickstart.yaml", [*RUN, f"masker={MASKERS[masker]}", *overrides],
+                               registry=registry())
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", sorted(MASKERS))
+def test_trains_through_the_engine(name, tmp_path):
+    pytest.importorskip("maskkit.data")
+    trainer = Trainer(_recipe(name), tmp_path, registry=registry(), progress=False)
+    result = trainer.fit()
+    assert result.steps == 3
+    rows = _rows(tmp_path)
+    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    if name in AUX:
+        assert all(r["loss"] == pytest.approx(r["loss_main"] + r[AUX[name]], rel=1e-5) for r in rows)
+        state = trainer.model.masker.state_dict()
+        moments = [trainer.optimizer.state[p]["exp_avg"] for p in trainer.model.masker.parameters()]
+        assert moments and any(float(m.abs().sum()) > 0 for m in moments), "the masker got gradients"
+        saved = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+        assert {f"masker.{k}" for k in state} <= set(saved)
+    else:
+        assert not any(k.startswith("aux/") for k in rows[0])
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAtCheckpoint:
+    @maskkit.hookimpl
+    def maskkit_checkpoint_saved(self, trainer, path, step):
+        if step == 2:
+            raise Crash
+
+
+def test_resume_is_exact_with_hpm(tmp_path):
+    pytest.importorskip("maskkit.data")
+    rec = _recipe("hpm", "train.max_steps=4", "train.ckpt_every=2")
+    Trainer(rec, tmp_path / "full", registry=registry(), progress=False).fit()
+    from maskkit_adaptive import plugin
+
+    crashing = Registry.from_plugins(autoload=False, plugins={"adaptive": plugin, "crash": CrashAtCheckpoint()})
+    with pytest.raises(Crash):
+        Trainer(rec, tmp_path / "part", registry=crashing, progress=False).fit()
+    Trainer(rec, tmp_path / "part", registry=registry(), resume=tmp_path / "part" / "checkpoint.pth",
+            progress=False).fit()
+    full = [(r["loss"], r["aux/masker.rank"]) for r in _rows(tmp_path / "full")]
+    assert [(r["loss"], r["aux/masker.rank"]) for r in _rows(tmp_path / "part")] == full

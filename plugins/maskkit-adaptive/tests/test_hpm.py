@@ -1,0 +1,91 @@
+"""HPM: the relative loss ranks, the predictor learns the per-patch loss's order on real images, the schedule
+mixes the predicted hardest with random patches, and the ranking loss trains the predictor only."""
+
+import pytest
+import torch
+from adaptive_helpers import GRID, draw, fashion, tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maskkit import ConfigError
+from maskkit_adaptive import HPMMasker, relative_loss
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(1, 4), m=st.integers(2, 30), seed=st.integers(0, 2**31 - 1))
+def test_relative_loss_rewards_the_right_order(b, m, seed):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randn(b, m, generator=gen)
+    right, wrong = relative_loss(target, target), relative_loss(-target, target)
+    assert float(right) < 0.6931 < float(wrong)  # log 2: the loss of a predictor that ranks nothing
+    assert float(relative_loss(3 * target, target)) < float(right)  # surer of the right order: lower
+    # only the order of the target counts
+    torch.testing.assert_close(relative_loss(target, target), relative_loss(target, target.exp() * 3 + 1))
+
+
+def _patch_loss(model, images, mask):
+    out = model(images, mask=mask)
+    return (out.pred - out.target).square().mean(-1).detach()  # [B, N]
+
+
+def test_predictor_learns_the_order_of_the_patch_loss_on_a_fixed_batch():
+    model = tiny_model(seed=2)
+    images = fashion()[:16]
+    torch.manual_seed(0)
+    masker = HPMMasker(in_dim=32)
+    opt = torch.optim.Adam(masker.parameters(), lr=3e-3)
+    result = masker(16, GRID, generator=torch.Generator().manual_seed(0), images=images, model=model)
+    patch_loss = _patch_loss(model, images, result.mask)
+    losses = []
+    for _ in range(40):
+        loss = masker.aux_losses(mask=result.mask, patch_loss=patch_loss, extras=result.extras)["rank"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0], losses[::10]
+    # the trained predictor ranks the hidden patches' losses better than chance (Spearman > 0.3)
+    pred = masker.predict(result.extras["features"]).detach()
+    rank = lambda x: x.argsort(1).argsort(1).float()  # noqa: E731
+    hidden = result.mask
+    r_pred, r_loss = rank(pred.masked_fill(~hidden, -1e9)), rank(patch_loss.masked_fill(~hidden, -1e9))
+    keep = hidden.float()
+    corr = ((r_pred - r_pred.mean()) * (r_loss - r_loss.mean()) * keep).sum() / (
+        ((r_pred - r_pred.mean()).square() * keep).sum() * ((r_loss - r_loss.mean()).square() * keep).sum()).sqrt()
+    assert float(corr) > 0.3
+
+
+def test_easy_to_hard_schedule():
+    masker = HPMMasker(in_dim=32, hard_max=0.5, ramp_epochs=4)
+    assert [masker.hard_fraction(e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.125, 0.25, 0.5, 0.5]
+    model = tiny_model(seed=2)
+    images = fashion()[:8]
+    with torch.no_grad():
+        features = model.encoder.forward_features(images)[:, 1:]
+        predicted = masker.predict(features)
+    top = predicted.argsort(1, descending=True)
+    hidden = masker.num_hidden(GRID)
+    late = draw(masker, 8, epoch=4, images=images, model=model)
+    hard = int(hidden * 0.5)
+    assert bool(late.gather(1, top[:, :hard]).all()), "the predicted hardest half of the hidden patches is hidden"
+    early = draw(masker, 8, epoch=0, images=images, model=model)
+    assert late.sum(1).tolist() == early.sum(1).tolist() == [hidden] * 8
+    frac = lambda mask: float(mask.gather(1, top[:, :hard]).float().mean())  # noqa: E731
+    assert frac(early) < 0.9, "at epoch 0 the mask is random"
+
+
+def test_ranking_loss_trains_the_predictor_only():
+    model = tiny_model(seed=2).train()
+    images = fashion()[:4]
+    masker = HPMMasker(in_dim=32)
+    result = masker(4, GRID, generator=torch.Generator().manual_seed(0), images=images, model=model)
+    out = model(images, mask=result.mask)
+    patch_loss = (out.pred - out.target).square().mean(-1)  # not detached: aux_losses must not use its graph
+    masker.aux_losses(mask=result.mask, patch_loss=patch_loss, extras=result.extras)["rank"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in masker.parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_wrong_width_is_one_line():
+    with pytest.raises(ConfigError, match="in_dim: expected the encoder's width 32, got 64"):
+        draw(HPMMasker(in_dim=64), 2, images=fashion()[:2], model=tiny_model())
