@@ -8,13 +8,22 @@
 
 __version__ = "0.1.0"
 
+from maskkit.builder import build_model  # noqa: E402
 from maskkit.errors import CheckpointError, ConfigError, MaskkitError, PluginError, TrainingError  # noqa: E402
-from maskkit.interfaces import (AUX_CONTEXT, MASKER_CONTEXT, Decoder, Encoder, Loss, MaskDraw,  # noqa: E402
-                                MaskedOutput, Masker, Target)
-from maskkit.registry import Registry, create, default_registry, hookimpl, list_components  # noqa: E402
+from maskkit.interfaces import (  # noqa: E402
+                                AUX_CONTEXT,
+                                MASKER_CONTEXT,
+                                Decoder,
+                                Encoder,
+                                Loss,
+                                MaskDraw,
+                                MaskedOutput,
+                                Masker,
+                                Target,
+)
 from maskkit.model import MaskedModel  # noqa: E402
 from maskkit.recipe import Recipe, load_recipe  # noqa: E402
-from maskkit.builder import build_model  # noqa: E402
+from maskkit.registry import Registry, create, default_registry, hookimpl, list_components  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "create", "list_components", "default_registry", "Registry",

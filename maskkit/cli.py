@@ -230,8 +230,11 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from maskkit.engine.checkpoint import save_atomic
+    from maskkit.engine.checkpoint import load_training_checkpoint, save_atomic
 
+    state = load_training_checkpoint(args.checkpoint)
+    if state.get("kind") == "finetune":
+        return _export_finetuned(state, args, console)
     model, recipe = _model_from_checkpoint(args.checkpoint, registry=_registry(args))
     encoder = model.encoder
     state = encoder.export_state_dict()  # the encoder decides: pretraining-only weights (mask tokens) stay out
@@ -243,6 +246,31 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         kwargs = "".join(f", {k}={v!r}" for k, v in arguments.items())
         console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes=0, "
                       f"pretrained_cfg_overlay=dict(file='{args.out}'){kwargs})", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _export_finetuned(state: dict, args: argparse.Namespace, console: Console) -> int:
+    """A fine-tuned classifier is already timm's ViT under timm's names: write its weights (the EMA's when the
+    run kept one) and the matching ``timm.create_model`` line (its ``num_classes`` also in the overlay: timm drops
+    a pretrained head whose class count differs from the config's)."""
+    from maskkit.engine.checkpoint import save_atomic
+    from maskkit.finetune.model import timm_classifier_arguments
+
+    weights = state.get("ema") or state["model"]
+    save_atomic(dict(weights), args.out)
+    name, kwargs = timm_classifier_arguments(state["encoder"])
+    global_pool = (state.get("recipe", {}).get("finetune") or {}).get("global_pool", "avg")
+    which = "EMA weights" if state.get("ema") else "weights"
+    console.print(f"wrote {args.out}: {len(weights)} tensors ({which}) of the fine-tuned {name} classifier",
+                  highlight=False)
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items() if k != "norm_layer")
+    console.print(f"load with\n  timm.create_model('{name}', pretrained=True, num_classes={state['num_classes']}, "
+                  f"global_pool={global_pool!r}, pretrained_cfg_overlay=dict(file='{args.out}', "
+                  f"num_classes={state['num_classes']}){extra})",
+                  highlight=False, soft_wrap=True)
+    if "norm_layer" in kwargs:
+        console.print(f"note: its layer norms use eps {kwargs['norm_layer'].keywords['eps']:g}: add norm_layer="
+                      "functools.partial(torch.nn.LayerNorm, eps=...) for the same outputs", highlight=False)
     return 0
 
 

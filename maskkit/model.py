@@ -20,8 +20,18 @@ import torch
 from torch import nn
 
 from maskkit.errors import ConfigError, PluginError
-from maskkit.interfaces import (Decoder, Encoder, Loss, MaskDraw, MaskedOutput, Masker, Target, aux_context,
-                                is_blind, masker_context)
+from maskkit.interfaces import (
+    Decoder,
+    Encoder,
+    Loss,
+    MaskDraw,
+    MaskedOutput,
+    Masker,
+    Target,
+    aux_context,
+    is_blind,
+    masker_context,
+)
 from maskkit.masking import draw_checked
 
 _FLAT = ("encoder", "decoder")

@@ -13,7 +13,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import attrs
 import yaml
@@ -328,6 +328,21 @@ def resolve_plugins(tree: dict, base_dir: str | Path, file: str) -> dict:
     return {**tree, "plugins": [resolve_plugin_spec(item, base_dir) for item in plugins]}
 
 
+def find_recipe_file(source: str | Path, registry=None, what: str = "recipe") -> Path:
+    """The YAML file of ``source``: a path, or the name of a recipe a plugin registers (``"quickstart"``)."""
+    path = Path(source)
+    if not path.exists() and path.suffix not in (".yaml", ".yml"):
+        from maskkit.registry import default_registry
+
+        reg = registry or default_registry()
+        if str(source) in reg.entries("recipe"):
+            path = reg.recipe_path(str(source))
+    if not path.is_file():
+        raise ConfigError("", f"no such {what} file (nor a registered recipe name; see `maskkit recipes`)",
+                          file=str(source))
+    return path
+
+
 def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, registry=None) -> Recipe:
     """Load a recipe from a YAML path, a registered recipe name (``"quickstart"``), or a dict; apply overrides.
 
@@ -338,16 +353,7 @@ def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, reg
     if isinstance(source, dict):
         recipe = Recipe(copy.deepcopy(source), None)
     else:
-        path = Path(source)
-        if not path.exists() and path.suffix not in (".yaml", ".yml"):
-            from maskkit.registry import default_registry
-
-            reg = registry or default_registry()
-            if str(source) in reg.entries("recipe"):
-                path = reg.recipe_path(str(source))
-        if not path.is_file():
-            raise ConfigError("", "no such recipe file (nor a registered recipe name; see `maskkit recipes`)",
-                              file=str(source))
+        path = find_recipe_file(source, registry)
         recipe = Recipe(parse_yaml(read_text_file(path), str(path)), str(path))
     recipe = recipe.with_overrides(overrides)
     base_dir = Path(recipe.path).parent if recipe.path else Path.cwd()

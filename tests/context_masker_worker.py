@@ -7,9 +7,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from context_maskers import ContextMaskersPlugin  # noqa: E402
+
 from maskkit import cli  # noqa: E402
 from maskkit.registry import Registry  # noqa: E402
 
 if __name__ == "__main__":
-    cli._registry = lambda: Registry.from_plugins(plugins={"context": ContextMaskersPlugin()})
+    cli._registry = lambda args=None: Registry.from_plugins(plugins={"context": ContextMaskersPlugin()})
     sys.exit(cli.main(sys.argv[1:]))

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import yaml
+from helpers import tiny_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import maskkit
-from helpers import tiny_tree
 from maskkit.engine.batch_rule import CPU_MICRO, MAX_MICRO, StepShape, pick_batch
 from maskkit.engine.trainer import Trainer
 

@@ -16,8 +16,8 @@ from rich.console import Console
 from maskkit.bench import cli as bench_cli
 from maskkit.bench import data as bench_data
 from maskkit.bench import steps as bench_steps
-from maskkit.mae_reference import OfficialStyleMAE
 from maskkit.errors import ConfigError
+from maskkit.mae_reference import OfficialStyleMAE
 
 TINY = ("encoder.img_size=32", "encoder.depth=2", "decoder.depth=1", "decoder.embed_dim=32", "decoder.num_heads=2")
 CPU = torch.device("cpu")
@@ -196,8 +196,9 @@ def test_bench_compile_on_cpu(one_thread):
 def test_masker_cost_against_random(tmp_path, one_thread, capsys):
     """``--masker``: drawing alone and a whole step, against random, for a masker that looks at the images and
     a learnable one with an auxiliary loss; the command prints one ratio line per masker (and writes JSON)."""
-    import maskkit
     from context_maskers import ContextMaskersPlugin
+
+    import maskkit
 
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"context": ContextMaskersPlugin()})
     settings = bench_cli.settings_from_args(parse("--device", "cpu", "--models", "vit_small_patch16", "--batch-size",

@@ -7,10 +7,9 @@ import pytest
 import timm
 import torch
 import yaml
+from helpers import tiny_tree
 
 from maskkit.cli import main
-
-from helpers import TINY, tiny_tree
 
 
 @pytest.fixture(scope="module")

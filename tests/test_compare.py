@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import tiny_tree
 from rich.console import Console
 
 import maskkit
@@ -17,8 +18,6 @@ from maskkit.compare.cli import add_parser
 from maskkit.compare.runner import training_time
 from maskkit.compare.worker import main as worker_main
 from maskkit.errors import ConfigError, MaskkitError
-
-from helpers import tiny_tree
 
 REPORT_FILES = ("results.csv", "summary.csv", "results.json", "report.md", "report.html", "loss_curves.png",
                 "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")

@@ -6,6 +6,9 @@ import json
 
 import pytest
 import torch
+from context_maskers import ContextMaskersPlugin, HighVariance, Learned, Predictor, Recording
+from helpers import tiny_tree
+from test_engine import Crash, CrashAfterCheckpoint
 
 import maskkit
 from maskkit.engine import checkpoint as ckpt
@@ -14,10 +17,6 @@ from maskkit.errors import ConfigError, MaskError, PluginError
 from maskkit.interfaces import is_blind, masker_context
 from maskkit.masking import check_mask, noise
 from maskkit.recipe import load_recipe
-
-from context_maskers import ContextMaskersPlugin, HighVariance, Learned, Predictor, Recording
-from helpers import tiny_tree
-from test_engine import CrashAfterCheckpoint, Crash
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +165,7 @@ def test_the_cli_prints_a_wrong_mask_as_one_line(registry, tmp_path, monkeypatch
 
     from maskkit import cli
 
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe("inverted").tree))
     assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--no-eval"]) == 2
@@ -281,7 +280,7 @@ def test_export_leaves_the_masker_out(registry, tmp_path, monkeypatch):
     from maskkit import cli
 
     Trainer(recipe("learned", "train.max_steps=1"), tmp_path, registry=registry, progress=False).fit()
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry)
     assert cli.main(["export", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "enc.pth")]) == 0
     exported = torch.load(tmp_path / "enc.pth", weights_only=True)
     exported = exported.get("model", exported)
@@ -294,7 +293,7 @@ def test_export_leaves_the_masker_out(registry, tmp_path, monkeypatch):
 def show(registry, monkeypatch, tmp_path, *argv):
     from maskkit import cli
 
-    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry)
     return cli.main(["masks", "show", *argv, "--out", str(tmp_path / "m.png")])
 
 
@@ -328,6 +327,7 @@ def test_masks_show_reports_a_wrong_masker_after_drawing_it(registry, tmp_path, 
 
 def test_check_masker_counts_every_drawn_sample():
     from context_maskers import OffByOne
+
     from maskkit.masking import check_masker
 
     stats = check_masker(OffByOne(0.75), (7, 7), name="obo", batch_size=5, seeds=(0, 1), strict=False)
@@ -342,8 +342,9 @@ def test_check_masker_counts_every_drawn_sample():
 
 def test_a_comparison_plan_refuses_a_wrong_blind_masker(tmp_path):
     """``compare --dry-run`` (the plan) draws a few masks of every blind masker and checks them."""
-    from maskkit.compare import load_spec, make_plan
     from test_compare import SmallFashion, write_spec
+
+    from maskkit.compare import load_spec, make_plan
 
     both = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
                                                                   "context": ContextMaskersPlugin()})

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).parents[1]
 DOC = (REPO / "CONTRIBUTING.md").read_text()
 

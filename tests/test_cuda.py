@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_tree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import maskkit
-from helpers import tiny_tree
 from maskkit.engine.trainer import Trainer
 
 # Operators whose result the host must wait for (a value, or an output size that depends on values).
@@ -182,7 +182,7 @@ def test_compile_auto_means_cuda_only():
     assert compile_enabled(True, torch.device("cpu")) and not compile_enabled(False, torch.device("cuda"))
     assert maskkit.Recipe(tiny_tree()).train.compile == "auto"
     with pytest.raises(maskkit.ConfigError, match="train.compile: expected true, false or auto"):
-        maskkit.Recipe(tiny_tree(train={**tiny_tree()["train"], "compile": "yes"})).train
+        _ = maskkit.Recipe(tiny_tree(train={**tiny_tree()["train"], "compile": "yes"})).train
 
 
 # -- CUDA only ----------------------------------------------------------------------------------------------

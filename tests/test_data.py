@@ -14,8 +14,19 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from maskkit.data import (
-    AugmentedDataset, EvalTransform, FashionMNIST, GlobalBatchSampler, ImageFolder, TrainTransform, denormalize,
-    make_loader, random_resized_crop_params, read_idx, sample_generator, stable_seed, write_idx,
+    AugmentedDataset,
+    EvalTransform,
+    FashionMNIST,
+    GlobalBatchSampler,
+    ImageFolder,
+    TrainTransform,
+    denormalize,
+    make_loader,
+    random_resized_crop_params,
+    read_idx,
+    sample_generator,
+    stable_seed,
+    write_idx,
 )
 from maskkit.data import fashion_mnist as fm_module
 

@@ -17,11 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import tiny_tree
 
 import maskkit
-from helpers import tiny_tree
-from maskkit.engine.distributed import (DistContext, DistributedConfig, _TupleOutput, distributed_config,
-                                        gather_state, is_sharded, load_state)
+from maskkit.engine.distributed import (
+    DistContext,
+    DistributedConfig,
+    _TupleOutput,
+    distributed_config,
+    gather_state,
+    is_sharded,
+    load_state,
+)
 from maskkit.engine.trainer import Trainer, runtime_seed
 from maskkit.errors import CheckpointError, ConfigError
 

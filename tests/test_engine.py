@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_tree
 
 import maskkit
 from maskkit.engine import checkpoint as ckpt
@@ -12,8 +13,6 @@ from maskkit.engine.optim import lr_at, param_groups
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import CheckpointError, TrainingError
 from maskkit.recipe import load_recipe
-
-from helpers import tiny_tree
 
 
 def losses(run_dir):

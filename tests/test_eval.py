@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from maskkit.eval import extract_features, knn_accuracy, knn_predict, linear_probe
 
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import tiny_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -35,8 +36,6 @@ from maskkit.engine.run_folder import LOCK_NAME, RunLock, truncate_metrics
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import RunFolderError, TrainingError, UnreadableImageError, describe_failure
 from maskkit.recipe import Recipe, load_recipe
-
-from helpers import tiny_tree
 
 HERE = Path(__file__).parent
 STEPS, CKPT_EVERY = 16, 4

@@ -15,10 +15,10 @@ import pytest
 import timm
 import torch
 import yaml
+from helpers import tiny_tree
 from rich.console import Console
 
 import maskkit
-from helpers import tiny_tree
 from maskkit.builder import build_dataset
 from maskkit.cli import main
 from maskkit.data.transforms import EvalTransform
@@ -277,6 +277,19 @@ def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):
     assert yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]["max_steps"] == 2
     assert main(["finetune", str(pretrained), "--out", str(out), "--no-progress"]) == 2  # holds a run
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_export_of_a_fine_tuned_checkpoint_prints_a_timm_line_that_loads_it(pretrained, tmp_path, capsys):
+    run = trainer(pretrained, tmp_path / "run", max_steps=1, ema=False)
+    run.fit()
+    out = tmp_path / "classifier.pth"
+    assert main(["export", str(tmp_path / "run" / "checkpoint.pth"), "--out", str(out)]) == 0
+    line = capsys.readouterr().out.split("load with")[1].strip()
+    assert line.startswith("timm.create_model(") and "num_classes=10" in line
+    model = eval(line, {"timm": timm})  # the printed line, as a user pastes it
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["model"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
 
 
 def test_shipped_recipes_have_the_paper_settings():

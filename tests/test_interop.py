@@ -3,8 +3,10 @@ give the same model: the same loss and predictions under the same noise, the sam
 
 import pytest
 import torch
+from helpers import TINY, tiny_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_mae_reference import mae_recipe, official_keys
 
 import maskkit
 from maskkit.builtin.masking import mask_from_noise
@@ -14,8 +16,6 @@ from maskkit.interop import load_pretrained, read_pretrained
 from maskkit.interop.pretrained import _shipped_recipe_with_shapes
 from maskkit.interop.vit_names import official_to_transformers, transformers_to_official
 from maskkit.recipe import Recipe
-from helpers import TINY, tiny_tree
-from test_mae_reference import mae_recipe, official_keys
 
 
 def _same_loss(model_a, model_b_call, images, noise, ratio):

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from maskkit.recipe import Recipe
-
 from helpers import tiny_tree
 
+from maskkit.recipe import Recipe
 
 COMPARE = Path(__file__).parents[1] / "maskkit" / "compare"
 

@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+from helpers import tiny_tree
 from rich.console import Console
 
 from maskkit.engine.checkpoint import load_model, save_atomic
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import CheckpointError
 from maskkit.recipe import Recipe
-
-from helpers import tiny_tree
 
 
 def test_load_model_rebuilds_the_trained_model(builtin_registry, tmp_path):

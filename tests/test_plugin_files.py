@@ -8,13 +8,12 @@ import textwrap
 
 import pytest
 import yaml
+from helpers import tiny_tree
 
 import maskkit
 from maskkit.cli import main, split_plugin_options
 from maskkit.errors import PluginError, UnknownComponentError
 from maskkit.registry import PLUGINS_ENV, Registry
-
-from helpers import tiny_tree
 
 STRIPES = '''
 """Stripes: hide whole rows of the patch grid (a one-file plugin)."""

@@ -1,6 +1,5 @@
 """The README's ten-line Python example runs as printed."""
 
-import os
 import re
 from pathlib import Path
 

@@ -5,13 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY, VariableMaskerPlugin, tiny_tree
 
 import maskkit
 from maskkit.builder import build_dataset
 from maskkit.errors import ConfigError
 from maskkit.recipe import apply_overrides, load_recipe
-
-from helpers import TINY, VariableMaskerPlugin, tiny_tree
 
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml")  # compare/ holds comparison specs
                  if not p.stem.startswith("finetune_"))  # fine-tuning recipes: tests/test_finetune.py

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from context_maskers import HighVariance, Learned, OffByOne, OffByOneLooking, Predictor, Recording
+
 from maskkit.builtin.masking import RandomMasker
 from maskkit.testing import ContextMaskerContract, LearnableMaskerContract, LossContract, MaskerContract
 

@@ -1,14 +1,13 @@
 """Pictures explain themselves: the reconstruction grid titles its columns."""
 
 import torch
+from helpers import tiny_tree
 
 from maskkit.builder import build_model
 from maskkit.data.fashion_mnist import FashionMNIST
 from maskkit.evaluate import eval_loader
 from maskkit.recipe import Recipe
 from maskkit.visualize import RECONSTRUCTION_COLUMNS, reconstruction_figure, reconstruction_rows, save_reconstructions
-
-from helpers import tiny_tree
 
 
 def test_reconstruction_grid_titles_its_columns(builtin_registry, tmp_path):

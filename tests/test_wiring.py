@@ -6,13 +6,12 @@ import re
 
 import pytest
 import torch
+from helpers import tiny_tree
 
 import maskkit
 from maskkit import hookspecs
 from maskkit.builder import WIRING, build_model
 from maskkit.recipe import Recipe
-
-from helpers import tiny_tree
 
 
 def documented(doc: str) -> set[str]:

@@ -7,7 +7,6 @@ import torch
 from maskkit import toolkit
 from maskkit.interfaces import Grid, Masker
 
-
 check_ratio = toolkit.ratio  # the public validator (kept under its old name)
 
 

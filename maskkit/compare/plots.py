@@ -10,7 +10,7 @@ import torch
 
 from maskkit.compare.files import SAMPLES_FILE
 from maskkit.compare.plan import Plan
-from maskkit.compare.results import seed_stats, accuracy_keys
+from maskkit.compare.results import accuracy_keys, seed_stats
 
 PLOTS = ("loss_curves.png", "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
 

@@ -24,10 +24,29 @@ from pathlib import Path
 
 from maskkit.compare.files import EVAL_FILE, PLAN_FILE, read_json
 from maskkit.compare.plan import Plan
-from maskkit.compare.plots import (PLOTS, _load_samples, accuracy_axis, plot_accuracy,  # noqa: F401
-                                   plot_accuracy_vs_compute, plot_loss_curves, plot_masks, plot_reconstructions)
-from maskkit.compare.results import (ACCURACIES, NUMBERS, RUN_COLUMNS, accuracy_keys, collect, measured,  # noqa: F401
-                                     findings, read_metrics, reference_variant, seed_stats, summarize)
+from maskkit.compare.plots import (  # noqa: F401
+    PLOTS,
+    _load_samples,
+    accuracy_axis,
+    plot_accuracy,
+    plot_accuracy_vs_compute,
+    plot_loss_curves,
+    plot_masks,
+    plot_reconstructions,
+)
+from maskkit.compare.results import (  # noqa: F401
+    ACCURACIES,
+    NUMBERS,
+    RUN_COLUMNS,
+    accuracy_keys,
+    collect,
+    findings,
+    measured,
+    read_metrics,
+    reference_variant,
+    seed_stats,
+    summarize,
+)
 
 REPORT_DIR = "report"
 

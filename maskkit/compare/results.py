@@ -12,8 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from maskkit.compare.files import (DONE, EVAL_FILE, STATUS_FILE, TIMING_FILE, checkpoint_step, read_json,
-                                   training_time)
+from maskkit.compare.files import DONE, EVAL_FILE, STATUS_FILE, TIMING_FILE, checkpoint_step, read_json, training_time
 from maskkit.compare.plan import Plan
 from maskkit.engine.trainer import CHECKPOINT_NAME
 

@@ -38,9 +38,22 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from maskkit.compare.files import (DONE, EVAL_FILE, FAILED, PARTIAL, PENDING, PLAN_FILE, SAMPLES_FILE,  # noqa: F401
-                                   STATUS_FILE, TIMING_FILE, TRAINED, checkpoint_step, read_json, training_time,
-                                   write_json)
+from maskkit.compare.files import (  # noqa: F401
+    DONE,
+    EVAL_FILE,
+    FAILED,
+    PARTIAL,
+    PENDING,
+    PLAN_FILE,
+    SAMPLES_FILE,
+    STATUS_FILE,
+    TIMING_FILE,
+    TRAINED,
+    checkpoint_step,
+    read_json,
+    training_time,
+    write_json,
+)
 from maskkit.compare.measure import TrainingClock, baseline_key, shared_baseline, time_masker
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
@@ -328,9 +341,9 @@ def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: 
                 word = "finished" if code == 0 and state == DONE else f"ended with exit status {code} ({state})"
                 console.print(escape(f"[gpu {slot}] {run.run_id}: {word}"))
     finally:
-        for proc, _, log in active.values():  # interrupted: stop the workers (their checkpoints stay)
+        for proc, _, _log in active.values():  # interrupted: stop the workers (their checkpoints stay)
             proc.terminate()
-        for proc, _, log in active.values():
+        for proc, _, _log in active.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

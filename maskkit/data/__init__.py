@@ -11,8 +11,14 @@
 from maskkit.data.fashion_mnist import EMBEDDED_DIR, FashionMNIST, find_fashion_mnist
 from maskkit.data.idx import read_idx, write_idx
 from maskkit.data.image_folder import ImageFolder
-from maskkit.data.loading import (AugmentedDataset, GlobalBatchSampler, make_loader, sample_generator,
-                                  stable_seed, stack_collate)
+from maskkit.data.loading import (
+                                  AugmentedDataset,
+                                  GlobalBatchSampler,
+                                  make_loader,
+                                  sample_generator,
+                                  stable_seed,
+                                  stack_collate,
+)
 from maskkit.data.transforms import EvalTransform, TrainTransform, denormalize, random_resized_crop_params
 
 __all__ = [

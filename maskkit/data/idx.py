@@ -84,11 +84,10 @@ def write_idx(path: str | os.PathLike[str], tensor: torch.Tensor, *, compress: b
     path = Path(path)
     if tensor.dim() == 0 or tensor.dim() > 255:
         raise ValueError(f"{path}: IDX needs 1 to 255 dimensions, got shape {list(tensor.shape)}")
-    for code, (np_dtype, torch_dtype) in _CODES.items():
-        if tensor.dtype == torch_dtype:
-            break
-    else:
+    code = next((c for c, (_, torch_dtype) in _CODES.items() if tensor.dtype == torch_dtype), None)
+    if code is None:
         raise ValueError(f"{path}: dtype {tensor.dtype} has no IDX type code")
+    np_dtype = _CODES[code][0]
     header = bytes([0, 0, code, tensor.dim()]) + b"".join(int(s).to_bytes(4, "big") for s in tensor.shape)
     payload = header + tensor.detach().cpu().contiguous().numpy().astype(np_dtype).tobytes()
     if compress is None:

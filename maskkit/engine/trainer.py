@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shlex
 import signal
 import threading
@@ -32,8 +31,16 @@ from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
 from maskkit.engine.batch_rule import StepShape, pick_batch
-from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
-                                        no_grad_sync, parallelize, unsharded_copy)
+from maskkit.engine.distributed import (
+    DistContext,
+    distributed_config,
+    gather_state,
+    is_sharded,
+    load_state,
+    no_grad_sync,
+    parallelize,
+    unsharded_copy,
+)
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
 from maskkit.engine.runtime import pick_device, runtime_seed, versions  # noqa: F401 (re-exported)
 from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError

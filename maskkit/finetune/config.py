@@ -18,7 +18,7 @@ import attrs
 
 from maskkit import _validators as v
 from maskkit.errors import ConfigError, expected
-from maskkit.recipe import Recipe, _section_config, apply_overrides, parse_yaml
+from maskkit.recipe import Recipe, _section_config, apply_overrides, find_recipe_file, parse_yaml, read_text_file
 
 SECTIONS = ("description", "seed", "data_seed", "data", "finetune", "distributed")
 
@@ -149,17 +149,8 @@ def load_finetune_recipe(source: str | Path | dict | None, overrides: Iterable[s
     if source is None or isinstance(source, dict):
         tree, path = copy.deepcopy(source or {}), None
     else:
-        path = Path(source)
-        if not path.exists() and path.suffix not in (".yaml", ".yml"):
-            from maskkit.registry import default_registry
-
-            reg = registry or default_registry()
-            if str(source) in reg.entries("recipe"):
-                path = reg.recipe_path(str(source))
-        if not path.is_file():
-            raise ConfigError("", "no such fine-tuning recipe file (nor a registered recipe name; see "
-                              "`maskkit recipes`)", file=str(source))
-        tree = parse_yaml(path.read_text(), str(path))
+        path = find_recipe_file(source, registry, what="fine-tuning recipe")
+        tree = parse_yaml(read_text_file(path), str(path))
         if "finetune" not in tree and "encoder" in tree:
             raise ConfigError("", "a pretraining recipe, not a fine-tuning one (no finetune section); "
                               "see recipes/finetune_quickstart.yaml", file=str(path))

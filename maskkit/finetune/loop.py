@@ -34,15 +34,27 @@ from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_load
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
-from maskkit.engine.distributed import (DistContext, distributed_config, gather_state, is_sharded, load_state,
-                                        no_grad_sync, parallelize, unsharded_copy)
+from maskkit.engine.distributed import (
+    DistContext,
+    distributed_config,
+    gather_state,
+    is_sharded,
+    load_state,
+    no_grad_sync,
+    parallelize,
+    unsharded_copy,
+)
 from maskkit.engine.optim import lr_at, set_lr
 from maskkit.engine.runtime import pick_device, runtime_seed, versions
 from maskkit.errors import CheckpointError, ConfigError, TrainingError
 from maskkit.finetune.config import FinetuneRecipe
 from maskkit.finetune.data import FinetuneTrainTransform, SeededMixup, make_criterion, num_classes_of
-from maskkit.finetune.model import (build_classifier, freeze_for_partial_finetuning, layer_decay_groups,
-                                    load_pretrained_encoder)
+from maskkit.finetune.model import (
+    build_classifier,
+    freeze_for_partial_finetuning,
+    layer_decay_groups,
+    load_pretrained_encoder,
+)
 from maskkit.registry import Registry, default_registry
 
 CHECKPOINT_NAME = "checkpoint.pth"

@@ -19,7 +19,6 @@ renamed into place, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile

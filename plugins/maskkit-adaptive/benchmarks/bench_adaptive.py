@@ -47,8 +47,8 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)
     now = time.process_time if clock == "cpu" else time.perf_counter
-    from maskkit_adaptive import plugin
     from maskkit.data import FashionMNIST
+    from maskkit_adaptive import plugin
 
     registry = Registry.from_plugins(autoload=False, plugins={"adaptive": plugin})
     ds = FashionMNIST("train", source="embedded")

@@ -52,10 +52,10 @@ def beit_algorithm1_reference(h: int, w: int, ratio: float = 0.4, min_patches: f
         s = rng.uniform(min_patches, ratio * n - len(masked))
         r = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
         a, b = math.sqrt(s * r), math.sqrt(s / r)
-        t, l = rng.uniform(0, h - a), rng.uniform(0, w - b)
+        top, left = rng.uniform(0, h - a), rng.uniform(0, w - b)
         masked |= {(i, j)
-                   for i in range(max(0, math.ceil(t)), min(h, math.ceil(t + a)))
-                   for j in range(max(0, math.ceil(l)), min(w, math.ceil(l + b)))}
+                   for i in range(max(0, math.ceil(top)), min(h, math.ceil(top + a)))
+                   for j in range(max(0, math.ceil(left)), min(w, math.ceil(left + b)))}
         if len(masked) > ratio * n:
             return masked
 

@@ -16,7 +16,6 @@ import time
 import torch
 
 import maskkit
-
 from maskkit_hog import HOGTarget
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from maskkit.errors import ConfigError
 
+from maskkit.errors import ConfigError
 from maskkit_hog import HOGTarget
 
 

@@ -1,7 +1,6 @@
 """The hog target passes maskkit's Target contract at several patch/cell sizes, channel counts and shapes."""
 
 from maskkit.testing import TargetContract
-
 from maskkit_hog import HOGTarget
 
 

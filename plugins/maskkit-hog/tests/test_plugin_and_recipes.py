@@ -7,7 +7,6 @@ import torch
 
 import maskkit
 from maskkit.errors import ConfigError
-
 from maskkit_hog import HOGTarget
 from maskkit_hog.plugin import RECIPE_DIR
 
@@ -47,7 +46,7 @@ def test_maskfeat_recipe_at_full_size_targets_108_numbers_per_patch(registry):
                                              ("quickstart_maskfeat", [])])
 def test_recipe_builds_and_takes_a_training_step(registry, name, overrides):
     recipe = maskkit.load_recipe(RECIPE_DIR / f"{name}.yaml", overrides, registry=registry)
-    recipe.train  # the train section validates
+    assert recipe.train is not None  # the train section validates
     model = maskkit.build_model(recipe, registry)
     assert isinstance(model.target, HOGTarget) and not model.encoder.sparse
     images = torch.randn(4, model.encoder.in_chans, *model.encoder.img_size)

@@ -7,13 +7,13 @@ import timm
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from simmim_helpers import RandomCountMasker, tiny_convnext, tiny_swin, tiny_swin_stride32
 
 import maskkit
 from maskkit.errors import ConfigError
 from maskkit.patches import upsample_mask
 from maskkit.testing import EncoderContract
 from maskkit_simmim import SimMIMConvNeXtEncoder, SimMIMRandomMasker, SimMIMSwinEncoder
-from simmim_helpers import RandomCountMasker, tiny_convnext, tiny_swin, tiny_swin_stride32
 
 few = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
 

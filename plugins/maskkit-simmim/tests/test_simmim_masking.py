@@ -8,11 +8,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from simmim_helpers import RandomCountMasker
 
 from maskkit.errors import ConfigError
 from maskkit.testing import MaskerContract
 from maskkit_simmim import SimMIMRandomMasker
-from simmim_helpers import RandomCountMasker
 
 few = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from simmim_helpers import RandomCountMasker, tiny_convnext, tiny_swin
 
 import maskkit
 from maskkit.errors import ConfigError
 from maskkit.patches import patchify
 from maskkit.registry import Registry
 from maskkit_simmim import SimMIMHead, SimMIMSwinEncoder
-from simmim_helpers import RandomCountMasker, tiny_convnext, tiny_swin
 
 # Tiny sizes for the paper-sized recipes; the quickstart is CPU-sized already and runs as shipped.
 TINY = {

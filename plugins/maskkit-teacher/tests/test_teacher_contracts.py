@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from teacher_helpers import tiny_encoder
 
 from maskkit.testing import DecoderContract, TargetContract
 from maskkit_teacher import LinearHead, TeacherTarget
-from teacher_helpers import tiny_encoder
 
 
 class TestTeacherTarget(TargetContract):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from teacher_helpers import tiny_encoder
 
 import maskkit
 from maskkit.registry import Registry, make_plugin_manager
 from maskkit_teacher import FALLBACK_RAMP_STEPS, TeacherTarget, ema_update_, momentum_at
 from maskkit_teacher import plugin as teacher_plugin
-from teacher_helpers import tiny_encoder
 
 
 def _set_dyadic_(module, gen):

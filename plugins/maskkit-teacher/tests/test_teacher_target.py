@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from teacher_helpers import fashion_images, tiny_encoder
 
 import maskkit
 from maskkit.errors import ConfigError
 from maskkit_teacher import TeacherTarget
-from teacher_helpers import fashion_images, tiny_encoder
 
 
 def _images(enc, b=3, seed=0):

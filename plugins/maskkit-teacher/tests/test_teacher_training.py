@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from teacher_helpers import fashion_images
 
 import maskkit
 import maskkit_teacher
 from maskkit_teacher import TeacherTarget
 from maskkit_teacher import plugin as teacher_plugin
-from teacher_helpers import fashion_images
 
 RUN = SimpleNamespace(total_steps=100)  # what the step-end hook reads from maskkit's Trainer
 TINY = {

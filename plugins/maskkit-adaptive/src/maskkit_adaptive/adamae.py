@@ -4,14 +4,12 @@ arXiv:2211.09120; official code github.com/wgcban/adamae)."""
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from maskkit import ConfigError, MaskDraw, Masker
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
-
 from maskkit_adaptive._common import check_positive, check_ratio, mae_num_hidden, need
 
 

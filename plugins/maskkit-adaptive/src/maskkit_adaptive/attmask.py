@@ -9,9 +9,15 @@ import torch
 from maskkit import ConfigError, Masker
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
-
-from maskkit_adaptive._common import (check_fraction, check_grid, check_ratio, check_source, feature_encoder,
-                                      mae_num_hidden, need)
+from maskkit_adaptive._common import (
+    check_fraction,
+    check_grid,
+    check_ratio,
+    check_source,
+    feature_encoder,
+    mae_num_hidden,
+    need,
+)
 from maskkit_adaptive.attention import cls_attention
 
 MODES = ("high", "hint", "low")

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from maskkit import ConfigError, Masker
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
-
 from maskkit_adaptive._common import check_positive, check_ratio, mae_num_hidden, zscore
 
 COLORS = ("red", "blue", "green", "purple", "white")

@@ -7,7 +7,6 @@ import torch
 from maskkit import Masker
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores
-
 from maskkit_adaptive._common import check_fraction, check_positive, check_ratio, mae_num_hidden, zscore
 from maskkit_adaptive.colormae import color_noise, gaussian_white
 

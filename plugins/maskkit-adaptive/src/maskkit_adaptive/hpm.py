@@ -10,9 +10,16 @@ from torch import nn
 from maskkit import ConfigError, MaskDraw, Masker
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
-
-from maskkit_adaptive._common import (check_fraction, check_grid, check_positive, check_ratio, check_source,
-                                      feature_encoder, mae_num_hidden, need)
+from maskkit_adaptive._common import (
+    check_fraction,
+    check_grid,
+    check_positive,
+    check_ratio,
+    check_source,
+    feature_encoder,
+    mae_num_hidden,
+    need,
+)
 
 
 def relative_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,7 @@ import math
 import attrs
 import torch
 
-from maskkit import Masker
-from maskkit import toolkit
+from maskkit import Masker, toolkit
 from maskkit.errors import ConfigError
 
 Grid = tuple[int, int]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import maskkit
 from maskkit import toolkit
-
 from maskkit_hog.target import HOGTarget
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+
 from maskkit import Target
 from maskkit.errors import ConfigError
 from maskkit.patches import to_2tuple
-
 from maskkit_hog.hog import Size2, cell_histograms, l2_normalize_cells
 from maskkit_hog.hog import gaussian_window as make_gaussian_window
 

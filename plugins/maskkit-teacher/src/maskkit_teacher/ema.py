@@ -37,5 +37,5 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     s_params = [p.detach() for _, p in s_named]
     if t_params:
         torch._foreach_lerp_(t_params, s_params, 1.0 - float(momentum))
-    for (name, t_buf), (_, s_buf) in zip(teacher.named_buffers(), student.named_buffers()):
+    for (_, t_buf), (_, s_buf) in zip(teacher.named_buffers(), student.named_buffers()):
         t_buf.copy_(s_buf)
