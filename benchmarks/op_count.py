@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{bench_steps_short(name)} batch {args.batch_size} {dtype}: operators per training step "
                   f"(ops: aten:: events in torch.profiler; kernels: dispatched, less views)")
             for kind, r in row.items():
-                ratio = "" if mae is None or kind == "mae" else f"   {kind}/maskkit: kernels {r['kernels'] / mae['kernels']:.2f}x" + (
-                    "" if r["ops"] is None else f", ops {r['ops'] / mae['ops']:.2f}x")
+                ratio = "" if mae is None or kind == "mae" else (
+                    f"   {kind}/maskkit: kernels {r['kernels'] / mae['kernels']:.2f}x"
+                    + ("" if r["ops"] is None else f", ops {r['ops'] / mae['ops']:.2f}x"))
                 ops = "-" if r["ops"] is None else r["ops"]
                 print(f"  {kind:9s} ops {ops:>6}  kernels {r['kernels']:6d}{ratio}")
                 for op, n in r["top"]:

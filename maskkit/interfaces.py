@@ -101,8 +101,8 @@ def masker_context(masker: Any, name: str | None = None) -> tuple[str, ...]:
         if arg in MASKER_CONTEXT:
             names.append(arg)
         elif param.default is inspect.Parameter.empty:
-            raise ConfigError("masker", f"{name or type(masker).__name__} asks for {arg!r}, which maskkit does not give "
-                              f"a masker; a masker may ask for: {', '.join(MASKER_CONTEXT)}")
+            raise ConfigError("masker", f"{name or type(masker).__name__} asks for {arg!r}, which maskkit "
+                              f"does not give a masker; a masker may ask for: {', '.join(MASKER_CONTEXT)}")
     return tuple(names)
 
 

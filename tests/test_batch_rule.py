@@ -69,7 +69,8 @@ def test_step_shape_of_a_built_model(builtin_registry):
     model = maskkit.build_model(maskkit.Recipe(tiny_tree()), builtin_registry)  # 28 px, 4 px patches: 49 patches
     shape = StepShape.of(model)
     hidden = model.masker.num_hidden(model.grid)
-    assert 30 < hidden < 40 and (shape.encoder_tokens, shape.encoder_dim, shape.encoder_depth) == (1 + 49 - hidden, 32, 1)
+    assert 30 < hidden < 40 and (
+        (shape.encoder_tokens, shape.encoder_dim, shape.encoder_depth) == (1 + 49 - hidden, 32, 1))
     assert (shape.decoder_tokens, shape.decoder_dim, shape.decoder_depth) == (1 + 49, 16, 1)
     assert shape.params == sum(p.numel() for p in model.parameters())
 

@@ -44,7 +44,8 @@ def metrics(run_dir):
 
 
 def test_context_is_what_the_masker_names():
-    assert masker_context(maskkit.create("masker", "random", registry=maskkit.Registry.from_plugins(autoload=False))) == ()
+    assert masker_context(
+        maskkit.create("masker", "random", registry=maskkit.Registry.from_plugins(autoload=False))) == ()
     assert masker_context(HighVariance()) == ("images",)
     assert masker_context(Recording()) == ("images", "step", "epoch", "model", "rows")
     assert masker_context(Predictor()) == ("images", "model")  # nn.Module: its forward

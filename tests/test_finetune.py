@@ -317,8 +317,8 @@ def test_two_ddp_ranks_fine_tune_like_one_process(pretrained, tmp_path, monkeypa
     env.update(OMP_NUM_THREADS="1")
     out = tmp_path / "two"
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskkit", "--debug",
-                             "finetune", str(pretrained), "--recipe", str(recipe_file), "--out", str(out),
+                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskkit",
+                             "--debug", "finetune", str(pretrained), "--recipe", str(recipe_file), "--out", str(out),
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)

@@ -59,7 +59,8 @@ def test_sincos_matches_official_formula():
     assert emb.shape == (1 + 15, 8) and torch.equal(emb[0], torch.zeros(8))
     omega = 1.0 / 10000 ** (torch.arange(2, dtype=torch.float64) / 2.0)
     row, col = 2, 3
-    expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)])
+    expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega),
+                          torch.sin(row * omega), torch.cos(row * omega)])
     torch.testing.assert_close(emb[1 + row * 5 + col], expected.float())
 
 

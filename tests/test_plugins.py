@@ -49,7 +49,8 @@ class ClashPlugin:
 
 
 def test_name_clash_names_both_plugins():
-    with pytest.raises(PluginError, match="masker 'random' is registered twice: by plugin 'maskkit' and by plugin 'clash'"):
+    with pytest.raises(PluginError,
+                       match="masker 'random' is registered twice: by plugin 'maskkit' and by plugin 'clash'"):
         maskkit.Registry.from_plugins(autoload=False, plugins={"clash": ClashPlugin()})
 
 

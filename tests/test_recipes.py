@@ -86,7 +86,8 @@ def test_missing_data_directory(tmp_path, builtin_registry):
 def test_variable_masker_with_sparse_encoder_is_refused_before_compute(tmp_path):
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"test-variable": VariableMaskerPlugin()})
     recipe = load_recipe(write(tmp_path, tiny_tree(masker={"name": "variable"})))
-    with pytest.raises(ConfigError, match=r"masker: variable hides a varying number .* encoder vit_tiny_patch16_224 is sparse"):
+    with pytest.raises(ConfigError,
+                       match=r"masker: variable hides a varying number .* encoder vit_tiny_patch16_224 is sparse"):
         maskkit.build_model(recipe, registry)
     dense = recipe.with_overrides(["encoder.dense=true"])
     model = maskkit.build_model(dense, registry)

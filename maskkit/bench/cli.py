@@ -281,7 +281,8 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
             table.add_row(d["pipeline"], d["description"], str(d["workers"]), str(d.get("files") or "-"),
                           str(d["batch_size"]), f"{d['images_per_s']:.0f}",
                           "-" if d.get("baseline_images_per_s") is None else f"{d['baseline_images_per_s']:.0f}",
-                          "-" if ratio is None else f"{ratio:.2f} ({d['ratio_range'][0]:.2f}-{d['ratio_range'][1]:.2f})")
+                          "-" if ratio is None
+                          else f"{ratio:.2f} ({d['ratio_range'][0]:.2f}-{d['ratio_range'][1]:.2f})")
         table.caption = ("plain loop: PIL decode + torchvision RandomResizedCrop + flip on the PIL image in as many "
                          "processes, no loader; loader / plain: median (range) of the rounds' ratios, timed "
                          "side by side")

@@ -86,8 +86,9 @@ class ModelSpec:
 
 def model_spec(name: str, overrides: Sequence[str] = (), registry=None) -> ModelSpec:
     """The MAE recipe for ``name``: the registered ``mae_<name>`` recipe when there is one (so the shipped
-    recipes are what is measured), or the registered recipe ``name`` itself (``quickstart``), else MAE's defaults (75% random masking, decoder 8 x 512, 16 heads,
-    norm-pix MSE) around the timm ViT ``name`` (``_224`` appended when ``name`` is not itself a timm model).
+    recipes are what is measured), or the registered recipe ``name`` itself (``quickstart``), else MAE's
+    defaults (75% random masking, decoder 8 x 512, 16 heads, norm-pix MSE) around the timm ViT ``name``
+    (``_224`` appended when ``name`` is not itself a timm model).
     ``overrides`` are recipe overrides (``encoder.depth=2``)."""
     import timm
 

@@ -19,8 +19,8 @@ from maskkit.engine.trainer import CHECKPOINT_NAME
 ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"),
               ("finetune_top1", "fine-tune top-1 (%)"))  # each shown when plan.eval.<first word> is set
 RUN_COLUMNS = ("variant", "seed", "status", "steps", "epochs", "tokens_per_step", "encoder_tokens", "knn_top1",
-               "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss", "images_per_s",
-               "masker_ms_per_batch", "train_time_s", "eval_time_s", "error", "run_dir")
+               "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
+               "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s", "error", "run_dir")
 NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
            "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s")
 AUX_PREFIX = "aux/"  # metrics.jsonl keys of auxiliary losses: aux/<component>.<name>
@@ -168,7 +168,8 @@ def findings(plan: Plan, summary: list[dict]) -> list[str]:
         for key, label in keys:
             mine, base = s.get(key) or {}, s.get(f"random_init_{key}") or {}
             if mine.get("mean") is not None and base.get("mean") is not None and mine["mean"] < base["mean"]:
-                notes.append(f"{s['variant']} scores below its encoder at random initialisation ({label.split(' (')[0]} "
+                notes.append(f"{s['variant']} scores below its encoder at random initialisation "
+                             f"({label.split(' (')[0]} "
                              f"{100 * mine['mean']:.2f}% against {100 * base['mean']:.2f}%): its features got "
                              "worse with training at this budget; do not rank it on this run.")
     for v in plan.variants:

@@ -5,11 +5,11 @@ model is spread over the processes (DDP or FSDP2).
 engine then initialises the default process group (NCCL on GPU, gloo on CPU). A plain ``maskkit train`` runs
 as world size 1 with no process group.
 
-The recipe's ``distributed`` section (:class:`~maskkit.recipe.DistributedConfig`) picks the strategy: ``ddp`` (default) keeps a
-full replica per process and all-reduces gradients; ``fsdp`` shards parameters, gradients and optimizer state
-with ``torch.distributed.fsdp.fully_shard`` (FSDP2), one unit per transformer block plus the rest, for encoders
-too large to replicate. Checkpoints are always written unsharded (:func:`gather_state`), so a checkpoint of
-either strategy resumes under either, and loads into a plain model.
+The recipe's ``distributed`` section (:class:`~maskkit.recipe.DistributedConfig`) picks the strategy: ``ddp``
+(default) keeps a full replica per process and all-reduces gradients; ``fsdp`` shards parameters, gradients
+and optimizer state with ``torch.distributed.fsdp.fully_shard`` (FSDP2), one unit per transformer block plus
+the rest, for encoders too large to replicate. Checkpoints are always written unsharded
+(:func:`gather_state`), so a checkpoint of either strategy resumes under either, and loads into a plain model.
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ class Trainer:
                                       f"{ckpt.describe_mismatch(exc)}") from None
             self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
-        if compile_enabled(cfg.compile, self.device):  # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
+        # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
+        if compile_enabled(cfg.compile, self.device):
             for component in self.model.children():
                 if component is not self.model.masker:  # maskers draw from generators, often data-dependent
                     component.compile()
@@ -384,7 +385,8 @@ class Trainer:
                         window_loss.zero_()
                         window_steps, window_start = 0, now
                     if finished_epoch:
-                        self.hook.maskkit_epoch_end(trainer=self, model=model, epoch=self.step // self.steps_per_epoch - 1)
+                        self.hook.maskkit_epoch_end(trainer=self, model=model,
+                                                    epoch=self.step // self.steps_per_epoch - 1)
                     if must_ckpt:
                         self.save_checkpoint(checkpoint_path)
         except RuntimeError as exc:
@@ -506,4 +508,5 @@ class Trainer:
                         TextColumn("loss {task.fields[loss]:.4f}{task.fields[aux]}  lr {task.fields[lr]:.2e}  "
                                    "{task.fields[ips]:.0f} img/s"),
                         TimeRemainingColumn(), console=self.console,
-                        disable=not (self.show_progress and getattr(self, "dist", None) is not None and self.dist.is_main))
+                        disable=not (self.show_progress and getattr(self, "dist", None) is not None
+                                     and self.dist.is_main))

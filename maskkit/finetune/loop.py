@@ -380,7 +380,8 @@ class FinetuneTrainer:
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.0f} img/s"),
+                        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                                   "{task.fields[ips]:.0f} img/s"),
                         TimeRemainingColumn(), console=self.console,
                         disable=not (self.show_progress and self.dist is not None and self.dist.is_main))
 

@@ -198,8 +198,8 @@ def test_convnext_matches_timm_and_exports_to_it(name):
 
 def test_dense_vit_hides_pixels_at_the_simmim_vit_mask_scale():
     """The ViT recipe's pairing (dense ViT, 2x2-cell mask patches): hidden pixels do not reach the output."""
-    enc = maskkit.create("encoder", "vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=3, depth=1, embed_dim=32,
-                         num_heads=2, dense=True).eval()
+    enc = maskkit.create("encoder", "vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=3, depth=1,
+                         embed_dim=32, num_heads=2, dense=True).eval()
     mask = SimMIMRandomMasker(0.6, scale=2)(2, enc.grid, generator=torch.Generator().manual_seed(0))
     images = _images(enc, 2)
     changed = torch.where(_pixel_mask(enc, mask), torch.randn_like(images), images)

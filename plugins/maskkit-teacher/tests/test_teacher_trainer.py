@@ -11,8 +11,9 @@ from maskkit_teacher import plugin as teacher_plugin
 
 trainer_module = pytest.importorskip("maskkit.engine.trainer")
 
-OVERRIDES = ["encoder.img_size=12", "encoder.embed_dim=32", "encoder.depth=2", "encoder.num_heads=2", "train.batch_size=8",
-             "train.max_steps=4", "train.ckpt_every=2", "train.warmup_epochs=0", "train.device=cpu"]
+OVERRIDES = ["encoder.img_size=12", "encoder.embed_dim=32", "encoder.depth=2", "encoder.num_heads=2",
+             "train.batch_size=8", "train.max_steps=4", "train.ckpt_every=2", "train.warmup_epochs=0",
+             "train.device=cpu"]
 
 
 class Stop(Exception):

@@ -116,7 +116,8 @@ class HPMMasker(nn.Module, Masker):
 
     def aux_losses(self, *, mask: torch.Tensor, patch_loss: torch.Tensor, extras: dict) -> dict[str, torch.Tensor]:
         """``{"rank": loss_weight * relative_loss}`` over each sample's hidden patches (the same count in every
-        sample), from the stored full-image features and the step's detached per-patch loss ``[B, N]``. Empty when the model was given a mask (no draw, nothing to learn)."""
+        sample), from the stored full-image features and the step's detached per-patch loss ``[B, N]``. Empty
+        when the model was given a mask (no draw, nothing to learn)."""
         if "features" not in extras:  # the model was given a mask (a picture, a replay): nothing was drawn
             return {}
         features = extras["features"]  # [B, N, D], detached

@@ -23,7 +23,8 @@ class SimMIMRandomMasker(Masker):
 
     Every sample hides the same count, ``ceil(U * ratio) * scale ** 2`` cells, so a sparse encoder can use it
     too. The ceiling is taken of the exact product (the official ``np.ceil`` of the float product hides one
-    more patch where it rounds up, e.g. ``0.7 * 10 = 7.000000000000001``). The grid must be divisible by ``scale`` and the count must leave some cells visible and hide some.
+    more patch where it rounds up, e.g. ``0.7 * 10 = 7.000000000000001``). The grid must be divisible by
+    ``scale`` and the count must leave some cells visible and hide some.
     """
 
     def __init__(self, ratio: float = 0.6, scale: int = 1):
