@@ -138,7 +138,7 @@ def random_init_row(plan: Plan, summary: list[dict]) -> list[str] | None:
         return None
     row = ["(random init)", f"{ref['variant']}'s encoder, untrained"] + \
         (["-"] if _show_other_changes(plan) else [])
-    row += [_pm(ref[f"random_init_{k}"], _pct, 100) for k, _ in keys]
+    row += [_pm(ref.get(f"random_init_{k}"), _pct, 100) for k, _ in keys]  # fine-tuning has no baseline here
     return row + ["-"] * (len(table_columns(plan)) - len(row))
 
 
