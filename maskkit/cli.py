@@ -549,21 +549,22 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
-def _blame_plugin(exc: BaseException) -> str | None:
-    """The plugin whose code raised ``exc`` (a plugin's frame in the traceback), if any."""
+def _blame_plugin(exc: BaseException, args: argparse.Namespace | None = None) -> str | None:
+    """The plugin whose code raised ``exc`` (a plugin's frame in the traceback), if any; the invocation's
+    registry, so a ``--plugin`` file is named too."""
     try:
-        return _registry().plugin_of(exc)
+        return _registry(args).plugin_of(exc)
     except Exception:  # pragma: no cover - blaming must never hide the original error
         return None
 
 
-def report_failure(exc: BaseException, debug: bool) -> int:
+def report_failure(exc: BaseException, debug: bool, args: argparse.Namespace | None = None) -> int:
     """The failure contract, enforced here for every command: one line on stderr and the exit status of
     :func:`maskkit.errors.describe_failure` (2: bad input, OS or plugin errors; 1: internal error; 128+N: a
     signal); ``--debug`` re-raises for the traceback."""
     if debug and not isinstance(exc, RunInterrupted):
         raise exc
-    code, line = describe_failure(exc, _blame_plugin)
+    code, line = describe_failure(exc, lambda error: _blame_plugin(error, args))
     print(f"maskkit: error: {line}", file=sys.stderr)
     return code
 
@@ -575,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except (Exception, KeyboardInterrupt) as exc:
-        return report_failure(exc, args.debug)
+        return report_failure(exc, args.debug, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

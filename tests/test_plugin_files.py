@@ -168,3 +168,25 @@ def test_a_spec_plugin_reaches_the_plan_and_its_worker(stripes, tmp_path):
     # the worker starts from plan.json alone: it loads the plugin itself
     assert worker_main([str(out), "stripes/seed0"]) == 0
     assert json.loads((out / "runs" / "stripes" / "seed0" / "compare.json").read_text())["status"] == "done"
+
+
+def test_a_file_plugin_that_raises_is_named_in_the_one_line_error(tmp_path, capsys):
+    """A bug in a ``--plugin`` file is that plugin's failure (exit 2, the file named), not an internal error."""
+    plugin = write_plugin(tmp_path / "buggy.py", """
+        import maskkit
+
+        class Buggy(maskkit.Masker):
+            def __call__(self, batch_size, grid, *, generator=None, device=None):
+                raise RuntimeError("index out of range in my masker")
+
+            def num_hidden(self, grid):
+                return grid[0] * grid[1] // 2
+
+        @maskkit.hookimpl
+        def maskkit_add_maskers():
+            return {"buggy": Buggy}
+    """)
+    code = main(["masks", "show", "buggy", "--plugin", str(plugin), "--out", str(tmp_path / "m.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "buggy.py" in err and "index out of range in my masker" in err, err
