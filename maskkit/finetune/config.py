@@ -135,11 +135,8 @@ class FinetuneRecipe(Recipe):
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ConfigError(str(key), f"unknown section of a fine-tuning recipe{hint}; expected one of "
                                   f"{', '.join(SECTIONS)} (the encoder comes from the checkpoint)", file=self.file)
-        _ = self.seed, self.data_seed, self.finetune
+        _ = self.seed, self.data_seed, self.finetune, self.distributed
         self.component("data")
-        from maskkit.engine.distributed import distributed_config
-
-        distributed_config(self)
 
 
 def load_finetune_recipe(source: str | Path | dict | None, overrides: Iterable[str] = (), *,
