@@ -89,7 +89,10 @@ class DistContext:
         return gathered
 
     def shutdown(self) -> None:
+        """Tear the process group down on every rank together: a rank that destroys its group while a peer is
+        still using the connection can abort at exit (gloo's "terminate called without an active exception")."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
