@@ -1,7 +1,5 @@
 """``python -m maskkit`` (and so ``torchrun -m maskkit train ...``)."""
 
-import sys
+from maskkit.cli import run
 
-from maskkit.cli import main
-
-sys.exit(main())
+run()

@@ -17,11 +17,12 @@ is not installed, like ``pytest -p``; ``MASKKIT_PLUGINS`` does the same from the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -579,5 +580,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_failure(exc, args.debug, args)
 
 
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``maskkit`` command (and ``python -m maskkit``): :func:`main`, then exit with its status.
+
+    A process started by ``torchrun`` (``WORLD_SIZE > 1``) ends with ``os._exit`` once its output is flushed:
+    by then the command has torn its process group down on every rank together and closed its files, and
+    skipping the interpreter's finalization avoids gloo's worker threads being destroyed mid-teardown, which
+    aborts the process ("terminate called without an active exception", pytorch/pytorch#190489) after a run
+    that succeeded: rarely and at random (twice in this project's CI, each time in a two-rank FSDP test).
+    """
+    code = main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

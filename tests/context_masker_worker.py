@@ -13,4 +13,4 @@ from maskkit.registry import Registry  # noqa: E402
 
 if __name__ == "__main__":
     cli._registry = lambda args=None: Registry.from_plugins(plugins={"context": ContextMaskersPlugin()})
-    sys.exit(cli.main(sys.argv[1:]))
+    cli.run(sys.argv[1:])

@@ -1,5 +1,6 @@
 """The command line: one-line errors with exit status 2, and the commands around checkpoints."""
 
+import os
 import subprocess
 import sys
 
@@ -143,6 +144,25 @@ def test_debug_shows_traceback_and_subprocess_exit_code(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "maskkit", "--debug", "train", str(path)], capture_output=True,
                            text=True)
     assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_a_torchrun_process_ends_with_its_output_and_status(tmp_path):
+    """Under torchrun (``WORLD_SIZE > 1``) the command ends with ``os._exit``: piped output still arrives whole,
+    and the exit status is the command's (0, or 2 with its one line)."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
+    listed = subprocess.run([sys.executable, "-m", "maskkit", "recipes"], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0 and "quickstart" in listed.stdout, listed.stderr
+    plain = subprocess.run([sys.executable, "-m", "maskkit", "recipes"], capture_output=True, text=True)
+    assert listed.stdout == plain.stdout
+    missing = subprocess.run([sys.executable, "-m", "maskkit", "train", str(tmp_path / "none.yaml")],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "none.yaml" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    # WORLD_SIZE exported by hand, without torchrun's rendezvous: one line that says how to start such a run
+    env.pop("MASTER_ADDR", None)
+    alone = subprocess.run([sys.executable, "-m", "maskkit", "train", str(_tiny_file(tmp_path)), "--out",
+                            str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    assert alone.returncode == 2 and "torchrun" in alone.stderr and "WORLD_SIZE=2" in alone.stderr, alone.stderr
+    assert len(alone.stderr.strip().splitlines()) == 1
 
 
 def test_plugins_and_list(capsys):

@@ -78,6 +78,7 @@ def finish(proc: subprocess.Popen, out: Path) -> None:
         raise
     log = (out.parent / f"{out.name}.log").read_text()
     assert code == 0, log[-4000:]
+    assert "returned a view tensor" not in log, log[-4000:]  # FSDP2 could not hook the backward of an output
 
 
 def weight_diffs(a: dict, b: dict) -> dict[str, float]:

@@ -62,4 +62,6 @@ class MAEDecoder(Decoder):
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_norm(x)
-        return self.decoder_pred(x)[:, p:]  # [B, N, out_dim]
+        # dropping the prefix before the per-token projection (the official code drops it after: same values)
+        # makes the prediction a fresh tensor rather than a view, which FSDP2 needs to hook its backward
+        return self.decoder_pred(x[:, p:])  # [B, N, out_dim]

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maskkit.errors import MaskkitError
 from maskkit.recipe import DistributedConfig  # noqa: F401 (validated with the other sections; re-exported)
 
 
@@ -58,7 +59,12 @@ class DistContext:
             backend = "nccl" if device_type == "cuda" else "gloo"
             if device_type == "cuda":
                 torch.cuda.set_device(local)
-            dist.init_process_group(backend=backend)
+            try:
+                dist.init_process_group(backend=backend)
+            except (ValueError, RuntimeError) as exc:  # e.g. WORLD_SIZE exported by hand, no MASTER_ADDR
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MaskkitError(f"cannot join the process group of WORLD_SIZE={world} (RANK={rank}): {reason}; "
+                                   "start multi-process runs with torchrun, or unset WORLD_SIZE") from None
         return cls(rank, world, local)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
