@@ -13,12 +13,15 @@ import inspect
 import typing
 from typing import Any, Callable, Mapping
 
+import torch
+
 from maskkit.errors import ConfigError, expected
 from maskkit.model import MaskedModel
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
 
 WIRING = {
+    "masker": ("in_dim",),
     "decoder": ("in_dim", "out_dim", "grid", "num_prefix_tokens", "patch_size", "in_chans", "img_size", "sparse"),
     "target": ("patch_size", "in_chans", "grid", "img_size", "encoder"),
     "dataset": ("split",),
@@ -124,8 +127,8 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
     """
     registry = (registry or default_registry()).with_plugins(recipe.plugins)
     file = recipe.file
-    masker = build_component(registry, "masker", recipe.component("masker"), file=file)
     encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
+    masker = build_masker(recipe, registry, encoder)
     if encoder.sparse and masker.num_hidden(encoder.grid) is None:
         raise ConfigError("masker", f"{recipe.component('masker')['name']} hides a varying number of patches per "
                           f"sample, but encoder {recipe.component('encoder')['name']} is sparse (visible tokens "
@@ -142,6 +145,18 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
         return MaskedModel(masker, encoder, decoder, target, loss, masker_name=recipe.component("masker")["name"])
     except ConfigError as exc:
         raise exc.within(None, file) from None
+
+
+def build_masker(recipe: Recipe, registry: Registry | None = None, encoder: Any = None) -> Any:
+    """The recipe's masker, wired to ``encoder`` (``in_dim``: its width, for maskers with a head on its
+    features). Without ``encoder``, the recipe's encoder is built for its width (the global RNG is left as it
+    was), so a masker can be built and checked alone."""
+    registry = (registry or default_registry()).with_plugins(recipe.plugins)
+    if encoder is None:
+        with torch.random.fork_rng(devices=[]):
+            encoder = build_component(registry, "encoder", recipe.component("encoder"), file=recipe.file)
+    return build_component(registry, "masker", recipe.component("masker"), file=recipe.file,
+                           wiring={"in_dim": encoder.embed_dim})
 
 
 def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, *,

@@ -317,7 +317,7 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
 
     import torch
 
-    from maskkit.builder import build_component, build_dataset, build_model
+    from maskkit.builder import build_dataset, build_masker, build_model
     from maskkit.evaluate import eval_loader
     from maskkit.interfaces import masker_context
     from maskkit.masking import check_masker
@@ -328,13 +328,14 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
     registry = _registry(args)
     spec = apply_overrides({"masker": {"name": args.name}}, [f"masker.{kv}" for kv in args.arguments],
                            file="command line")["masker"]
-    masker = build_component(registry, "masker", spec, file="command line")
+    base = load_recipe(args.recipe or "quickstart", registry=registry)  # the encoder a masker is wired to
+    recipe = Recipe({**copy.deepcopy(base.tree), "masker": spec}, "command line")
+    masker = build_masker(recipe, registry)
     label = " ".join([args.name, *args.arguments])
     seeds = [args.seed + i for i in range(4)]  # the picture shows the first seed's; the counts cover all four
     pictures = None
     if {"images", "model"} & set(masker_context(masker, args.name)) or args.recipe:
-        base = load_recipe(args.recipe or "quickstart", registry=registry)
-        recipe = Recipe({**copy.deepcopy(base.tree), "masker": spec}, base.file)
+        recipe = Recipe(recipe.tree, base.file)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.seed)
             model = build_model(recipe, registry).eval()

@@ -110,7 +110,9 @@ def maskkit_add_maskers() -> Mapping[str, Factory]:
     """Masking strategies: factories returning a :class:`maskkit.Masker` (see "The masker contract" above:
     a masker may ask for the images, the model, the step, and train its own parameters).
 
-    Built-in: ``random`` (MAE's argsort-of-noise masking).
+    The builder passes the wiring arguments the factory accepts, listed on :class:`maskkit.Masker` (the
+    encoder's width, ``in_dim``); recipes must not set them. Built-in: ``random`` (MAE's argsort-of-noise
+    masking).
     """
 
 

@@ -165,6 +165,9 @@ class Masker(ABC):
 
     Whatever a masker returns is checked against what it declares: a bool ``[B, N]`` mask hiding exactly
     ``num_hidden(grid)`` patches in every sample when that is an ``int``.
+
+    The builder passes the wiring arguments the constructor accepts (a recipe may not set them): ``in_dim``
+    (the encoder's width D, for a masker with a head on the encoder's features).
     """
 
     @abstractmethod

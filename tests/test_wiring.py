@@ -20,7 +20,8 @@ def documented(doc: str) -> set[str]:
     return set(re.findall(r"``(\w+)``", paragraph))
 
 
-@pytest.mark.parametrize("kind, doc", [("decoder", maskkit.Decoder.__doc__), ("target", maskkit.Target.__doc__),
+@pytest.mark.parametrize("kind, doc", [("masker", maskkit.Masker.__doc__), ("decoder", maskkit.Decoder.__doc__),
+                                       ("target", maskkit.Target.__doc__),
                                        ("dataset", hookspecs.maskkit_add_datasets.__doc__)])
 def test_docs_list_exactly_the_wiring(kind, doc):
     names = documented(doc) if kind != "dataset" else {"split"} & set(re.findall(r"``(\w+)``", doc))
@@ -32,6 +33,16 @@ class Recorder:
 
     def __init__(self):
         self.got = {}
+
+    @maskkit.hookimpl
+    def maskkit_add_maskers(self):
+        def recording_masker(in_dim, ratio: float = 0.75):
+            self.got["masker"] = set(locals()) - {"self", "ratio"}
+            from maskkit.builtin.masking import RandomMasker
+
+            return RandomMasker(ratio=ratio)
+
+        return {"recording": recording_masker}
 
     @maskkit.hookimpl
     def maskkit_add_decoders(self):
@@ -58,8 +69,11 @@ class Recorder:
 def test_the_builder_passes_exactly_the_wiring():
     recorder = Recorder()
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"recorder": recorder})
-    model = build_model(Recipe(tiny_tree(decoder={"name": "recording"}, target={"name": "recording"})), registry)
-    assert recorder.got == {"decoder": set(WIRING["decoder"]), "target": set(WIRING["target"])}
+    tree = tiny_tree(masker={"name": "recording"}, decoder={"name": "recording"}, target={"name": "recording"})
+    model = build_model(Recipe(tree), registry)
+    assert recorder.got == {kind: set(WIRING[kind]) for kind in ("masker", "decoder", "target")}
     assert model(torch.randn(2, 1, 28, 28), generator=torch.Generator().manual_seed(0)).loss.isfinite()
+    with pytest.raises(maskkit.ConfigError, match="masker.in_dim: is set by the builder"):
+        build_model(Recipe(tiny_tree(masker={"name": "recording", "in_dim": 64}), "r.yaml"), registry)
     with pytest.raises(maskkit.ConfigError, match="decoder.img_size: is set by the builder"):
         build_model(Recipe(tiny_tree(decoder={"name": "recording", "img_size": 28}), "r.yaml"), registry)

@@ -223,12 +223,13 @@ class _EncoderShape:
     grid: tuple[int, int]
     num_prefix_tokens: int
     sparse: bool
+    embed_dim: int
 
 
 def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) -> Plan:
     """Compute each variant's cost and steps and the recipe of every run (seed-major order: all variants at the
     first seed come first, so an interrupted comparison is complete for some seed as early as possible)."""
-    from maskkit.builder import build_component, build_dataset, build_model
+    from maskkit.builder import build_dataset, build_masker, build_model
     from maskkit.registry import default_registry
 
     registry = (registry or default_registry()).with_plugins(spec.plugins)
@@ -257,16 +258,16 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
     for variant in spec.variants:
         recipe = Recipe(variant.tree, file)
         try:
-            masker = build_component(registry, "masker", recipe.component("masker"), file=file)
             # Build each distinct model once, so a bad decoder, target or loss argument is refused now and not
-            # hours later when its run starts; keep only the encoder's geometry.
+            # hours later when its run starts; keep only the encoder's geometry (and width, the maskers' wiring).
             key = json.dumps([recipe.component(s) for s in ("encoder", "decoder", "target", "loss")],
                              sort_keys=True, default=str)
             if key not in encoders:
                 with torch.random.fork_rng(devices=[]):
                     enc = build_model(recipe, registry).encoder
-                encoders[key] = _EncoderShape(enc.grid, enc.num_prefix_tokens, bool(enc.sparse))
+                encoders[key] = _EncoderShape(enc.grid, enc.num_prefix_tokens, bool(enc.sparse), enc.embed_dim)
                 del enc
+            masker = build_masker(recipe, registry, encoders[key])
         except ConfigError as exc:
             raise ConfigError(f"variants.{variant.name}.{exc.key}" if exc.key else f"variants.{variant.name}",
                               exc.message, file=file) from None

@@ -385,8 +385,13 @@ def _variant_tree(name: str, base_tree: dict, changes: tuple[Change, ...], file:
 def check_components(spec: CompareSpec, registry) -> None:
     """Every variant's components are registered and its masker builds (one-line errors naming the spec file
     and the variant): run before anything trains."""
-    from maskkit.builder import build_component
+    import json
 
+    import torch
+
+    from maskkit.builder import build_component, build_masker
+
+    encoders: dict[str, Any] = {}  # one build per distinct encoder: the maskers' wiring needs its width
     for variant in spec.variants:
         recipe = Recipe(variant.tree, spec.file)
         for section in ("masker", "encoder", "decoder", "target", "loss", "data"):
@@ -400,7 +405,11 @@ def check_components(spec: CompareSpec, registry) -> None:
             except ConfigError as exc:
                 raise ConfigError(f"variants.{variant.name}.{section}.name", exc.message, file=spec.file) from None
         try:
-            build_component(registry, "masker", recipe.component("masker"), file=spec.file)
+            key = json.dumps(recipe.component("encoder"), sort_keys=True, default=str)
+            if key not in encoders:
+                with torch.random.fork_rng(devices=[]):
+                    encoders[key] = build_component(registry, "encoder", recipe.component("encoder"), file=spec.file)
+            build_masker(recipe, registry, encoders[key])
         except ConfigError as exc:
             raise ConfigError(f"variants.{variant.name}.{exc.key}", exc.message, file=spec.file) from None
 

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[3]
 RUN = [*TINY, "train.batch_size=8", "train.max_steps=3", "train.ckpt_every=0", "train.log_every=1", "eval.knn=false"]
 MASKERS = {
     "attmask": "{name: attmask, mode: hint}",
-    "hpm": "{name: hpm, in_dim: 32, ramp_epochs: 0.001}",
-    "adamae": "{name: adamae, in_dim: 32, loss_weight: 1.0}",
+    "hpm": "{name: hpm, ramp_epochs: 0.001}",
+    "adamae": "{name: adamae, loss_weight: 1.0}",
     "colormae": "{name: colormae, color: green}",
     "curriculum": "{name: curriculum, ramp_epochs: 0.001}",
 }
@@ -76,3 +76,18 @@ def test_resume_is_exact_with_hpm(tmp_path):
             progress=False).fit()
     full = [(r["loss"], r["aux/masker.rank"]) for r in _rows(tmp_path / "full")]
     assert [(r["loss"], r["aux/masker.rank"]) for r in _rows(tmp_path / "part")] == full
+
+
+@pytest.mark.parametrize("name", ["hpm", "adamae"])
+def test_the_builder_wires_the_encoder_width(name, tmp_path, capsys, monkeypatch):
+    """``in_dim`` is a wiring argument: the builder passes the encoder's width (in a model, in ``masks show``)
+    and a recipe that sets it is told to remove it."""
+    from maskkit import cli
+    from maskkit.builder import build_model
+
+    assert build_model(_recipe(name, "encoder.embed_dim=48"), registry()).masker.in_dim == 48
+    with pytest.raises(maskkit.ConfigError, match="masker.in_dim: is set by the builder"):
+        build_model(_recipe(name, "masker.in_dim=64"), registry())
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry())
+    assert cli.main(["masks", "show", name, "--count", "4", "--out", str(tmp_path / "m.png")]) == 0
+    assert "147" in capsys.readouterr().out and (tmp_path / "m.png").stat().st_size > 0

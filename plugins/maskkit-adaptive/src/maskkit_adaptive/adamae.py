@@ -47,7 +47,8 @@ class AdaMAEMasker(nn.Module, Masker):
     Simplifications: AdaMAE's sampler runs on the (video) encoder's own token embeddings and shares them; here
     it reads the image encoder's patch embeddings without gradient, so the encoder is trained by the
     reconstruction loss alone. The sampler's size (``dim``, ``depth``, ``heads``) is small for the small
-    quickstart model. ``in_dim`` must be the encoder's width; ``lr_scale`` scales the sampler's learning rate.
+    quickstart model. ``in_dim`` is the encoder's width (passed by the builder); ``lr_scale`` scales the
+    sampler's learning rate.
 
     ``forward(B, grid, generator=, device=, images=, model=, rows=) -> MaskDraw(mask [B, N], {"log_probs": [B, N]})``.
     """
@@ -78,7 +79,7 @@ class AdaMAEMasker(nn.Module, Masker):
         """Patch embeddings ``[B, N, in_dim] -> log p [B, N]`` (log-softmax over the patches)."""
         if tokens.shape[-1] != self.in_dim:
             raise ConfigError("in_dim", f"expected the encoder's width {tokens.shape[-1]}, got {self.in_dim} "
-                                        f"(set masker.in_dim to encoder.embed_dim)")
+                                        f"(build the masker with in_dim=encoder.embed_dim)")
         x = self.embed(tokens.to(self.embed.weight.dtype))  # [B, N, dim]
         x = x + sincos_2d(grid, self.dim, device=x.device).to(x.dtype)
         logits = self.head(self.norm(self.blocks(x))).squeeze(-1)  # [B, N]

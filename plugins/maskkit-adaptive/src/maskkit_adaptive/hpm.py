@@ -60,7 +60,8 @@ class HPMMasker(nn.Module, Masker):
       the paper's.
     * The cost is one full-image encoder forward per step, as AttMask's.
 
-    ``in_dim`` must be the encoder's width (``encoder.embed_dim``); a mismatch is reported at the first call.
+    ``in_dim`` is the encoder's width, passed by the builder (a wiring argument); built by hand with another
+    width, the mismatch is reported at the first call.
     ``lr_scale`` scales the head's learning rate (the engine gives it its own parameter group).
 
     ``forward(B, grid, generator=, device=, images=, model=, epoch=, rows=) -> MaskDraw(mask [B, N], extras)``.
@@ -91,7 +92,7 @@ class HPMMasker(nn.Module, Masker):
         """Patch features ``[B, N, in_dim] -> predicted difficulty [B, N]`` (higher: harder)."""
         if features.shape[-1] != self.in_dim:
             raise ConfigError("in_dim", f"expected the encoder's width {features.shape[-1]}, got {self.in_dim} "
-                                        f"(set masker.in_dim to encoder.embed_dim)")
+                                        f"(build the masker with in_dim=encoder.embed_dim)")
         return self.predictor(features.to(self.predictor[1].weight.dtype)).squeeze(-1)
 
     def forward(self, batch_size: int, grid: Grid, *, generator: torch.Generator | None = None,
