@@ -393,3 +393,22 @@ def test_a_given_mask_leaves_the_maskers_aux_losses_out(registry):
     from maskkit.visualize import reconstruction_rows
 
     assert reconstruction_rows(model, images, mask, [0.286], [0.353]).shape == (8, 1, 28, 28)
+
+
+def test_compare_times_a_masker_that_looks_at_the_images(registry):
+    """compare's "masker ms/batch" draws a looking masker on real test images (it was left blank), and the masks
+    drawn there are the masker's own choice on those images."""
+    from maskkit.builder import build_dataset
+    from maskkit.compare.measure import time_masker, timing_images
+
+    rec = recipe("high_variance")
+    model = maskkit.build_model(rec, registry).eval()
+    assert time_masker(model, 8, torch.device("cpu")) is None  # needs images, none given
+    images = timing_images(model, rec, registry, 8)
+    assert images.shape == (8, 1, 28, 28) and images.std() > 0.1
+    ms = time_masker(model, 8, torch.device("cpu"), repeats=3, images=images)
+    assert ms is not None and 0 < ms < 1000
+    expected = HighVariance()(8, model.grid, images=images)
+    assert torch.equal(model.draw_mask(8, images=images), expected)
+    n = len(build_dataset(rec, "test", registry))  # a split smaller than the batch is repeated
+    assert torch.equal(timing_images(model, rec, registry, n + 8)[n:], images)

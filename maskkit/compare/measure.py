@@ -51,24 +51,43 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def time_masker(model, batch_size: int, device: torch.device, *, repeats: int = 20, seed: int = 0) -> float | None:
+def time_masker(model, batch_size: int, device: torch.device, *, repeats: int = 20, seed: int = 0,
+                images: torch.Tensor | None = None) -> float | None:
     """Milliseconds the model's masker takes to draw one batch's masks (``model.draw_mask``, ``batch_size`` x
     the patch grid) on ``device``: the median of ``repeats`` draws after two warm-up draws, the device synced
-    around each. ``None`` when the masker cannot draw without more context than a batch size (images, say)."""
+    around each, without gradients. A masker that looks at the images (or runs the model on them) draws on
+    ``images [batch_size, C, H, W]``; ``None`` when it needs them and none are given."""
+    if images is None and "images" in model.masker_context():
+        return None
+    context = {} if images is None else {"images": images.to(device)}
     gen = torch.Generator(device=device).manual_seed(seed)
     times = []
-    try:
-        for i in range(repeats + 2):
-            _sync(device)
-            start = time.perf_counter()
-            model.draw_mask(batch_size, gen, device)
-            _sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-    except (TypeError, ValueError, RuntimeError):  # a context-aware masker needing what we do not give here
-        return None
+    for i in range(repeats + 2):
+        _sync(device)
+        start = time.perf_counter()
+        model.draw_mask(batch_size, gen, device, **context)
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
     times.sort()
     return 1000 * times[len(times) // 2]
+
+
+def timing_images(model, recipe, registry, batch_size: int) -> torch.Tensor:
+    """``[batch_size, C, H, W]``: the first test images of ``recipe``'s data at ``model``'s image size,
+    evaluation-transformed (repeated when the split is smaller), for maskers that look at the batch."""
+    from maskkit.builder import build_dataset
+    from maskkit.evaluate import eval_loader
+
+    test_set = build_dataset(recipe, "test", registry)
+    chunks, have = [], 0
+    for images, _ in eval_loader(test_set, model.encoder.img_size, batch_size):
+        chunks.append(images)
+        have += images.shape[0]
+        if have >= batch_size:
+            break
+    images = torch.cat(chunks)
+    return images.repeat((batch_size + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[:batch_size]
 
 
 def baseline_key(recipe_tree: dict, settings: dict) -> str:

@@ -198,7 +198,8 @@ def protocol_lines(plan: Plan, meta: dict) -> list[str]:
         "tokens/step = tokens the encoder processes per optimizer step (prefix + visible patches for a sparse "
         "encoder, all patches for a dense one, times the batch); enc. tokens = per run, in all; masker ms/batch "
         f"= milliseconds the masker takes to draw one batch's masks ({plan.batch_size} samples) on the run's "
-        "device (median of 20 draws).",
+        "device, without gradients (median of 20 draws; a masker that looks at the images draws on the first "
+        "test images, and its time includes any model forward it runs).",
     ]
     if ev.baseline:
         lines.append("Random init: the same encoder at its initialisation (the seed's), scored the same way; "

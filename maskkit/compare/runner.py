@@ -54,7 +54,7 @@ from maskkit.compare.files import (  # noqa: F401
     training_time,
     write_json,
 )
-from maskkit.compare.measure import TrainingClock, baseline_key, shared_baseline, time_masker
+from maskkit.compare.measure import TrainingClock, baseline_key, shared_baseline, time_masker, timing_images
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
@@ -202,7 +202,8 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
     scores = shared_baseline(out_dir, baseline_key(run.recipe, settings), score) if plan.eval.baseline \
         else score(False)
     elapsed = time.perf_counter() - start
-    scores["masker_ms_per_batch"] = time_masker(model, plan.batch_size, device, seed=run.seed)
+    images = timing_images(model, recipe, registry, plan.batch_size) if "images" in model.masker_context() else None
+    scores["masker_ms_per_batch"] = time_masker(model, plan.batch_size, device, seed=run.seed, images=images)
     samples = make_samples(model, recipe, registry, images=plan.eval.reconstructions,
                            masks=plan.eval.mask_samples, seed=run.seed, device=device)
     save_atomic(samples, run_dir / SAMPLES_FILE)
