@@ -307,12 +307,15 @@ def test_shipped_recipes_have_the_paper_settings():
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_fine_tune_like_one_process(pretrained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_fine_tune_like_one_process(pretrained, tmp_path, monkeypatch, strategy):
     """Two gloo ranks of batch 4 against one process of batch 8 (augmentations per sample; Mixup and drop
-    path off, since those are drawn per rank): the same losses and weights."""
+    path off, since those are drawn per rank): the same losses and weights, with DDP and with FSDP2 (whose
+    checkpoint is gathered whole)."""
     changes = {"batch_size": 4, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.0, "ema": False, "ckpt_every": 0}
     recipe_file = tmp_path / "ddp.yaml"
-    recipe_file.write_text(yaml.safe_dump({"seed": 0, "finetune": {**FT, **changes}}))
+    recipe_file.write_text(yaml.safe_dump({"seed": 0, "finetune": {**FT, **changes},
+                                           "distributed": {"strategy": strategy}}))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1")
     out = tmp_path / "two"
