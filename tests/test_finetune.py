@@ -253,6 +253,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
     cases = [
         ([str(tmp_path / "nope.pth")], "no such checkpoint file"),
         ([str(pretrained), "finetune.drop_path=2"], "finetune.drop_path: expected a probability in [0, 1], got 2"),
+        ([str(pretrained), "finetune.batch_size=-1"],  # no --recipe: the line says which recipe it means
+         "the default fine-tuning recipe (no --recipe): finetune.batch_size: expected a positive int, got -1"),
         ([str(pretrained), "--recipe", "quickstart"], "a pretraining recipe, not a fine-tuning one"),
         (["--resume", str(pretrained)], "a pretraining checkpoint, not a fine-tuning one"),
         ([str(pretrained), "finetune.batch_size=7", "finetune.device=cpu", "--out", str(tmp_path / "odd")],

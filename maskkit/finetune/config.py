@@ -153,6 +153,7 @@ def load_finetune_recipe(source: str | Path | dict | None, overrides: Iterable[s
                               "see recipes/finetune_quickstart.yaml", file=str(path))
     if "data" not in tree and pretrained_tree and isinstance(pretrained_tree.get("data"), dict):
         tree["data"] = copy.deepcopy(pretrained_tree["data"])
-    recipe = FinetuneRecipe(tree, str(path) if path else None).with_overrides(overrides)
+    name = str(path) if path else ("the default fine-tuning recipe (no --recipe)" if source is None else None)
+    recipe = FinetuneRecipe(tree, name).with_overrides(overrides)
     recipe.validate()
     return recipe
