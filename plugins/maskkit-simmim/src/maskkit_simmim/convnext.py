@@ -22,7 +22,7 @@ from torch import nn
 
 from maskkit.errors import ConfigError
 from maskkit.interfaces import Encoder
-from maskkit_simmim.stem_mask import check_img_size, stem_mask
+from maskkit_simmim.stem_mask import check_img_size, create_backbone, stem_mask
 
 
 def _patchify_stem_size(stem: nn.Module) -> int | None:
@@ -71,18 +71,7 @@ class SimMIMConvNeXtEncoder(Encoder):
         **timm_kwargs: Any,
     ):
         super().__init__()
-        if "patch_size" in timm_kwargs:
-            raise ConfigError("patch_size", "is the prediction patch, fixed by the architecture (the total stride); "
-                                            "set stem_patch_size for the size of the stem's patches")
-        if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
-            raise ConfigError("in_chans", f"expected a positive int, got {in_chans!r}")
-        options = dict(timm_kwargs)
-        if stem_patch_size is not None:
-            options["patch_size"] = stem_patch_size
-        try:
-            net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans, **options)
-        except (TypeError, AssertionError) as exc:
-            raise ConfigError("", f"timm rejected the arguments of {model_name}: {exc}") from None
+        net = create_backbone(model_name, in_chans, stem_patch_size, timm_kwargs)
         stem_patch = _patchify_stem_size(net.stem)
         if stem_patch is None:
             raise ConfigError("name", f"{model_name} has an overlapping stem ({net.stem[0]}), which would let hidden "
