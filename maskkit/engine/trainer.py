@@ -23,7 +23,6 @@ from typing import Any
 import attrs
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from maskkit.builder import build_dataset, build_model
 from maskkit.data.loading import AugmentedDataset, BadImages, GlobalBatchSampler, make_loader
@@ -43,6 +42,7 @@ from maskkit.engine.distributed import (
 )
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
 from maskkit.engine.runtime import pick_device, runtime_seed, versions  # noqa: F401 (re-exported)
+from maskkit.engine.step_log import StepLog
 from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
@@ -306,21 +306,18 @@ class Trainer:
         cfg = self.cfg
         model = self.model
         self.hook.maskkit_train_start(trainer=self, model=model)
-        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.dist.is_main else None
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.perf_counter()
         start_time, start_step = time.perf_counter(), self.step
         last_loss = float("nan")
         checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        progress = self._progress()
-        task = progress.add_task("train", total=self.total_steps, completed=self.step, loss=float("nan"),
-                                 lr=0.0, ips=0.0, aux="")
+        log = StepLog(self.run_dir, self.dist, self.device, label="train", total_steps=self.total_steps,
+                      start_step=self.step, effective_batch=self.effective_batch,
+                      steps_per_epoch=self.steps_per_epoch, console=self.console, show=self.show_progress)
         self._first_micro = self.step * cfg.accum_steps
         batches = self._batches()
         model.train()
         try:
-            with progress:
+            with log:
                 while self.step < self.total_steps:
                     if self._stop_requested():  # at a step boundary: nothing half-done
                         self._stop(first_bad, checkpoint_path)
@@ -353,8 +350,7 @@ class Trainer:
                     bad = ~torch.isfinite(step_loss) & (first_bad < 0)
                     first_bad = torch.where(bad, torch.full_like(first_bad, self.step), first_bad)
                     self.hook.maskkit_step_end(trainer=self, model=model, step=self.step, loss=step_loss)
-                    window_loss += step_loss
-                    window_steps += 1
+                    log.add(step_loss)
                     self.step += 1
                     finished_epoch = self.step % self.steps_per_epoch == 0
                     is_last = self.step == self.total_steps
@@ -363,27 +359,12 @@ class Trainer:
                         self._check_finite(first_bad, checkpoint_path)  # never checkpoint a diverged model
                     if self.step % cfg.log_every == 0 or is_last:
                         self._check_finite(first_bad, checkpoint_path)
-                        now = time.perf_counter()
-                        global_step_loss = float(self.dist.mean(step_loss))
-                        mean_loss = float(self.dist.mean(window_loss)) / window_steps
+                        last_loss = float(self.dist.mean(step_loss))
                         parts = {}
                         if step_parts:  # one collective for all of them
                             values = self.dist.mean(torch.stack(list(step_parts.values()))).tolist()
                             parts = dict(zip(step_parts, values))
-                        ips = window_steps * self.effective_batch / max(now - window_start, 1e-9)
-                        last_loss = global_step_loss
-                        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                  "loss": global_step_loss, **parts, "loss_avg": mean_loss, "lr": lr,
-                                  "images_per_s": ips, "time": now - start_time}
-                        if metrics_file:
-                            metrics_file.write(json.dumps(record) + "\n")
-                            metrics_file.flush()
-                        aux_text = "".join(f"  {k.removeprefix('aux/')} {v:.4f}" for k, v in parts.items()
-                                           if k.startswith("aux/"))
-                        progress.update(task, completed=self.step, loss=global_step_loss, lr=lr, ips=ips,
-                                        aux=aux_text)
-                        window_loss.zero_()
-                        window_steps, window_start = 0, now
+                        log.record(self.step, loss=last_loss, lr=lr, parts=parts)
                     if finished_epoch:
                         self.hook.maskkit_epoch_end(trainer=self, model=model,
                                                     epoch=self.step // self.steps_per_epoch - 1)
@@ -393,9 +374,6 @@ class Trainer:
             if "device-side assert" in str(exc):  # CUDA reports the failed assertion at a later sync
                 raise self._device_check_error(exc) from exc
             raise
-        finally:
-            if metrics_file:
-                metrics_file.close()
         if is_sharded(model):  # evaluation, export and plugins get the whole model (collective)
             self.model = model = unsharded_copy(model, lambda: build_model(self.recipe, self.registry).to(self.device))
         self.hook.maskkit_train_end(trainer=self, model=model, run_dir=self.run_dir)
@@ -502,11 +480,3 @@ class Trainer:
             known = dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
         known.update(self.bad_images.found)
         path.write_text("".join(f"{p}\t{reason}\n" for p, reason in sorted(known.items())))
-
-    def _progress(self) -> Progress:
-        return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}{task.fields[aux]}  lr {task.fields[lr]:.2e}  "
-                                   "{task.fields[ips]:.0f} img/s"),
-                        TimeRemainingColumn(), console=self.console,
-                        disable=not (self.show_progress and getattr(self, "dist", None) is not None
-                                     and self.dist.is_main))

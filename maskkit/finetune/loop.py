@@ -27,7 +27,6 @@ from typing import Any
 import attrs
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from maskkit.builder import build_dataset
 from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
@@ -46,6 +45,7 @@ from maskkit.engine.distributed import (
 )
 from maskkit.engine.optim import lr_at, set_lr
 from maskkit.engine.runtime import pick_device, runtime_seed, versions
+from maskkit.engine.step_log import StepLog
 from maskkit.errors import CheckpointError, ConfigError, TrainingError
 from maskkit.finetune.config import FinetuneRecipe
 from maskkit.finetune.data import FinetuneTrainTransform, SeededMixup, make_criterion, num_classes_of
@@ -270,72 +270,54 @@ class FinetuneTrainer:
     def _fit(self) -> FinetuneResult:
         self._setup()
         cfg = self.cfg
-        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.dist.is_main else None
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.perf_counter()
         start_time, start_step = time.perf_counter(), self.step
         last_loss = float("nan")
         checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        progress = self._progress()
-        task = progress.add_task("finetune", total=self.total_steps, completed=self.step, loss=float("nan"),
-                                 lr=0.0, ips=0.0)
+        log = StepLog(self.run_dir, self.dist, self.device, label="finetune", total_steps=self.total_steps,
+                      start_step=self.step, effective_batch=self.effective_batch,
+                      steps_per_epoch=self.steps_per_epoch, console=self.console, show=self.show_progress)
         batches = self._batches()
         self.model.train()
-        try:
-            with progress:
-                while self.step < self.total_steps:
-                    lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
-                               warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
-                    set_lr(self.optimizer, lr)
-                    step_loss = torch.zeros((), device=self.device)
-                    for micro in range(cfg.accum_steps):
-                        images, labels = next(batches)
-                        if self.mixup is not None:
-                            images, targets = self.mixup(images, labels, self.step * cfg.accum_steps + micro)
-                        else:
-                            targets = labels
-                        images = images.to(self.device, non_blocking=True)
-                        targets = targets.to(self.device, non_blocking=True)
-                        sync = self.dist.enabled and micro < cfg.accum_steps - 1
-                        with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), \
-                                self._autocast():
-                            logits = self.forward_model(images)
-                        loss = self.criterion(logits.float(), targets)
-                        (loss / cfg.accum_steps).backward()
-                        step_loss += loss.detach() / cfg.accum_steps
-                    if cfg.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.ema is not None:
-                        self.ema.update(self.model, step=self.step)
-                    window_loss += step_loss
-                    window_steps += 1
-                    self.step += 1
-                    is_last = self.step == self.total_steps
-                    must_ckpt = is_last or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
-                    if self.step % cfg.log_every == 0 or is_last or must_ckpt:
-                        now = time.perf_counter()
-                        last_loss = float(self.dist.mean(step_loss))
-                        if not torch.isfinite(torch.tensor(last_loss)):
-                            last = (f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists()
-                                    else "no checkpoint was written")
-                            raise TrainingError(f"non-finite loss at step {self.step - 1} (0-based); stopping, {last}")
-                        ips = window_steps * self.effective_batch / max(now - window_start, 1e-9)
-                        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": last_loss,
-                                  "loss_avg": float(self.dist.mean(window_loss)) / window_steps, "lr": lr,
-                                  "images_per_s": ips, "time": now - start_time}
-                        if metrics_file:
-                            metrics_file.write(json.dumps(record) + "\n")
-                            metrics_file.flush()
-                        progress.update(task, completed=self.step, loss=last_loss, lr=lr, ips=ips)
-                        window_loss.zero_()
-                        window_steps, window_start = 0, now
-                    if must_ckpt:
-                        self.save_checkpoint(checkpoint_path)
-        finally:
-            if metrics_file:
-                metrics_file.close()
+        with log:
+            while self.step < self.total_steps:
+                lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
+                           warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
+                set_lr(self.optimizer, lr)
+                step_loss = torch.zeros((), device=self.device)
+                for micro in range(cfg.accum_steps):
+                    images, labels = next(batches)
+                    if self.mixup is not None:
+                        images, targets = self.mixup(images, labels, self.step * cfg.accum_steps + micro)
+                    else:
+                        targets = labels
+                    images = images.to(self.device, non_blocking=True)
+                    targets = targets.to(self.device, non_blocking=True)
+                    sync = self.dist.enabled and micro < cfg.accum_steps - 1
+                    with (no_grad_sync(self.forward_model) if sync else contextlib.nullcontext()), \
+                            self._autocast():
+                        logits = self.forward_model(images)
+                    loss = self.criterion(logits.float(), targets)
+                    (loss / cfg.accum_steps).backward()
+                    step_loss += loss.detach() / cfg.accum_steps
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
+                log.add(step_loss)
+                self.step += 1
+                is_last = self.step == self.total_steps
+                must_ckpt = is_last or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
+                if self.step % cfg.log_every == 0 or is_last or must_ckpt:
+                    last_loss = float(self.dist.mean(step_loss))
+                    if not torch.isfinite(torch.tensor(last_loss)):
+                        last = (f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists()
+                                else "no checkpoint was written")
+                        raise TrainingError(f"non-finite loss at step {self.step - 1} (0-based); stopping, {last}")
+                    log.record(self.step, loss=last_loss, lr=lr)
+                if must_ckpt:
+                    self.save_checkpoint(checkpoint_path)
         if is_sharded(self.model):
             self.model = unsharded_copy(self.model, lambda: build_classifier(
                 self.encoder_spec, self.num_classes, drop_path=cfg.drop_path, global_pool=cfg.global_pool
@@ -378,12 +360,6 @@ class FinetuneTrainer:
             ckpt.save_atomic(state, path)
         self.dist.barrier()
 
-    def _progress(self) -> Progress:
-        return Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
-                                   "{task.fields[ips]:.0f} img/s"),
-                        TimeRemainingColumn(), console=self.console,
-                        disable=not (self.show_progress and self.dist is not None and self.dist.is_main))
 
 
 def load_finetune_checkpoint(path: str | Path) -> dict:
