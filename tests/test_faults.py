@@ -275,6 +275,36 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, cap
     assert losses(out) == losses(full)
 
 
+def test_a_full_disk_under_the_metrics_file_is_one_line_naming_it(tmp_path, capsys, builtin_registry,
+                                                                   monkeypatch):
+    from maskkit.engine.step_log import StepLog
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            pass
+
+    real_enter = StepLog.__enter__
+
+    def enter_on_a_full_disk(self):
+        real_enter(self)
+        if self._file is not None:
+            self._file.close()
+            self._file = FullDisk()
+        return self
+
+    monkeypatch.setattr(StepLog, "__enter__", enter_on_a_full_disk)
+    monkeypatch.setattr(cli, "_registry", lambda args=None: builtin_registry)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(fault_tree()))
+    out = tmp_path / "run"
+    assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
+    assert_one_line(capsys, f"{out / 'metrics.jsonl'}: no space left on device (disk full)")
+    assert not (out / LOCK_NAME).exists()
+
+
 class RaiseAtStep:
     """A plugin whose step hook raises a plain exception (not one of maskkit's)."""
 

@@ -71,8 +71,11 @@ class StepLog:
                   "images_per_s": self.window_steps * self.effective_batch / max(now - self.window_start, 1e-9),
                   "time": now - self.start_time}
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(json.dumps(record) + "\n")
+                self._file.flush()
+            except OSError as exc:  # a full disk, say: the one-line error names the file
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         aux = "".join(f"  {k.removeprefix('aux/')} {v:.4f}" for k, v in parts.items() if k.startswith("aux/"))
         self.progress.update(self.task, completed=step, loss=loss, lr=lr, ips=record["images_per_s"], aux=aux)
         self.window_loss.zero_()
