@@ -171,6 +171,36 @@ def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path):
             RunLock(tmp_path).acquire()
 
 
+def test_two_takers_of_one_stale_lock_never_both_hold_it(tmp_path, monkeypatch):
+    """The worst interleaving: B has checked that the stale lock is still there, then A takes it over (its
+    fresh lock replaces the stale one), then B removes what it believes is the stale lock. A keeps the folder;
+    B is refused, naming A."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_NAME
+    stale = {"pid": dead.pid, "host": socket.gethostname()}
+    lock.write_text(json.dumps(stale))
+    a, b = RunLock(tmp_path), RunLock(tmp_path)
+    real_owner = RunLock._owner
+    reads = []
+
+    def owner_then_a_takes_over(self):
+        found = real_owner(self)
+        reads.append(found)
+        if self is b and len(reads) == 2:  # B's re-check: still stale... and A takes over right after it
+            a.acquire()
+        return found
+
+    monkeypatch.setattr(RunLock, "_owner", owner_then_a_takes_over)
+    with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):
+        b.acquire()
+    assert a.held and not b.held and reads[1] == stale
+    assert json.loads(lock.read_text())["pid"] == os.getpid() and not list(tmp_path.glob(".*stale"))
+    monkeypatch.setattr(RunLock, "_owner", real_owner)
+    a.release()
+    assert not lock.exists()
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=st.lists(st.one_of(st.integers(1, 30), st.just("garbage")), max_size=30), step=st.integers(0, 30))
 def test_truncated_metrics_keep_exactly_the_rows_up_to_the_checkpoint(tmp_path_factory, rows, step):

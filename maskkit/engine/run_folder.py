@@ -104,13 +104,34 @@ class RunLock:
                                          f"for it or give another --out (if no such run is alive, delete "
                                          f"{self.path})") from None
                 if self._owner() == owner:  # still the same stale lock: take it over
-                    self.path.unlink(missing_ok=True)
+                    self._remove_stale(owner)
                 continue
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(mine) + "\n")
             self.held = True
             return self
         raise RunFolderError(f"{self.folder}: could not take {self.path}; delete it if no run is training here")
+
+    def _remove_stale(self, owner: dict) -> None:
+        """Remove the stale lock ``owner`` wrote. It is moved aside first (a rename is atomic: of processes
+        taking over together, one moves it), and a lock found there instead, made by a process that took
+        over in the instant since ``owner`` was read, is put back; two takers never both hold the folder
+        (three at once could, in the same instant)."""
+        aside = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another process took it over first
+        try:
+            found = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            found = {}
+        if found != owner:
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        aside.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Remove the lock if this process holds it."""
