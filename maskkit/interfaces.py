@@ -227,6 +227,15 @@ class Encoder(nn.Module, ABC):
         default) when there is no such library call."""
         return None
 
+    def prefix_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """The first prefix token's ([CLS]) attention to each patch in the last block, per head, on the whole
+        image, without gradients: ``[B, C, H, W] -> [B, heads, N]`` (softmax weights; each row sums to at most
+        1, the prefix tokens take the rest). What attention-guided maskers (AttMask) rank patches by.
+
+        Optional: the default raises ``NotImplementedError`` (an encoder without a [CLS] token or attention
+        has none); the built-in timm ViT encoder implements it."""
+        raise NotImplementedError(f"{type(self).__name__} does not give its [CLS] attention (prefix_attention)")
+
     @abstractmethod
     def forward(self, images: torch.Tensor, mask: torch.Tensor, *, num_visible: int | None = None) -> torch.Tensor:
         """Encode ``images [B, C, H, W]`` under ``mask [B, N]``.

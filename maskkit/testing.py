@@ -189,6 +189,23 @@ class EncoderContract:
         expected = [2, enc.num_prefix_tokens + enc.num_patches, enc.embed_dim]
         expect(list(out.shape) == expected, "forward_features output", expected, _shape(out))
 
+    def test_prefix_attention_when_given(self):
+        """An encoder that gives its [CLS] attention (``prefix_attention``) gives softmax weights over the
+        patches, ``[B, heads, N]``, each row summing to at most 1; one without a [CLS] token gives none."""
+        enc = self.make_encoder().eval()
+        try:
+            weights = enc.prefix_attention(self._images(enc, 2))
+        except NotImplementedError:
+            return  # optional
+        expect(enc.num_prefix_tokens >= 1, "prefix_attention", "NotImplementedError without a prefix token",
+               "weights")
+        expect(weights.dim() == 3 and list(weights.shape[::2]) == [2, enc.num_patches],
+               "prefix_attention output", f"[2, heads, {enc.num_patches}]", _shape(weights))
+        sums = weights.sum(-1)
+        expect(bool((weights >= 0).all() and (sums <= 1 + 1e-5).all() and (sums > 0).all()),
+               "prefix_attention rows", "non-negative weights summing to at most 1", f"sums {sums.tolist()}")
+        expect(not weights.requires_grad, "prefix_attention output", "no gradient", "requires_grad=True")
+
     def test_samples_independent(self):
         """Changing one sample of the batch leaves the others' outputs unchanged."""
         enc = self.make_encoder().eval()

@@ -82,3 +82,19 @@ class TestSmoothL1(LossContract):
 class TestCosine(LossContract):
     def make_loss(self):
         return losses.CosineLoss()
+
+
+class TestPooledViTWithoutCls(EncoderContract):
+    """No [CLS] token (mean-pooled ViT): no prefix attention, said plainly."""
+
+    def make_encoder(self):
+        return TimmViTEncoder("vit_tiny_patch16_224", class_token=False, img_size=16,
+                              patch_size=4, in_chans=3, depth=1, embed_dim=32, num_heads=2)
+
+    def test_no_prefix_attention(self):
+        import pytest
+        import torch
+
+        enc = self.make_encoder()
+        with pytest.raises(NotImplementedError, match="no \\[CLS\\] token"):
+            enc.prefix_attention(torch.randn(1, 3, 16, 16))

@@ -133,6 +133,28 @@ class TimmViTEncoder(Encoder):
     def forward_features(self, images):
         return self._blocks(self._patch_tokens(images))
 
+    @torch.no_grad()
+    def prefix_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, heads, N]``: the [CLS] row of the last block's softmax attention, over the
+        patches, in float32. timm's fused attention never forms the weights, so they are recomputed from the
+        input of the last block's ``attn`` (recorded by a forward hook during one :meth:`forward_features`):
+        one ``qkv`` projection, with timm's ``q_norm``/``k_norm`` and ``scale``."""
+        if self.num_prefix_tokens < 1:
+            raise NotImplementedError(f"{self.model_name} has no [CLS] token: no prefix attention")
+        attn = self.blocks[-1].attn
+        captured: list[torch.Tensor] = []
+        handle = attn.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+        try:
+            self.forward_features(images)
+        finally:
+            handle.remove()
+        x = captured[0]  # [B, T, D], T = P + N: the last attention's (normed) input
+        b, t, _ = x.shape
+        qkv = attn.qkv(x).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, heads, T, hd]
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        logits = (q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)  # [B, heads, 1, T]
+        return logits.softmax(dim=-1)[:, :, 0, self.num_prefix_tokens:]  # [B, heads, N]
+
     def export_arguments(self, recipe_arguments: dict) -> dict:
         """The recipe's arguments that are timm's: ``timm.create_model(model_name, **these)`` builds the
         exported backbone (its size, patch, channels...)."""
