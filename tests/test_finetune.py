@@ -391,11 +391,23 @@ def test_compare_reports_fine_tuning_beside_knn_with_the_same_seeds(tmp_path):
             ft_recipe = yaml.safe_load((run / "finetune" / "recipe.yaml").read_text())
             assert (ft_recipe["seed"], ft_recipe["data_seed"]) == (seed, 0)
             assert ft_recipe["data"] == {"name": "small_fashion"} and ft_recipe["finetune"]["layer_decay"] == 0.75
+    # the random-init baseline is fine-tuned too: once per seed (same encoder), shared by both variants
+    baselines = sorted(p.name for p in (out / "baselines").glob("finetune-*") if p.is_dir())
+    assert len(baselines) == 2
+    for seed in (0, 1):
+        r75, r50 = (json.loads((out / "runs" / v / f"seed{seed}" / "eval.json").read_text()) for v in ("r75", "r50"))
+        assert r75["random_init_finetune_top1"] == r50["random_init_finetune_top1"]
+        untrained = [json.loads((out / "baselines" / b / "finetune.json").read_text()) for b in baselines]
+        assert r75["random_init_finetune_top1"] in [u["top1"] for u in untrained]
+    assert {u["init"] for u in untrained} == {"random"}
     report = (out / "report" / "report.md").read_text()
     assert "| kNN top-1 (%) | fine-tune top-1 (%) |" in report and "end-to-end fine-tuning top-1" in report
+    random_row = next(line for line in report.splitlines() if line.startswith("| (random init)"))
+    assert random_row.count("%") == 0 and random_row.split("|")[4].strip() not in ("", "-")  # the fine-tune cell
     results = json.loads((out / "report" / "results.json").read_text())
     r50 = results["variants"][1]
     assert r50["finetune_top1"]["n"] == 2 and r50["delta_finetune_top1"]["n"] == 2
+    assert results["variants"][0]["random_init_finetune_top1"]["n"] == 2
 
 
 def test_compare_spec_fine_tuning_errors_name_the_spec_and_key(tmp_path):

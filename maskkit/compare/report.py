@@ -138,7 +138,7 @@ def random_init_row(plan: Plan, summary: list[dict]) -> list[str] | None:
         return None
     row = ["(random init)", f"{ref['variant']}'s encoder, untrained"] + \
         (["-"] if _show_other_changes(plan) else [])
-    row += [_pm(ref.get(f"random_init_{k}"), _pct, 100) for k, _ in keys]  # fine-tuning has no baseline here
+    row += [_pm(ref.get(f"random_init_{k}"), _pct, 100) for k, _ in keys]
     return row + ["-"] * (len(table_columns(plan)) - len(row))
 
 
@@ -220,7 +220,8 @@ def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 # Accuracies are fractions in results.json and percentages in the CSV files and the tables; the CSV column
 # names carry the unit (knn_top1_pct; paired differences: delta_knn_top1_points).
-PERCENT_KEYS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1")
+PERCENT_KEYS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
+                "random_init_finetune_top1")
 
 
 def _csv_name(key: str) -> str:

@@ -19,9 +19,11 @@ from maskkit.engine.trainer import CHECKPOINT_NAME
 ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"),
               ("finetune_top1", "fine-tune top-1 (%)"))  # each shown when plan.eval.<first word> is set
 RUN_COLUMNS = ("variant", "seed", "status", "steps", "epochs", "tokens_per_step", "encoder_tokens", "knn_top1",
-               "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
+               "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
+               "random_init_finetune_top1", "final_loss",
                "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s", "error", "run_dir")
-NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1", "final_loss",
+NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
+           "random_init_finetune_top1", "final_loss",
            "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s")
 AUX_PREFIX = "aux/"  # metrics.jsonl keys of auxiliary losses: aux/<component>.<name>
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
@@ -76,7 +78,7 @@ def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]
             "run_dir": str(run_dir.relative_to(out_dir)),
         }
         for key in ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
-                    "masker_ms_per_batch"):
+                    "random_init_finetune_top1", "masker_ms_per_batch"):
             row[key] = scores.get(key) if finished else None
         # auxiliary losses: their mean over the last logging window, like final_loss
         row["aux"] = {k: v for k, v in metrics[-1].items() if k.startswith(AUX_PREFIX)} if metrics and finished \

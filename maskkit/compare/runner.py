@@ -54,7 +54,15 @@ from maskkit.compare.files import (  # noqa: F401
     training_time,
     write_json,
 )
-from maskkit.compare.measure import TrainingClock, baseline_key, shared_baseline, time_masker, timing_images
+from maskkit.compare.measure import (
+    BASELINE_DIR,
+    RANDOM_INIT_PREFIX,
+    TrainingClock,
+    baseline_key,
+    shared_baseline,
+    time_masker,
+    timing_images,
+)
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
@@ -208,16 +216,35 @@ def evaluate_run(model, run: RunPlan, plan: Plan, out_dir: Path, *, registry, de
                            masks=plan.eval.mask_samples, seed=run.seed, device=device)
     save_atomic(samples, run_dir / SAMPLES_FILE)
     if plan.eval.finetune is not None:  # end-to-end fine-tuning of this run's checkpoint, in run_dir/finetune
-        from maskkit.finetune.evaluation import finetune_evaluation
-
-        tuned = finetune_evaluation(run_dir / CHECKPOINT_NAME, plan.eval.finetune, run_dir / "finetune",
-                                    seed=run.seed, data_seed=plan.data_seed, device=str(device), registry=registry,
-                                    progress=False)
-        scores |= {f"finetune_{k}": tuned[k] for k in ("top1", "top5") if k in tuned}
-        scores["finetune_time_s"] = tuned["wall_time_s"]
+        scores |= _finetune_scores(run, plan, out_dir, registry=registry, device=device, settings=settings)
     scores = {**scores, "eval_time_s": elapsed, "device": str(device), "settings": settings}
     write_json(run_dir / EVAL_FILE, scores)
     return scores
+
+
+def _finetune_scores(run: RunPlan, plan: Plan, out_dir: Path, *, registry, device: torch.device,
+                     settings: dict) -> dict:
+    """``finetune_top1``/``top5`` of ``run``'s checkpoint fine-tuned by ``plan.eval.finetune``; with the
+    random-init baseline on, also ``random_init_finetune_*``: the same fine-tuning from the same architecture
+    at random initialisation, run once per seed and encoder (in ``OUT/baselines/finetune-KEY``) and shared."""
+    from maskkit.finetune.evaluation import finetune_evaluation
+
+    run_dir = run.run_dir(out_dir)
+    key = baseline_key(run.recipe, {**settings, "finetune": plan.eval.finetune})
+
+    def tune(baseline: bool) -> dict:
+        common = dict(seed=run.seed, data_seed=plan.data_seed, device=str(device), registry=registry,
+                      progress=False)
+        tuned = finetune_evaluation(run_dir / CHECKPOINT_NAME, plan.eval.finetune, run_dir / "finetune", **common)
+        found = {f"finetune_{k}": tuned[k] for k in ("top1", "top5") if k in tuned}
+        found["finetune_time_s"] = tuned["wall_time_s"]
+        if baseline:
+            untrained = finetune_evaluation(run_dir / CHECKPOINT_NAME, {**plan.eval.finetune, "init": "random"},
+                                            out_dir / BASELINE_DIR / f"finetune-{key}", **common)
+            found |= {f"{RANDOM_INIT_PREFIX}finetune_{k}": untrained[k] for k in ("top1", "top5") if k in untrained}
+        return found
+
+    return shared_baseline(out_dir, f"finetune-{key}", tune) if plan.eval.baseline else tune(False)
 
 
 # -- one run ------------------------------------------------------------------------------------------------
