@@ -588,7 +588,7 @@ def run(argv: Sequence[str] | None = None) -> NoReturn:
     by then the command has torn its process group down on every rank together and closed its files, and
     skipping the interpreter's finalization avoids gloo's worker threads being destroyed mid-teardown, which
     aborts the process ("terminate called without an active exception", pytorch/pytorch#190489) after a run
-    that succeeded: rarely and at random (twice in this project's CI, each time in a two-rank FSDP test).
+    that succeeded: rarely and at random (seen twice in this project's test runs, in two-rank FSDP tests).
     """
     code = main(argv)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
