@@ -277,6 +277,17 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained):
     assert_one_line(capsys, "foreign.pth: refused to load: it holds a Python object (print)")
 
 
+def train_until_it_fails(tmp_path, monkeypatch, registry) -> Path:
+    """``maskkit train`` of the fault recipe into ``tmp_path/run`` through the CLI, which must fail with exit
+    status 2; returns the run folder."""
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(fault_tree()))
+    out = tmp_path / "run"
+    assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
+    return out
+
+
 def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, capsys, full, builtin_registry,
                                                                     monkeypatch):
     """ENOSPC while writing the second checkpoint: one line naming the file, the first checkpoint and nothing
@@ -292,11 +303,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, cap
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(ckpt.torch, "save", save_on_a_full_disk)
-    monkeypatch.setattr(cli, "_registry", lambda args=None: builtin_registry)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(fault_tree()))
-    out = tmp_path / "run"
-    assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
+    out = train_until_it_fails(tmp_path, monkeypatch, builtin_registry)
     assert_one_line(capsys, f"{out / 'checkpoint.pth'}: no space left on device (disk full)")
     assert ckpt.load_training_checkpoint(out / "checkpoint.pth")["step"] == CKPT_EVERY
     assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
@@ -326,11 +333,7 @@ def test_a_full_disk_under_the_metrics_file_is_one_line_naming_it(tmp_path, caps
         return self
 
     monkeypatch.setattr(StepLog, "__enter__", enter_on_a_full_disk)
-    monkeypatch.setattr(cli, "_registry", lambda args=None: builtin_registry)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(fault_tree()))
-    out = tmp_path / "run"
-    assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
+    out = train_until_it_fails(tmp_path, monkeypatch, builtin_registry)
     assert_one_line(capsys, f"{out / 'metrics.jsonl'}: no space left on device (disk full)")
     assert not (out / LOCK_NAME).exists()
 
