@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny MAE recipe on the embedded Fashion-MNIST data, and a variable-count masker."""
+"""Shared test helpers: a tiny MAE recipe on the embedded Fashion-MNIST data, a small slice of that data as a
+dataset plugin, and a variable-count masker."""
 
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ TINY = {
               "log_every": 1, "ckpt_every": 3, "device": "cpu"},  # CPU even on a GPU host: fp32 tolerances
     "eval": {"knn": False},
 }
+
+
+class SmallFashion:
+    """Dataset ``small_fashion``: the first 96 train / 48 test embedded Fashion-MNIST images (fast evaluation)."""
+
+    @maskkit.hookimpl
+    def maskkit_add_datasets(self):
+        from maskkit.data.fashion_mnist import FashionMNIST
+
+        def small_fashion(split: str = "train"):
+            data = FashionMNIST(split, source="embedded")
+            n = 96 if split == "train" else 48
+            data.images, data.labels = data.images[:n], data.labels[:n]
+            return data
+
+        return {"small_fashion": small_fashion}
 
 
 def tiny_tree(**sections) -> dict:

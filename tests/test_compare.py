@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import tiny_tree
+from helpers import SmallFashion, tiny_tree
 from rich.console import Console
 
 import maskkit
@@ -21,22 +21,6 @@ from maskkit.errors import ConfigError, MaskkitError
 
 REPORT_FILES = ("results.csv", "summary.csv", "results.json", "report.md", "report.html", "loss_curves.png",
                 "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
-
-
-class SmallFashion:
-    """Dataset ``small_fashion``: the first 96 train / 48 test embedded Fashion-MNIST images (fast evaluation)."""
-
-    @maskkit.hookimpl
-    def maskkit_add_datasets(self):
-        from maskkit.data.fashion_mnist import FashionMNIST
-
-        def small_fashion(split: str = "train"):
-            data = FashionMNIST(split, source="embedded")
-            n = 96 if split == "train" else 48
-            data.images, data.labels = data.images[:n], data.labels[:n]
-            return data
-
-        return {"small_fashion": small_fashion}
 
 
 class Crash(BaseException):

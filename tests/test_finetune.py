@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import tiny_tree
+from helpers import SmallFashion, tiny_tree
 from rich.console import Console
 
 import maskkit
@@ -342,22 +342,6 @@ def test_two_ranks_fine_tune_like_one_process(pretrained, tmp_path, monkeypatch,
 
 
 # -- fine-tuning as a comparison's evaluation ---------------------------------------------------------------
-
-
-class SmallFashion:
-    """Dataset ``small_fashion``: the first 96 train / 48 test embedded Fashion-MNIST images."""
-
-    @maskkit.hookimpl
-    def maskkit_add_datasets(self):
-        from maskkit.data.fashion_mnist import FashionMNIST
-
-        def small_fashion(split: str = "train"):
-            data = FashionMNIST(split, source="embedded")
-            n = 96 if split == "train" else 48
-            data.images, data.labels = data.images[:n], data.labels[:n]
-            return data
-
-        return {"small_fashion": small_fashion}
 
 
 def _compare_spec(folder: Path, finetune) -> Path:
