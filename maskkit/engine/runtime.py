@@ -1,14 +1,21 @@
-"""What every training loop of the engine needs about its process: the device, the per-rank seed of the
-global generators, and the versions written into a run folder and its checkpoints."""
+"""What every training loop of the engine (pretraining and fine-tuning) needs about its process and its run:
+the device and autocast dtype, the per-rank seed of the global generators, the step arithmetic of its
+batches, and the record written into a run folder and its checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
+from typing import Any
 
+import attrs
 import torch
 
+from maskkit.data.loading import GlobalBatchSampler
 from maskkit.engine.distributed import DistContext
+from maskkit.errors import ConfigError
 from maskkit.registry import Registry
 
 
@@ -36,3 +43,51 @@ def versions(registry: Registry) -> dict[str, str]:
 
     return {"maskkit": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__),
             "python": platform.python_version(), **{f"plugin:{k}": v for k, v in registry.versions().items()}}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` setting: bf16 when asked for, or by ``auto`` on CUDA; else None
+    (fp32)."""
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+
+
+def write_run_record(run_dir: Path, recipe_text: str, registry: Registry) -> None:
+    """What a run folder says about its run: ``recipe.yaml`` (the resolved recipe) and ``versions.json``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe_text)
+    (run_dir / "versions.json").write_text(json.dumps(versions(registry), indent=2) + "\n")
+
+
+@attrs.frozen
+class StepPlan:
+    """A training session's arithmetic: the batch of one micro-step over all processes, optimizer steps per
+    epoch and in all, images per optimizer step, the peak learning rate and the warm-up in steps."""
+
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    effective_batch: int
+    base_lr: float
+    warmup_steps: int
+
+
+def plan_steps(cfg: Any, num_samples: int, dist: DistContext, *, data_seed: int, section: str,
+               file: str | None) -> tuple[GlobalBatchSampler, StepPlan]:
+    """The sampler and :class:`StepPlan` of a ``train``/``finetune`` section ``cfg`` (``batch_size`` per process,
+    ``accum_steps``, ``epochs``, ``max_steps``, ``lr`` or ``base_lr`` per 256 images, ``warmup_epochs``) over
+    ``num_samples`` images. Too few images for one optimizer step is a one-line error on
+    ``SECTION.batch_size``."""
+    global_batch = cfg.batch_size * dist.world_size
+    sampler = GlobalBatchSampler(num_samples, global_batch, seed=data_seed, rank=dist.rank,
+                                 world_size=dist.world_size)
+    micro_per_epoch = len(sampler)
+    if micro_per_epoch < cfg.accum_steps:
+        raise ConfigError(f"{section}.batch_size", f"{num_samples} training images make {micro_per_epoch} batches "
+                          f"of {global_batch}, fewer than accum_steps={cfg.accum_steps}", file=file)
+    steps_per_epoch = micro_per_epoch // cfg.accum_steps
+    effective_batch = global_batch * cfg.accum_steps
+    return sampler, StepPlan(
+        global_batch=global_batch, steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch, effective_batch=effective_batch,
+        base_lr=cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))

@@ -12,7 +12,6 @@ initialised (the same on every rank), and checkpoints keep every rank's state, s
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import signal
 import threading
@@ -25,7 +24,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset, build_model
-from maskkit.data.loading import AugmentedDataset, BadImages, GlobalBatchSampler, make_loader
+from maskkit.data.loading import AugmentedDataset, BadImages, make_loader
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -41,7 +40,14 @@ from maskkit.engine.distributed import (
     unsharded_copy,
 )
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
-from maskkit.engine.runtime import pick_device, runtime_seed, versions  # noqa: F401 (re-exported)
+from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, versions: re-exported)
+    autocast_dtype,
+    pick_device,
+    plan_steps,
+    runtime_seed,
+    versions,
+    write_run_record,
+)
 from maskkit.engine.step_log import StepLog
 from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
@@ -150,26 +156,19 @@ class Trainer:
         self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,
                                         hflip=aug.hflip, mean=train_set.mean, std=train_set.std, output="uint8")
         self.train_set = AugmentedDataset(train_set, self.transform, recipe.data_seed, catch_bad=True)
-        self.global_batch = cfg.batch_size * self.dist.world_size
-        if cfg.effective_batch is not None and self.global_batch * cfg.accum_steps != cfg.effective_batch:
+        global_batch = cfg.batch_size * self.dist.world_size
+        if cfg.effective_batch is not None and global_batch * cfg.accum_steps != cfg.effective_batch:
             raise ConfigError("train.effective_batch", f"batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x "
-                              f"world size {self.dist.world_size} = {self.global_batch * cfg.accum_steps}, not "
+                              f"world size {self.dist.world_size} = {global_batch * cfg.accum_steps}, not "
                               f"{cfg.effective_batch} (or use batch_size: auto, accum_steps: auto)", file=recipe.file)
-        self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
-                                          rank=self.dist.rank, world_size=self.dist.world_size)
-        micro_per_epoch = len(self.sampler)
-        if micro_per_epoch < cfg.accum_steps:
-            raise ConfigError("train.batch_size", f"{len(train_set)} training images make {micro_per_epoch} batches "
-                              f"of {self.global_batch}, fewer than accum_steps={cfg.accum_steps}", file=recipe.file)
-        self.steps_per_epoch = micro_per_epoch // cfg.accum_steps
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.effective_batch = self.global_batch * cfg.accum_steps
-        self.base_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.effective_batch / 256
-        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.sampler, plan = plan_steps(cfg, len(train_set), self.dist, data_seed=recipe.data_seed,
+                                        section="train", file=recipe.file)
+        self.global_batch, self.steps_per_epoch, self.total_steps = (plan.global_batch, plan.steps_per_epoch,
+                                                                     plan.total_steps)
+        self.effective_batch, self.base_lr, self.warmup_steps = plan.effective_batch, plan.base_lr, plan.warmup_steps
         self.optimizer = make_optimizer(self.model, lr=self.base_lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         device=self.device)
-        self.amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" or (cfg.precision == "auto" and
-                                                                        self.device.type == "cuda")) else None
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         if resume_state is not None:
             try:
                 load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
@@ -186,9 +185,7 @@ class Trainer:
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(recipe.dump())
-            (self.run_dir / "versions.json").write_text(json.dumps(versions(self.registry), indent=2) + "\n")
+            write_run_record(self.run_dir, recipe.dump(), self.registry)
 
     def _resolve_auto_batch(self, resume_state: dict | None) -> Recipe:
         """The recipe with ``batch_size: auto`` replaced by numbers: the checkpoint's when resuming (the batches of

@@ -29,7 +29,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset
-from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
+from maskkit.data.loading import AugmentedDataset, make_loader
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -44,7 +44,7 @@ from maskkit.engine.distributed import (
     unsharded_copy,
 )
 from maskkit.engine.optim import lr_at, set_lr
-from maskkit.engine.runtime import pick_device, runtime_seed, versions
+from maskkit.engine.runtime import autocast_dtype, pick_device, plan_steps, runtime_seed, versions, write_run_record
 from maskkit.engine.step_log import StepLog
 from maskkit.errors import CheckpointError, ConfigError, TrainingError
 from maskkit.finetune.config import FinetuneRecipe
@@ -194,28 +194,19 @@ class FinetuneTrainer:
             self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
         transform = FinetuneTrainTransform(self.img_size, in_chans, train_set.mean, train_set.std, cfg)
         self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed)
-        self.global_batch = cfg.batch_size * self.dist.world_size
         if cfg.mixup_active and cfg.batch_size % 2:
             raise ConfigError("finetune.batch_size", f"Mixup/CutMix pair each batch with its reverse: expected an "
                               f"even batch size, got {cfg.batch_size}", file=recipe.file)
-        self.sampler = GlobalBatchSampler(len(train_set), self.global_batch, seed=recipe.data_seed,
-                                          rank=self.dist.rank, world_size=self.dist.world_size)
-        micro_per_epoch = len(self.sampler)
-        if micro_per_epoch < cfg.accum_steps:
-            raise ConfigError("finetune.batch_size", f"{len(train_set)} training images make {micro_per_epoch} "
-                              f"batches of {self.global_batch}, fewer than accum_steps={cfg.accum_steps}",
-                              file=recipe.file)
-        self.steps_per_epoch = micro_per_epoch // cfg.accum_steps
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.effective_batch = self.global_batch * cfg.accum_steps
-        self.base_lr = cfg.lr if cfg.lr is not None else cfg.base_lr * self.effective_batch / 256
-        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.sampler, plan = plan_steps(cfg, len(train_set), self.dist, data_seed=recipe.data_seed,
+                                        section="finetune", file=recipe.file)
+        self.global_batch, self.steps_per_epoch, self.total_steps = (plan.global_batch, plan.steps_per_epoch,
+                                                                     plan.total_steps)
+        self.effective_batch, self.base_lr, self.warmup_steps = plan.effective_batch, plan.base_lr, plan.warmup_steps
         groups = layer_decay_groups(self.model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=cfg.betas, fused=True)
         self.mixup = SeededMixup(cfg, self.num_classes, recipe.seed) if cfg.mixup_active else None
         self.criterion = make_criterion(cfg)
-        self.amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" or (cfg.precision == "auto" and
-                                                                        self.device.type == "cuda")) else None
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         if resume_state is not None:
             load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
             if self.ema is not None:
@@ -227,9 +218,7 @@ class FinetuneTrainer:
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(recipe.dump())
-            (self.run_dir / "versions.json").write_text(json.dumps(versions(self.registry), indent=2) + "\n")
+            write_run_record(self.run_dir, recipe.dump(), self.registry)
 
     def _check_resumable(self, state: dict) -> None:
         saved_world = state.get("world_size", 1)
