@@ -67,6 +67,17 @@ def save_grid(pictures: torch.Tensor, path: str | Path, *, ncol: int, min_side: 
     return path
 
 
+def show_picture(ax, picture: torch.Tensor, *, vmax: float) -> None:
+    """``picture [C, H, W]`` (values in ``[0, vmax]``: 1 for floats, 255 for uint8) on matplotlib's ``ax``,
+    grey for one channel, without axes."""
+    if picture.shape[0] == 1:
+        ax.imshow(picture[0].numpy(), cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+    else:
+        ax.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def reconstruction_figure(pictures: torch.Tensor, *, columns: Sequence[str] = RECONSTRUCTION_COLUMNS,
                           title: str | None = None):
     """A matplotlib figure of ``pictures [B * len(columns), C, H, W]`` in [0, 1], one image per row and one
@@ -82,13 +93,8 @@ def reconstruction_figure(pictures: torch.Tensor, *, columns: Sequence[str] = RE
     fig, axes = plt.subplots(rows, ncol, figsize=(1.9 * ncol, 1.8 * rows + (0.8 if title else 0.4)), squeeze=False)
     for r in range(rows):
         for c in range(ncol):
-            ax, pic = axes[r][c], pics[r, c]
-            if pic.shape[0] == 1:
-                ax.imshow(pic[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            else:
-                ax.imshow(pic[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax = axes[r][c]
+            show_picture(ax, pics[r, c], vmax=1)
             if r == 0:
                 ax.set_title(columns[c], fontsize=9)
     if title:

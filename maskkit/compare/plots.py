@@ -11,6 +11,7 @@ import torch
 from maskkit.compare.files import SAMPLES_FILE
 from maskkit.compare.plan import Plan
 from maskkit.compare.results import accuracy_keys, seed_stats
+from maskkit.visualize import show_picture
 
 PLOTS = ("loss_curves.png", "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
 
@@ -169,16 +170,6 @@ def _load_samples(plan: Plan, out_dir: Path) -> dict[str, dict]:
     return found
 
 
-def _show(ax, picture: torch.Tensor) -> None:
-    """``picture`` uint8 ``[C, H, W]`` on ``ax``, without axes."""
-    if picture.shape[0] == 1:
-        ax.imshow(picture[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    else:
-        ax.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def _row_label(ax, text: str) -> None:
     ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
 
@@ -197,7 +188,7 @@ def plot_reconstructions(plan: Plan, samples: dict[str, dict], path: Path) -> Pa
     rows = 1 + len(kinds) * len(variants)
     fig, axes = plt.subplots(rows, k, figsize=(1.25 * k + 2.4, 1.25 * rows + 0.6), squeeze=False)
     for col in range(k):
-        _show(axes[0][col], first[col, 0])
+        show_picture(axes[0][col], first[col, 0], vmax=255)
         axes[0][col].set_title(f"test image {col + 1}", fontsize=8)
     _row_label(axes[0][0], "original")
     for i, name in enumerate(variants):
@@ -206,7 +197,7 @@ def plot_reconstructions(plan: Plan, samples: dict[str, dict], path: Path) -> Pa
             row = 1 + len(kinds) * i + j
             for col in range(k):
                 if pics.shape[1] > index:
-                    _show(axes[row][col], pics[col, index])
+                    show_picture(axes[row][col], pics[col, index], vmax=255)
                 else:  # a target without pixel form: an empty panel (its frame hidden), the row still labelled
                     axes[row][col].set_xticks([])
                     axes[row][col].set_yticks([])
