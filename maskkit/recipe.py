@@ -25,7 +25,9 @@ COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
 # Keys of the ``data`` section that the engine reads itself; the others are the dataset factory's arguments.
 # ``on_bad_image``: what training does with an image file that cannot be decoded: ``stop`` (the default; the
 # error names the file) or ``skip`` (leave it out of its batch, count it, list it in the run folder).
-DATA_ENGINE_KEYS = {"on_bad_image": ("stop", "skip")}
+# ``decode``: where pretraining decodes JPEGs: ``host`` (the default; PIL in the loader workers) or ``device``
+# (``torchvision.io.decode_jpeg`` on the training device, nvJPEG on a GPU; see :mod:`maskkit.data.encoded`).
+DATA_ENGINE_KEYS = {"on_bad_image": ("stop", "skip"), "decode": ("host", "device")}
 SECTIONS = ("description", "plugins", "seed", "data_seed", "data", "augment", "masker", "encoder", "decoder",
             "target", "loss", "train", "eval", "distributed")
 
@@ -199,6 +201,15 @@ class Recipe:
             raise ConfigError("data.on_bad_image", expected("stop or skip", value), file=self.file)
         return value
 
+    @property
+    def decode(self) -> str:
+        """``data.decode``: ``"host"`` (default) or ``"device"`` (see :data:`DATA_ENGINE_KEYS`)."""
+        data = self.tree.get("data")
+        value = data.get("decode", "host") if isinstance(data, dict) else "host"
+        if value not in DATA_ENGINE_KEYS["decode"]:
+            raise ConfigError("data.decode", expected("host or device", value), file=self.file)
+        return value
+
     def dataset_spec(self) -> dict:
         """The ``data`` section without the engine's own keys: what the dataset factory is called with."""
         return {k: v for k, v in self.component("data").items() if k not in DATA_ENGINE_KEYS}
@@ -239,7 +250,7 @@ class Recipe:
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
         _ = (self.plugins, self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image,
-             self.distributed)
+             self.decode, self.distributed)
 
     def dump(self) -> str:
         return yaml.safe_dump(self.tree, sort_keys=False)

@@ -6,7 +6,8 @@
 #     GPU_CHECK_FULL=1 bash scripts/gpu-check.sh     # also ViT-L/16 eager with every variant and the installed
 #                                                    # context-aware maskers (bench --masker; minutes more)
 # It runs the CUDA tests (`pytest -m cuda`), then `maskkit bench`: ViT-B/16 at batch 64 eager with every variant
-# and the data pipeline (loader against a plain decode + crop loop), `maskkit train` of ViT-B/16 at batch 64 on
+# and the data pipelines (loader against a plain decode + crop loop; data.decode: device, nvJPEG, over the same
+# files), `maskkit train` of ViT-B/16 at batch 64 on
 # generated JPEGs (end to end against the bench's images/s), ViT-L/16 at batch 64 compiled (MAE, mask tokens,
 # transformers), ViT-L/16 at the micro-batch the recipe's `batch_size: auto` picks for this GPU, compiled; and
 # prints last the goals table of issue 10 (python -m maskkit.bench.goals). Logs and JSON go to $OUT.
@@ -26,7 +27,7 @@ BENCH=(python3 -m maskkit bench --device cuda --steps 5)
 timeout 110 python3 -m pytest -q -m cuda tests plugins 2>&1 | tee "$OUT/tests.txt" | tail -4
 echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $OUT/tests.txt)"
 
-# 2. ViT-B/16, batch 64, eager, every variant, and the data pipeline with every worker busy
+# 2. ViT-B/16, batch 64, eager, every variant, and the data pipelines with every worker busy (nvJPEG's too)
 timeout 110 "${BENCH[@]}" --models vit_base_patch16 --batch-size 64 --no-compile --workers "$WORKERS" \
   --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed: see $OUT/bench-B64.txt"
 

@@ -114,6 +114,10 @@ def test_data_pipelines_run_with_workers(tmp_path):
     assert len(list((tmp_path / "images").glob("*.jpg"))) == 4
     assert jpeg.images >= 12 and jpeg.images_per_s > 0 and jpeg.files == 4  # two rounds of at least 6
     assert jpeg.baseline_images_per_s > 0 and jpeg.ratio_range[0] <= jpeg.ratio <= jpeg.ratio_range[1]
+    on_device = bench_data.device_decode_pipeline(tmp_path / "images", workers=1, images=None, batch_size=2,
+                                                  device="cpu")
+    assert on_device.pipeline == "imagefolder-device" and on_device.description.endswith("on cpu")
+    assert on_device.images == 4 and on_device.images_per_s > 0  # one pass over the files after an untimed batch
 
 
 def test_jpeg_files_keep_every_worker_busy_and_the_plain_loop_runs_in_processes(tmp_path):
@@ -134,6 +138,8 @@ def test_cpu_defaults_and_argument_errors():
     assert (settings.models, settings.batch_size, settings.steps, settings.dtype) == (("vit_base_patch16",), 8, 3,
                                                                                      "fp32")
     assert settings.variants == ("mae", "dense", "official", "hf") and settings.warmup == 1
+    assert not settings.device_decode  # the nvJPEG pipeline is CUDA's default, CPU's on request
+    assert bench_cli.settings_from_args(parse("--device", "cpu", "--device-decode")).device_decode
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--compile")).warmup == 3
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--dtype", "bf16")).dtype == "bf16"
     with pytest.raises(ConfigError, match="--variants"):
@@ -149,6 +155,7 @@ def test_bench_command_prints_ratios_and_the_table_last(tmp_path, one_thread):
     console = Console(record=True, width=200)
     args = parse("--device", "cpu", "--models", "vit_small_patch16", "--batch-size", "2", "--steps", "2",
                  "--workers", "0", "--data-images", "4", "--threads", "1", "--json", str(tmp_path / "r.json"),
+                 "--device-decode",
                  *[f"--set={o}" for o in TINY])
     assert args.func(args, console) == 0
     results = json.loads((tmp_path / "r.json").read_text())
@@ -156,12 +163,13 @@ def test_bench_command_prints_ratios_and_the_table_last(tmp_path, one_thread):
     assert kinds == ["mae", "dense", "official"] + (["hf"] if bench_steps.transformers_available() else [])
     for row in results["steps"]:
         assert row["seconds"] > 0 and row["flops"] > 0 and 0 < row["mfu"] and row["batch_size"] == 2
-    assert [d["pipeline"] for d in results["data"]] == ["quickstart", "imagefolder"]
+    assert [d["pipeline"] for d in results["data"]] == ["quickstart", "imagefolder", "imagefolder-device"]
     assert results["peak_flops_per_s"] > 0 and results["environment"]["load_before"] is not None
     text = console.export_text()
     assert "speed-up over the mask-token encoder" in text and "the paper: 2.8-4.1x" in text
     assert "over the official-style MAE" in text
     assert "limits" in text  # which side limits: the data pipeline or the model step
+    assert "decoded on the device" in text
     last_table = text.rindex("one pretraining step")
     assert text.index("data pipeline alone") < text.index("speed-up over") < last_table
     caption = " ".join(text[last_table:].split())

@@ -335,3 +335,40 @@ def test_bench_on_cuda_with_a_tiny_model(tmp_path):
     assert results["peak_flops_per_s"] > 1e12
     for row in results["steps"]:  # each variant's own memory: at least its parameters, never all variants' sum
         assert 4 * row["params"] < row["peak_memory"] < torch.cuda.max_memory_allocated()
+
+
+@pytest.mark.cuda
+def test_nvjpeg_route_is_close_to_the_host_route_and_names_a_bad_file(tmp_path):
+    """``data.decode: device`` on CUDA: nvJPEG's inverse DCT and chroma upsampling differ from libjpeg's by a few
+    levels, so the crops are close, not equal; a JPEG cut short is still reported by name."""
+    from maskkit.bench.data import write_jpegs
+    from maskkit.data import ImageFolder, TrainTransform, sample_generator
+    from maskkit.data.encoded import DeviceDecoder, EncodedView
+    from maskkit.data.loading import stack_collate
+
+    root = write_jpegs(tmp_path, 12) / "images"
+    base = ImageFolder(root)
+    transform = TrainTransform(224, mean=base.mean, std=base.std, output="uint8")
+    items = [(transform(EncodedView(base)[i][0], sample_generator(0, 0, i)), 0) for i in range(len(base))]
+    images, _ = DeviceDecoder(transform, "cuda")(stack_collate(items))
+    host = torch.stack([transform(base[i][0], sample_generator(0, 0, i)) for i in range(len(base))])
+    assert images.is_cuda and images.dtype == torch.uint8 and images.shape == host.shape
+    diff = (images.cpu().float() - host.float()).abs()
+    assert diff.mean() < 2.0 and diff.quantile(0.99) <= 8, (diff.mean(), diff.max())
+    data = (root / "00003.jpg").read_bytes()
+    (root / "00003.jpg").write_bytes(data[: len(data) // 2])
+    items[3] = (transform(EncodedView(base)[3][0], sample_generator(0, 0, 3)), 0)
+    images, labels, info = DeviceDecoder(transform, "cuda")(stack_collate(items))
+    assert images.shape[0] == 11 and [b.path for b in info.bad] == [str(root / "00003.jpg")]
+
+
+@pytest.mark.cuda
+def test_training_with_nvjpeg_decode(tmp_path, builtin_registry):
+    from maskkit.bench.data import write_jpegs
+
+    root = write_jpegs(tmp_path / "jpegs", 64)
+    tree = tiny_tree(data={"name": "image_folder", "root": str(root), "in_chans": 3, "decode": "device"})
+    tree["encoder"]["in_chans"] = 3  # RGB JPEGs reach nvJPEG undecoded
+    tree["train"].update(max_steps=4, ckpt_every=0, device="cuda", num_workers=2)
+    result = Trainer(maskkit.Recipe(tree), tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    assert result.steps == 4 and result.final_loss == result.final_loss

@@ -461,35 +461,41 @@ def test_a_checkpoint_replaces_the_old_one_only_once_verified(tmp_path, full):
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    """24 real Fashion-MNIST PNGs and three files that are not images: a truncated JPEG, an empty PNG and a
-    text file named .jpg."""
+    """24 real Fashion-MNIST images (12 PNGs, 12 JPEGs) and four files that are not images: a JPEG cut inside its
+    header, one cut halfway through its data (its header reads), an empty PNG and a text file named .jpg."""
     from maskkit.data.fashion_mnist import FashionMNIST
 
     root = tmp_path_factory.mktemp("images")
     data = FashionMNIST("train", source="embedded")
     for i in range(24):
-        Image.fromarray(np.asarray(data[i][0][0])).save(root / f"{i:02d}.png")
+        Image.fromarray(np.asarray(data[i][0][0])).save(root / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
     Image.fromarray(np.asarray(data[0][0][0])).save(root / "corrupt.jpg")
-    (root / "corrupt.jpg").write_bytes((root / "corrupt.jpg").read_bytes()[:40])
+    whole = (root / "corrupt.jpg").read_bytes()
+    (root / "corrupt.jpg").write_bytes(whole[:40])
+    (root / "cut.jpg").write_bytes(whole[:len(whole) // 2])
     (root / "empty.png").write_bytes(b"")
     (root / "text.jpg").write_text("not an image\n")
     return root
 
 
-def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, image_folder, builtin_registry):
-    tree = tiny_tree(data={"name": "image_folder", "root": str(image_folder), "in_chans": 1})
+@pytest.mark.parametrize("decode", ["host", "device"])
+def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, image_folder, builtin_registry, decode):
+    """On the host a worker finds them all; with data.decode: device the worker finds those whose header does not
+    read and the device the one whose data does not decode: the same error, the same list."""
+    tree = tiny_tree(data={"name": "image_folder", "root": str(image_folder), "in_chans": 1, "decode": decode})
     tree["train"].update(max_steps=6, num_workers=2)  # the error crosses from a worker process
     out = tmp_path / "run"
-    with pytest.raises(UnreadableImageError, match=r"(corrupt|empty|text)\.(jpg|png): unreadable image .*"
+    with pytest.raises(UnreadableImageError, match=r"(corrupt|cut|empty|text)\.(jpg|png): unreadable image .*"
                                                    r"set data.on_bad_image: skip") as info:
         Trainer(load_recipe(tree), out, registry=builtin_registry, progress=False).fit()
     assert "\n" not in str(info.value)
     tree["data"]["on_bad_image"] = "skip"  # the folder that crashed before its first checkpoint is reusable
     tree["train"]["num_workers"] = 0
     result = Trainer(load_recipe(tree), out, registry=builtin_registry, progress=False).fit()
-    assert result.steps == 6 and result.bad_images == 3
+    assert result.steps == 6 and result.bad_images == 4
     listed = (out / "bad_images.txt").read_text().splitlines()
-    assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["corrupt.jpg", "empty.png", "text.jpg"]
+    assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["corrupt.jpg", "cut.jpg", "empty.png",
+                                                                           "text.jpg"]
     assert all(np.isfinite(losses(out)))
 
 

@@ -22,7 +22,9 @@ def _write_folder(tmp_path):
     b64 = _bench(B, 64, mae=(0.032, 0.2), dense=(0.064, 0.3))  # 2000 img/s, sparse 2.0x dense
     b64["data"] = [{"pipeline": "quickstart", "images_per_s": 9e4},
                    {"pipeline": "imagefolder", "images_per_s": 2500.0, "workers": 16, "ratio": 0.93,
-                    "ratio_range": [0.88, 0.97]}]
+                    "ratio_range": [0.88, 0.97]},
+                   {"pipeline": "imagefolder-device", "images_per_s": 1800.0, "workers": 16,
+                    "description": "JPEG decode + crop 224 on cuda"}]
     (tmp_path / "bench-B64.json").write_text(json.dumps(b64))
     (tmp_path / "train-B64").mkdir()
     records = [{"step": 10 * i, "images_per_s": rate} for i, rate in enumerate([300.0, 1900.0, 1850.0, 1950.0])]
@@ -45,9 +47,10 @@ def test_goals_from_a_folder_of_results(tmp_path, capsys):
     assert train["status"] == "pass" and abs(train["value"] - 1900 / 2000) < 1e-9  # median after the first window
     assert status["ImageFolder loader / plain decode + crop loop (same processes)"] == "pass"
     assert status["JPEG loader (CPU workers) / ViT-B/16 MAE step rate"] == "pass"  # 2500 / 2000
-    assert status["GPU decode path (nvJPEG) / ViT-B/16 MAE step rate"] == "unmeasured"
+    on_device = rows["GPU decode path (nvJPEG, data.decode: device) / ViT-B/16 MAE step rate"]
+    assert on_device["status"] == "fail" and on_device["measured"] == "0.90 (1800 / 2000 img/s)"
     out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == "5 passed, 3 failed, 2 unmeasured"
+    assert out.strip().splitlines()[-1] == "5 passed, 4 failed, 1 unmeasured"
     assert "1.25x" in out and "FAIL" in out and "UNMEASURED" in out
 
 
@@ -56,3 +59,12 @@ def test_an_empty_folder_is_all_unmeasured(tmp_path):
     assert rows and all(r.status == "unmeasured" and r.measured == "-" for r in rows)
     (tmp_path / "bench-B64.json").write_text("{not json")  # a crashed benchmark leaves a broken file
     assert goals.load_results(tmp_path) == {}
+
+
+def test_the_device_decode_row_counts_only_when_it_ran_on_a_gpu(tmp_path):
+    """``bench --device cpu --device-decode`` also writes an imagefolder-device row: the goal is about nvJPEG."""
+    b64 = _bench(B, 64, mae=(0.032, 0.2))
+    b64["data"] = [{"pipeline": "imagefolder-device", "images_per_s": 5000.0, "workers": 2,
+                    "description": "JPEG decode + crop 224 on cpu"}]
+    rows = {r.goal: r for r in goals.evaluate({"B64": b64})}
+    assert rows["GPU decode path (nvJPEG, data.decode: device) / ViT-B/16 MAE step rate"].status == "unmeasured"

@@ -18,7 +18,9 @@ import json
 import os
 import platform
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -57,6 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="images timed per data pipeline (default 2048 quickstart, 4x on CUDA; JPEG: one pass over "
                         "its files, enough for every worker to be busy for 4 batches)")
     p.add_argument("--no-data", action="store_true", help="skip the data-pipeline measurement")
+    p.add_argument("--device-decode", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time data.decode: device over the same JPEGs (workers read files, the device decodes "
+                        "and crops: nvJPEG on CUDA); default: on CUDA")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override for the models, e.g. --set encoder.depth=2 (repeatable)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
@@ -85,6 +90,7 @@ class BenchSettings:
     overrides: tuple[str, ...]
     seed: int
     threads: int | None = None
+    device_decode: bool = False  # the data.decode: device pipeline too
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -118,7 +124,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     return BenchSettings(str(device), models, args.batch_size or defaults["batch_size"],
                          args.steps or defaults["steps"], warmup, dtype, compile_, variants, workers,
-                         args.data_images, not args.no_data, tuple(args.overrides), args.seed, args.threads)
+                         args.data_images, not args.no_data, tuple(args.overrides), args.seed, args.threads,
+                         device.type == "cuda" if args.device_decode is None else args.device_decode)
 
 
 def run_benchmark(settings: BenchSettings, console: Console | None = None, registry=None) -> dict[str, Any]:
@@ -151,9 +158,15 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
             files = max(settings.batch_size, min(files, settings.data_images))
         say(f"data pipeline: ImageFolder JPEG decode + RandomResizedCrop, {settings.workers} workers, {files} "
             "files, against a plain decode + crop loop on as many processes")
-        data_results.append(bench_data.imagefolder_pipeline(workers=settings.workers, images=settings.data_images,
-                                                            batch_size=settings.batch_size, files=files,
-                                                            pin_memory=device.type == "cuda"))
+        with tempfile.TemporaryDirectory(prefix="maskkit-bench-") as folder:
+            data_results.append(bench_data.imagefolder_pipeline(
+                workers=settings.workers, images=settings.data_images, batch_size=settings.batch_size, files=files,
+                pin_memory=device.type == "cuda", folder=Path(folder)))
+            if settings.device_decode:
+                say(f"data pipeline: the same JPEGs with data.decode: device ({device}), {settings.workers} workers")
+                data_results.append(bench_data.device_decode_pipeline(
+                    Path(folder) / "images", workers=settings.workers, images=settings.data_images,
+                    batch_size=settings.batch_size, device=str(device)))
 
     kinds = list(settings.variants)
     hf_missing = "hf" in kinds and not bench_steps.transformers_available()
@@ -228,6 +241,7 @@ def verdicts(step_results, data_results) -> list[str]:
     """One line per model: the sparse-vs-dense and vs-transformers ratios, and which side limits."""
     lines = []
     jpeg = next((d for d in data_results if d.pipeline == "imagefolder"), None)
+    on_device = next((d for d in data_results if d.pipeline == "imagefolder-device"), None)
     for model in dict.fromkeys(r.model for r in step_results):
         rows = {r.variant: r for r in step_results if r.model == model}
         mae = rows.get("mae")
@@ -247,6 +261,9 @@ def verdicts(step_results, data_results) -> list[str]:
                     "the model step limits")
             plain = "" if jpeg.ratio is None else f", {jpeg.ratio:.2f} of a plain decode + crop loop"
             parts.append(f"JPEG pipeline {jpeg.images_per_s:.0f} img/s with {jpeg.workers} workers{plain}, so {side}")
+        if on_device is not None:
+            side = "it limits" if on_device.images_per_s < mae.images_per_s else "the model step limits"
+            parts.append(f"decoded on the device {on_device.images_per_s:.0f} img/s, so {side}")
         lines.append("; ".join(parts))
     return lines
 

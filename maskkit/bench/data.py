@@ -22,8 +22,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -48,29 +50,41 @@ class DataResult:
 
 
 def loader_throughput(dataset, transform, *, batch_size: int, workers: int, images: int, seed: int = 0,
-                      pin_memory: bool = False) -> tuple[int, float]:
+                      pin_memory: bool = False, finish: Callable[[Any], Any] | None = None) -> tuple[int, float]:
     """``(images timed, seconds)`` for at least ``images`` augmented images through the trainer's loader
-    (``pin_memory`` as the trainer sets it on CUDA), epoch after epoch, after one untimed batch."""
+    (``pin_memory`` as the trainer sets it on CUDA), epoch after epoch, after one untimed batch. ``finish``: what
+    the trainer does to each batch in its own process (a :class:`~maskkit.data.encoded.DeviceDecoder`); the clock
+    stops once the device has finished it."""
     augmented = AugmentedDataset(dataset, transform, seed)
     batch_size = min(batch_size, len(dataset))
     sampler = GlobalBatchSampler(len(dataset), batch_size, seed=seed)
     loader = make_loader(augmented, sampler, num_workers=workers, pin_memory=pin_memory)
-    counted, start, epoch = -1, 0.0, 0
+    counted, start, epoch, batch = -1, 0.0, 0, None
     try:
         while counted < images:
             sampler.set_epoch(epoch)
             augmented.set_epoch(epoch)
-            for batch, _ in loader:
+            for batch, _ in map(finish or (lambda b: b), loader):
                 if counted < 0:  # the first batch pays for the workers' start-up
+                    _wait_for(batch)
                     counted, start = 0, time.perf_counter()
                     continue
                 counted += batch.shape[0]
                 if counted >= images:
                     break
             epoch += 1
+        _wait_for(batch)
         return counted, time.perf_counter() - start
     finally:
         del loader  # stops persistent workers
+
+
+def _wait_for(images: Any) -> None:
+    """Wait until the device has made ``images`` (a CUDA tensor's kernels run asynchronously)."""
+    if getattr(images, "is_cuda", False):
+        import torch
+
+        torch.cuda.synchronize(images.device)
 
 
 def write_jpegs(folder: Path, count: int, *, seed: int = 0, quality: int = 90,
@@ -225,3 +239,22 @@ def imagefolder_pipeline(*, workers: int, images: int | None, batch_size: int, f
                       statistics.median(plain_rates) if plain_rates else None,
                       statistics.median(ratios) if ratios else None,
                       (min(ratios), max(ratios)) if ratios else None)
+
+
+def device_decode_pipeline(root: Path, *, workers: int, images: int | None, batch_size: int, device: str,
+                           img_size: int = 224) -> DataResult:
+    """``data.decode: device`` over the JPEGs under ``root`` (as :func:`imagefolder_pipeline` wrote them): the
+    workers read files and draw crops, ``device`` decodes whole batches (nvJPEG on CUDA), crops, resizes and
+    flips; ``images`` timed (default: one pass over the files). No plain-loop baseline: on a GPU the question
+    is whether it outruns the model step, which the goals table asks."""
+    from maskkit.data.encoded import DeviceDecoder, EncodedView
+    from maskkit.data.image_folder import ImageFolder
+
+    dataset = ImageFolder(root, in_chans=3)
+    transform = TrainTransform(img_size, scale=(0.2, 1.0), hflip=True, mean=dataset.mean, std=dataset.std,
+                               output="uint8")
+    batch = min(batch_size, len(dataset))
+    counted, seconds = loader_throughput(EncodedView(dataset), transform, batch_size=batch, workers=workers,
+                                         images=images or len(dataset), finish=DeviceDecoder(transform, device))
+    return DataResult("imagefolder-device", f"JPEG decode + crop {img_size} on {device}",
+                      workers, batch, counted, seconds, counted / seconds, len(dataset))

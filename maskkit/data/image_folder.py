@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from maskkit.data.encoded import EncodedImage
 from maskkit.errors import UnreadableImageError, first_line
 
 __all__ = ["ImageFolder"]
@@ -18,6 +20,7 @@ __all__ = ["ImageFolder"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on a bad file
 
 
 def _images_under(folder: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
@@ -79,15 +82,40 @@ class ImageFolder(Dataset):
         """``(image uint8 [in_chans, H, W], label int)``: a channels-last view of the decoded pixels (no
         reordering copy; a crop then reads it in place)."""
         path, label = self.samples[index]
+        return self._decode(path, path), label
+
+    def encoded(self, index: int) -> tuple[EncodedImage | torch.Tensor, int]:
+        """``(image, label int)`` for ``data.decode: device``: a JPEG the device can decode to ``in_chans`` channels
+        without a colour conversion (RGB, or grey) comes back undecoded as an
+        :class:`~maskkit.data.encoded.EncodedImage` (its bytes and header size); any other file decoded, as
+        ``self[index]`` gives it. A file whose header does not read raises
+        :class:`~maskkit.errors.UnreadableImageError` here; one whose data does not, when the device decodes it."""
+        path, label = self.samples[index]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                fmt, mode, (width, height) = img.format, img.mode, img.size
+        except _PIL_ERRORS as exc:
+            raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
+        if fmt == "JPEG" and mode in (("RGB", "L") if self.in_chans == 3 else ("L",)):
+            array = np.frombuffer(bytearray(data), dtype=np.uint8)
+            return EncodedImage(torch.from_numpy(array), height, width, str(path)), label
+        return self._decode(io.BytesIO(data), path), label
+
+    def _decode(self, source: Path | io.BytesIO, path: Path) -> torch.Tensor:
+        """``source`` decoded with PIL to uint8 ``[in_chans, H, W]`` (channels-last memory); errors name ``path``."""
         mode = "RGB" if self.in_chans == 3 else "L"
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 array = np.array(img if img.mode == mode else img.convert(mode))  # convert() to the same mode copies
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what PIL raises
+        except _PIL_ERRORS as exc:
             raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
         if array.ndim == 2:
             array = array[:, :, None]
-        return torch.from_numpy(array).permute(2, 0, 1), label
+        return torch.from_numpy(array).permute(2, 0, 1)
 
     def __repr__(self) -> str:
         return f"ImageFolder(root='{self.root}', n={len(self)}, classes={len(self.classes)}, in_chans={self.in_chans})"

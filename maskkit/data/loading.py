@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from maskkit.data.encoded import PlannedCrop
 from maskkit.errors import UnreadableImageError
 
 __all__ = ["sample_generator", "stable_seed", "AugmentedDataset", "GlobalBatchSampler", "stack_collate",
@@ -212,7 +213,8 @@ class BadBatch:
 
 
 def stack_collate(batch: Sequence[Any]) -> Any:
-    """Collate ``(tensor [*S], label int)`` pairs into ``(tensor [B, *S], int64 [B])``.
+    """Collate ``(tensor [*S], label int)`` pairs into ``(tensor [B, *S], int64 [B])``, and
+    pairs some of which hold a ``PlannedCrop`` (``data.decode: device``) into ``(list, int64 [B])``.
 
     A batch holding :class:`BadSample` items collates the others and adds a :class:`BadBatch`:
     ``(tensor [K, *S] or None, int64 [K] or None, BadBatch)``. Anything else goes to ``default_collate``.
@@ -222,10 +224,12 @@ def stack_collate(batch: Sequence[Any]) -> Any:
         kept = tuple(i for i, item in enumerate(batch) if not isinstance(item, BadSample))
         images, labels = stack_collate([batch[i] for i in kept]) if kept else (None, None)
         return images, labels, BadBatch(bad, kept)
-    if batch and all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.Tensor)
-                     and isinstance(item[1], int) for item in batch):
-        return torch.stack([item[0] for item in batch]), torch.tensor([item[1] for item in batch],
-                                                                      dtype=torch.int64)
+    if batch and all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], int) for item in batch):
+        labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+        if all(isinstance(item[0], torch.Tensor) for item in batch):
+            return torch.stack([item[0] for item in batch]), labels
+        if any(isinstance(item[0], PlannedCrop) for item in batch):  # data.decode: device, finished there
+            return [item[0] for item in batch], labels
     return default_collate(batch)
 
 

@@ -14,6 +14,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
+from maskkit.data.encoded import EncodedImage, PlannedCrop
+
 __all__ = ["random_resized_crop_params", "TrainTransform", "EvalTransform", "denormalize"]
 
 Size = int | tuple[int, int]
@@ -132,22 +134,38 @@ class TrainTransform:
         self._normalize = _Normalize(mean, std)
         self.mean, self.std = self._normalize.mean, self._normalize.std
 
-    def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """uint8 ``[C, H, W]`` -> float32 ``[C, img_h, img_w]`` (uint8 with ``output="uint8"``)."""
+    def __call__(self, img: torch.Tensor | EncodedImage, generator: torch.Generator) -> torch.Tensor | PlannedCrop:
+        """uint8 ``[C, H, W]`` -> float32 ``[C, img_h, img_w]`` (uint8 with ``output="uint8"``).
+
+        An :class:`~maskkit.data.encoded.EncodedImage` (``data.decode: device``) is not decoded here: the same
+        draws give a :class:`~maskkit.data.encoded.PlannedCrop`, which :meth:`apply` carries out on the device."""
+        if isinstance(img, EncodedImage):
+            return PlannedCrop(img, *self.draw(img.height, img.width, generator))
         _check_image(img)
-        height, width = img.shape[-2:]
-        size = list(self.img_size)
-        if self.scale is not None:
-            top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
-            img = F.resized_crop(img, top, left, h, w, size, interpolation=InterpolationMode.BICUBIC,
-                                 antialias=True)
-        elif (height, width) != self.img_size:
-            img = F.resize(img, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        if self.hflip and torch.rand((), generator=generator).item() < 0.5:
-            img = img.flip(-1)
+        img = self.apply(img, *self.draw(img.shape[-2], img.shape[-1], generator))
         if self.output == "uint8":
             return img.contiguous()
         return self._normalize(img)
+
+    def draw(self, height: int, width: int,
+             generator: torch.Generator) -> tuple[tuple[int, int, int, int] | None, bool]:
+        """The random part of one augmentation of an image ``height x width``: ``(box, flip)``, where ``box`` is
+        the crop's ``(top, left, h, w)`` (None without a crop) and ``flip`` says whether to mirror it. Draws: the
+        crop parameters, then the flip (only when ``hflip``)."""
+        box = (random_resized_crop_params(height, width, self.scale, self.ratio, generator)
+               if self.scale is not None else None)
+        return box, bool(self.hflip and torch.rand((), generator=generator).item() < 0.5)
+
+    def apply(self, img: torch.Tensor, box: tuple[int, int, int, int] | None, flip: bool) -> torch.Tensor:
+        """The deterministic part: ``img`` ``[C, H, W]`` (any dtype, any device) cropped to ``box`` and resized
+        to ``img_size`` (bicubic, antialiased; without a box only resized, when its size differs), then mirrored
+        when ``flip`` -> ``[C, img_h, img_w]``, same dtype and device, not normalised."""
+        size = list(self.img_size)
+        if box is not None:
+            img = F.resized_crop(img, *box, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        elif tuple(img.shape[-2:]) != self.img_size:
+            img = F.resize(img, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return img.flip(-1) if flip else img
 
     def normalize_batch(self, images: torch.Tensor) -> torch.Tensor:
         """What ``output="float"`` does last, for crops made with ``output="uint8"``: ``[..., C, H, W]`` (uint8 or

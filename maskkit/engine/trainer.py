@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset, build_model
+from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
 from maskkit.data.loading import AugmentedDataset, BadImages, make_loader
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
@@ -58,7 +59,7 @@ CHECKPOINT_NAME = run_folder.CHECKPOINT_NAME
 _SYNC_CHECKED_STEPS = 3
 # Sections that may change between a checkpoint and its resumption without breaking exactness.
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every"),
-                      ("train", "num_workers"), ("train", "device"), ("data", "on_bad_image"),
+                      ("train", "num_workers"), ("train", "device"), ("data", "on_bad_image"), ("data", "decode"),
                       ("distributed", "strategy")}  # checkpoints are unsharded: either strategy resumes either
 
 
@@ -155,6 +156,13 @@ class Trainer:
         # the workers crop and flip; the bytes cross processes as uint8 and are normalised on the device
         self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,
                                         hflip=aug.hflip, mean=train_set.mean, std=train_set.std, output="uint8")
+        self.device_decoder: DeviceDecoder | None = None
+        if recipe.decode == "device":  # the workers read files and draw crops; the device decodes and crops
+            if not supports_encoded(train_set):
+                raise ConfigError("data.decode", f"device needs a dataset of image files (image_folder); "
+                                  f"{type(train_set).__name__} has no encoded(index) method", file=recipe.file)
+            self.device_decoder = DeviceDecoder(self.transform, self.device, self.model.encoder.in_chans)
+            train_set = EncodedView(train_set)
         self.train_set = AugmentedDataset(train_set, self.transform, recipe.data_seed, catch_bad=True)
         global_batch = cfg.batch_size * self.dist.world_size
         if cfg.effective_batch is not None and global_batch * cfg.accum_steps != cfg.effective_batch:
@@ -280,6 +288,8 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             self.sampler.set_start(start)
             for batch in self.loader:
+                if self.device_decoder is not None:  # data.decode: device
+                    batch = self.device_decoder(batch)
                 images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
                 yield epoch, images, labels
             start = 0

@@ -1,0 +1,173 @@
+"""JPEGs decoded on the training device (``data.decode: device``): nvJPEG on a GPU, libjpeg-turbo on a CPU.
+
+With ``data.decode: host`` (the default) loader workers decode each image with PIL, crop and flip it, and send
+uint8 crops. With ``device`` they only read each file and its header and draw the augmentation; the main
+process then decodes the whole batch at once on the device (``torchvision.io.decode_jpeg``, batched), crops,
+resizes and flips there, and hands on uint8 ``[B, C, h, w]`` already on the device:
+
+    worker:  ImageFolder.encoded(i) -> EncodedImage (file bytes, header size)
+             TrainTransform(encoded, generator) -> PlannedCrop (the same draws as on the host)
+    main:    DeviceDecoder(batch) -> uint8 [B, C, h, w] on the device (decode, crop + resize, flip)
+
+The draws are the host route's, so the same sample gets the same crop box and flip in both routes; on a CPU
+the decoded pixels are libjpeg-turbo's in both, so the two routes give identical batches. On a GPU nvJPEG's
+inverse DCT and chroma upsampling differ from libjpeg's by a few levels.
+
+Files that are not JPEG (PNG, ...) or whose colours would need converting (a CMYK JPEG, or an RGB one for a
+one-channel model) are decoded, cropped and flipped in the worker as on the host, and travel as uint8 crops.
+A JPEG whose header reads but whose data does not decode is reported as unreadable, like on the host
+(``data.on_bad_image``), naming its file.
+
+The decoder is ``torchvision.io.decode_jpeg`` (batched; nvJPEG when the device is CUDA). torchvision 0.29
+deprecates its image decoders in favour of TorchCodec, which maskkit does not depend on; the call is in
+:meth:`DeviceDecoder.decode` alone, so moving to TorchCodec when torchvision drops them is a local change.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch.utils.data import Dataset
+
+from maskkit.errors import first_line
+
+__all__ = ["EncodedImage", "PlannedCrop", "EncodedView", "DeviceDecoder", "supports_encoded"]
+
+Box = tuple[int, int, int, int]
+
+
+@attrs.frozen(eq=False)
+class EncodedImage:
+    """A JPEG file read but not decoded: ``data`` uint8 ``[L]`` (the file's bytes), ``height`` x ``width`` from
+    its header, ``path`` for error messages."""
+
+    data: torch.Tensor
+    height: int
+    width: int
+    path: str
+
+
+@attrs.frozen(eq=False)
+class PlannedCrop:
+    """One sample's augmentation drawn but not carried out: the undecoded ``image``, the crop ``box``
+    ``(top, left, h, w)`` or None, and ``flip``."""
+
+    image: EncodedImage
+    box: Box | None
+    flip: bool
+
+
+def supports_encoded(dataset: Any) -> bool:
+    """Whether ``dataset`` can hand out undecoded images: it has ``encoded(index) -> (EncodedImage or uint8
+    [C, H, W], label)`` (:class:`~maskkit.data.image_folder.ImageFolder` has)."""
+    return callable(getattr(dataset, "encoded", None))
+
+
+class EncodedView(Dataset):
+    """``base`` whose items are ``base.encoded(i)``: ``(EncodedImage or uint8 [C, H, W], label)``; ``mean``,
+    ``std`` and every other attribute are ``base``'s."""
+
+    def __init__(self, base: Dataset):
+        if not supports_encoded(base):
+            raise TypeError(f"{type(base).__name__} has no encoded(index) method")
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self.base.encoded(index)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":  # not set yet (unpickling in a worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __repr__(self) -> str:
+        return f"EncodedView({self.base!r})"
+
+
+def _reason(exc: Exception) -> str:
+    """torchvision's message without its source location: ``"decode_jpeg, /.../decode_jpeg.cpp:171, Image is
+    incomplete or truncated"`` -> ``"Image is incomplete or truncated"``."""
+    text = first_line(str(exc), 300) or type(exc).__name__
+    parts = [p.strip() for p in text.split(", ")]
+    located = [i for i, p in enumerate(parts) if ".cpp:" in p or ".cu:" in p]
+    return ", ".join(parts[located[-1] + 1:]) if located and located[-1] + 1 < len(parts) else text
+
+
+class DeviceDecoder:
+    """Finishes on ``device`` the batches a loader of :class:`PlannedCrop` items yields.
+
+    ``transform``: the :class:`~maskkit.data.transforms.TrainTransform` that drew the crops (its ``apply``
+    carries them out); ``in_chans``: 3 decodes JPEGs to RGB, 1 to grey. ``__call__`` takes what
+    :func:`~maskkit.data.loading.stack_collate` made of the items, ``(list, labels int64 [B])`` or
+    ``(list or None, labels or None, BadBatch)`` where the list holds :class:`PlannedCrop` items and uint8 crops
+    ``[C, img_h, img_w]`` a worker made (files it had to decode), and returns the same with the list replaced by uint8
+    ``[K, C, img_h, img_w]`` on ``device``; JPEGs that fail to decode join the batch's
+    :class:`~maskkit.data.loading.BadBatch` (created when needed), so :class:`~maskkit.data.loading.BadImages`
+    stops or skips them as it does unreadable files on the host. Anything else passes through unchanged.
+    """
+
+    def __init__(self, transform: Any, device: torch.device | str, in_chans: int = 3):
+        from torchvision.io import ImageReadMode
+
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans: expected 1 or 3, got {in_chans!r}")
+        self.transform = transform
+        self.device = torch.device(device)
+        self.mode = ImageReadMode.RGB if in_chans == 3 else ImageReadMode.GRAY
+
+    def __call__(self, batch: Sequence[Any]) -> Any:
+        from maskkit.data.loading import BadBatch, BadSample
+
+        crops = batch[0]
+        if not isinstance(crops, list) or not any(isinstance(c, PlannedCrop) for c in crops):
+            return batch
+        labels, info = batch[1], (batch[2] if len(batch) == 3 else None)
+        with torch.autocast(self.device.type, enabled=False):  # the trainer asks inside its autocast region
+            images, failed = self.decode(crops)
+        if not failed:
+            return (images, labels) if info is None else (images, labels, info)
+        kept = info.kept if info is not None else tuple(range(len(crops)))
+        good = [j for j in range(len(crops)) if j not in failed]
+        bad = (info.bad if info is not None else ()) + tuple(BadSample(crops[j].image.path, failed[j])
+                                                             for j in sorted(failed))
+        new_info = BadBatch(bad, tuple(kept[j] for j in good))
+        if not good:
+            return None, None, new_info
+        return images, labels[torch.tensor(good)], new_info
+
+    def decode(self, crops: Sequence[PlannedCrop | torch.Tensor]) -> tuple[torch.Tensor | None, dict[int, str]]:
+        """``(uint8 [K, C, img_h, img_w] on the device or None when K = 0, {position: reason})`` for ``crops``
+        (planned crops and finished uint8 crops): the JPEGs decoded in one batched call (one by one only when that
+        call fails, to find the culprits), then cropped, resized and flipped; finished crops only moved."""
+        from torchvision.io import decode_jpeg
+
+        planned = [j for j, c in enumerate(crops) if isinstance(c, PlannedCrop)]
+        pixels: dict[int, torch.Tensor] = {}
+        failed: dict[int, str] = {}
+        if planned:
+            data = [crops[j].image.data for j in planned]
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec: see module doc
+                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+                try:
+                    pixels.update(zip(planned, decode_jpeg(data, mode=self.mode, device=self.device)))
+                except RuntimeError:  # one bad file fails the whole call: find it
+                    for j, d in zip(planned, data):
+                        try:
+                            pixels[j] = decode_jpeg(d, mode=self.mode, device=self.device)
+                        except RuntimeError as exc:
+                            failed[j] = _reason(exc)
+        out = []
+        for j, c in enumerate(crops):
+            if isinstance(c, PlannedCrop):
+                if j not in failed:
+                    out.append(self.transform.apply(pixels[j], c.box, c.flip))
+            else:
+                out.append(c.to(self.device, non_blocking=True))
+        return (torch.stack(out) if out else None), failed

@@ -1,0 +1,165 @@
+"""``data.decode: device``: loader workers read JPEG files and draw the augmentation, the training device decodes
+(nvJPEG on a GPU; libjpeg-turbo on a CPU, which these tests use), crops and flips. On a CPU both routes decode
+with libjpeg-turbo, so the device route must give exactly the host route's batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_tree
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from test_engine import Crash, CrashAfterCheckpoint
+
+from maskkit.data import ImageFolder, TrainTransform, sample_generator
+from maskkit.data.encoded import DeviceDecoder, EncodedImage, EncodedView, PlannedCrop
+from maskkit.data.fashion_mnist import FashionMNIST
+from maskkit.data.loading import AugmentedDataset, BadBatch, BadImages, BadSample, GlobalBatchSampler, make_loader
+from maskkit.engine.trainer import Trainer
+from maskkit.errors import ConfigError, UnreadableImageError
+from maskkit.recipe import load_recipe
+from maskkit.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Eight photo-like RGB JPEGs (ImageNet-like sizes), a grey JPEG and a PNG (decoded in the worker)."""
+    from maskkit.bench.data import write_jpegs
+
+    root = write_jpegs(tmp_path_factory.mktemp("photos"), 8) / "images"
+    Image.open(root / "00000.jpg").convert("L").save(root / "grey.jpg")
+    Image.open(root / "00001.jpg").save(root / "lossless.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fashion_jpegs(tmp_path_factory) -> Path:
+    """48 real Fashion-MNIST images as grey JPEGs in two class folders, and a PNG."""
+    root = tmp_path_factory.mktemp("fashion")
+    data = FashionMNIST("train", source="embedded")
+    for i in range(48):
+        image, label = data[i]
+        folder = root / ("upper" if label in (0, 2, 4, 6) else "other")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(np.asarray(image[0])).save(folder / f"{i:02d}.jpg", quality=92)
+    Image.fromarray(np.asarray(data[48][0][0])).save(root / "other" / "48.png")
+    return root
+
+
+def host_crop(base: ImageFolder, transform: TrainTransform, index: int, epoch: int = 0) -> torch.Tensor:
+    return transform(base[index][0], sample_generator(0, epoch, index))
+
+
+def device_batch(base: ImageFolder, transform: TrainTransform, indices, epoch: int = 0) -> torch.Tensor:
+    from maskkit.data.loading import stack_collate
+
+    view = EncodedView(base)
+    items = [(transform(view[i][0], sample_generator(0, epoch, i)), view[i][1]) for i in indices]
+    images, labels = DeviceDecoder(transform, "cpu", base.in_chans)(stack_collate(items))
+    assert labels.tolist() == [base.samples[i][1] for i in indices]
+    return images
+
+
+def test_the_worker_reads_jpegs_undecoded_and_decodes_the_rest(photos: Path) -> None:
+    base = ImageFolder(photos)
+    kinds = {path.name: type(base.encoded(i)[0]).__name__ for i, (path, _) in enumerate(base.samples)}
+    assert kinds["00003.jpg"] == kinds["grey.jpg"] == "EncodedImage" and kinds["lossless.png"] == "Tensor"
+    encoded = base.encoded(0)[0]
+    assert (encoded.height, encoded.width) == tuple(base[0][0].shape[-2:])
+    assert encoded.data.dtype == torch.uint8 and bytes(encoded.data.numpy()) == base.samples[0][0].read_bytes()
+    # a one-channel model: an RGB JPEG would need a colour conversion that libjpeg does differently from PIL
+    grey = ImageFolder(photos, in_chans=1)
+    grey_jpeg = [p.name for p, _ in grey.samples].index("grey.jpg")
+    assert isinstance(grey.encoded(grey_jpeg)[0], EncodedImage)
+    assert isinstance(grey.encoded(0)[0], torch.Tensor) and grey.encoded(0)[0].shape[0] == 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(epoch=st.integers(0, 1000), size=st.sampled_from([(224, 224), (96, 128), (32, 32)]),
+       scale=st.sampled_from([(0.2, 1.0), (0.05, 0.3), None]), hflip=st.booleans())
+def test_the_device_route_gives_the_host_routes_crops(photos: Path, epoch: int, size, scale, hflip: bool) -> None:
+    """The same draws (box, flip) and, with libjpeg-turbo on both sides, the same pixels: for any epoch, output
+    size and crop setting, on photo-like JPEGs, a grey JPEG in an RGB run and a PNG decoded in the worker."""
+    base = ImageFolder(photos)
+    transform = TrainTransform(size, scale=scale, hflip=hflip, mean=base.mean, std=base.std, output="uint8")
+    indices = list(range(len(base)))
+    expected = torch.stack([host_crop(base, transform, i, epoch) for i in indices])
+    assert torch.equal(device_batch(base, transform, indices, epoch), expected)
+
+
+def test_real_fashion_mnist_jpegs_through_the_loader_equal_the_host_route(fashion_jpegs: Path) -> None:
+    """Two loader workers, one-channel JPEGs of real images: batch for batch the host route's values."""
+    base = ImageFolder(fashion_jpegs, in_chans=1)
+    transform = TrainTransform(28, scale=(0.35, 1.0), mean=base.mean, std=base.std, output="uint8")
+    batches = {}
+    for route, dataset in (("host", base), ("device", EncodedView(base))):
+        sampler = GlobalBatchSampler(len(base), 16, seed=0)
+        loader = make_loader(AugmentedDataset(dataset, transform, seed=0, catch_bad=True), sampler, num_workers=2)
+        decoder = DeviceDecoder(transform, "cpu", in_chans=1)
+        batches[route] = [decoder(batch) for batch in loader]
+    assert len(batches["host"]) == 3
+    for (host_images, host_labels), (device_images, device_labels) in zip(batches["host"], batches["device"]):
+        assert device_images.shape == (16, 1, 28, 28) and torch.equal(device_images, host_images)
+        assert torch.equal(device_labels, host_labels)
+
+
+def test_a_jpeg_that_does_not_decode_joins_the_bad_images_by_name(photos: Path, tmp_path: Path) -> None:
+    """A JPEG whose header reads but whose data is cut short fails on the device; it is reported like an
+    unreadable file on the host (its path, one line), after a file the worker already could not read."""
+    for name in ("00000.jpg", "00001.jpg", "00002.jpg"):
+        (tmp_path / name).write_bytes((photos / name).read_bytes())
+    data = (photos / "00003.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    base = ImageFolder(tmp_path)
+    transform = TrainTransform(64, output="uint8")
+    crops = [transform(EncodedView(base)[i][0], sample_generator(0, 0, i)) for i in range(len(base))]
+    assert all(isinstance(c, PlannedCrop) for c in crops)  # the header of cut.jpg reads
+    cut = [p.name for p, _ in base.samples].index("cut.jpg")
+    # the loader already left out a file at position 1 of the sampled batch: the decoder's positions follow it
+    earlier = BadSample("/elsewhere/empty.jpg", "cannot identify image file")
+    kept = (0, 2, 3, 4)
+    images, labels, info = DeviceDecoder(transform, "cpu")((crops, torch.tensor([7, 8, 9, 10]),
+                                                            BadBatch((earlier,), kept)))
+    assert images.shape == (3, 3, 64, 64) and labels.tolist() == [v for j, v in enumerate([7, 8, 9, 10]) if j != cut]
+    assert info.bad[0] == earlier and info.bad[1].path.endswith("cut.jpg")
+    assert info.bad[1].reason == "Image is incomplete or truncated"  # torchvision's words, without its source path
+    assert info.kept == tuple(k for j, k in enumerate(kept) if j != cut)
+    good = [i for i in range(4) if i != cut]
+    assert torch.equal(images, torch.stack([host_crop(base, transform, i) for i in good]))
+    with pytest.raises(UnreadableImageError, match=r"cut\.jpg: unreadable image \(Image is incomplete"):
+        BadImages("stop").accept(DeviceDecoder(transform, "cpu")((crops, torch.zeros(4, dtype=torch.int64))))
+    only_bad = DeviceDecoder(transform, "cpu")(([crops[cut]], torch.zeros(1, dtype=torch.int64)))
+    assert only_bad[:2] == (None, None) and only_bad[2].kept == ()
+
+
+def _train(tree: dict, out: Path, registry, **kwargs) -> list[float]:
+    Trainer(load_recipe(tree), out, registry=registry, progress=False, **kwargs).fit()
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_with_device_decode_equals_host_decode_and_resumes_exactly(fashion_jpegs: Path, tmp_path: Path,
+                                                                            builtin_registry) -> None:
+    data = {"name": "image_folder", "root": str(fashion_jpegs), "in_chans": 1}
+    host = _train(tiny_tree(data=data), tmp_path / "host", builtin_registry)
+    tree = tiny_tree(data={**data, "decode": "device"})
+    tree["train"]["num_workers"] = 2
+    assert len(host) == 6 and _train(tree, tmp_path / "device", builtin_registry) == host  # bit for bit
+    crashing = Registry.from_plugins(autoload=False, plugins={"crash": CrashAfterCheckpoint(3)})
+    with pytest.raises(Crash):
+        _train(tree, tmp_path / "resumed", crashing)
+    resumed = _train(tree, tmp_path / "resumed", builtin_registry, resume=tmp_path / "resumed" / "checkpoint.pth")
+    assert resumed == host
+
+
+def test_device_decode_of_a_dataset_without_files_is_one_line(tmp_path: Path, builtin_registry) -> None:
+    tree = tiny_tree(data={"name": "fashion_mnist", "source": "embedded", "decode": "device"})
+    with pytest.raises(ConfigError, match=r"data\.decode: device needs a dataset of image files .*FashionMNIST"):
+        Trainer(load_recipe(tree), tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    tree["data"]["decode"] = "gpu"
+    with pytest.raises(ConfigError, match=r"data\.decode: expected host or device, got 'gpu'"):
+        load_recipe(tree)
