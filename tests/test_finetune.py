@@ -247,6 +247,14 @@ def test_recipe_errors_name_file_and_key(pretrained, tmp_path):
         load_finetune_recipe(path, ["finetune.layer_decay=0.5", "encoder.depth=2"])
     with pytest.raises(ConfigError, match="a pretraining recipe, not a fine-tuning one"):
         load_finetune_recipe(ROOT / "recipes" / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=r"ft.yaml: data.decode: device is for pretraining; .*: leave it out$"):
+        load_finetune_recipe(path, ["finetune.layer_decay=0.5", "data.name=fashion_mnist", "data.decode=device"])
+    pretraining = {"data": {"name": "image_folder", "root": "/data", "decode": "device", "on_bad_image": "skip"}}
+    recipe = load_finetune_recipe(None, pretrained_tree=pretraining)  # the pretraining run's choices stay there
+    assert recipe.tree["data"] == {"name": "image_folder", "root": "/data"}
+    with pytest.raises(ConfigError, match=r"ft.yaml: data.on_bad_image: skip is for pretraining; .*: leave it out$"):
+        load_finetune_recipe(path, ["finetune.layer_decay=0.5", "data.name=fashion_mnist",
+                                    "data.on_bad_image=skip"])
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):

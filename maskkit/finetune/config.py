@@ -18,7 +18,15 @@ import attrs
 
 from maskkit import _validators as v
 from maskkit.errors import ConfigError, expected
-from maskkit.recipe import Recipe, _section_config, apply_overrides, find_recipe_file, parse_yaml, read_text_file
+from maskkit.recipe import (
+    DATA_ENGINE_KEYS,
+    Recipe,
+    _section_config,
+    apply_overrides,
+    find_recipe_file,
+    parse_yaml,
+    read_text_file,
+)
 
 SECTIONS = ("description", "seed", "data_seed", "data", "finetune", "distributed")
 
@@ -137,6 +145,19 @@ class FinetuneRecipe(Recipe):
                                   f"{', '.join(SECTIONS)} (the encoder comes from the checkpoint)", file=self.file)
         _ = self.seed, self.data_seed, self.finetune, self.distributed
         self.component("data")
+        if self.decode != "host":  # the pretraining engine's data keys that fine-tuning does not offer
+            raise ConfigError("data.decode", "device is for pretraining; fine-tuning's augmentation (RandAugment, "
+                              "random erasing) works on images decoded in the loader workers: leave it out",
+                              file=self.file)
+        if self.on_bad_image != "stop":
+            raise ConfigError("data.on_bad_image", "skip is for pretraining; fine-tuning stops at an unreadable "
+                              "image, naming it: leave it out", file=self.file)
+
+
+def pretraining_data(pretrained_tree: dict) -> dict:
+    """The pretraining recipe's ``data`` section as a fine-tuning recipe takes it: the dataset, without the
+    pretraining engine's own choices (``decode``, ``on_bad_image``: :data:`~maskkit.recipe.DATA_ENGINE_KEYS`)."""
+    return {k: copy.deepcopy(v) for k, v in pretrained_tree["data"].items() if k not in DATA_ENGINE_KEYS}
 
 
 def load_finetune_recipe(source: str | Path | dict | None, overrides: Iterable[str] = (), *,
@@ -152,7 +173,7 @@ def load_finetune_recipe(source: str | Path | dict | None, overrides: Iterable[s
             raise ConfigError("", "a pretraining recipe, not a fine-tuning one (no finetune section); "
                               "see recipes/finetune_quickstart.yaml", file=str(path))
     if "data" not in tree and pretrained_tree and isinstance(pretrained_tree.get("data"), dict):
-        tree["data"] = copy.deepcopy(pretrained_tree["data"])
+        tree["data"] = pretraining_data(pretrained_tree)
     name = str(path) if path else ("the default fine-tuning recipe (no --recipe)" if source is None else None)
     recipe = FinetuneRecipe(tree, name).with_overrides(overrides)
     recipe.validate()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from maskkit.errors import ConfigError, expected
-from maskkit.finetune.config import FinetuneRecipe, load_finetune_recipe
+from maskkit.finetune.config import FinetuneRecipe, load_finetune_recipe, pretraining_data
 
 SETTINGS_RECIPE_KEY = "recipe"
 SCORE_KEYS = ("top1", "top5", "ema_top1", "ema_top5")
@@ -36,7 +36,7 @@ def finetune_recipe_for(settings: Mapping[str, Any], pretrained_tree: dict, *, s
     tree["finetune"] = {**(tree.get("finetune") or {}), **settings}
     tree.update(seed=seed, data_seed=data_seed)
     if isinstance(pretrained_tree.get("data"), dict):
-        tree["data"] = copy.deepcopy(pretrained_tree["data"])
+        tree["data"] = pretraining_data(pretrained_tree)
     recipe = FinetuneRecipe(tree, file)
     try:
         recipe.validate()
