@@ -195,19 +195,20 @@ class Recipe:
     @property
     def on_bad_image(self) -> str:
         """``data.on_bad_image``: ``"stop"`` (default) or ``"skip"`` (see :data:`DATA_ENGINE_KEYS`)."""
-        data = self.tree.get("data")
-        value = data.get("on_bad_image", "stop") if isinstance(data, dict) else "stop"
-        if value not in DATA_ENGINE_KEYS["on_bad_image"]:
-            raise ConfigError("data.on_bad_image", expected("stop or skip", value), file=self.file)
-        return value
+        return self._data_engine_key("on_bad_image")
 
     @property
     def decode(self) -> str:
         """``data.decode``: ``"host"`` (default) or ``"device"`` (see :data:`DATA_ENGINE_KEYS`)."""
+        return self._data_engine_key("decode")
+
+    def _data_engine_key(self, key: str) -> str:
+        """The ``data`` section's engine key ``key``: one of ``DATA_ENGINE_KEYS[key]``, the first by default."""
+        choices = DATA_ENGINE_KEYS[key]
         data = self.tree.get("data")
-        value = data.get("decode", "host") if isinstance(data, dict) else "host"
-        if value not in DATA_ENGINE_KEYS["decode"]:
-            raise ConfigError("data.decode", expected("host or device", value), file=self.file)
+        value = data.get(key, choices[0]) if isinstance(data, dict) else choices[0]
+        if value not in choices:
+            raise ConfigError(f"data.{key}", expected(" or ".join(choices), value), file=self.file)
         return value
 
     def dataset_spec(self) -> dict:
