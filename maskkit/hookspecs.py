@@ -155,7 +155,11 @@ def maskkit_add_datasets() -> Mapping[str, Factory]:
 
     The builder passes the wiring arguments the factory accepts: ``split`` ("train" or "test").
 
-    Built-in: ``fashion_mnist``, ``image_folder``.
+    A dataset of image files may also offer ``encoded(index) -> (EncodedImage or uint8 [C, H, W], label)``
+    (:mod:`maskkit.data.encoded`): JPEG bytes left undecoded for ``data.decode: device``, which pretraining
+    then decodes on the training device. Without it, ``data.decode: device`` is refused in one line.
+
+    Built-in: ``fashion_mnist``, ``image_folder`` (which offers ``encoded``).
     """
 
 
