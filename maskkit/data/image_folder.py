@@ -23,6 +23,11 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on a bad file
 
 
+def _unreadable(path: Path, exc: Exception) -> UnreadableImageError:
+    """The error for an image file that cannot be read: its path and the first line of what went wrong."""
+    return UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__)
+
+
 def _images_under(folder: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
     """Image files in ``folder`` (and its subfolders when ``recursive``), sorted by relative path."""
     if recursive:
@@ -94,12 +99,12 @@ class ImageFolder(Dataset):
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
+            raise _unreadable(path, exc) from None
         try:
             with Image.open(io.BytesIO(data)) as img:  # reads the header only
                 fmt, mode, (width, height) = img.format, img.mode, img.size
         except _PIL_ERRORS as exc:
-            raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
+            raise _unreadable(path, exc) from None
         if fmt == "JPEG" and mode in (("RGB", "L") if self.in_chans == 3 else ("L",)):
             array = np.frombuffer(bytearray(data), dtype=np.uint8)
             return EncodedImage(torch.from_numpy(array), height, width, str(path)), label
@@ -112,7 +117,7 @@ class ImageFolder(Dataset):
             with Image.open(source) as img:
                 array = np.array(img if img.mode == mode else img.convert(mode))  # convert() to the same mode copies
         except _PIL_ERRORS as exc:
-            raise UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__) from None
+            raise _unreadable(path, exc) from None
         if array.ndim == 2:
             array = array[:, :, None]
         return torch.from_numpy(array).permute(2, 0, 1)
