@@ -32,6 +32,7 @@ from PIL import Image
 import maskkit
 from maskkit import cli
 from maskkit.engine import checkpoint as ckpt
+from maskkit.engine import run_folder
 from maskkit.engine.run_folder import LOCK_NAME, RunLock, truncate_metrics
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import RunFolderError, TrainingError, UnreadableImageError, describe_failure
@@ -155,30 +156,42 @@ def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, ful
 # -- run folders --------------------------------------------------------------------------------------------
 
 
-def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path):
+@pytest.fixture(params=["flock", "no kernel locks"])
+def lock_kind(request, monkeypatch):
+    """Both ways a run folder is locked: the kernel's ``flock``, and the record alone (filesystems without it)."""
+    if request.param == "no kernel locks":
+        monkeypatch.setattr(run_folder, "_flock", lambda fd: None)
+    return request.param
+
+
+def _dead_pid() -> int:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    return dead.pid
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path, lock_kind):
     lock = tmp_path / LOCK_NAME
-    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
     with RunLock(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
         with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):  # a second taker, even in-process
             RunLock(tmp_path).acquire()
     assert not lock.exists()
-    for owner in ({"pid": os.getppid(), "host": socket.gethostname()}, {"pid": dead.pid, "host": "elsewhere"}):
+    # a live process on this host that holds no kernel lock (an older maskkit), and a record from another host
+    for owner in ({"pid": os.getppid(), "host": socket.gethostname()}, {"pid": _dead_pid(), "host": "elsewhere"}):
         lock.write_text(json.dumps(owner))
         with pytest.raises(RunFolderError, match="delete .*run.lock"):
             RunLock(tmp_path).acquire()
 
 
-def test_two_takers_of_one_stale_lock_never_both_hold_it(tmp_path, monkeypatch):
-    """The worst interleaving: B has checked that the stale lock is still there, then A takes it over (its
-    fresh lock replaces the stale one), then B removes what it believes is the stale lock. A keeps the folder;
-    B is refused, naming A."""
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def test_two_takers_of_one_stale_record_never_both_hold_it(tmp_path, monkeypatch):
+    """Without kernel locks, the worst interleaving: B has checked that the stale lock is still there, then A
+    takes it over (its fresh lock replaces the stale one), then B removes what it believes is the stale lock. A
+    keeps the folder; B is refused, naming A."""
+    monkeypatch.setattr(run_folder, "_flock", lambda fd: None)
     lock = tmp_path / LOCK_NAME
-    stale = {"pid": dead.pid, "host": socket.gethostname()}
+    stale = {"pid": _dead_pid(), "host": socket.gethostname()}
     lock.write_text(json.dumps(stale))
     a, b = RunLock(tmp_path), RunLock(tmp_path)
     real_owner = RunLock._owner
@@ -199,6 +212,83 @@ def test_two_takers_of_one_stale_lock_never_both_hold_it(tmp_path, monkeypatch):
     monkeypatch.setattr(RunLock, "_owner", real_owner)
     a.release()
     assert not lock.exists()
+
+
+def test_a_taker_that_opened_a_lock_being_released_tries_again(tmp_path, monkeypatch):
+    """B opens ``run.lock``; before B locks it, its holder A releases it (unlinks the file) and C takes a fresh
+    one. B's lock on the unlinked file is worthless: B sees that, tries again and is refused, naming C."""
+    a, b, c = RunLock(tmp_path), RunLock(tmp_path), RunLock(tmp_path)
+    a.acquire()
+    real_flock = run_folder._flock
+    calls = []
+
+    def release_and_retake_before_b_locks(fd):
+        calls.append(fd)
+        if len(calls) == 1:  # B's first lock attempt
+            a.release()
+            c.acquire()  # the second call
+        return real_flock(fd)
+
+    monkeypatch.setattr(run_folder, "_flock", release_and_retake_before_b_locks)
+    with pytest.raises(RunFolderError, match=f"another run is training into this folder \\(pid {os.getpid()}"):
+        b.acquire()
+    assert len(calls) == 3 and c.held and not b.held and not a.held
+    assert os.fstat(c._fd).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino
+    c.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def _take_and_hold(folder: str, barrier, results, hold_s: float) -> None:
+    barrier.wait()
+    try:
+        with RunLock(folder):
+            time.sleep(hold_s)  # the others try while this one holds
+            results.put("held")
+    except RunFolderError as exc:
+        results.put(str(exc))
+
+
+def test_many_takers_of_one_stale_lock_exactly_one_holds_it(tmp_path):
+    """Eight processes released at once on a killed run's lock, three times: one takes the folder, seven are
+    refused in one line."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        (folder / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+        barrier, queue = context.Barrier(8), context.Queue()
+        takers = [context.Process(target=_take_and_hold, args=(str(folder), barrier, queue, 1.5)) for _ in range(8)]
+        for taker in takers:
+            taker.start()
+        results = [queue.get(timeout=60) for _ in takers]
+        for taker in takers:
+            taker.join(timeout=60)
+        assert results.count("held") == 1, results
+        assert all("another run is training into this folder" in r for r in results if r != "held"), results
+        assert not (folder / LOCK_NAME).exists()
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
+    """``kill -9`` of a run whose forked children (data-loader workers) live on for a while: the next run takes
+    the folder at once, because a child closes its copy of the locked file."""
+    script = (f"import os, sys, time\nsys.path.insert(0, {str(Path(maskkit.__file__).parents[1])!r})\n"
+              "from maskkit.engine.run_folder import RunLock\n"
+              f"lock = RunLock({str(tmp_path)!r}).acquire()\n"
+              "child = os.fork()\n"
+              "if child == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+              "print(child, flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        proc.kill()
+        proc.wait()
+        os.kill(child, 0)  # the child still lives
+        with RunLock(tmp_path) as lock:
+            assert lock.held and json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,9 +1,14 @@
 """A run folder's file names, its lock, and what a new session does to it before training.
 
-One training process at a time owns a run folder: :class:`RunLock` creates ``run.lock`` atomically
-(``O_CREAT | O_EXCL``) holding the owner's pid, host and start time, and removes it on exit. A second run
-into the same folder is refused while the first is alive; a lock left by a process that died (``kill -9``,
-a power cut) is detected (same host, pid gone or reused) and taken over. Under torchrun only rank 0 locks.
+One training process at a time owns a run folder: :class:`RunLock` holds a kernel lock (``flock``) on
+``run.lock``, writes the owner's pid, host and start time into it for the messages, and removes it on exit. A
+second run into the same folder is refused while the first is alive. The kernel drops the lock of a process
+that dies (``kill -9``, an OOM kill): the next run takes the folder over, however many try at once. Under
+torchrun only rank 0 locks.
+
+On a filesystem without ``flock`` (Lustre mounted ``noflock``, some FUSE mounts) the file's record decides:
+``run.lock`` is created with ``O_CREAT | O_EXCL``, and a record whose process is gone (same host, pid gone or
+reused) is taken over; there, three processes taking over one stale lock in the same instant could both hold it.
 
 :func:`prepare` then makes the folder usable whatever happened to the last session: stray temporary files of a
 killed write are removed; a fresh run into a folder whose earlier run died before its first checkpoint starts
@@ -14,10 +19,13 @@ checkpoint, so every step appears once.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 
 from maskkit.errors import RunFolderError
@@ -51,6 +59,33 @@ def _alive(pid: int, start: str | None) -> bool:
     return True
 
 
+# A kernel lock belongs to an open file description, which a forked child (a data-loader worker) shares: the
+# child closes its copy, so that a killed run's workers, exiting seconds later, do not keep its folder locked.
+_HELD_IN_THIS_PROCESS: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _close_in_forked_child() -> None:
+    for lock in list(_HELD_IN_THIS_PROCESS):
+        lock._forget()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
+
+
+def _flock(fd: int) -> bool | None:
+    """Take the kernel lock of ``fd`` without waiting: True taken, False held by another open file (another run),
+    None when this filesystem has no such locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+
+
 class RunLock:
     """The exclusive lock of a run folder (a context manager; :meth:`acquire` / :meth:`release`)."""
 
@@ -58,6 +93,7 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.held = False
+        self._fd: int | None = None  # the locked file, open while held
 
     def _owner(self) -> dict | None:
         """The lock's content, ``{}`` when it cannot be read, None when there is no lock."""
@@ -74,6 +110,7 @@ class RunLock:
         return owner if isinstance(owner, dict) else {}
 
     def _stale(self, owner: dict) -> bool:
+        """Whether the process a record names is gone (only a same-host process can be checked)."""
         if not owner:  # unreadable: stale unless it may be being written right now
             try:
                 return time.time() - self.path.stat().st_mtime > _YOUNG_LOCK_S
@@ -84,39 +121,84 @@ class RunLock:
         pid = owner.get("pid")
         return not isinstance(pid, int) or not _alive(pid, owner.get("start"))
 
+    def _refuse(self, owner: dict | None) -> RunFolderError:
+        who = (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('time')}" if owner
+               else "a run that is starting")
+        return RunFolderError(f"{self.folder}: another run is training into this folder ({who}); wait for it or "
+                              f"give another --out (if no such run is alive, delete {self.path})")
+
+    def _open(self) -> tuple[int, bool] | None:
+        """Open ``run.lock``, creating it if there is none: ``(fd, created)``, None if it vanished meanwhile."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            try:
+                return os.open(self.path, os.O_RDWR), False
+            except FileNotFoundError:
+                return None
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file named ``run.lock`` (a releaser unlinks it while holding it)."""
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
     def acquire(self) -> "RunLock":
         """Take the lock, or raise :class:`~maskkit.errors.RunFolderError` naming the run that holds it."""
         _check_is_folder(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
-                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(3):
+            opened = self._open()
+            if opened is None:
+                continue  # released meanwhile
+            fd, created = opened
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None:
-                    continue  # released meanwhile
-                if not self._stale(owner):
-                    who = (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('time')}" if owner
-                           else "a run that is starting")
-                    raise RunFolderError(f"{self.folder}: another run is training into this folder ({who}); wait "
-                                         f"for it or give another --out (if no such run is alive, delete "
-                                         f"{self.path})") from None
-                if self._owner() == owner:  # still the same stale lock: take it over
-                    self._remove_stale(owner)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(mine) + "\n")
-            self.held = True
-            return self
+                if self._take(fd, created):
+                    mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
+                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+                    self._fd, self.held = fd, True
+                    _HELD_IN_THIS_PROCESS.add(self)
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
         raise RunFolderError(f"{self.folder}: could not take {self.path}; delete it if no run is training here")
 
+    def _take(self, fd: int, created: bool) -> bool:
+        """Whether this process now owns the open ``run.lock`` ``fd`` (False: try again); raises if a live run
+        does."""
+        locked = _flock(fd)
+        if locked is False:
+            raise self._refuse(self._owner())
+        if locked:
+            if not self._is_current(fd):
+                return False  # its holder released it (unlinked) between our open and our lock
+            owner = self._owner()
+            if created or not owner or owner.get("pid") == os.getpid() or self._stale(owner):
+                return True  # a record of our own is a RunLock of this process that was never released
+            raise self._refuse(owner)  # a live process that holds no kernel lock (an older maskkit)
+        if created:  # no kernel locks on this filesystem: the exclusive creation decides
+            return True
+        owner = self._owner()
+        if owner is None:
+            return False
+        if not self._stale(owner):
+            raise self._refuse(owner)
+        if self._owner() == owner:  # still the same stale lock: take it over
+            self._remove_stale(owner)
+        return False
+
     def _remove_stale(self, owner: dict) -> None:
-        """Remove the stale lock ``owner`` wrote. It is moved aside first (a rename is atomic: of processes
-        taking over together, one moves it), and a lock found there instead, made by a process that took
-        over in the instant since ``owner`` was read, is put back; two takers never both hold the folder
-        (three at once could, in the same instant)."""
+        """Remove the stale lock ``owner`` wrote (on a filesystem without kernel locks). It is moved aside first
+        (a rename is atomic: of processes taking over together, one moves it), and a lock found there instead,
+        made by a process that took over in the instant since ``owner`` was read, is put back; two takers never
+        both hold the folder (three at once could, in the same instant)."""
         aside = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.stale")
         try:
             os.rename(self.path, aside)
@@ -134,12 +216,22 @@ class RunLock:
         aside.unlink(missing_ok=True)
 
     def release(self) -> None:
-        """Remove the lock if this process holds it."""
-        if self.held:
+        """Remove the lock if this process holds it (the file first, then the kernel lock)."""
+        if not self.held:
+            return
+        try:
             owner = self._owner()
             if owner is not None and owner.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
-            self.held = False
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Close the locked file without removing it (in a forked child: the parent keeps its lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self.held = None, False
+        _HELD_IN_THIS_PROCESS.discard(self)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
