@@ -5,6 +5,9 @@
 #     bash scripts/gpu-check.sh                      # about 7 minutes on one H100/H200 (each part has a timeout)
 #     GPU_CHECK_FULL=1 bash scripts/gpu-check.sh     # also ViT-L/16 eager with every variant and the installed
 #                                                    # context-aware maskers (bench --masker; minutes more)
+#     GPU_CHECK_REHEARSAL=1 bash scripts/gpu-check.sh   # every command below on the CPU with one-block models and
+#                                                    # a few images (about a minute; tests/test_gpu_check.py):
+#                                                    # checks the script and the goals table, measures nothing
 # It runs the CUDA tests (`pytest -m cuda`), then `maskkit bench`: ViT-B/16 at batch 64 eager with every variant
 # and the data pipelines (loader against a plain decode + crop loop; data.decode: device, nvJPEG, over the same
 # files), `maskkit train` of ViT-B/16 at batch 64 on
@@ -14,61 +17,77 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-# install without network or build isolation (the build backend must already be there: setuptools is)
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || echo "editable install failed; using PYTHONPATH"
-for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && python3 -m pip install -q --no-deps --no-build-isolation -e "$p" >>"$OUT/pip.txt" 2>&1; done
+if [ "${GPU_CHECK_REHEARSAL:-0}" = "1" ]; then
+  DEVICE=cpu; BATCH=4; JPEGS=64; TRAIN_STEPS=6; COMPILE=--no-compile; GOALS=(--rehearsal)
+  TINY=(encoder.img_size=32 encoder.depth=1 encoder.embed_dim=32 encoder.num_heads=2 decoder.depth=1
+        decoder.embed_dim=32 decoder.num_heads=2)
+  SETS=(); for kv in "${TINY[@]}"; do SETS+=(--set "$kv"); done
+  DATA=(--data-images 64 --device-decode)
+else
+  DEVICE=cuda; BATCH=64; JPEGS=2048; TRAIN_STEPS=60; COMPILE=--compile; GOALS=(); TINY=(); SETS=(); DATA=()
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+  # install without network or build isolation (the build backend must already be there: setuptools is)
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || echo "editable install failed; using PYTHONPATH"
+  for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && python3 -m pip install -q --no-deps --no-build-isolation -e "$p" >>"$OUT/pip.txt" 2>&1; done
+fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__,
+            torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/versions.txt"
 WORKERS=$(python3 -c "import os; print(min(16, os.cpu_count() or 1))")
-BENCH=(python3 -m maskkit bench --device cuda --steps 5)
+BENCH=(python3 -m maskkit bench --device "$DEVICE" --steps 5)
 
 # 1. the CUDA tests (tests/test_cuda.py and every test marked cuda, the plugins' included)
-timeout 110 python3 -m pytest -q -m cuda tests plugins 2>&1 | tee "$OUT/tests.txt" | tail -4
-echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $OUT/tests.txt)"
+if [ "$DEVICE" = cuda ]; then
+  timeout 110 python3 -m pytest -q -m cuda tests plugins 2>&1 | tee "$OUT/tests.txt" | tail -4
+  echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $OUT/tests.txt)"
+fi
 
 # 2. ViT-B/16, batch 64, eager, every variant, and the data pipelines with every worker busy (nvJPEG's too)
-timeout 110 "${BENCH[@]}" --models vit_base_patch16 --batch-size 64 --no-compile --workers "$WORKERS" \
-  --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed: see $OUT/bench-B64.txt"
+timeout 110 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-compile --workers "$WORKERS" \
+  "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed: see $OUT/bench-B64.txt"
 
 # 3. maskkit train end to end, ViT-B/16 at batch 64 on generated JPEGs, eager like the bench rows above
 timeout 30 python3 -c "
 import sys; from pathlib import Path; from maskkit.bench.data import plain_pool, write_jpegs
-pool = plain_pool($WORKERS); write_jpegs(Path(sys.argv[1]), 2048, pool=pool); pool.shutdown()" "$OUT/jpegs"
+pool = plain_pool($WORKERS); write_jpegs(Path(sys.argv[1]), $JPEGS, pool=pool); pool.shutdown()" "$OUT/jpegs"
 timeout 80 python3 -m maskkit train recipes/mae_vit_base_patch16.yaml --out "$OUT/train-B64" \
-  data.root="$OUT/jpegs" train.batch_size=64 train.accum_steps=1 train.effective_batch=64 train.max_steps=60 \
-  train.log_every=10 train.ckpt_every=0 train.warmup_epochs=0 train.num_workers="$WORKERS" train.compile=false \
-  eval.knn=false eval.reconstructions=0 >"$OUT/train-B64.txt" 2>&1 || echo "maskkit train failed: see $OUT/train-B64.txt"
+  data.root="$OUT/jpegs" train.batch_size="$BATCH" train.accum_steps=1 train.effective_batch="$BATCH" \
+  train.max_steps="$TRAIN_STEPS" train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=0 train.warmup_epochs=0 \
+  train.num_workers="$WORKERS" train.compile=false eval.knn=false eval.reconstructions=0 "${TINY[@]}" \
+  train.device="$DEVICE" >"$OUT/train-B64.txt" 2>&1 || echo "maskkit train failed: see $OUT/train-B64.txt"
 
 # 4. ViT-L/16, batch 64, compiled (train.compile: auto's setting on CUDA): MAE, mask tokens, transformers
-timeout 150 "${BENCH[@]}" --models vit_large_patch16 --batch-size 64 --compile --variants mae,dense,hf --no-data \
-  --json "$OUT/bench-L64.json" >"$OUT/bench-L64.txt" 2>&1 || echo "ViT-L/16 compiled benchmark failed: see $OUT/bench-L64.txt"
+timeout 150 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" "$COMPILE" --variants mae,dense,hf --no-data \
+  "${SETS[@]}" --json "$OUT/bench-L64.json" >"$OUT/bench-L64.txt" 2>&1 || echo "ViT-L/16 compiled benchmark failed: see $OUT/bench-L64.txt"
 
-# 5. ViT-L/16 at the per-GPU micro-batch that batch_size: auto picks on this GPU, compiled
+# 5. ViT-L/16 at the per-GPU micro-batch that batch_size: auto picks on this GPU, compiled (a rehearsal picks for an
+#    80 GiB GPU and benchmarks its small batch)
 AUTO=$(python3 -c "
 import torch, maskkit
 from maskkit.engine.batch_rule import StepShape, pick_batch
 r = maskkit.load_recipe('recipes/mae_vit_large_patch16.yaml')
+memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 80 * 2**30
 print(pick_batch(StepShape.of(maskkit.build_model(r)), effective_batch=r.train.effective_batch, world_size=1,
-                 device_type='cuda', memory_bytes=torch.cuda.get_device_properties(0).total_memory)[0])")
+                 device_type='cuda', memory_bytes=memory)[0])")
 echo "batch_size: auto picks ${AUTO:-?} per GPU for ViT-L/16 here"
-timeout 90 "${BENCH[@]}" --models vit_large_patch16 --batch-size "${AUTO:-256}" --compile --variants mae --no-data \
-  --json "$OUT/bench-Lauto.json" >"$OUT/bench-Lauto.txt" 2>&1 || echo "ViT-L/16 auto-batch benchmark failed: see $OUT/bench-Lauto.txt"
+[ "$DEVICE" = cpu ] && AUTO=$BATCH
+timeout 90 "${BENCH[@]}" --models vit_large_patch16 --batch-size "${AUTO:-256}" "$COMPILE" --variants mae --no-data \
+  "${SETS[@]}" --json "$OUT/bench-Lauto.json" >"$OUT/bench-Lauto.txt" 2>&1 || echo "ViT-L/16 auto-batch benchmark failed: see $OUT/bench-Lauto.txt"
 
 # the extra cost of context-aware maskers (maskkit bench --masker) for those the installed plugins provide:
 # with GPU_CHECK_FULL=1, or GPU_CHECK_MASKERS='attmask|hpm|adamae' (up to a minute each, beyond the 8 minutes)
 if [ "${GPU_CHECK_FULL:-0}" = "1" ] || [ -n "${GPU_CHECK_MASKERS:-}" ]; then
   MASKERS=$(python3 -m maskkit list masker 2>/dev/null | grep -owE "${GPU_CHECK_MASKERS:-attmask|hpm|adamae}" | sort -u)
   for m in $MASKERS; do
-    timeout 60 "${BENCH[@]}" --models vit_base_patch16 --batch-size 64 --masker "$m" \
+    timeout 60 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --masker "$m" "${SETS[@]}" \
       --json "$OUT/bench-masker-$m.json" >"$OUT/bench-masker-$m.txt" 2>&1; tail -1 "$OUT/bench-masker-$m.txt"
   done
 fi
 
 if [ "${GPU_CHECK_FULL:-0}" = "1" ]; then
-  timeout 240 "${BENCH[@]}" --models vit_large_patch16 --batch-size 64 --no-compile --no-data \
+  timeout 240 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" --no-compile --no-data "${SETS[@]}" \
     --json "$OUT/bench-L64-eager.json" >"$OUT/bench-L64-eager.txt" 2>&1 || echo "ViT-L/16 eager benchmark failed"
 fi
 
 tail -22 "$OUT/bench-L64.txt"
-python3 -m maskkit.bench.goals "$OUT"
+python3 -m maskkit.bench.goals "${GOALS[@]}" "$OUT"

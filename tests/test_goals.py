@@ -9,9 +9,10 @@ from maskkit.bench import goals
 L, B = "vit_large_patch16", "vit_base_patch16"
 
 
-def _bench(model, batch, **variants):
-    """A bench JSON with one row per ``variant=(seconds, mfu)``."""
-    return {"steps": [{"model": model, "variant": v, "batch_size": batch, "seconds": s, "mfu": mfu,
+def _bench(model, batch, device="cuda:0", **variants):
+    """A bench JSON with one row per ``variant=(seconds, mfu)``, measured on ``device``."""
+    return {"environment": {"device": device},
+            "steps": [{"model": model, "variant": v, "batch_size": batch, "seconds": s, "mfu": mfu,
                        "images_per_s": batch / s} for v, (s, mfu) in variants.items()], "data": []}
 
 
@@ -61,10 +62,14 @@ def test_an_empty_folder_is_all_unmeasured(tmp_path):
     assert goals.load_results(tmp_path) == {}
 
 
-def test_the_device_decode_row_counts_only_when_it_ran_on_a_gpu(tmp_path):
-    """``bench --device cpu --device-decode`` also writes an imagefolder-device row: the goal is about nvJPEG."""
-    b64 = _bench(B, 64, mae=(0.032, 0.2))
+def test_a_benchmark_on_the_cpu_measures_no_goal_unless_rehearsing():
+    """``bench --device cpu`` (``--device-decode`` too) writes the same rows; the goals are about a GPU. A
+    rehearsal counts them, so that its table shows every goal finding its numbers."""
+    b64 = _bench(B, 64, device="cpu", mae=(0.032, 0.2), dense=(0.064, 0.3))
     b64["data"] = [{"pipeline": "imagefolder-device", "images_per_s": 5000.0, "workers": 2,
                     "description": "JPEG decode + crop 224 on cpu"}]
-    rows = {r.goal: r for r in goals.evaluate({"B64": b64})}
-    assert rows["GPU decode path (nvJPEG, data.decode: device) / ViT-B/16 MAE step rate"].status == "unmeasured"
+    assert all(r.status == "unmeasured" for r in goals.evaluate({"B64": b64}))
+    rows = {r.goal: r for r in goals.evaluate({"B64": b64}, rehearsal=True)}
+    assert rows["ViT-B/16 sparse encoder vs mask-token encoder"].measured == "2.00x"
+    assert rows["GPU decode path (nvJPEG, data.decode: device) / ViT-B/16 MAE step rate"].status == "pass"
+    assert goals.format_table(list(rows.values()), rehearsal=True).startswith("REHEARSAL")

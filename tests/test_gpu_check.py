@@ -1,0 +1,43 @@
+"""``scripts/gpu-check.sh`` itself: its rehearsal runs every command of the GPU check on the CPU with one-block
+models (about a minute), so that a session that draws a GPU does not spend its minutes on a broken script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu-check.sh"
+
+
+def test_the_script_parses():
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a bash script")
+def test_the_rehearsal_runs_every_step_and_each_goal_finds_its_numbers(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_CHECK_REHEARSAL": "1", "OUT": str(out)}
+    env.pop("GPU_CHECK_FULL", None)
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "failed: see" not in log and "Traceback" not in log, log
+    assert not (out / "pip.txt").exists()  # a rehearsal installs nothing
+    for name in ("bench-B64.json", "bench-L64.json", "bench-Lauto.json"):
+        bench = json.loads((out / name).read_text())
+        assert bench["environment"]["device"] == "cpu" and bench["steps"], name
+    pipelines = {d["pipeline"] for d in json.loads((out / "bench-B64.json").read_text())["data"]}
+    assert {"imagefolder", "imagefolder-device"} <= pipelines
+    metrics = [json.loads(line) for line in (out / "train-B64" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    rows = {r["goal"]: r for r in json.loads((out / "goals.json").read_text())}
+    unmeasured = {goal for goal, r in rows.items() if r["measured"] == "-"}
+    assert unmeasured == {"ViT-L/16 vs transformers' ViTMAE (eager vs eager, batch 64)"}  # GPU_CHECK_FULL only
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == f"rehearsal: {len(rows) - 1} of {len(rows)} goals found their numbers; none is measured"
+    assert any(line.startswith("REHEARSAL: ") for line in lines)
