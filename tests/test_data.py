@@ -408,6 +408,24 @@ def test_global_batch_sampler_set_start_and_epochs(n: int, G: int, seed: int, da
         sampler.set_start(len(full) + 1)
 
 
+@FAST
+@given(n=st.integers(20, 200), G=st.integers(1, 16), world=st.sampled_from([1, 2]), drop_last=st.booleans(),
+       seed=st.integers(0, 10**6), data=st.data())
+def test_global_batch_sampler_max_batches_is_a_prefix_of_the_epoch(n: int, G: int, world: int, drop_last: bool,
+                                                                    seed: int, data: st.DataObject) -> None:
+    """``max_batches`` (an epoch of whole optimizer steps) cuts each rank's epoch to its first batches."""
+    G *= world
+    for rank in range(world):
+        whole = GlobalBatchSampler(n, G, seed=seed, rank=rank, world_size=world, drop_last=drop_last)
+        full = list(whole)
+        m = data.draw(st.integers(0, whole.num_global_batches + 2))
+        cut = GlobalBatchSampler(n, G, seed=seed, rank=rank, world_size=world, drop_last=drop_last, max_batches=m)
+        assert list(cut) == full[:m] and len(cut) == len(full[:m])
+        k = data.draw(st.integers(0, cut.num_global_batches))
+        cut.set_start(k)
+        assert list(cut) == full[k:m] and len(cut) == len(full[k:m])
+
+
 def test_global_batch_sampler_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError, match="divisible"):
         GlobalBatchSampler(100, 10, seed=0, world_size=3)

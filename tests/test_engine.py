@@ -54,18 +54,24 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_across_an_epoch_boundary_with_accumulation(tmp_path, builtin_registry):
-    """200 images make 12 batches of 16: 6 steps of 2 micro-batches per epoch; crash mid-epoch-2."""
+@pytest.mark.parametrize("accum, steps_per_epoch, max_steps, ckpt_every", [(2, 6, 9, 4), (5, 2, 6, 3)])
+def test_resume_across_an_epoch_boundary_with_accumulation(tmp_path, builtin_registry, accum, steps_per_epoch,
+                                                            max_steps, ckpt_every):
+    """200 images make 12 batches of 16: 6 steps of 2 micro-batches per epoch, or 2 steps of 5 (the last 2
+    batches of each epoch, too few for a step, are not drawn: an epoch ends with a step); the crash is in the
+    second or third epoch."""
     tree = tiny_tree()
-    recipe = load_recipe(tree, ["train.max_steps=9", "train.batch_size=16", "train.accum_steps=2",
-                                "train.ckpt_every=4"])
+    recipe = load_recipe(tree, [f"train.max_steps={max_steps}", "train.batch_size=16", f"train.accum_steps={accum}",
+                                f"train.ckpt_every={ckpt_every}"])
     subset = SmallFashion(200)
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": subset})
     recipe = recipe.with_overrides(["data={name: small_fashion}"])
     full = Trainer(recipe, tmp_path / "full", registry=registry, progress=False)
     full.fit()
-    assert full.steps_per_epoch == 6
-    crash = maskkit.Registry.from_plugins(autoload=False, plugins={"small": subset, "crash": CrashAfterCheckpoint(8)})
+    assert full.steps_per_epoch == steps_per_epoch and len(full.sampler) == steps_per_epoch * accum
+    crash_step = (max_steps - 1) // ckpt_every * ckpt_every
+    crash = maskkit.Registry.from_plugins(autoload=False,
+                                          plugins={"small": subset, "crash": CrashAfterCheckpoint(crash_step)})
     with pytest.raises(Crash):
         Trainer(recipe, tmp_path / "part", registry=crash, progress=False).fit()
     Trainer(recipe, tmp_path / "part", registry=registry, resume=tmp_path / "part" / "checkpoint.pth",

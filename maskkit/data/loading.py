@@ -119,13 +119,17 @@ class GlobalBatchSampler(Sampler[list[int]]):
     ``W`` contiguous slices whose sizes differ by at most one (a rank whose slice is empty yields nothing,
     so ranks may then disagree on ``len``; keep ``drop_last=True`` for multi-rank training).
 
+    ``max_batches`` ends every epoch after that many global batches: the trainers pass the micro-batches of
+    their whole optimizer steps, so that an epoch never ends inside a step (the micro-batches of an incomplete
+    last step are not drawn) and a step's batches are a function of its number alone, as an exact resume needs.
+
     :meth:`set_epoch` selects the epoch (and resets the start to 0 when the epoch changes);
     :meth:`set_start` skips the first ``k`` global batches of the current epoch, for an exact resume
     (call it after ``set_epoch``). ``len`` is the number of batches this rank has left in the epoch.
     """
 
     def __init__(self, num_samples: int, global_batch_size: int, *, seed: int, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True):
+                 world_size: int = 1, drop_last: bool = True, max_batches: int | None = None):
         if num_samples < 0:
             raise ValueError(f"num_samples: expected >= 0, got {num_samples}")
         if global_batch_size < 1:
@@ -140,7 +144,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
+        if max_batches is not None and max_batches < 0:
+            raise ValueError(f"max_batches: expected >= 0 or None, got {max_batches}")
         self.drop_last = drop_last
+        self.max_batches = max_batches
         self.epoch = 0
         self.start = 0
 
@@ -151,9 +158,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     @property
     def num_global_batches(self) -> int:
-        """Global batches in a whole epoch."""
+        """Global batches in a whole epoch (at most ``max_batches``)."""
         n, g = self.num_samples, self.global_batch_size
-        return n // g if self.drop_last else -(-n // g)
+        batches = n // g if self.drop_last else -(-n // g)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def set_epoch(self, epoch: int) -> None:
         """Select ``epoch``; a different epoch than the current one also resets the start to 0."""
@@ -187,7 +195,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
                 yield batch[lo:hi]
 
     def __len__(self) -> int:
-        full = self.num_samples // self.global_batch_size
+        full = min(self.num_samples // self.global_batch_size, self.num_global_batches)
         left = self.num_global_batches - self.start
         if left > 0 and self.num_global_batches > full:  # a kept incomplete last batch
             lo, hi = self._slice(self.num_samples - full * self.global_batch_size)

@@ -78,13 +78,15 @@ def plan_steps(cfg: Any, num_samples: int, dist: DistContext, *, data_seed: int,
     ``num_samples`` images. Too few images for one optimizer step is a one-line error on
     ``SECTION.batch_size``."""
     global_batch = cfg.batch_size * dist.world_size
-    sampler = GlobalBatchSampler(num_samples, global_batch, seed=data_seed, rank=dist.rank,
-                                 world_size=dist.world_size)
-    micro_per_epoch = len(sampler)
+    micro_per_epoch = num_samples // global_batch  # the sampler drops an incomplete last batch
     if micro_per_epoch < cfg.accum_steps:
         raise ConfigError(f"{section}.batch_size", f"{num_samples} training images make {micro_per_epoch} batches "
                           f"of {global_batch}, fewer than accum_steps={cfg.accum_steps}", file=file)
     steps_per_epoch = micro_per_epoch // cfg.accum_steps
+    # an epoch of whole optimizer steps: a step never mixes two epochs' batches, so a resumed run (which starts
+    # at its step's epoch and batch) draws exactly what the uninterrupted run drew
+    sampler = GlobalBatchSampler(num_samples, global_batch, seed=data_seed, rank=dist.rank,
+                                 world_size=dist.world_size, max_batches=steps_per_epoch * cfg.accum_steps)
     effective_batch = global_batch * cfg.accum_steps
     return sampler, StepPlan(
         global_batch=global_batch, steps_per_epoch=steps_per_epoch,
