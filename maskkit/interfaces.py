@@ -228,12 +228,17 @@ class Encoder(nn.Module, ABC):
         return None
 
     def prefix_attention(self, images: torch.Tensor) -> torch.Tensor:
-        """The first prefix token's ([CLS]) attention to each patch in the last block, per head, on the whole
-        image, without gradients: ``[B, C, H, W] -> [B, heads, N]`` (softmax weights; each row sums to at most
-        1, the prefix tokens take the rest). What attention-guided maskers (AttMask) rank patches by.
+        """The [CLS] token's attention to each patch in the last block, per head, on the whole image, without
+        gradients: ``[B, C, H, W] -> [B, heads, N]`` (softmax weights; each row sums to at most 1, the prefix
+        tokens take the rest). What attention-guided maskers (AttMask) rank patches by. It runs in the
+        encoder's current mode; a caller that wants it deterministic (no dropout, no stochastic depth) puts the
+        encoder in eval mode around the call (:func:`maskkit.toolkit.eval_mode`, as AttMask does). Read the
+        weights inside the encoder's own forward (forward hooks), not by calling its layers afterwards: under
+        FSDP2 a block's parameters are resharded once its forward ends.
 
-        Optional: the default raises ``NotImplementedError`` (an encoder without a [CLS] token or attention
-        has none); the built-in timm ViT encoder implements it."""
+        Optional: the default raises ``NotImplementedError``, and so must an encoder without a [CLS] token
+        (register tokens alone are not one) or without such attention; the built-in timm ViT encoder
+        implements it."""
         raise NotImplementedError(f"{type(self).__name__} does not give its [CLS] attention (prefix_attention)")
 
     @abstractmethod

@@ -13,19 +13,23 @@ the builder adds the recipe file and section, so a user reads
 
 Each validator returns the value (converted: ``ratio`` gives a float) so that checking and assigning is one
 line. Shipping recipes is one hook: ``maskkit_add_recipes = toolkit.recipes_hook(Path(__file__).parent /
-"recipes")``.
+"recipes")``. A masker that scores patches with a pass of the model runs it under :func:`eval_mode`, so that
+its masks do not depend on dropout or stochastic depth drawn from the global RNG.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+from torch import nn
 
 from maskkit.errors import ConfigError, expected
 from maskkit.registry import hookimpl
 
 __all__ = ["ratio", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "boolean",
-           "one_of", "recipe_files", "recipes_hook"]
+           "one_of", "recipe_files", "recipes_hook", "eval_mode"]
 
 
 def _is_int(value: Any) -> bool:
@@ -106,3 +110,19 @@ def recipes_hook(folder: str | Path) -> Callable[[], dict[str, Path]]:
 
     maskkit_add_recipes.__doc__ = f"The YAML recipes shipped in {folder.name}/, named by file stem."
     return maskkit_add_recipes
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``with toolkit.eval_mode(encoder): ...``: ``module`` and all its submodules in eval mode for the block
+    (no dropout, no stochastic depth: a deterministic pass), then each submodule's own previous ``training``
+    flag back, also when the block raises. For a masker's scoring pass of the model being trained: its masks
+    then depend on the images, the weights and the masker's ``generator`` only, not on the global RNG.
+    Gradients are not touched: add ``torch.no_grad()`` where the pass needs none."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

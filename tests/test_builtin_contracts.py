@@ -98,3 +98,21 @@ class TestPooledViTWithoutCls(EncoderContract):
         enc = self.make_encoder()
         with pytest.raises(NotImplementedError, match="no \\[CLS\\] token"):
             enc.prefix_attention(torch.randn(1, 3, 16, 16))
+
+
+class TestRegisterViTWithoutCls(EncoderContract):
+    """Registers and no [CLS] token (timm's ``*_reg4_gap`` ViTs): a register is not a [CLS] token, so no
+    prefix attention, said plainly."""
+
+    def make_encoder(self):
+        return TimmViTEncoder("vit_base_patch16_reg4_gap_256", img_size=28, patch_size=4, in_chans=1, embed_dim=32,
+                              depth=1, num_heads=2)
+
+    def test_no_prefix_attention(self):
+        import pytest
+        import torch
+
+        enc = self.make_encoder()
+        assert enc.cls_token is None and enc.num_prefix_tokens == 4
+        with pytest.raises(NotImplementedError, match="no \\[CLS\\] token"):
+            enc.prefix_attention(torch.randn(1, 1, 28, 28))

@@ -9,10 +9,11 @@ therefore timm's, which are also the official MAE encoder's.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
+from timm.models.vision_transformer import Attention
 from torch import nn
 
 from maskkit.errors import ConfigError, expected
@@ -136,23 +137,36 @@ class TimmViTEncoder(Encoder):
     @torch.no_grad()
     def prefix_attention(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, heads, N]``: the [CLS] row of the last block's softmax attention, over the
-        patches, in float32. timm's fused attention never forms the weights, so they are recomputed from the
-        input of the last block's ``attn`` (recorded by a forward hook during one :meth:`forward_features`):
-        one ``qkv`` projection, with timm's ``q_norm``/``k_norm`` and ``scale``."""
-        if self.num_prefix_tokens < 1:
-            raise NotImplementedError(f"{self.model_name} has no [CLS] token: no prefix attention")
-        attn = self.blocks[-1].attn
-        captured: list[torch.Tensor] = []
-        handle = attn.register_forward_hook(lambda module, args, output: captured.append(args[0]))
+        patches, in float32, without gradients, in the encoder's current mode (train/eval).
+
+        timm's fused attention never forms the weights, so they are recomputed from the queries and keys the
+        last block's ``attn`` forms during one :meth:`forward_features`: the outputs of its ``q_norm`` and
+        ``k_norm`` (``[B, heads, T, head_dim]``, T = P + N; ``Identity`` without qk-norm), recorded by forward
+        hooks, times timm's ``scale``. Nothing runs outside the block's own forward, so the weights are read
+        while the block's parameters are there (FSDP2 reshards a block after its forward). The [CLS] token is
+        the first prefix token (timm and :meth:`_prefix` put it before the registers); an encoder without one
+        (``class_token=False``, registers only or none) raises ``NotImplementedError``."""
+        if self.cls_token is None:
+            raise NotImplementedError(f"{self.model_name} has no [CLS] token (class_token=False): no [CLS] attention")
+        attn = getattr(self.blocks[-1], "attn", None)
+        if not isinstance(attn, Attention) or type(attn).forward is not Attention.forward:
+            raise NotImplementedError(f"{self.model_name}: the last block's attention is {type(attn).__name__}, "
+                                      f"not timm's Attention: no [CLS] attention")
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+                captured[name] = output[:, :, :1] if name == "q" else output  # q: the [CLS] row only
+            return hook
+
+        handles = [attn.q_norm.register_forward_hook(keep("q")), attn.k_norm.register_forward_hook(keep("k"))]
         try:
             self.forward_features(images)
         finally:
-            handle.remove()
-        x = captured[0]  # [B, T, D], T = P + N: the last attention's (normed) input
-        b, t, _ = x.shape
-        qkv = attn.qkv(x).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, heads, T, hd]
-        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-        logits = (q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)  # [B, heads, 1, T]
+            for handle in handles:
+                handle.remove()
+        q, k = captured["q"], captured["k"]  # [B, heads, 1, hd], [B, heads, T, hd]
+        logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)  # [B, heads, 1, T]
         return logits.softmax(dim=-1)[:, :, 0, self.num_prefix_tokens:]  # [B, heads, N]
 
     def export_arguments(self, recipe_arguments: dict) -> dict:

@@ -2,12 +2,13 @@
 what the paper says."""
 
 import pytest
+import timm
 import torch
-from adaptive_helpers import GRID, draw, fashion, tiny_model
+from adaptive_helpers import GRID, draw, fashion, registry, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskkit import ConfigError
+from maskkit import ConfigError, Encoder
 from maskkit_adaptive import AttMaskMasker, cls_attention
 
 
@@ -39,6 +40,50 @@ def test_cls_attention_is_timms_softmax(model):
     assert bool((ours.sum(1) < 1).all()) and bool((ours > 0).all())  # the cls token keeps some attention
 
 
+def _vit(name: str, **kwargs) -> Encoder:
+    """The built-in timm ViT encoder ``name``, through the registry (plugins use maskkit's public API only)."""
+    return registry().create("encoder", name, **kwargs)
+
+
+def _timm_reference(encoder: Encoder, timm_kwargs: dict, images: torch.Tensor) -> torch.Tensor:
+    """``[B, heads, N]``: the [CLS] row of timm's own unfused last-block softmax, from timm's own model (its own
+    token order: [CLS] first, then the registers) loaded with the encoder's weights."""
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, global_pool="", **timm_kwargs)
+    vit.load_state_dict(encoder.state_dict())
+    vit.eval()
+    attn = vit.blocks[-1].attn
+    attn.fused_attn = False
+    seen = []
+    attn.attn_drop.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        vit.forward_features(images)
+    return seen[0][:, :, 0, vit.num_prefix_tokens:]  # [B, heads, N]
+
+
+@pytest.mark.parametrize("extra", [{}, {"qk_norm": True}, {"reg_tokens": 4}], ids=["plain", "qk_norm", "registers"])
+def test_prefix_attention_is_timms_cls_row_per_head(extra):
+    """Per head, with qk-norm, and with registers after the [CLS] token (timm's order): the [CLS] row of timm's
+    own softmax, with no gradient even when called with gradients on."""
+    kwargs = dict(img_size=28, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, **extra)
+    torch.manual_seed(0)
+    encoder = _vit("vit_tiny_patch16_224", **kwargs).eval()
+    images = fashion()[:4]
+    ours = encoder.prefix_attention(images)
+    assert ours.shape == (4, 2, GRID[0] * GRID[1]) and ours.dtype == torch.float32 and not ours.requires_grad
+    torch.testing.assert_close(ours, _timm_reference(encoder, kwargs, images), rtol=1e-5, atol=1e-7)
+
+
+def test_registers_without_cls_token_are_refused():
+    """A register token is not a [CLS] token: no prefix attention, and attmask says so in one line."""
+    encoder = _vit("vit_base_patch16_reg4_gap_256", img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=1,
+                   num_heads=2).eval()
+    assert encoder.cls_token is None and encoder.num_prefix_tokens == 4
+    with pytest.raises(NotImplementedError, match="no \\[CLS\\] token"):
+        encoder.prefix_attention(torch.randn(2, 1, 28, 28))
+    with pytest.raises(TypeError, match="needs the encoder's \\[CLS\\] attention"):
+        cls_attention(encoder, torch.randn(2, 1, 28, 28))
+
+
 def test_high_hides_more_attended_patches_than_random(model):
     images = fashion()[:16]
     attention = cls_attention(model.encoder, images)
@@ -61,6 +106,7 @@ def test_masks_follow_the_image(model):
 
 
 def test_hint_reveals_some_of_the_most_attended(model):
+    """An explicit hint_ratio (as recipes written before the default followed the official rule) is kept."""
     images = fashion()[:12]
     attention = cls_attention(model.encoder, images)
     masker = AttMaskMasker(mode="hint", hint_ratio=0.05, hint_pool=0.1)
@@ -74,6 +120,24 @@ def test_hint_reveals_some_of_the_most_attended(model):
     top = torch.zeros_like(high).scatter_(1, attention.argsort(1, descending=True)[:, :int(0.1 * n)], True)
     assert bool((revealed <= top).all()), "the hints come from the most attended patches"
     assert not torch.equal(hint, draw(masker, 12, seed=1, images=images, model=model)), "hints are random"
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.6, 0.9])
+def test_hint_count_follows_the_official_rule_by_default(model, ratio):
+    """main_attmask.py reveals int(show_max * pred_ratio * N) hints, show_max = 0.1 (the pool): by default
+    hint_ratio = hint_pool * ratio; the declared count is what every sample hides."""
+    images = fashion()[:6]
+    masker = AttMaskMasker(ratio=ratio, mode="hint")
+    n = GRID[0] * GRID[1]
+    hints = int(0.1 * ratio * n)
+    assert masker.hint_ratio == pytest.approx(0.1 * ratio) and masker.hint_pool == 0.1
+    assert masker.num_hidden(GRID) == n - int(n * (1 - ratio)) - hints
+    mask = draw(masker, 6, images=images, model=model)
+    assert mask.sum(1).tolist() == [masker.num_hidden(GRID)] * 6
+    high = draw(AttMaskMasker(ratio=ratio, mode="high"), 6, images=images, model=model)
+    assert (high & ~mask).sum(1).tolist() == [hints] * 6
+    pooled = AttMaskMasker(ratio=ratio, mode="hint", hint_pool=0.2)  # the default follows the pool (show_max)
+    assert pooled.num_hidden(GRID) == n - int(n * (1 - ratio)) - int(0.2 * ratio * n)
 
 
 @settings(max_examples=5, deadline=None)

@@ -29,8 +29,10 @@ class AttMaskMasker(Masker):
 
     * ``high`` (AttMask-High): hide the ``num_hidden`` most attended patches.
     * ``hint`` (AttMask-Hint): hide the most attended patches, then reveal ``int(hint_ratio * N)`` of them
-      drawn uniformly from the ``int(hint_pool * N)`` most attended (the official ``show_ratio`` and
-      ``show_max``; ``show_max`` defaults to 0.1 there). As in the official code, the revealed hints lower the
+      drawn uniformly from the ``int(hint_pool * N)`` most attended. ``hint_pool`` is the official
+      ``show_max`` (0.1) and ``hint_ratio`` the official ``show_ratio``, which ``main_attmask.py`` sets to
+      ``show_max * pred_ratio``: so ``hint_ratio`` defaults to ``hint_pool * ratio`` (0.075 of N at the
+      defaults; set it to decouple it from the ratio). As in the official code, the revealed hints lower the
       hidden count: every sample hides ``N - int(N * (1 - ratio)) - int(hint_ratio * N)`` patches.
     * ``low`` (AttMask-Low, the paper's ablation): hide the least attended patches.
 
@@ -45,21 +47,25 @@ class AttMaskMasker(Masker):
 
     Differences from the paper, by design: the attention is taken in a separate no-grad forward of the whole
     image (in iBOT the teacher's forward of the global crops serves both the target and the attention), so the
-    masker costs one full-image encoder forward per step; the encoder's mode (train/eval) is left as it is.
+    masker costs one full-image encoder forward per step. That forward runs in eval mode (no dropout, no drop
+    path, as the official teacher; each submodule's mode is restored after), so the attention depends on the
+    images and the weights only, never on the global RNG.
     Randomness (hints, ``masking_prob``) comes from ``generator`` through :func:`maskkit.masking.noise`, so two
     processes with batch B draw what one draws with 2B given the same attention.
 
     ``__call__(B, grid, generator=, device=, images=[B, C, H, W], model=MaskedModel, rows=) -> bool [B, N]``.
     """
 
-    def __init__(self, ratio: float = 0.75, mode: str = "high", hint_ratio: float = 0.05, hint_pool: float = 0.1,
-                 masking_prob: float = 1.0, source: str = "auto"):
+    def __init__(self, ratio: float = 0.75, mode: str = "high", hint_ratio: float | None = None,
+                 hint_pool: float = 0.1, masking_prob: float = 1.0, source: str = "auto"):
         self.ratio = check_ratio(ratio)
         if mode not in MODES:
             raise ConfigError("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
-        self.hint_ratio = check_fraction(hint_ratio, "hint_ratio")
         self.hint_pool = check_fraction(hint_pool, "hint_pool")
+        if hint_ratio is None:  # main_attmask.py: show_ratio = show_max * pred_ratio
+            hint_ratio = self.hint_pool * self.ratio
+        self.hint_ratio = check_fraction(hint_ratio, "hint_ratio")
         if mode == "hint" and not 0 < self.hint_ratio <= self.hint_pool < self.ratio:
             raise ConfigError("hint_ratio", f"mode hint needs 0 < hint_ratio <= hint_pool < ratio, got hint_ratio="
                                             f"{hint_ratio}, hint_pool={hint_pool}, ratio={ratio}")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskkit import ConfigError, MaskDraw, Masker
+from maskkit import ConfigError, MaskDraw, Masker, toolkit
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
 from maskkit_adaptive._common import (
@@ -39,15 +39,18 @@ class HPMMasker(nn.Module, Masker):
     """Hide the patches a small learned head predicts hardest to reconstruct, mixed with random ones on an
     easy-to-hard schedule, and train the head on the step's detached per-patch loss with a ranking objective.
 
-    At mask time (no gradients) the model's encoder (``source``, as for attmask: ``encoder``, ``teacher`` or
-    ``auto``) encodes the whole image; the loss predictor (LayerNorm, ``Linear(in_dim, hidden)``, GELU,
-    ``Linear(hidden, 1)`` per patch token) scores each patch; the ``int(hard_fraction * num_hidden)`` highest
-    scores are hidden and the rest of the ``num_hidden`` patches is drawn uniformly among the others. The
-    fraction follows HPM's schedule, rising linearly from 0 to ``hard_max`` (the paper's 0.5) over
-    ``ramp_epochs`` (the run's length in the paper: ``hard_max * (epoch + 1) / total_epochs``; here the
-    fractional epoch, so it rises every step). ``aux_losses`` returns ``{"rank": relative_loss}`` on the hidden
-    patches: the predictor's scores (recomputed with gradients from the stored features) against the
-    detached per-patch reconstruction loss, HPM's relative loss (``loss_weight`` times it, 1.0 as the paper).
+    At mask time the model's encoder (``source``, as for attmask: ``encoder``, ``teacher`` or ``auto``) encodes
+    the whole image without gradients and in eval mode (no dropout, no drop path: HPM draws its masks with an
+    EMA model that has no drop path; each submodule's mode is restored after), so the mask depends on the
+    images, the weights and ``generator`` only, not on the global RNG. The loss predictor (LayerNorm,
+    ``Linear(in_dim, hidden)``, GELU, ``Linear(hidden, 1)`` per patch token) scores each patch; the
+    ``int(hard_fraction * num_hidden)`` highest scores are hidden and the rest of the ``num_hidden`` patches
+    is drawn uniformly among the others. The fraction follows HPM's schedule, rising linearly from 0 to
+    ``hard_max`` (the paper's 0.5) over ``ramp_epochs`` (the run's length in the paper: ``hard_max * (epoch +
+    1) / total_epochs``; here the fractional epoch, so it rises every step). ``aux_losses`` returns ``{"rank":
+    relative_loss}`` on the hidden patches: the predictor's scores (recomputed with gradients from the stored
+    features) against the detached per-patch reconstruction loss, HPM's relative loss (``loss_weight`` times
+    it, 1.0 as the paper).
 
     Simplifications, by design, and why:
 
@@ -57,7 +60,7 @@ class HPMMasker(nn.Module, Masker):
       teacher of a ``teacher`` target); those features are detached, so the ranking loss trains the head only
       and not the encoder (HPM's loss also shapes the student's representation). A decoder-sized predictor
       and an EMA model are what a masker plugin cannot own cheaply; the ranking signal and the schedule are
-      the paper's.
+      the paper's. The stored features, hence the head's inputs, come from the eval-mode pass.
     * The cost is one full-image encoder forward per step, as AttMask's.
 
     ``in_dim`` is the encoder's width, passed by the builder (a wiring argument); built by hand with another
@@ -103,7 +106,7 @@ class HPMMasker(nn.Module, Masker):
         check_grid(encoder, grid, "hpm")
         n = grid[0] * grid[1]
         device = images.device if device is None else device
-        with torch.no_grad():
+        with torch.no_grad(), toolkit.eval_mode(encoder):  # deterministic: no drop path from the global RNG
             features = encoder.forward_features(images)[:, encoder.num_prefix_tokens:].detach()  # [B, N, D]
             predicted = self.predict(features).float().to(device)  # [B, N]
         hidden = self.num_hidden(grid)
