@@ -132,6 +132,13 @@ def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
         raise MaskkitError("finetune: give a pretrained CHECKPOINT, or --resume a fine-tuning checkpoint")
     pretrained = None
     if args.resume is not None:
+        # --resume continues the run with the recipe saved in its checkpoint (the weights are there too); only
+        # overrides of the keys that keep it exact (finetune.epochs, max_steps, ...) apply, others are refused
+        given = [f"--recipe {args.recipe}"] if args.recipe is not None else []
+        given += [f"CHECKPOINT {args.checkpoint}"] if args.checkpoint is not None else []
+        if given:
+            raise MaskkitError(f"finetune: --resume continues the run with its own recipe, saved in {args.resume}; "
+                               f"drop {' and '.join(given)} (overrides such as finetune.epochs=N still apply)")
         state = load_finetune_checkpoint(args.resume)
         recipe = FinetuneRecipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
         recipe.validate()
@@ -466,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="fine-tuning recipe .yaml or registered name, e.g. finetune_quickstart "
                                     "(default: the MAE ViT-B settings, the checkpoint's data)")
     p.add_argument("--out", help="run folder (default runs/finetune-NAME-TIME; with --resume, the checkpoint's)")
-    p.add_argument("--resume", help="fine-tuning checkpoint to continue from")
+    p.add_argument("--resume", help="fine-tuning checkpoint to continue from, with its own recipe (no CHECKPOINT "
+                                    "or --recipe; overrides of finetune.epochs, max_steps, ... apply)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)
 

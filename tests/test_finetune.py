@@ -24,8 +24,13 @@ from maskkit.cli import main
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import CheckpointError, ConfigError
-from maskkit.finetune import FinetuneTrainer, load_finetune_recipe, read_pretrained
-from maskkit.finetune.model import build_classifier, layer_decay_groups, load_pretrained_encoder
+from maskkit.finetune import FinetuneConfig, FinetuneTrainer, load_finetune_recipe, read_pretrained
+from maskkit.finetune.model import (
+    build_classifier,
+    freeze_for_partial_finetuning,
+    layer_decay_groups,
+    load_pretrained_encoder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPTH = 3
@@ -143,27 +148,75 @@ def test_missing_encoder_weights_are_a_one_line_error(pretrained):
         load_pretrained_encoder(classifier, state, "x.pth")
 
 
-@pytest.mark.parametrize("decay", [0.65, 0.75, 1.0])
-def test_layer_decay_groups_scale_like_the_official_mae(pretrained, decay):
-    """MAE's lr_decay.py: embeddings get decay ** (depth + 1), block i decay ** (depth - i), head 1."""
+def _official_lrd(model, weight_decay: float, layer_decay: float) -> dict[str, tuple[float, float]]:
+    """``{name: (lr_scale, weight_decay)}`` by the official MAE's util/lr_decay.py (``param_groups_lrd`` with
+    ``get_layer_id_for_vit``), written out again here as it reads there."""
+    num_layers = len(model.blocks) + 1
+    layer_scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
+    no_weight_decay_list = {"pos_embed", "cls_token", "dist_token"}  # models_vit's no_weight_decay()
+    out = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        this_decay = 0.0 if p.ndim == 1 or n in no_weight_decay_list else weight_decay
+        if n in ("cls_token", "pos_embed") or n.startswith("patch_embed"):
+            layer_id = 0
+        elif n.startswith("blocks"):
+            layer_id = int(n.split(".")[1]) + 1
+        else:
+            layer_id = num_layers
+        out[n] = (layer_scales[layer_id], this_decay)
+    return out
+
+
+@pytest.mark.parametrize("global_pool", ["avg", "token"])
+@pytest.mark.parametrize("decay", [0.5, 0.65, 0.75, 1.0])
+def test_layer_decay_groups_scale_like_the_official_mae(pretrained, decay, global_pool):
+    """MAE's lr_decay.py: embeddings get decay ** (depth + 1), block i decay ** (depth - i), the final norm (the
+    token head's ``norm``, the avg head's ``fc_norm``) and the head 1; every parameter once, frozen ones not."""
     tree, _ = read_pretrained(pretrained)
-    model = build_classifier(tree["encoder"], 10)
-    groups = layer_decay_groups(model, weight_decay=0.05, layer_decay=decay)
+    model = build_classifier(tree["encoder"], 10, global_pool=global_pool)
     names = {id(p): n for n, p in model.named_parameters()}
-    seen = 0
-    for group in groups:
-        for param in group["params"]:
-            name, seen = names[id(param)], seen + 1
-            if name.startswith(("cls_token", "pos_embed", "patch_embed")):
-                layer = 0
-            elif name.startswith("blocks."):
-                layer = int(name.split(".")[1]) + 1
-            else:
-                layer = DEPTH + 1
-            assert group["lr_scale"] == pytest.approx(decay ** (DEPTH + 1 - layer)), name
-            no_decay = param.ndim <= 1 or name in ("cls_token", "pos_embed")
-            assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
-    assert seen == len(names)
+    for tune_blocks in (None, 1):
+        if tune_blocks is not None:
+            freeze_for_partial_finetuning(model, tune_blocks)
+        groups = layer_decay_groups(model, weight_decay=0.05, layer_decay=decay)
+        ours = {names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+        assert sum(len(g["params"]) for g in groups) == len(ours)
+        official = _official_lrd(model, 0.05, decay)
+        assert ours.keys() == official.keys()
+        for name, (scale, wd) in official.items():
+            assert ours[name][0] == pytest.approx(scale, rel=1e-12), name
+            assert ours[name][1] == wd, name
+    if global_pool == "token":
+        assert official["norm.weight"] == (1.0, 0.0) and official["head.weight"] == (1.0, 0.05)
+
+
+def test_mixup_draws_are_per_rank_and_rank_0_draws_like_one_process():
+    """Under DDP each rank draws its own Mixup/CutMix lambda, switch and box (the official code seeds each
+    process with seed + rank); rank 0 draws what a one-process run draws, and the draws are a function of
+    (seed, rank, micro_step), so a resume draws them again."""
+    from maskkit.data.loading import stable_seed
+    from maskkit.finetune.data import SeededMixup
+
+    cfg = FinetuneConfig(mixup=0.8, cutmix=1.0)
+    images = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+
+    def draws(mixup, steps=range(8)):
+        return [mixup(images.clone(), labels, step) for step in steps]
+
+    one, rank0, rank1 = (draws(SeededMixup(cfg, 10, 0, **kw)) for kw in ({}, {"rank": 0}, {"rank": 1}))
+    for (a_img, a_tgt), (b_img, b_tgt) in zip(one, rank0):
+        assert torch.equal(a_img, b_img) and torch.equal(a_tgt, b_tgt)
+    assert all(not torch.equal(a[1], b[1]) for a, b in zip(rank0, rank1))  # a different lambda at every step
+    resumed = draws(SeededMixup(cfg, 10, 0, rank=1), [5, 6])  # a fresh object from micro-step 5, as a resume
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(resumed, rank1[5:7]))
+    # rank 0 keeps the one-process seed of earlier versions; other ranks and seeds never share a stream
+    assert SeededMixup(cfg, 10, 3).seed_of(7) == stable_seed("maskkit/mixup", 3, 7)
+    seeds = {SeededMixup(cfg, 10, seed, rank=rank).seed_of(step) for seed in range(3) for rank in range(4)
+             for step in range(3)}
+    assert len(seeds) == 3 * 4 * 3
 
 
 def test_partial_finetuning_trains_only_the_last_blocks_and_head(pretrained, tmp_path):
@@ -257,6 +310,40 @@ def test_recipe_errors_name_file_and_key(pretrained, tmp_path):
                                     "data.on_bad_image=skip"])
 
 
+PAIR = "[min, max] with 0 < min <= max <= 1"
+MINMAX = "null or [min, max] with 0 < min < max <= 1"
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("scale", 0.5, f"expected {PAIR}, got 0.5"),
+    ("scale", [0.5, "x"], f"expected {PAIR}, got [0.5, 'x']"),
+    ("scale", [0.5], f"expected {PAIR}, got [0.5]"),
+    ("scale", "0.08, 1", f"expected {PAIR}, got '0.08, 1'"),
+    ("scale", [True, 1], f"expected {PAIR}, got [True, 1]"),
+    ("betas", 0.9, "expected two floats in [0, 1), got 0.9"),
+    ("betas", [0.9, "a"], "expected two floats in [0, 1), got [0.9, 'a']"),
+    ("betas", {"b1": 0.9}, "expected two floats in [0, 1), got {'b1': 0.9}"),
+    ("cutmix_minmax", 0.5, f"expected {MINMAX}, got 0.5"),
+    ("cutmix_minmax", [0.2, "a"], f"expected {MINMAX}, got [0.2, 'a']"),
+    ("cutmix_minmax", [0.1, 0.5, 0.9], f"expected {MINMAX}, got [0.1, 0.5, 0.9]"),
+    ("cutmix_minmax", [0.3, 0.2], f"expected {MINMAX}, got [0.3, 0.2]"),
+    ("device", 3, "expected a string, got 3"),
+])
+def test_malformed_recipe_values_name_file_key_and_what_was_expected(tmp_path, key, value, message):
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({"data": {"name": "fashion_mnist", "source": "embedded"},
+                                    "finetune": {key: value}}))
+    with pytest.raises(ConfigError) as info:
+        load_finetune_recipe(path)
+    assert str(info.value) == f"{path}: finetune.{key}: {message}"
+
+
+def test_well_formed_pairs_are_tuples():
+    cfg = FinetuneConfig(scale=[0.2, 1], betas=[0.9, 0.95], cutmix_minmax=[0.2, 0.8])
+    assert (cfg.scale, cfg.betas, cfg.cutmix_minmax) == ((0.2, 1), (0.9, 0.95), (0.2, 0.8))
+    assert FinetuneConfig().cutmix_minmax is None
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
     cases = [
         ([str(tmp_path / "nope.pth")], "no such checkpoint file"),
@@ -274,6 +361,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
         assert err.count("\n") == 1 and fragment in err, err
     assert main(["train", "finetune_quickstart"]) == 2
     assert "a fine-tuning recipe" in capsys.readouterr().err
+
+
+def test_cli_resume_refuses_a_recipe_or_checkpoint_it_would_ignore(pretrained, tmp_path, capsys):
+    """--resume continues with the checkpoint's own recipe: a --recipe or a pretrained CHECKPOINT beside it is a
+    one-line error (exit 2) naming them, not silently ignored; overrides of the resumable keys still apply."""
+    trainer(pretrained, tmp_path / "run", max_steps=1, ema=False).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pth"
+    cases = [(["--recipe", "finetune_quickstart"], "drop --recipe finetune_quickstart ("),
+             ([str(pretrained)], f"drop CHECKPOINT {pretrained} ("),
+             ([str(pretrained), "finetune.max_steps=2", "--recipe", "x.yaml"],
+              f"drop --recipe x.yaml and CHECKPOINT {pretrained} (")]
+    for extra, fragment in cases:
+        assert main(["finetune", "--resume", str(ckpt), *extra, "--no-progress"]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--resume continues the run with its own recipe" in err and fragment in err
+    assert torch.load(ckpt, weights_only=True)["step"] == 1  # nothing ran
+    assert main(["finetune", "--resume", str(ckpt), "finetune.max_steps=2", "--no-progress"]) == 0
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
 
 
 def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):
@@ -314,6 +419,20 @@ def test_shipped_recipes_have_the_paper_settings():
         assert cfg.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.weight_decay == 0.05
         assert cfg.betas == (0.9, 0.999) and cfg.global_pool == "avg"
     assert load_finetune_recipe("finetune_quickstart").component("data")["name"] == "fashion_mnist"
+
+
+def test_defaults_are_the_official_vit_base_recipe():
+    """FinetuneConfig's defaults are FINETUNE.md's ViT-B recipe (blr 5e-4 with layer decay 0.65, 100 epochs,
+    ...), as the shipped finetune_vit_base_patch16 spells it out, but for how the batch is split and logged."""
+    import attrs
+
+    shipped = load_finetune_recipe("finetune_vit_base_patch16").finetune
+    layout = {"batch_size", "accum_steps", "num_workers", "log_every", "ckpt_every"}
+    defaults = FinetuneConfig()
+    differing = {f.name for f in attrs.fields(FinetuneConfig)
+                 if f.name not in layout and getattr(defaults, f.name) != getattr(shipped, f.name)}
+    assert differing == set()
+    assert (defaults.base_lr, defaults.layer_decay, defaults.epochs, defaults.batch_size) == (5e-4, 0.65, 100, 32)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from maskkit.builtin.masking import mask_from_noise
 from maskkit.engine.checkpoint import load_training_checkpoint
 from maskkit.errors import CheckpointError
 from maskkit.interop import load_pretrained, read_pretrained
-from maskkit.interop.pretrained import _shipped_recipe_with_shapes
+from maskkit.interop.pretrained import _shipped_recipe_with_shapes, mlp_ratio_for
 from maskkit.interop.vit_names import official_to_transformers, transformers_to_official
 from maskkit.recipe import Recipe
 
@@ -130,6 +130,56 @@ def test_transformers_folder_with_another_activation_is_refused(tmp_path):
     _tiny_vitmae(transformers, hidden_act="relu").save_pretrained(tmp_path / "hf")
     with pytest.raises(CheckpointError, match="hidden_act 'relu'"):
         load_pretrained(tmp_path / "hf")
+
+
+# -- MLP widths ---------------------------------------------------------------------------------------------
+
+
+def test_mlp_ratio_gives_every_mlp_width_exactly():
+    """timm's block (and maskkit's MAE decoder) make ``int(dim * mlp_ratio)`` hidden units, which for
+    ``mlp_ratio = hidden / dim`` is one short at 35,109 of these pairs (width 88, MLP 120 -> 119): every width a
+    multiple of 8 up to 2048, every MLP width up to 4x, exactly; the plain quotient whenever it works."""
+    for dim in range(8, 2049, 8):
+        for hidden in range(1, 4 * dim + 1):
+            ratio = mlp_ratio_for(dim, hidden)
+            assert int(dim * ratio) == hidden, (dim, hidden)
+    assert mlp_ratio_for(768, 3072) == 4.0 and mlp_ratio_for(88, 120) != 120 / 88
+
+
+@settings(max_examples=300, deadline=None)
+@given(dim=st.integers(1, 8192), hidden=st.integers(1, 65536))
+def test_mlp_ratio_any_width(dim, hidden):
+    assert int(dim * mlp_ratio_for(dim, hidden)) == hidden
+
+
+def test_mlp_widths_that_truncate_read_from_transformers_and_official_checkpoints(tmp_path):
+    """Width 88 with an MLP of 120, a decoder 56 wide with an MLP of 61 (``int(88 * (120 / 88)) == 119``): the
+    transformers folder reads to the same model, so does the official checkpoint of its weights, and the
+    fine-tuning classifier built from either takes the encoder."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.finetune.model import build_classifier, load_pretrained_encoder
+
+    hf = _tiny_vitmae(transformers, hidden_size=88, num_attention_heads=4, intermediate_size=120,
+                      decoder_hidden_size=56, decoder_num_attention_heads=2, decoder_intermediate_size=61)
+    hf.save_pretrained(tmp_path / "hf")
+    loaded = load_pretrained(tmp_path / "hf")
+    model = _built(loaded)
+    assert model.encoder.blocks[0].mlp.fc1.out_features == 120
+    assert model.decoder.decoder_blocks[0].mlp.fc1.out_features == 61
+    gen = torch.Generator().manual_seed(1)
+    images, noise = torch.randn(2, 3, 16, 16, generator=gen), torch.rand(2, 16, generator=gen)
+
+    def theirs(images, noise):
+        out = hf(pixel_values=images, noise=noise)
+        return out.loss, out.logits, out.mask
+
+    _same_loss(model, theirs, images, noise, hf.config.mask_ratio)
+    torch.save({"model": loaded.state_dict}, tmp_path / "official.pth")
+    official = load_pretrained(tmp_path / "official.pth")
+    assert all(torch.equal(official.state_dict[k], v) for k, v in loaded.state_dict.items())
+    for recipe, state in ((loaded.recipe, loaded.state_dict), (official.recipe, official.state_dict)):
+        classifier = build_classifier(recipe["encoder"], 10)
+        assert load_pretrained_encoder(classifier, state, "test") > 0
 
 
 # -- official MAE checkpoints -------------------------------------------------------------------------------
@@ -410,6 +460,36 @@ def test_export_finetuned_classifier_to_vit(tmp_path, capsys, img_size):
     assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "avg")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "global_pool=token" in err
+
+
+def test_export_of_a_classifier_fine_tuned_from_a_transformers_folder_keeps_its_eps(tmp_path, monkeypatch):
+    """A classifier fine-tuned from a transformers ViTMAE folder (encoder section norm_eps 1e-12) exports with
+    layer_norm_eps 1e-12 and the fine-tuned model's own logits; the export is checked against the model
+    fine-tuning built, so a rebuild that lost the eps is refused instead of compared with itself."""
+    transformers = pytest.importorskip("transformers")
+    from maskkit.finetune import model as finetune_model
+    from maskkit.interop.transformers_export import export_transformers
+
+    spec = {"name": "vit_tiny_patch16_224", "img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32,
+            "depth": 1, "num_heads": 2, "norm_eps": 1e-12}
+    torch.manual_seed(0)
+    trained = finetune_model.build_classifier(spec, 10, global_pool="token").eval()
+    with torch.no_grad():
+        for param in trained.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    checkpoint = {"kind": "finetune", "model": trained.state_dict(), "encoder": spec, "num_classes": 10,
+                  "recipe": {}}
+    result = export_transformers(checkpoint, tmp_path / "vit")
+    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    assert hf.config.layer_norm_eps == 1e-12 and result.max_difference < 1e-6
+    images = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=images).logits, trained(images), rtol=0, atol=1e-6)
+    build = finetune_model.build_classifier
+    monkeypatch.setattr(finetune_model, "build_classifier",
+                        lambda spec, *a, **kw: build({k: v for k, v in spec.items() if k != "norm_eps"}, *a, **kw))
+    with pytest.raises(CheckpointError, match=r"layer norm eps \[1e-06\], its encoder section norm_eps 1e-12"):
+        export_transformers(checkpoint, tmp_path / "wrong")
 
 
 def test_layer_norm_eps_travels_both_ways(tmp_path, capsys):

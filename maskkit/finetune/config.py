@@ -46,23 +46,55 @@ def _optional_str(inst, attribute, value):
         raise ConfigError(attribute.name, expected("a string or null", value))
 
 
+def _string(inst, attribute, value):
+    if not isinstance(value, str):
+        raise ConfigError(attribute.name, expected("a string", value))
+
+
+def _sequence_to_tuple(value):
+    """A YAML list becomes a tuple; anything else is left for the validator to name (a scalar ``0.5`` would
+    otherwise fail inside ``tuple()`` as "'float' object is not iterable", without the key)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _number_pair(value) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
+def _shown(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _scale(inst, attribute, value):
-    if not (len(value) == 2 and all(isinstance(s, (int, float)) for s in value) and 0 < value[0] <= value[1] <= 1):
-        raise ConfigError(attribute.name, expected("[min, max] with 0 < min <= max <= 1", list(value)))
+    if not (_number_pair(value) and 0 < value[0] <= value[1] <= 1):
+        raise ConfigError(attribute.name, expected("[min, max] with 0 < min <= max <= 1", _shown(value)))
 
 
 def _minmax(inst, attribute, value):
-    if value is not None and not (len(value) == 2 and 0 < value[0] < value[1] <= 1):
-        raise ConfigError(attribute.name, expected("null or [min, max] with 0 < min < max <= 1", list(value)))
+    if value is not None and not (_number_pair(value) and 0 < value[0] < value[1] <= 1):
+        raise ConfigError(attribute.name, expected("null or [min, max] with 0 < min < max <= 1", _shown(value)))
+
+
+def _betas(inst, attribute, value):
+    v.betas(inst, attribute, _shown(value))
 
 
 @attrs.frozen(kw_only=True)
 class FinetuneConfig:
-    """The ``finetune`` section. Defaults are the official MAE ``main_finetune.py`` ones for ViT-B.
+    """The ``finetune`` section. Defaults are the official MAE's ViT-B fine-tuning recipe (FINETUNE.md: 100 epochs,
+    32 images per GPU on 32 GPUs = 1024, ``--blr 5e-4 --layer_decay 0.65 --weight_decay 0.05 --drop_path 0.1
+    --mixup 0.8 --cutmix 1.0 --reprob 0.25``), and ``main_finetune.py``'s defaults for everything that recipe
+    does not set (5 warmup epochs, ``min_lr`` 1e-6, no gradient clipping, mean-pool head, Mixup probability 1 and
+    switch 0.5, label smoothing 0.1, ``rand-m9-mstd0.5-inc1``, erasing ``pixel`` x 1, no colour jitter), and what
+    it leaves to its libraries: AdamW betas (0.9, 0.999), timm's crop scale (0.08, 1) and flip 0.5.
+    (``main_finetune.py``'s own defaults differ: base lr 1e-3, layer decay 0.75, 50 epochs, batch 64, no Mixup
+    or CutMix.) ``batch_size`` is per process: the recipe's effective 1024 needs 32 processes, or ``accum_steps``
+    (the shipped ``finetune_vit_base_patch16``: 8 GPUs x 32 x 4). EMA is maskkit's option, off as in MAE.
 
     Optimisation: AdamW (``betas``, ``weight_decay``) with layer-wise learning-rate decay (``layer_decay``:
-    the head gets the learning rate, the last block ``layer_decay`` times it, ..., the patch embedding
-    ``layer_decay ** (depth + 1)``; 1 turns it off), ``lr = base_lr * effective_batch / 256`` unless ``lr``
+    the head and the final norm get the learning rate, the last block ``layer_decay`` times it, ..., the patch
+    embedding ``layer_decay ** (depth + 1)``; 1 turns it off), ``lr = base_lr * effective_batch / 256`` unless ``lr``
     is given, linear warmup for ``warmup_epochs`` then cosine to ``min_lr``. ``batch_size`` is per process and
     micro-step; the effective batch is ``batch_size * accum_steps * world_size``.
 
@@ -90,8 +122,9 @@ class FinetuneConfig:
     min_lr: float = attrs.field(default=1e-6, validator=v.non_negative_float)
     warmup_epochs: float = attrs.field(default=5.0, validator=v.non_negative_float)
     weight_decay: float = attrs.field(default=0.05, validator=v.non_negative_float)
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=v.betas, converter=tuple)
-    layer_decay: float = attrs.field(default=0.75, validator=_unit_interval)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas,
+                                         converter=_sequence_to_tuple)
+    layer_decay: float = attrs.field(default=0.65, validator=_unit_interval)
     clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     drop_path: float = attrs.field(default=0.1, validator=_probability)
     global_pool: str = attrs.field(default="avg", validator=v.one_of("avg", "token"))
@@ -100,7 +133,7 @@ class FinetuneConfig:
     mixup: float = attrs.field(default=0.8, validator=v.non_negative_float)
     cutmix: float = attrs.field(default=1.0, validator=v.non_negative_float)
     cutmix_minmax: tuple[float, float] | None = attrs.field(default=None, validator=_minmax,
-                                                            converter=attrs.converters.optional(tuple))
+                                                            converter=_sequence_to_tuple)
     mixup_prob: float = attrs.field(default=1.0, validator=_probability)
     mixup_switch_prob: float = attrs.field(default=0.5, validator=_probability)
     smoothing: float = attrs.field(default=0.1, validator=_probability)
@@ -109,12 +142,12 @@ class FinetuneConfig:
     reprob: float = attrs.field(default=0.25, validator=_probability)
     remode: str = attrs.field(default="pixel", validator=v.one_of("pixel", "rand", "const"))
     recount: int = attrs.field(default=1, validator=v.positive_int)
-    scale: tuple[float, float] = attrs.field(default=(0.08, 1.0), validator=_scale, converter=tuple)
+    scale: tuple[float, float] = attrs.field(default=(0.08, 1.0), validator=_scale, converter=_sequence_to_tuple)
     hflip: float = attrs.field(default=0.5, validator=_probability)
     ema: bool = attrs.field(default=False, validator=v.boolean)
     ema_decay: float = attrs.field(default=0.9999, validator=_unit_interval)
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
-    device: str = attrs.field(default="auto")
+    device: str = attrs.field(default="auto", validator=_string)
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
     log_every: int = attrs.field(default=10, validator=v.positive_int)
     ckpt_every: int = attrs.field(default=0, validator=v.non_negative_int)

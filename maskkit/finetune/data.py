@@ -5,7 +5,7 @@ timm's transforms draw from Python's ``random``, NumPy's and torch's global gene
 with those generators seeded from the engine's per-sample generator (``(seed, epoch, index)``, see
 :mod:`maskkit.data.loading`) and restored afterwards, so a sample's augmentation depends on those three
 integers alone (not on workers, ranks or resumes) and the training process's own random streams (drop path)
-are left untouched. Mixup draws are seeded per micro-step the same way.
+are left untouched. Mixup draws are seeded the same way per rank and micro-step.
 
 One-channel images (Fashion-MNIST): timm's transforms work on PIL images, and a ``[1, H, W]`` uint8 tensor
 becomes a PIL ``L`` image, on which every RandAugment operation runs (checked on the embedded
@@ -92,22 +92,33 @@ def _guard_posterize(transform) -> None:
 
 
 class SeededMixup:
-    """``timm.data.Mixup`` (Mixup/CutMix with label smoothing) whose draws come from ``(seed, micro_step)``.
+    """``timm.data.Mixup`` (Mixup/CutMix with label smoothing) whose draws come from ``(seed, rank, micro_step)``.
 
     ``__call__(images [B, C, H, W], labels int64 [B], micro_step) -> (mixed images, soft targets [B, K])``.
-    Under DDP each process mixes its own slice of the global batch (as the official MAE does), so with mixup
-    on, a run's numbers depend on the number of processes; without it they do not."""
+    Under DDP each process mixes its own slice of the global batch with its own draws (lambda, the Mixup/CutMix
+    switch, the box), as the official MAE does (it seeds each process with ``seed + rank``); so with mixup on, a
+    run's numbers depend on the number of processes; without it they do not. Rank 0 draws what a one-process run
+    draws. The draws depend on these integers alone, so a resumed run (same world size) draws the same."""
 
-    def __init__(self, cfg: FinetuneConfig, num_classes: int, seed: int):
+    def __init__(self, cfg: FinetuneConfig, num_classes: int, seed: int, rank: int = 0):
         from timm.data import Mixup
 
         self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
                            prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode="batch",
                            label_smoothing=cfg.smoothing, num_classes=num_classes)
         self.seed = seed
+        self.rank = rank
+
+    def seed_of(self, micro_step: int) -> int:
+        """The seed of ``micro_step``'s draws on this rank: a hash of ``(seed, micro_step)`` on rank 0 (one process
+        draws the same as rank 0), of ``(seed, rank, micro_step)`` under another tag on the other ranks, so no two
+        ranks or runs share a stream by arithmetic coincidence (as ``seed + rank`` would for seeds 0 and 1)."""
+        if self.rank == 0:
+            return stable_seed("maskkit/mixup", self.seed, micro_step)
+        return stable_seed("maskkit/mixup/rank", self.seed, self.rank, micro_step)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, micro_step: int):
-        with seeded_global_generators(stable_seed("maskkit/mixup", self.seed, micro_step)):
+        with seeded_global_generators(self.seed_of(micro_step)):
             return self.mixup(images, labels)
 
 

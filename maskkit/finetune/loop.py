@@ -2,7 +2,7 @@
 ``versions.json``, ``metrics.jsonl``, ``checkpoint.pth``, ``finetune.json`` with top-1/top-5 on the test split).
 
 The engine's guarantees hold as in :mod:`maskkit.engine.trainer`: the data order and each sample's
-augmentation come from ``(data_seed, epoch[, index])``, Mixup from ``(seed, micro_step)``, drop path from the
+augmentation come from ``(data_seed, epoch[, index])``, Mixup from ``(seed, rank, micro_step)``, drop path from the
 global generators seeded per rank after the model is built, and checkpoints (atomic, ``weights_only``
 readable) keep the model, optimizer, EMA and every rank's random state, so a resumed run continues exactly.
 
@@ -204,11 +204,17 @@ class FinetuneTrainer:
         self.effective_batch, self.base_lr, self.warmup_steps = plan.effective_batch, plan.base_lr, plan.warmup_steps
         groups = layer_decay_groups(self.model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=cfg.betas, fused=True)
-        self.mixup = SeededMixup(cfg, self.num_classes, recipe.seed) if cfg.mixup_active else None
+        self.mixup = (SeededMixup(cfg, self.num_classes, recipe.seed, rank=self.dist.rank) if cfg.mixup_active
+                      else None)  # each rank its own draws, as the official main_finetune.py
         self.criterion = make_criterion(cfg)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         if resume_state is not None:
-            load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
+            try:
+                load_state(self.model, self.optimizer, resume_state["model"], resume_state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:  # e.g. optimizer groups of an older maskkit
+                detail = ckpt.describe_mismatch(exc)
+                raise CheckpointError(f"{self.resume_path}: its weights or optimizer state do not fit the model "
+                                      f"and parameter groups its recipe builds: {detail}") from None
             if self.ema is not None:
                 if resume_state.get("ema") is None:
                     raise CheckpointError(f"{self.resume_path}: holds no EMA weights")

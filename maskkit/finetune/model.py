@@ -94,15 +94,41 @@ def freeze_for_partial_finetuning(model: nn.Module, tune_blocks: int) -> None:
             module.requires_grad_(True)
 
 
+# parameters before the first block: layer 0 with the official ``cls_token``, ``pos_embed`` and ``patch_embed``
+# (``reg_token`` and ``norm_pre`` are timm-only stem parts, which MAE's ViTs do not have)
+_EMBEDDING_NAMES = ("cls_token", "pos_embed", "reg_token")
+_EMBEDDING_PREFIXES = ("patch_embed.", "norm_pre.")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """The layer of parameter ``name`` in the official MAE's ``util/lr_decay.py`` (``get_layer_id_for_vit``):
+    the tokens, position and patch embedding 0, ``blocks.i.*`` ``i + 1``, everything else (the final ``norm``,
+    ``fc_norm``, the head) ``depth + 1``."""
+    if name in _EMBEDDING_NAMES or name.startswith(_EMBEDDING_PREFIXES):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
 def layer_decay_groups(model: nn.Module, *, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW parameter groups with layer-wise learning-rate decay (timm's ``param_groups_layer_decay``).
+    """AdamW parameter groups with layer-wise learning-rate decay, as the official MAE's ``param_groups_lrd``.
 
-    Layer ids follow the official MAE's ``lr_decay.py``: tokens, position and patch embedding 0, block ``i``
-    ``i + 1``, the final norms and the head ``depth + 1``; a group's ``lr_scale`` is
-    ``layer_decay ** (depth + 1 - layer_id)``. No weight decay on 1-D parameters and the model's
-    ``no_weight_decay()`` names. Frozen parameters are left out."""
-    from timm.optim import param_groups_layer_decay
-
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=tuple(skip),
-                                    layer_decay=layer_decay)
+    Layer ids are :func:`layer_id`'s; a group's ``lr_scale`` is ``layer_decay ** (depth + 1 - layer_id)``, so the
+    head and the final norm (with either head: ``global_pool`` ``avg`` or ``token``) get 1, the last block
+    ``layer_decay``, the embeddings ``layer_decay ** (depth + 1)``. (timm's ``param_groups_layer_decay`` differs:
+    its ViT ``group_matcher`` puts the final ``norm`` with the last block.) No weight decay on 1-D parameters and
+    the model's ``no_weight_decay()`` names. Frozen parameters are left out. Groups come in the order of their
+    first parameter in ``named_parameters()``."""
+    depth = len(model.blocks)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name in skip)
+        layer = layer_id(name, depth)
+        group = groups.setdefault((layer, decay), {"lr_scale": layer_decay ** (depth + 1 - layer),
+                                                   "weight_decay": weight_decay if decay else 0.0, "params": []})
+        group["params"].append(param)
+    return list(groups.values())

@@ -23,6 +23,7 @@ initialised MAE decoder (seeded by the recipe's ``seed``), so the state dict is 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -195,6 +196,21 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)
 
 
+def mlp_ratio_for(dim: int, hidden: int) -> float:
+    """The ``mlp_ratio`` whose MLP is ``hidden`` wide at width ``dim``: timm's ViT block and maskkit's MAE decoder
+    make ``int(dim * mlp_ratio)`` hidden units, and ``hidden / dim`` can land one short after rounding (width 88,
+    MLP 120: ``int(88 * (120 / 88)) == 119``); the nearest float up or down that gives ``hidden`` exactly is
+    taken then (``hidden / dim`` itself whenever it works, as for every ViT-B/L/H)."""
+    dim, hidden = int(dim), int(hidden)
+    ratio = hidden / dim
+    for _ in range(64):  # a step or two at most in practice
+        made = int(dim * ratio)
+        if made == hidden:
+            return ratio
+        ratio = math.nextafter(ratio, math.inf if made < hidden else -math.inf)
+    raise CheckpointError(f"no mlp_ratio gives an MLP of {hidden} at width {dim}")
+
+
 def recipe_from_vitmae_config(config: Mapping[str, Any], has_decoder: bool = True) -> tuple[dict, tuple[str, ...]]:
     """A recipe tree for a transformers ``ViTMAEConfig`` (as a dict, e.g. ``config.json``), and notes on what
     maskkit does differently. Refuses (:class:`~maskkit.errors.CheckpointError`) what maskkit cannot run."""
@@ -213,7 +229,7 @@ def recipe_from_vitmae_config(config: Mapping[str, Any], has_decoder: bool = Tru
     patch = c["patch_size"] if isinstance(c["patch_size"], int) else list(c["patch_size"])
     encoder = {"name": _TIMM_BY_WIDTH.get(dim, "vit_base_patch16_224"), "img_size": size, "patch_size": patch,
                "in_chans": int(c["num_channels"]), "embed_dim": dim, "depth": int(c["num_hidden_layers"]),
-               "num_heads": int(c["num_attention_heads"]), "mlp_ratio": int(c["intermediate_size"]) / dim}
+               "num_heads": int(c["num_attention_heads"]), "mlp_ratio": mlp_ratio_for(dim, int(c["intermediate_size"]))}
     eps = float(c["layer_norm_eps"])
     if eps != 1e-6:  # maskkit's default; transformers' is 1e-12
         encoder["norm_eps"] = eps
@@ -225,7 +241,7 @@ def recipe_from_vitmae_config(config: Mapping[str, Any], has_decoder: bool = Tru
         encoder["attn_drop_rate"] = float(c["attention_probs_dropout_prob"])
     decoder = {"name": "mae", "embed_dim": dec_dim, "depth": int(c["decoder_num_hidden_layers"]),
                "num_heads": int(c["decoder_num_attention_heads"]),
-               "mlp_ratio": int(c["decoder_intermediate_size"]) / dec_dim}
+               "mlp_ratio": mlp_ratio_for(dec_dim, int(c["decoder_intermediate_size"]))}
     if eps != 1e-6:
         decoder["norm_eps"] = eps
     if not has_decoder:
@@ -291,7 +307,7 @@ def _recipe_from_official_shapes(weights: Mapping[str, torch.Tensor]) -> dict:
     encoder = {"name": _TIMM_BY_WIDTH.get(dim, "vit_base_patch16_224"), "img_size": img_size,
                "patch_size": ph if ph == pw else [ph, pw], "in_chans": in_chans, "embed_dim": dim, "depth": depth,
                "num_heads": max(1, dim // ENCODER_HEAD_WIDTH),
-               "mlp_ratio": need("blocks.0.mlp.fc1.weight").shape[0] / dim}
+               "mlp_ratio": mlp_ratio_for(dim, need("blocks.0.mlp.fc1.weight").shape[0])}
     if "blocks.0.attn.qkv.bias" not in weights:
         encoder["qkv_bias"] = False
     if "cls_token" not in weights:
@@ -301,7 +317,7 @@ def _recipe_from_official_shapes(weights: Mapping[str, torch.Tensor]) -> dict:
         dec_dim = weights["decoder_embed.weight"].shape[0]
         decoder.update(embed_dim=dec_dim, depth=block_count(weights, "decoder_blocks"),
                        num_heads=max(1, dec_dim // DECODER_HEAD_WIDTH),
-                       mlp_ratio=need("decoder_blocks.0.mlp.fc1.weight").shape[0] / dec_dim)
+                       mlp_ratio=mlp_ratio_for(dec_dim, need("decoder_blocks.0.mlp.fc1.weight").shape[0]))
     else:
         decoder.update(embed_dim=512, depth=8, num_heads=16)
     return {"description": "", "seed": 0, "data": _data_section(img_size, in_chans),

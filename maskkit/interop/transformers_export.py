@@ -220,10 +220,12 @@ def _verify_vitmae(model: nn.Module, hf: nn.Module, ratio: float, with_decoder: 
 
 
 def _classifier(transformers, checkpoint: Mapping[str, Any], source: str):
-    """A fine-tuning checkpoint's timm ViT classifier as ``ViTForImageClassification`` ([CLS] head only)."""
-    import timm
+    """A fine-tuning checkpoint's timm ViT classifier as ``ViTForImageClassification`` ([CLS] head only).
 
-    from maskkit.builtin.vit import TimmViTEncoder
+    The classifier is rebuilt by :func:`maskkit.finetune.model.build_classifier`, the constructor fine-tuning
+    trained it with, so the model the export is checked against is the trained one, encoder options included
+    (``norm_eps``: 1e-12 for a model fine-tuned from a transformers ViTMAE folder)."""
+    from maskkit.finetune.model import build_classifier
 
     state, spec = checkpoint.get("model"), checkpoint.get("encoder")
     if not isinstance(state, dict) or not isinstance(spec, dict) or "head.weight" not in state:
@@ -234,13 +236,17 @@ def _classifier(transformers, checkpoint: Mapping[str, Any], source: str):
                            "head, global_pool: avg); transformers' ViTForImageClassification classifies the [CLS] "
                            "token after the final norm, so it cannot hold this head. Fine-tune with "
                            "finetune.global_pool=token to export to transformers, or use --format timm")
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", *TimmViTEncoder.MASKKIT_ARGUMENTS)}
     num_classes = int(state["head.weight"].shape[0])
     try:
-        classifier = timm.create_model(spec["name"], pretrained=False, num_classes=num_classes, global_pool="token",
-                                       **kwargs)
-    except (TypeError, RuntimeError) as exc:
+        with torch.random.fork_rng(devices=[]):  # the fresh head's init draws; the weights come from `state`
+            classifier = build_classifier(spec, num_classes, global_pool="token")
+    except (MaskkitError, RuntimeError) as exc:
         raise CheckpointError(f"{source}: cannot rebuild the classifier from its encoder section: {exc}") from None
+    eps = float(spec.get("norm_eps", LAYER_NORM_EPS))
+    wrong = sorted({m.eps for m in classifier.modules() if isinstance(m, nn.LayerNorm)} - {eps})
+    if wrong:  # the model checked below must be the trained one: its layer norms are the encoder section's
+        raise CheckpointError(f"{source}: the rebuilt classifier has layer norm eps {wrong}, its encoder section "
+                              f"norm_eps {eps:g}")
     _load(classifier, state, source)
     classifier.eval()
     size, patch = classifier.patch_embed.img_size, classifier.patch_embed.patch_size
