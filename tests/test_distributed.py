@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,6 +193,30 @@ def test_two_rank_resume_continues_the_run(tmp_path, registry, monkeypatch, stra
     state = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
     diffs = weight_diffs(state["model"], full.model.state_dict())
     assert max(diffs.values()) < 1e-5, {k: d for k, d in diffs.items() if d > 1e-6}
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_next_steps_with_a_checkpoint(tmp_path):
+    """torchrun forwards SIGTERM to its workers and kills them 30 s later: the ranks must agree on a step and
+    save before that, whatever ``log_every`` is (here larger than the run; they used to agree only at log steps).
+    Each step sleeps 0.3 s (tests/fault_driver.py), so the run would last a minute."""
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(_tree(4, ["train.max_steps=200", "train.log_every=1000"])))
+    out = tmp_path / "run"
+    driver = str(Path(__file__).parent / "fault_driver.py")
+    proc = launch(recipe_file, out, program=(driver, "--sleep", "0.3", "--"))
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while not (out / "run.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4)  # a few steps in
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    log = (out.parent / f"{out.name}.log").read_text()
+    assert time.monotonic() - signalled < 25, log[-3000:]  # before torchrun's SIGKILL
+    assert "interrupted by SIGTERM after step" in log and "forcefully exiting via 9" not in log, log[-3000:]
+    saved = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert 0 < saved["step"] < 200 and saved["world_size"] == 2
+    assert not (out / "run.lock").exists()
 
 
 @pytest.mark.slow

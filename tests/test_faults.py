@@ -74,14 +74,15 @@ def resume(run_dir, registry):
 # -- child processes --------------------------------------------------------------------------------------
 
 
-def start_child(tmp_path, *driver_args):
+def start_child(tmp_path, *driver_args, overrides=(), new_session=False):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(fault_tree()))
     out = tmp_path / "run"
     cmd = [sys.executable, str(HERE / "fault_driver.py"), *driver_args, "--", "train", str(recipe), "--out",
-           str(out), "--no-progress", "--no-eval"]
+           str(out), "--no-progress", "--no-eval", *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=new_session)
     return proc, out
 
 
@@ -130,16 +131,23 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write(tmp_path, full, builtin_regi
     assert not list(out.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-to-the-group-with-workers"])
 def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, full, builtin_registry, monkeypatch,
-                                                                     capsys, sig):
+                                                                     capsys, sig, to_group):
     """Ctrl-C or SIGTERM mid-run: a checkpoint at the step boundary, the exact resume command, exit 128+N; while
-    the run trains, a second run into its folder is refused and changes nothing."""
-    proc, out = start_child(tmp_path, "--sleep", "0.2")
+    the run trains, a second run into its folder is refused and changes nothing. ``to_group``: the signal goes
+    to the whole process group, loader workers included (``timeout``, Slurm); the workers leave it to the
+    main process."""
+    overrides = ("train.num_workers=2",) if to_group else ()
+    proc, out = start_child(tmp_path, "--sleep", "0.2", overrides=overrides, new_session=to_group)
     wait_for_rows(proc, out, 3)
     with pytest.raises(RunFolderError, match=rf"another run is training into this folder \(pid {proc.pid} on "):
         Trainer(load_recipe(fault_tree()), out, registry=builtin_registry, progress=False).fit()
-    proc.send_signal(sig)
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + sig, err
     line = err.strip().splitlines()[-1]

@@ -278,9 +278,13 @@ class BadImages:
         return rows[torch.tensor(self._kept, device=rows.device)]
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which stops at a step boundary and shuts them down."""
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGTERM: Ctrl-C, ``timeout`` and Slurm signal the whole process group,
+    and the main process stops at a step boundary with a checkpoint, then shuts the workers down (a worker
+    killed by the signal would make the DataLoader raise mid-step, losing the steps since the last checkpoint).
+    A worker whose main process died exits by itself (the DataLoader's watchdog)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int = 0,
@@ -307,4 +311,4 @@ def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, persistent_workers=persistent_workers,
                       prefetch_factor=prefetch_factor, generator=torch.Generator().manual_seed(0),
-                      worker_init_fn=_ignore_sigint if num_workers else None)
+                      worker_init_fn=_leave_signals_to_the_main_process if num_workers else None)

@@ -39,6 +39,9 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # a gloo group for the loop's control flags (stop requests) when the main group is NCCL: its tiny CPU
+    # reductions never wait for a GPU stream; None: the default group (gloo already)
+    control_group: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -65,7 +68,8 @@ class DistContext:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise MaskkitError(f"cannot join the process group of WORLD_SIZE={world} (RANK={rank}): {reason}; "
                                    "start multi-process runs with torchrun, or unset WORLD_SIZE") from None
-        return cls(rank, world, local)
+        control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        return cls(rank, world, local, control)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of ``value`` over all ranks (a copy; identity without a process group)."""
@@ -81,6 +85,21 @@ class DistContext:
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return value
+
+    def start_max(self, value: int) -> Callable[[], int]:
+        """Start the max of the integer ``value`` over all ranks without waiting for it (collective: every rank
+        starts it at the same point); returns the function that waits and gives the result. A CPU reduction on
+        :attr:`control_group`, so it runs while the step computes and never synchronises a GPU stream."""
+        if not self.enabled:
+            return lambda: value
+        flag = torch.tensor([value], dtype=torch.int64)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control_group, async_op=True)
+
+        def result() -> int:
+            work.wait()
+            return int(flag[0])
+
+        return result
 
     def barrier(self) -> None:
         if self.enabled:

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import torch
@@ -118,6 +118,7 @@ class Trainer:
         self.lock = run_folder.RunLock(self.run_dir)
         self.bad_images = BadImages(recipe.on_bad_image)
         self._stop_signal: int | None = None
+        self._pending_stop: Callable[[], int] | None = None  # the ranks' stop request started at the last step
         self._saved_step: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------
@@ -381,6 +382,9 @@ class Trainer:
             if "device-side assert" in str(exc):  # CUDA reports the failed assertion at a later sync
                 raise self._device_check_error(exc) from exc
             raise
+        if self._pending_stop is not None:  # the last boundary's stop request: every rank started it
+            self._pending_stop()
+            self._pending_stop = None
         if is_sharded(model):  # evaluation, export and plugins get the whole model (collective)
             self.model = model = unsharded_copy(model, lambda: build_model(self.recipe, self.registry).to(self.device))
         self.hook.maskkit_train_end(trainer=self, model=model, run_dir=self.run_dir)
@@ -459,14 +463,19 @@ class Trainer:
         return restore
 
     def _stop_requested(self) -> bool:
+        """Whether to stop at this step boundary. Under torchrun every rank must stop at the same step, within
+        torchrun's 30 s between its SIGTERM and SIGKILL: each boundary reads the max of the ranks' signals
+        started at the previous boundary (it ran during the step: no wait) and starts the next one, so a signal
+        stops every rank at the second boundary after it arrives."""
         if not self.dist.enabled:
             return self._stop_signal is not None
-        if self.step % self.cfg.log_every:  # ranks agree where they synchronise anyway (the log steps)
-            return False
-        signum = int(self.dist.max(torch.tensor(self._stop_signal or 0, device=self.device)))
+        signum = self._pending_stop() if self._pending_stop is not None else 0
+        self._pending_stop = None
         if signum:
             self._stop_signal = signum
-        return bool(signum)
+            return True
+        self._pending_stop = self.dist.start_max(self._stop_signal or 0)
+        return False
 
     def _stop(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
         """Save a checkpoint of the current step (unless there is one) and raise :class:`RunInterrupted`."""
