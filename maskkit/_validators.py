@@ -59,3 +59,46 @@ def boolean_or_auto(inst, attribute, value):
 def positive_int_or_auto(inst, attribute, value):
     if value != "auto":
         positive_int(inst, attribute, value)
+
+
+def sequence_to_tuple(value):
+    """Converter: a YAML list becomes a tuple; anything else is left for the validator to name (a scalar ``0.5``
+    would otherwise fail inside ``tuple()`` as "'float' object is not iterable", without the key)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def number_pair(value) -> bool:
+    """Whether ``value`` is a tuple of two numbers (booleans are not numbers here)."""
+    return isinstance(value, tuple) and len(value) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
+def shown(value):
+    """``value`` as the recipe wrote it, for a message (a converted tuple back to a list)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def crop_scale(inst, attribute, value):
+    """RandomResizedCrop's ``scale``: ``[min, max]`` with ``0 < min <= max <= 1``."""
+    if not (number_pair(value) and 0 < value[0] <= value[1] <= 1):
+        raise ConfigError(attribute.name, expected("[min, max] with 0 < min <= max <= 1", shown(value)))
+
+
+def aspect_ratio(inst, attribute, value):
+    """RandomResizedCrop's ``ratio``: ``[min, max]`` with ``0 < min <= max``."""
+    if not (number_pair(value) and 0 < value[0] <= value[1] and math.isfinite(value[1])):
+        raise ConfigError(attribute.name, expected("[min, max] with 0 < min <= max", shown(value)))
+
+
+def device(inst, attribute, value):
+    """``auto`` or a torch device string (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    import torch
+
+    if value == "auto":
+        return
+    try:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(attribute.name, expected("auto, cpu, cuda or cuda:N", value)) from None

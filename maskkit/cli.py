@@ -207,7 +207,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         overrides += [f"data.{item}" for item in args.data]
     registry = _registry(args)
     model, recipe = _model_from_checkpoint(args.checkpoint, overrides, registry)
-    device = pick_device(args.device)
+    device = pick_device(args.device, key="--device")
     model.to(device)
     with torch.no_grad():
         scores = evaluate(model, recipe, device=device, registry=registry, baseline=args.baseline,

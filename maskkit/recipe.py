@@ -54,7 +54,7 @@ class TrainConfig:
     clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
     compile: bool | str = attrs.field(default="auto", validator=v.boolean_or_auto)  # auto: on CUDA only
-    device: str = attrs.field(default="auto")
+    device: str = attrs.field(default="auto", validator=v.device)
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
     log_every: int = attrs.field(default=10, validator=v.positive_int)
     ckpt_every: int = attrs.field(default=0, validator=v.non_negative_int)
@@ -79,14 +79,11 @@ class AugmentConfig:
     """The ``augment`` section: MAE's RandomResizedCrop (``scale``, ``ratio``; ``scale: null`` = resize only)
     and horizontal flip."""
 
-    scale: tuple[float, float] | None = attrs.field(default=(0.2, 1.0), converter=attrs.converters.optional(tuple))
-    ratio: tuple[float, float] = attrs.field(default=(3 / 4, 4 / 3), converter=tuple)
+    scale: tuple[float, float] | None = attrs.field(default=(0.2, 1.0), converter=v.sequence_to_tuple,
+                                                    validator=v.optional(v.crop_scale))
+    ratio: tuple[float, float] = attrs.field(default=(3 / 4, 4 / 3), converter=v.sequence_to_tuple,
+                                             validator=v.aspect_ratio)
     hflip: bool = attrs.field(default=True, validator=v.boolean)
-
-    @scale.validator
-    def _check_scale(self, attribute, value):
-        if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
-            raise ConfigError("scale", expected("[min, max] with 0 < min <= max <= 1", list(value)))
 
 
 @attrs.frozen(kw_only=True)

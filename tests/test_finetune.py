@@ -327,7 +327,7 @@ MINMAX = "null or [min, max] with 0 < min < max <= 1"
     ("cutmix_minmax", [0.2, "a"], f"expected {MINMAX}, got [0.2, 'a']"),
     ("cutmix_minmax", [0.1, 0.5, 0.9], f"expected {MINMAX}, got [0.1, 0.5, 0.9]"),
     ("cutmix_minmax", [0.3, 0.2], f"expected {MINMAX}, got [0.3, 0.2]"),
-    ("device", 3, "expected a string, got 3"),
+    ("device", 3, "expected auto, cpu, cuda or cuda:N, got 3"),
 ])
 def test_malformed_recipe_values_name_file_key_and_what_was_expected(tmp_path, key, value, message):
     path = tmp_path / "ft.yaml"

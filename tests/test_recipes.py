@@ -9,6 +9,7 @@ from helpers import TINY, VariableMaskerPlugin, tiny_tree
 
 import maskkit
 from maskkit.builder import build_dataset
+from maskkit.engine.trainer import Trainer
 from maskkit.errors import ConfigError
 from maskkit.recipe import apply_overrides, load_recipe
 
@@ -53,11 +54,17 @@ def test_bad_overrides(override, message):
     (["train.epoch=3"], "train.epoch", "did you mean epochs"),
     (["trian.epochs=3"], "trian", "did you mean train"),
     (["train.precision=fp8"], "train.precision", "expected one of auto, fp32, bf16"),
+    (["train.device=gpu"], "train.device", "expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["augment.scale=0.5"], "augment.scale", "expected [min, max] with 0 < min <= max <= 1, got 0.5"),
+    (["augment.ratio=[1.5, 0.5]"], "augment.ratio", "expected [min, max] with 0 < min <= max, got [1.5, 0.5]"),
+    (["augment.ratio=[1.0]"], "augment.ratio", "got [1.0]"),
+    (["augment.ratio=2"], "augment.ratio", "got 2"),
 ])
 def test_errors_name_file_and_key(tmp_path, overrides, key, fragment, builtin_registry):
     path = write(tmp_path, TINY)
     with pytest.raises(ConfigError) as info:
         recipe = load_recipe(path, overrides)
+        _ = recipe.train, recipe.augment
         maskkit.build_model(recipe, builtin_registry)
     text = str(info.value)
     assert text.startswith(f"{path}: {key}: "), text
@@ -142,3 +149,13 @@ def test_exponent_floats_are_floats(tmp_path):
     path.write_text(yaml.safe_dump(TINY) + "\n")
     path.write_text(path.read_text().replace("base_lr: 0.001", "base_lr: 2e-4"))
     assert load_recipe(path).train.base_lr == 2e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_cuda_device_without_a_gpu_is_one_line_naming_the_key(tmp_path, builtin_registry):
+    path = write(tmp_path, TINY)
+    recipe = load_recipe(path, ["train.device=cuda:1"])
+    with pytest.raises(ConfigError) as info:
+        Trainer(recipe, tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    assert str(info.value) == (f"{path}: train.device: cuda:1 was asked for, but torch sees no CUDA device here "
+                               "(use auto or cpu)")

@@ -24,8 +24,13 @@ def runtime_seed(seed: int, rank: int) -> int:
     return (seed * 1_000_003 + (rank + 1) * 104_729 + 29) % (2**63 - 1)
 
 
-def pick_device(spec: str, dist: DistContext | None = None) -> torch.device:
-    """``auto``: CUDA when present (this rank's local GPU: ``LOCAL_RANK`` under torchrun), else CPU."""
+def pick_device(spec: str, dist: DistContext | None = None, *, key: str = "train.device",
+                file: str | None = None) -> torch.device:
+    """``auto``: CUDA when present (this rank's local GPU: ``LOCAL_RANK`` under torchrun), else CPU. A CUDA
+    device on a machine without one is a one-line :class:`ConfigError` on ``key`` (of ``file``)."""
+    if spec != "auto" and torch.device(spec).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(key, f"{spec} was asked for, but torch sees no CUDA device here (use auto or cpu)",
+                          file=file)
     if spec == "auto":
         if torch.cuda.is_available():
             if dist is not None:

@@ -125,7 +125,7 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, recipe = self.cfg, self.recipe
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(cfg.device, key="train.device", file=recipe.file)
         self.dist = DistContext.from_env(self.device.type)
         self.dist_cfg = distributed_config(recipe)
         if self.dist.enabled and self.device.type == "cuda":

@@ -46,38 +46,13 @@ def _optional_str(inst, attribute, value):
         raise ConfigError(attribute.name, expected("a string or null", value))
 
 
-def _string(inst, attribute, value):
-    if not isinstance(value, str):
-        raise ConfigError(attribute.name, expected("a string", value))
-
-
-def _sequence_to_tuple(value):
-    """A YAML list becomes a tuple; anything else is left for the validator to name (a scalar ``0.5`` would
-    otherwise fail inside ``tuple()`` as "'float' object is not iterable", without the key)."""
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-def _number_pair(value) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
-
-
-def _shown(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _scale(inst, attribute, value):
-    if not (_number_pair(value) and 0 < value[0] <= value[1] <= 1):
-        raise ConfigError(attribute.name, expected("[min, max] with 0 < min <= max <= 1", _shown(value)))
-
-
 def _minmax(inst, attribute, value):
-    if value is not None and not (_number_pair(value) and 0 < value[0] < value[1] <= 1):
-        raise ConfigError(attribute.name, expected("null or [min, max] with 0 < min < max <= 1", _shown(value)))
+    if value is not None and not (v.number_pair(value) and 0 < value[0] < value[1] <= 1):
+        raise ConfigError(attribute.name, expected("null or [min, max] with 0 < min < max <= 1", v.shown(value)))
 
 
 def _betas(inst, attribute, value):
-    v.betas(inst, attribute, _shown(value))
+    v.betas(inst, attribute, v.shown(value))
 
 
 @attrs.frozen(kw_only=True)
@@ -123,7 +98,7 @@ class FinetuneConfig:
     warmup_epochs: float = attrs.field(default=5.0, validator=v.non_negative_float)
     weight_decay: float = attrs.field(default=0.05, validator=v.non_negative_float)
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas,
-                                         converter=_sequence_to_tuple)
+                                         converter=v.sequence_to_tuple)
     layer_decay: float = attrs.field(default=0.65, validator=_unit_interval)
     clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     drop_path: float = attrs.field(default=0.1, validator=_probability)
@@ -133,7 +108,7 @@ class FinetuneConfig:
     mixup: float = attrs.field(default=0.8, validator=v.non_negative_float)
     cutmix: float = attrs.field(default=1.0, validator=v.non_negative_float)
     cutmix_minmax: tuple[float, float] | None = attrs.field(default=None, validator=_minmax,
-                                                            converter=_sequence_to_tuple)
+                                                            converter=v.sequence_to_tuple)
     mixup_prob: float = attrs.field(default=1.0, validator=_probability)
     mixup_switch_prob: float = attrs.field(default=0.5, validator=_probability)
     smoothing: float = attrs.field(default=0.1, validator=_probability)
@@ -142,12 +117,12 @@ class FinetuneConfig:
     reprob: float = attrs.field(default=0.25, validator=_probability)
     remode: str = attrs.field(default="pixel", validator=v.one_of("pixel", "rand", "const"))
     recount: int = attrs.field(default=1, validator=v.positive_int)
-    scale: tuple[float, float] = attrs.field(default=(0.08, 1.0), validator=_scale, converter=_sequence_to_tuple)
+    scale: tuple[float, float] = attrs.field(default=(0.08, 1.0), validator=v.crop_scale, converter=v.sequence_to_tuple)
     hflip: float = attrs.field(default=0.5, validator=_probability)
     ema: bool = attrs.field(default=False, validator=v.boolean)
     ema_decay: float = attrs.field(default=0.9999, validator=_unit_interval)
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
-    device: str = attrs.field(default="auto", validator=_string)
+    device: str = attrs.field(default="auto", validator=v.device)
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
     log_every: int = attrs.field(default=10, validator=v.positive_int)
     ckpt_every: int = attrs.field(default=0, validator=v.non_negative_int)

@@ -150,7 +150,7 @@ class FinetuneTrainer:
 
     def _setup(self) -> None:
         cfg, recipe = self.cfg, self.recipe
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(cfg.device, key="finetune.device", file=recipe.file)
         self.dist = DistContext.from_env(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
