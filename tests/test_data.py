@@ -322,6 +322,17 @@ def test_uint8_output_normalised_later_equals_the_float_output(source: str, embe
         TrainTransform(8, output="float16")
 
 
+@FAST
+@given(height=st.integers(8, 1000), width=st.integers(8, 1000), size=st.sampled_from([28, 32, 224, 384]))
+def test_eval_resize_size_is_torchvisions(height: int, width: int, size: int) -> None:
+    """``EvalTransform(size).resize_size`` equals the output size of torchvision's ``Resize(int(size / 0.875))``
+    (the long side truncated, e.g. 375 x 499 -> 256 x 340)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    expected = tuple(TF.resize(torch.zeros(1, height, width, dtype=torch.uint8), int(size / 0.875)).shape[-2:])
+    assert EvalTransform(size).resize_size(height, width) == expected
+
+
 def test_eval_transform_and_denormalize() -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     g = torch.Generator().manual_seed(0)
@@ -335,7 +346,7 @@ def test_eval_transform_and_denormalize() -> None:
     big = torch.full((3, 300, 400), 200, dtype=torch.uint8)
     big[:, :, :40] = 0  # a band that the resize keeps and the center crop removes
     e224 = EvalTransform(224)
-    assert e224.resize_size(300, 400) == (256, 341)
+    assert e224.resize_size(300, 400) == (256, 341) and e224.resize_size(375, 499) == (256, 340)
     out = e224(big)
     assert out.shape == (3, 224, 224)
     assert torch.allclose(out, torch.full_like(out, 200 / 255), atol=1e-6)

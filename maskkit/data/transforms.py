@@ -197,10 +197,13 @@ class EvalTransform:
         self.mean, self.std = self._normalize.mean, self._normalize.std
 
     def resize_size(self, height: int, width: int) -> tuple[int, int]:
-        """The ``(h, w)`` an image ``height x width`` is resized to before the center crop."""
+        """The ``(h, w)`` an image ``height x width`` is resized to before the center crop: the side that binds
+        to the resize target, the other scaled and truncated, as torchvision's ``Resize(int(size / crop_pct))``
+        computes it (``int(target * long / short)``)."""
         th, tw = (max(int(s / self.crop_pct), s) for s in self.img_size)
-        factor = max(th / height, tw / width)
-        return max(th, int(round(height * factor))), max(tw, int(round(width * factor)))
+        if th / height >= tw / width:  # the height binds (for a square target: the shorter side is the height)
+            return th, max(tw, int(th * width / height))
+        return max(th, int(tw * height / width)), tw
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """uint8 ``[C, H, W]`` -> float32 ``[C, img_h, img_w]``."""
