@@ -109,7 +109,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     if result.trained_steps == 0:  # resumed at its last step
         console.print(f"nothing to train: the run is already at step {result.steps}; run folder: {out}")
     else:
-        console.print(f"trained {result.steps} steps in {result.wall_time:.1f} s "
+        resumed = f" (from step {result.steps - result.trained_steps} to {result.steps})" if (
+            result.trained_steps != result.steps) else ""
+        console.print(f"trained {result.trained_steps} steps{resumed} in {result.wall_time:.1f} s "
                       f"({result.images_per_s:.0f} images/s), final loss {result.final_loss:.4f}; run folder: {out}")
     if recipe.eval.knn and not args.no_eval:
         with torch.no_grad():

@@ -81,16 +81,20 @@ def test_overrides_may_follow_options(trained, tmp_path, capsys):
     assert exc.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
-def test_resume_from_checkpoint_alone(trained, tmp_path):
-    """``maskkit train --resume CKPT train.max_steps=6`` takes the recipe from the checkpoint."""
+def test_resume_from_checkpoint_alone(trained, tmp_path, capsys):
+    """``maskkit train --resume CKPT train.max_steps=6`` takes the recipe from the checkpoint, and says how many
+    steps this call trained."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
+    saved = yaml.safe_load((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert main(["train", "--resume", str(run / "checkpoint.pth"), "train.max_steps=6", "--no-progress",
                  "--no-eval"]) == 0
     steps = [yaml.safe_load(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    said = capsys.readouterr()
+    assert f"trained {6 - saved} steps (from step {saved} to 6) in " in said.out + said.err
 
 
 def _tiny_file(tmp_path, **changes):

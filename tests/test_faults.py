@@ -594,6 +594,8 @@ def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, ima
     listed = (out / "bad_images.txt").read_text().splitlines()
     assert sorted(Path(line.split("\t")[0]).name for line in listed) == ["corrupt.jpg", "cut.jpg", "empty.png",
                                                                            "text.jpg"]
+    reasons = dict(line.split("\t")[:2] for line in listed)
+    assert reasons[str(image_folder / "text.jpg")] == "not an image file Pillow can identify"  # no buffer repr
     assert all(np.isfinite(losses(out)))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from maskkit.data.encoded import EncodedImage
@@ -24,7 +24,10 @@ _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  
 
 
 def _unreadable(path: Path, exc: Exception) -> UnreadableImageError:
-    """The error for an image file that cannot be read: its path and the first line of what went wrong."""
+    """The error for an image file that cannot be read: its path and the first line of what went wrong (for a
+    file Pillow cannot identify, that, without Pillow's repr of the in-memory buffer it was given)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return UnreadableImageError(str(path), "not an image file Pillow can identify")
     return UnreadableImageError(str(path), first_line(str(exc), 200) or type(exc).__name__)
 
 
