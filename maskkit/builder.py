@@ -129,7 +129,12 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
     file = recipe.file
     encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
     masker = build_masker(recipe, registry, encoder)
-    if encoder.sparse and masker.num_hidden(encoder.grid) is None:
+    try:  # a masker refusing the encoder's grid (simmim's scale) raises its key: name the masker section
+        hidden = masker.num_hidden(encoder.grid)
+    except ConfigError as exc:
+        raise (exc.within(None, file) if exc.key == "masker" or exc.key.startswith("masker.")
+               else exc.within("masker", file)) from None
+    if encoder.sparse and hidden is None:
         raise ConfigError("masker", f"{recipe.component('masker')['name']} hides a varying number of patches per "
                           f"sample, but encoder {recipe.component('encoder')['name']} is sparse (visible tokens "
                           "only); use a dense encoder or a fixed-count masker", file=file)

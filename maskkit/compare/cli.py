@@ -96,6 +96,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         statuses = [run_status(run, plan, out) for run in plan.runs] if out.is_dir() else None
         console.print(plan_table(plan, statuses))
         console.print(escape(f"budget: {plan.budget_text()}"))
+        from maskkit.compare.results import findings
+
+        for note in findings(plan, []):  # what the plan alone says a reader must know (seeds, warm-up, compute)
+            console.print(escape(f"read before ranking: {note}"))
         console.print(f"output folder: {out}")
         return 0
     console.print(plan_table(plan))

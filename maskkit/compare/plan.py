@@ -12,9 +12,11 @@ variant processes in its steps (or ``budget.tokens``): ``steps = max(1, round(to
 round up), so a variant that shows the encoder twice as many patches trains half as many steps.
 
 Schedule. The learning-rate schedule is planned over the steps a run actually trains, not cut from the base
-recipe's: the base's warm-up keeps its share of the training (``warmup_epochs / epochs``: 1 of 8 epochs stays
-an eighth) and the cosine decays to ``min_lr`` at the run's last step. Each run's recipe says so: ``max_steps``
-is its steps, ``epochs`` the epochs they start, ``warmup_epochs`` the scaled warm-up.
+recipe's: each variant's warm-up keeps the share of the training that its own recipe gives it
+(``warmup_epochs / epochs``: 1 of 8 epochs stays an eighth; the base's, unless the variant changes
+``train.warmup_epochs``), scaled to the steps that variant trains under the budget, and the cosine decays to
+``min_lr`` at the run's last step. Each run's recipe says so: ``max_steps`` is its steps, ``epochs`` the epochs
+they start, ``warmup_epochs`` the scaled warm-up.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import attrs
 import torch
 
-from maskkit.compare.spec import CompareSpec, EvalSpec
+from maskkit.compare.spec import BUILD_ERRORS, CompareSpec, EvalSpec, component_error
 from maskkit.errors import ConfigError
 from maskkit.recipe import Recipe
 
@@ -52,7 +54,7 @@ class VariantPlan:
     steps: int
     epochs: float
     other_changes: str = ""  # the changes outside the masker section
-    warmup_steps: int = 0  # learning-rate warm-up, the base recipe's share of its training scaled to ``steps``
+    warmup_steps: int = 0  # learning-rate warm-up: the variant recipe's share of its training, scaled to ``steps``
 
     @property
     def encoder_tokens(self) -> int:
@@ -123,11 +125,25 @@ class Plan:
                 return r
         raise KeyError(run_id)
 
+    def eval_settings(self) -> dict:
+        """The evaluation settings an ``eval.json`` must have been made with to count for this plan (as JSON
+        holds them: what the runner writes into ``eval.json["settings"]``)."""
+        return json.loads(json.dumps(attrs.asdict(self.eval), default=str))
+
+    def evaluated_with(self, scores: Any) -> bool:
+        """Whether ``scores`` (a run's ``eval.json``) were made with this plan's evaluation settings: the one test
+        by which the runner counts a run finished and the report counts its scores (stale scores, from before
+        the spec's ``eval`` changed, count for neither)."""
+        return isinstance(scores, dict) and scores.get("settings") == self.eval_settings()
+
     def schedule_text(self) -> str:
         """One sentence saying how the learning rate was scheduled over the budget (for the report)."""
-        warm = ", ".join(dict.fromkeys(f"{v.warmup_steps} of {v.steps}" for v in self.variants))
-        return (f"learning rate: linear warm-up ({warm} steps, the base recipe's share of its training) then "
-                "cosine decay to the recipe's min_lr at each run's last step, planned over the steps trained")
+        warm = list(dict.fromkeys(f"{v.warmup_steps} of {v.steps}" for v in self.variants))
+        if len(warm) > 1:
+            warm = [f"{v.name} {v.warmup_steps} of {v.steps}" for v in self.variants]
+        return (f"learning rate: linear warm-up ({', '.join(warm)} steps, each variant recipe's warm-up share of "
+                "its training) then cosine decay to the recipe's min_lr at each run's last step, planned over the "
+                "steps trained")
 
     def budget_text(self) -> str:
         """One sentence saying how the budget was matched (for the report)."""
@@ -190,6 +206,7 @@ def _check_blind_masker(masker, grid: tuple[int, int], variant, file: str | None
         where = f"{file}: " if file else ""
         raise MaskError(f"{where}variants.{variant.name}: {exc}") from None
 
+
 def _known(cls, tree: dict) -> dict:
     """The keys of ``tree`` that are fields of ``cls`` (a plan.json written by another version loads)."""
     names = {f.name for f in attrs.fields(cls)}
@@ -210,6 +227,22 @@ def tokens_per_image(sparse: bool, num_patches: int, num_prefix_tokens: int, hid
             raise ValueError("a sparse encoder needs a fixed hidden count")
         return num_prefix_tokens + num_patches - hidden
     return num_prefix_tokens + num_patches
+
+
+def warmup_share(warmup_epochs: float, steps_per_epoch: int, steps: int) -> float:
+    """The share of a recipe's training (``steps`` steps) that its warm-up takes (at most all of it), as the
+    engine counts warm-up steps: ``round(warmup_epochs * steps_per_epoch)``."""
+    return min(1.0, round(warmup_epochs * steps_per_epoch) / steps) if steps > 0 else 0.0
+
+
+def _hidden(masker, grid: tuple[int, int], name: Any) -> int | None:
+    """``masker.num_hidden(grid)``; an error it raises names the ``masker`` section (``masker.scale: ...``)."""
+    try:
+        return masker.num_hidden(grid)
+    except ConfigError as exc:
+        raise (exc if exc.key == "masker" or exc.key.startswith("masker.") else exc.within("masker")) from None
+    except BUILD_ERRORS as exc:
+        raise ConfigError("masker", f"{name}: {exc}") from None
 
 
 def matched_steps(tokens: int, per_step: int) -> int:
@@ -243,8 +276,7 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
         raise ConfigError("train.batch_size", f"{train_images} training images make no step of batch "
                           f"{cfg.batch_size} x accum_steps {cfg.accum_steps}", file=file)
     effective = cfg.batch_size * cfg.accum_steps
-    default_steps = cfg.max_steps or cfg.epochs * spe
-    warmup_share = min(1.0, round(cfg.warmup_epochs * spe) / default_steps)  # of the base's own training
+    default_steps = cfg.max_steps or cfg.epochs * spe  # every variant's recipe trains these (SHARED_KEYS)
     budget = spec.budget
     if budget.steps is not None:
         ref_steps = budget.steps
@@ -268,13 +300,15 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
                 encoders[key] = _EncoderShape(enc.grid, enc.num_prefix_tokens, bool(enc.sparse), enc.embed_dim)
                 del enc
             masker = build_masker(recipe, registry, encoders[key])
+            grid = tuple(encoders[key].grid)
+            hidden = _hidden(masker, grid, variant.masker.get("name"))
         except ConfigError as exc:
             raise ConfigError(f"variants.{variant.name}.{exc.key}" if exc.key else f"variants.{variant.name}",
                               exc.message, file=file) from None
+        except BUILD_ERRORS as exc:  # a component's constructor refused an argument: name its section
+            raise component_error(exc, variant, file) from None
         encoder = encoders[key]
-        grid = tuple(encoder.grid)
         n = grid[0] * grid[1]
-        hidden = masker.num_hidden(grid)
         _check_blind_masker(masker, grid, variant, file)
         if encoder.sparse and hidden is None:
             raise ConfigError(f"variants.{variant.name}.masker", f"{variant.masker.get('name')} hides a varying "
@@ -300,7 +334,9 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
             grid=grid, num_patches=n,
             num_prefix_tokens=encoder.num_prefix_tokens, hidden=hidden, sparse=bool(encoder.sparse),
             tokens_per_image=per_image, tokens_per_step=per_step, steps=steps, epochs=steps / spe,
-            warmup_steps=round(warmup_share * steps)))
+            # the variant's own warm-up (train.warmup_epochs is not shared), its share scaled to its steps
+            warmup_steps=round(warmup_share(Recipe(variant.tree, file).train.warmup_epochs, spe, default_steps)
+                               * steps)))
     runs = []
     for seed in spec.seeds:
         for variant, vplan in zip(spec.variants, variants):

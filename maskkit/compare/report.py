@@ -305,9 +305,10 @@ def _versions(out_dir: Path, plan: Plan) -> dict:
 
 
 def _meta(out_dir: Path, plan: Plan) -> dict:
+    """The split sizes the scores were made on, from the first ``eval.json`` made with the plan's settings."""
     for run in plan.runs:
         scores = read_json(run.run_dir(out_dir) / EVAL_FILE)
-        if scores:
+        if plan.evaluated_with(scores):
             return {"train_images": scores.get("train_images"), "test_images": scores.get("test_images")}
     return {}
 

@@ -26,10 +26,9 @@ NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "
            "random_init_finetune_top1", "final_loss",
            "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s")
 AUX_PREFIX = "aux/"  # metrics.jsonl keys of auxiliary losses: aux/<component>.<name>
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 WARMUP_MOST = 0.5  # a warm-up longer than this share of the steps trained is called out
+UNEQUAL = 1.1  # variants whose steps or encoder tokens differ by more than this factor are called out
+STALE = "needs re-evaluation"  # a trained run whose eval.json was made with other evaluation settings
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -53,17 +52,21 @@ def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]
         vplan = plan.variant(run.variant)
         run_dir = run.run_dir(out_dir)
         status = read_json(run_dir / STATUS_FILE) or {}
-        scores = read_json(run_dir / EVAL_FILE) or {}
+        found = read_json(run_dir / EVAL_FILE)
+        current = plan.evaluated_with(found)  # the runner's test: scores of other evaluation settings never count
+        scores = found if current else {}
         step = checkpoint_step(run_dir / CHECKPOINT_NAME) or 0
-        finished = status.get("status") == DONE and bool(scores) and step >= run.steps
+        finished = status.get("status") == DONE and current and step >= run.steps
         if finished:
             state = "done"
         elif status.get("status") == "failed":
             state = "failed"
         elif step == 0:
             state = "missing"
+        elif step < run.steps:
+            state = f"at step {step}"
         else:
-            state = f"at step {step}" if step < run.steps else "not evaluated"
+            state = STALE if found else "not evaluated"
         metrics = read_metrics(run_dir / "metrics.jsonl")
         curves[run.run_id] = metrics
         train_time = training_time(read_json(run_dir / TIMING_FILE), final_step=run.steps) if finished else None
@@ -87,9 +90,20 @@ def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]
     return rows, curves
 
 
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (the published table).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
 def t95(dof: int) -> float:
-    """The two-sided 95% quantile of Student's t with ``dof`` degrees of freedom."""
-    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+    """The two-sided 95% quantile of Student's t with ``dof`` degrees of freedom: the table up to 30, beyond it
+    the Cornish-Fisher expansion around the normal's 1.95996 (Abramowitz & Stegun 26.7.5; error below 1e-5
+    there: 2.040 at 31, 2.000 at 60, 1.980 at 120)."""
+    if dof <= len(_T95):
+        return _T95[dof - 1]
+    z = 1.959963984540054
+    return (z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
 
 
 def seed_stats(values: list[float], interval: bool = False) -> dict:
@@ -125,6 +139,7 @@ def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
             "tokens_per_image": v.tokens_per_image, "tokens_per_step": v.tokens_per_step, "steps": v.steps,
             "epochs": round(v.epochs, 4), "encoder_tokens": v.encoder_tokens,
             "runs": len(mine), "finished": sum(r["status"] == "done" for r in mine),
+            "seeds_finished": [r["seed"] for r in mine if r["status"] == "done"],
         }
         for key in NUMBERS:
             entry[key] = seed_stats([r[key] for r in mine])
@@ -138,34 +153,98 @@ def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
     return out
 
 
-def findings(plan: Plan, summary: list[dict]) -> list[str]:
-    """What a reader must know before ranking the variants, in words: a single seed, differences within the
-    seeds' spread (the paired interval holds 0), a variant below the random-init encoder, a warm-up taking most
-    of the budget, a quick evaluation. Empty when none applies."""
+def _seeds_text(seeds: list[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds)) if seeds else "no seed"
+
+
+def _seed_findings(plan: Plan, summary: list[dict], keys: list[tuple[str, str]]) -> list[str]:
+    """Notes on the seeds behind the numbers: one seed (planned, or the only one finished), each paired
+    difference (its interval, or that it rests on one paired seed), and means over different sets of seeds."""
     notes = []
     ref = reference_variant(plan)
-    n_seeds = len(plan.seeds)
+    planned = len(plan.seeds)
+    # the seeds each variant finished (``seeds_finished``; a summary without it: its accuracies' counts)
+    done = {s["variant"]: s["seeds_finished"] for s in summary if s.get("seeds_finished") is not None}
+    counts = [len(seeds) for seeds in done.values()] or \
+        [(s.get(key) or {}).get("n") or 0 for s in summary for key, _ in keys]
+    one_seed = planned == 1 or (bool(counts) and 0 < max(counts) <= 1)
+    if planned == 1:
+        notes.append("One seed: the differences between variants have no error bar, and at small budgets they are "
+                     "often within seed noise; run seeds: 3 or more before ranking.")
+    elif one_seed:
+        notes.append(f"One seed finished of the {planned} planned: the differences between variants have no error "
+                     "bar, and at small budgets they are often within seed noise; finish the other seeds before "
+                     "ranking.")
+    for s in summary:
+        for key, label in keys:
+            delta = s.get(f"delta_{key}")
+            if not delta or not delta.get("n"):
+                continue
+            what = label.split(" (")[0]
+            if delta.get("ci95") is None:  # n = 1: a difference without an interval
+                if not one_seed:
+                    notes.append(f"{s['variant']} vs {ref}, {what}: {100 * delta['mean']:+.2f} points over one "
+                                 "paired seed: no interval, so nothing says it is more than seed noise; do not "
+                                 "rank on it.")
+                continue
+            lo, hi = (100 * x for x in delta["ci95"])
+            text = (f"{s['variant']} vs {ref}, {what}: {100 * delta['mean']:+.2f} points, 95% interval "
+                    f"[{lo:+.2f}, {hi:+.2f}] over {delta['n']} paired seeds")
+            if lo <= 0 <= hi:
+                notes.append(text + ": within the seeds' spread, no ranking.")
+            else:
+                notes.append(text + f": {s['variant']} is {'better' if lo > 0 else 'worse'}.")
+    covered = {name: seeds for name, seeds in done.items() if seeds}
+    if len({tuple(sorted(seeds)) for seeds in covered.values()}) > 1:
+        sets = "; ".join(f"{name}: {_seeds_text(sorted(seeds))}" for name, seeds in covered.items())
+        notes.append(f"The variants' means cover different seeds ({sets}): a mean over other seeds is not a "
+                     f"like-for-like comparison; the paired differences to {ref} use only the seeds both "
+                     "finished.")
+    return notes
+
+
+def _compute_findings(plan: Plan) -> list[str]:
+    """Notes on the compute the budget leaves unequal: encoder tokens under ``match: epochs`` (the steps are
+    equal), steps under ``match: tokens`` (the encoder tokens are), when they differ by more than
+    :data:`UNEQUAL` between variants."""
+    notes = []
+    variants = [v for v in plan.variants if v.steps > 0 and v.tokens_per_step > 0]
+    if len(variants) < 2:
+        return notes
+    tokens = [v.encoder_tokens for v in variants]
+    steps = [v.steps for v in variants]
+    if max(tokens) > UNEQUAL * min(tokens):
+        each = ", ".join(f"{v.name} {v.tokens_per_step:,} a step ({v.encoder_tokens:,} in all)" for v in variants)
+        if plan.match == "epochs":
+            equal = f"the budget holds the steps equal ({variants[0].steps} each, the same images)"
+            advice = "`budget: {match: tokens}` gives every variant the same encoder tokens instead"
+        else:
+            equal = "the budget matches encoder tokens, but rounding to whole steps leaves them unequal"
+            advice = "a larger budget makes the rounding small"
+        notes.append(f"Unequal compute: {equal}, but the encoders process different numbers of tokens: {each}; "
+                     f"the most is {max(tokens) / min(tokens):.2f}x the least. A variant may score higher for the "
+                     f"extra compute alone; {advice}.")
+    if max(steps) > UNEQUAL * min(steps):
+        each = ", ".join(f"{v.name} {v.steps}" for v in variants)
+        notes.append(f"Unequal steps: the budget holds the encoder tokens equal (about "
+                     f"{plan.budget_tokens or max(tokens):,} each), but the variants train different numbers of "
+                     f"steps: {each}; the most is {max(steps) / min(steps):.2f}x the least. A variant with fewer "
+                     "steps sees fewer images and takes fewer optimizer steps; `budget: {match: epochs}` gives "
+                     "every variant the same steps instead.")
+    return notes
+
+
+def findings(plan: Plan, summary: list[dict]) -> list[str]:
+    """What a reader must know before ranking the variants, in words: a single seed (planned or finished),
+    differences within the seeds' spread (the paired interval holds 0) or resting on one paired seed, means over
+    different seeds, a variant below the random-init encoder, a warm-up taking most of the budget, compute the
+    budget leaves unequal, a quick evaluation. Empty when none applies."""
+    notes = []
     keys = accuracy_keys(plan)
     if plan.eval.quick:
         notes.append(f"Quick evaluation: kNN on {plan.eval.train_images} train / {plan.eval.test_images} test "
                      "images and no linear probe; use it to iterate, not to report.")
-    if n_seeds == 1:
-        notes.append("One seed: the differences between variants have no error bar, and at small budgets they are "
-                     "often within seed noise; run seeds: 3 or more before ranking.")
-    else:
-        for s in summary:
-            for key, label in keys:
-                delta = s.get(f"delta_{key}")
-                if not delta or delta.get("ci95") is None:
-                    continue
-                lo, hi = (100 * x for x in delta["ci95"])
-                what = label.split(" (")[0]
-                text = (f"{s['variant']} vs {ref}, {what}: {100 * delta['mean']:+.2f} points, 95% interval "
-                        f"[{lo:+.2f}, {hi:+.2f}] over {delta['n']} paired seeds")
-                if lo <= 0 <= hi:
-                    notes.append(text + ": within the seeds' spread, no ranking.")
-                else:
-                    notes.append(text + f": {s['variant']} is {'better' if lo > 0 else 'worse'}.")
+    notes += _seed_findings(plan, summary, keys)
     for s in summary:
         for key, label in keys:
             mine, base = s.get(key) or {}, s.get(f"random_init_{key}") or {}
@@ -178,6 +257,7 @@ def findings(plan: Plan, summary: list[dict]) -> list[str]:
         if v.steps and v.warmup_steps > WARMUP_MOST * v.steps:
             notes.append(f"{v.name}: learning-rate warm-up covers {v.warmup_steps} of its {v.steps} steps; the "
                          "run is mostly warm-up, so the comparison says little about the schedule's end.")
+    notes += _compute_findings(plan)
     return notes
 
 

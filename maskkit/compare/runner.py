@@ -95,8 +95,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def eval_settings(plan: Plan) -> dict:
-    """What an ``eval.json`` must have been made with to count for this plan."""
-    return attrs.asdict(plan.eval)
+    """What an ``eval.json`` must have been made with to count for this plan (:meth:`Plan.eval_settings`)."""
+    return plan.eval_settings()
 
 
 # -- run state ------------------------------------------------------------------------------------------------
@@ -110,27 +110,44 @@ class RunStatus:
     error: str | None = None
 
 
+def _recipe_changes(run: RunPlan, run_dir: Path, status: dict) -> list[str]:
+    """The recipe keys in which the run recorded in ``run_dir`` differs from ``run`` (none when nothing is
+    recorded): the plan's recipe that a failure recorded in ``compare.json`` (also for a run that failed before
+    training started), else the run's ``recipe.yaml`` (written when training starts)."""
+    recipe_file = run_dir / "recipe.yaml"
+    if isinstance(status.get("recipe"), dict):
+        old = status["recipe"]
+    elif recipe_file.is_file():
+        old = safe_load(recipe_file.read_text()) or {}
+    else:
+        return []
+    return _diff(_training_view(old), _training_view(run.recipe))
+
+
 def run_status(run: RunPlan, plan: Plan, out_dir: Path) -> RunStatus:
-    """Where ``run`` stands in ``out_dir``. Raises when its folder holds a run of a different recipe."""
+    """Where ``run`` stands in ``out_dir``. Raises when its folder holds a checkpoint of a different recipe.
+
+    A run that failed before its first checkpoint has nothing to lose: when the spec now gives it another
+    recipe (a lower learning rate after a diverged loss), it is pending, trained afresh without
+    ``--retry-failed``; its old failure was the old recipe's."""
     run_dir = run.run_dir(out_dir)
     step = checkpoint_step(run_dir / CHECKPOINT_NAME)
-    recipe_file = run_dir / "recipe.yaml"
-    if step is not None and recipe_file.is_file():
-        old = safe_load(recipe_file.read_text()) or {}
-        changed = _diff(_training_view(old), _training_view(run.recipe))
-        if changed:
-            raise MaskkitError(f"{run_dir}: this run was trained with a different recipe than {plan.spec_file} now "
-                               f"gives (differs in {', '.join(changed[:4])}); delete that folder to retrain it, "
-                               "or write the comparison to another --out")
-    status = read_json(run_dir / STATUS_FILE) or {}
+    status = read_json(run_dir / STATUS_FILE)
+    status = status if isinstance(status, dict) else {}
+    changed = _recipe_changes(run, run_dir, status) if step is not None or status.get("status") == FAILED else []
+    if changed and step is not None:
+        raise MaskkitError(f"{run_dir}: this run was trained with a different recipe than {plan.spec_file} now "
+                           f"gives (differs in {', '.join(changed[:4])}); delete that folder to retrain it, "
+                           "or write the comparison to another --out")
     if status.get("status") == FAILED:
+        if changed:  # failed before its first checkpoint, under a recipe the spec no longer gives
+            return RunStatus(run, PENDING, 0)
         return RunStatus(run, FAILED, step or 0, status.get("error"))
     if step is None or step == 0:
         return RunStatus(run, PENDING, 0)
     if step < run.steps:
         return RunStatus(run, PARTIAL, step)
-    scores = read_json(run_dir / EVAL_FILE)
-    if isinstance(scores, dict) and scores.get("settings") == eval_settings(plan):
+    if plan.evaluated_with(read_json(run_dir / EVAL_FILE)):
         return RunStatus(run, DONE, step)
     return RunStatus(run, TRAINED, step)
 
@@ -294,7 +311,7 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
     except Exception as exc:  # any other failure is this run's: recorded, and the comparison goes on
         _, reason = describe_failure(exc, registry.plugin_of)
         write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": FAILED, "error": reason,
-                                           "time": time.time()})
+                                           "time": time.time(), "recipe": run.recipe})  # what failed
         return RunStatus(run, FAILED, checkpoint_step(run_dir / CHECKPOINT_NAME) or 0, reason)
     write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": DONE, "time": time.time()})
     return RunStatus(run, DONE, run.steps)

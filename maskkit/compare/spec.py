@@ -49,6 +49,10 @@ SHARED_KEYS = (("seed",), ("data_seed",), ("data",), ("eval",), ("train", "epoch
                ("train", "batch_size"), ("train", "accum_steps"), ("train", "device"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MISSING = object()
+# What a component's constructor raises for an argument it cannot use (``encoder.depth: -1`` reaches
+# ``torch.linspace`` as a RuntimeError, ``decoder.embed_dim: 0`` divides by zero): when a variant's model is
+# built for the plan, these become the spec's one-line error naming the variant and the component's section.
+BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ArithmeticError)
 
 
 @attrs.frozen
@@ -329,15 +333,34 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
 
 
 def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...]:
-    from maskkit.registry import resolve_plugin_spec
+    """The spec's ``plugins``, resolved as a recipe's are (:func:`maskkit.registry.resolve_plugin_spec`: files
+    relative to the spec's folder); a plugin file that does not exist is refused here, naming the key."""
+    from maskkit.registry import is_plugin_file, resolve_plugin_spec
 
     if raw is None:
         return ()
     if isinstance(raw, str):
         raw = [raw]
+    # the same check as a recipe's plugins section (Recipe.plugins), worded for the spec
     if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
         raise ConfigError("plugins", expected("a list of plugin files (x.py) or module names", raw), file=file)
-    return tuple(resolve_plugin_spec(item, spec_dir) for item in raw)
+    resolved = tuple(resolve_plugin_spec(item, spec_dir) for item in raw)
+    for item, spec in zip(raw, resolved):
+        if is_plugin_file(spec) and not Path(spec).is_file():
+            path = Path(item.strip()).expanduser()
+            tried = f" (looked in the spec's folder, {spec_dir}, and the working directory)" \
+                if spec_dir is not None and not path.is_absolute() else ""
+            raise ConfigError("plugins", f"{item}: no such plugin file{tried}", file=file)
+    return resolved
+
+
+def _check_plugins_loaded(registry, plugins: tuple[str, ...], key: str, file: str) -> None:
+    """A plugin the spec (or its base recipe) names that failed to load is an error naming ``key``: the
+    registry records such failures and goes on, so otherwise a plugin that provides nothing a variant names
+    would be left out without a word."""
+    for failure in registry.failures:
+        if failure.name in plugins:
+            raise ConfigError(key, f"{failure.name}: failed to load: {failure.error}", file=file)
 
 
 def _resolve_base(base: Any, spec_dir: Path | None, file: str, registry) -> Recipe:
@@ -382,6 +405,37 @@ def _variant_tree(name: str, base_tree: dict, changes: tuple[Change, ...], file:
     return tree
 
 
+def _failing_component(exc: BaseException) -> tuple[str | None, str | None]:
+    """``(section, registry name)`` of the component whose construction raised ``exc`` (the innermost
+    :func:`maskkit.builder.build_component` on its traceback), or ``(None, None)`` when none was being built."""
+    from maskkit.builder import build_component
+
+    found: tuple[str | None, str | None] = (None, None)
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is build_component.__code__:
+            section, name = frame.f_locals.get("section"), frame.f_locals.get("name")
+            found = (section if isinstance(section, str) else None, name if isinstance(name, str) else None)
+        tb = tb.tb_next
+    return found
+
+
+def component_error(exc: BaseException, variant: Variant, file: str) -> ConfigError:
+    """The one-line error for ``exc``, raised by a component while ``variant``'s model was built: it names the
+    spec file, the variant and the component's section, worded as the builder words a component's refusal of
+    its arguments in a training recipe (``decoder: mae: ...``), and the variant's changes to that section."""
+    section, name = _failing_component(exc)
+    text = str(exc).strip() or type(exc).__name__
+    if not isinstance(exc, (ValueError, TypeError)):  # the builder's own wording covers these two; say the rest
+        text = f"{type(exc).__name__}: {text}"
+    text = text.splitlines()[0] if text else text
+    touched = [c.key for c in variant.changes if section is not None and c.key.split(".")[0] == section]
+    hint = f" (this variant sets {', '.join(touched)})" if touched else ""
+    where = f"variants.{variant.name}" + (f".{section}" if section else "")
+    return ConfigError(where, f"{name}: {text}{hint}" if name else f"{text}{hint}", file=file)
+
+
 def check_components(spec: CompareSpec, registry) -> None:
     """Every variant's components are registered and its masker builds (one-line errors naming the spec file
     and the variant): run before anything trains."""
@@ -412,6 +466,8 @@ def check_components(spec: CompareSpec, registry) -> None:
             build_masker(recipe, registry, encoders[key])
         except ConfigError as exc:
             raise ConfigError(f"variants.{variant.name}.{exc.key}", exc.message, file=spec.file) from None
+        except BUILD_ERRORS as exc:  # a constructor refused an argument (encoder.depth: -1): name its section
+            raise component_error(exc, variant, spec.file) from None
 
 
 def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None, registry=None,
@@ -443,8 +499,10 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
         registry = default_registry()
     plugins = _parse_plugins(tree.get("plugins"), spec_dir, file)
     registry = registry.with_plugins(plugins)
+    _check_plugins_loaded(registry, plugins, "plugins", file)
     base = _resolve_base(tree["base"], spec_dir, file, registry)
     registry = registry.with_plugins(base.plugins)
+    _check_plugins_loaded(registry, base.plugins, "plugins", base.path or file)
     base_tree = copy.deepcopy(base.tree)
     for change in common:
         try:

@@ -1,0 +1,247 @@
+"""maskkit compare, what a comparison checks and says: each variant's own warm-up, scores counted only under
+the plan's evaluation settings, warnings on seeds and unequal compute, a failed run retrained once its recipe
+changes, spec errors naming the file, variant and key, and the exact t-quantile of the paired intervals."""
+
+import json
+
+import attrs
+import pytest
+import torch
+import yaml
+from helpers import SmallFashion, tiny_tree
+from test_compare import PoisonVariant, quiet, write_spec
+
+import maskkit
+from maskkit.compare import load_spec, make_plan, run_comparison, run_status
+from maskkit.compare.files import DONE, EVAL_FILE, STATUS_FILE, TRAINED
+from maskkit.compare.plan import Plan
+from maskkit.compare.results import collect, findings, summarize, t95
+from maskkit.compare.runner import eval_settings
+from maskkit.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+
+
+# -- the schedule: each variant's own warm-up -------------------------------------------------------------------
+
+
+def test_a_variant_that_changes_its_warmup_trains_with_it(tmp_path, registry):
+    """train.warmup_epochs is the variant's to change: its share of its own training (here 96 steps), scaled to
+    the steps it trains, reaches its run's recipe; the others keep the base's."""
+    path = write_spec(tmp_path, overrides=["train.max_steps=null", "train.epochs=8", "train.warmup_epochs=1"],
+                      variants={"r75": {}, "longwarm": {"train.warmup_epochs": 2},
+                                "r50": {"masker.ratio": 0.5, "train.warmup_epochs": 4}},
+                      budget={"match": "tokens", "steps": 16, "reference": "r75"})
+    plan = make_plan(load_spec(path, registry=registry), registry)  # 12 steps an epoch, the recipes train 96
+    assert [v.steps for v in plan.variants] == [16, 16, 8]  # r50: 16 x 104 / 200 tokens a step = 8.32 -> 8
+    assert [v.warmup_steps for v in plan.variants] == [2, 4, 4]  # 12/96, 24/96, 48/96 of the steps trained
+    for run, warm in zip(plan.runs, (2, 4, 4)):
+        assert run.recipe["train"]["warmup_epochs"] * plan.steps_per_epoch == pytest.approx(warm)
+    assert "warm-up (r75 2 of 16, longwarm 4 of 16, r50 4 of 8 steps, each variant recipe's" in plan.schedule_text()
+    assert plan.variant("longwarm").other_changes == "train.warmup_epochs=2"
+
+
+# -- scores count only under the plan's evaluation settings -----------------------------------------------------
+
+
+def _fake_run(out, run, plan, *, settings, knn):
+    """A finished run folder as the runner leaves it (checkpoint step, compare.json, eval.json)."""
+    run_dir = run.run_dir(out)
+    run_dir.mkdir(parents=True)
+    torch.save({"step": run.steps}, run_dir / "checkpoint.pth")
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(run.recipe))
+    (run_dir / STATUS_FILE).write_text(json.dumps({"run": run.run_id, "status": DONE}))
+    (run_dir / EVAL_FILE).write_text(json.dumps({"knn_top1": knn, "linear_top1": knn, "settings": settings}))
+
+
+def test_scores_made_with_other_evaluation_settings_are_not_reported(tmp_path, registry):
+    """A Ctrl-C while re-evaluating after `eval` changed leaves some eval.json of the old settings: the report
+    (--report-only too) shows those runs as needing re-evaluation, never their scores, as the runner does."""
+    plan = make_plan(load_spec(write_spec(tmp_path), registry=registry), registry)
+    old = attrs.evolve(plan, eval=attrs.evolve(plan.eval, k=1))
+    out = tmp_path / "out"
+    r75, r50 = plan.runs
+    _fake_run(out, r75, plan, settings=eval_settings(plan), knn=0.5)
+    _fake_run(out, r50, plan, settings=eval_settings(old), knn=0.9)
+    plan.save(out / "plan.json")
+    loaded = Plan.load(out / "plan.json")  # what --report-only reads: the settings as JSON holds them
+    rows, _ = collect(out, loaded)
+    assert [(r["status"], r["knn_top1"]) for r in rows] == [("done", 0.5), ("needs re-evaluation", None)]
+    assert [run_status(r, loaded, out).state for r in (r75, r50)] == [DONE, TRAINED]  # the runner agrees
+    summary = summarize(loaded, rows)
+    assert summary[1]["knn_top1"]["n"] == 0 and summary[1]["delta_knn_top1"]["n"] == 0
+    assert [r["status"] for r in collect(out, old)[0]] == ["needs re-evaluation", "done"]
+
+
+# -- warnings on seeds ------------------------------------------------------------------------------------------
+
+
+def _row(variant, seed, knn):
+    row = {"variant": variant, "seed": seed, "status": "done" if knn is not None else "failed", "aux": {}}
+    row.update({k: None for k in ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1",
+                                  "random_init_linear_top1", "random_init_finetune_top1", "final_loss",
+                                  "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s")})
+    row["knn_top1"] = row["linear_top1"] = knn
+    return row
+
+
+def test_a_difference_on_one_paired_seed_and_means_over_other_seeds_are_called_out(tmp_path, registry):
+    """Two seeds planned, the reference's second run failed: r50's difference rests on one paired seed (no
+    interval) and the two means cover different seeds; one seed finished of three says so too."""
+    plan = attrs.evolve(make_plan(load_spec(write_spec(tmp_path), registry=registry), registry), seeds=(0, 1))
+    rows = [_row("r75", 0, 0.50), _row("r50", 0, 0.55), _row("r75", 1, None), _row("r50", 1, 0.40)]
+    notes = findings(plan, summarize(plan, rows))
+    assert "r50 vs r75, kNN top-1: +5.00 points over one paired seed: no interval" in " ".join(notes), notes
+    assert any(n.startswith("The variants' means cover different seeds (r75: seed 0; r50: seeds 0, 1)")
+               for n in notes), notes
+    assert not any(n.startswith("One seed") for n in notes)
+
+    three = attrs.evolve(plan, seeds=(0, 1, 2))
+    rows = [_row("r75", 0, 0.50), _row("r50", 0, 0.55)] + [_row(v, s, None) for s in (1, 2) for v in ("r75", "r50")]
+    notes = findings(three, summarize(three, rows))
+    assert notes[0].startswith("One seed finished of the 3 planned: the differences between variants have no "
+                               "error bar"), notes
+    assert not any("over one paired seed" in n or "different seeds" in n for n in notes)
+
+
+# -- warnings on unequal compute --------------------------------------------------------------------------------
+
+
+def test_unequal_compute_is_called_out_with_the_numbers(tmp_path, registry):
+    """r50 shows the encoder 200 tokens a step against r75's 104: under equal epochs that is 1.92x the encoder
+    tokens, under equal tokens 26 steps against 50; variants of equal cost get no such note."""
+    epochs = make_plan(load_spec(write_spec(tmp_path), registry=registry), registry)
+    notes = [n for n in findings(epochs, []) if n.startswith("Unequal")]
+    assert notes == [
+        "Unequal compute: the budget holds the steps equal (4 each, the same images), but the encoders process "
+        "different numbers of tokens: r75 104 a step (416 in all), r50 200 a step (800 in all); the most is 1.92x "
+        "the least. A variant may score higher for the extra compute alone; `budget: {match: tokens}` gives every "
+        "variant the same encoder tokens instead."]
+    tokens = make_plan(load_spec(write_spec(tmp_path, budget={"match": "tokens", "steps": 50}), registry=registry),
+                       registry)
+    notes = [n for n in findings(tokens, []) if n.startswith("Unequal")]
+    assert len(notes) == 1 and notes[0].startswith(
+        "Unequal steps: the budget holds the encoder tokens equal (about 5,200 each), but the variants train "
+        "different numbers of steps: r75 50, r50 26; the most is 1.92x the least."), notes
+    same = make_plan(load_spec(write_spec(tmp_path, variants={"r75": {}, "r74": {"masker.ratio": 0.74}}),
+                               registry=registry), registry)
+    assert not any(n.startswith("Unequal") for n in findings(same, []))  # 104 and 112 a step: within 10%
+
+
+# -- a failed run whose recipe changed --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", ["compare.json", "recipe.yaml"])
+def test_a_run_that_failed_before_its_first_checkpoint_is_retrained_once_its_recipe_changes(tmp_path, record):
+    """Nothing is lost (no checkpoint), and its failure was the old recipe's: once the spec changes that run's
+    recipe (a lower learning rate after a diverged loss), it trains again without --retry-failed. The recipe it
+    failed with is read from the failure's record, else (a record of an older maskkit) from recipe.yaml."""
+    poisoned = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(),
+                                                                      "poison": PoisonVariant("r75")})
+    clean = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+    eval_ = {"knn": True, "baseline": False, "mask_samples": 0, "reconstructions": 0}
+    out = tmp_path / "out"
+    plan = make_plan(load_spec(write_spec(tmp_path, budget={"steps": 2}, eval=eval_), registry=poisoned), poisoned)
+    first = run_comparison(plan, out, registry=poisoned, console=quiet(), progress=False, report=False)
+    assert first.failed == ("r75/seed0",) and not (out / "runs/r75/seed0/checkpoint.pth").exists()
+    assert run_comparison(plan, out, registry=clean, console=quiet(), progress=False,
+                          report=False).failed == ("r75/seed0",)  # the same recipe: not retried
+
+    status = json.loads((out / "runs/r75/seed0" / STATUS_FILE).read_text())
+    if record == "compare.json":
+        (out / "runs/r75/seed0/recipe.yaml").unlink()  # as if it failed before training started
+    else:
+        del status["recipe"]
+        (out / "runs/r75/seed0" / STATUS_FILE).write_text(json.dumps(status))
+    lower = {"r75": {"train.base_lr": 1.0e-4}, "r50": {"masker": {"name": "random", "ratio": 0.5}}}
+    changed = make_plan(load_spec(write_spec(tmp_path, budget={"steps": 2}, eval=eval_, variants=lower),
+                                  registry=clean), clean)
+    again = run_comparison(changed, out, registry=clean, console=quiet(), progress=False)
+    assert again.trained == ("r75/seed0",) and again.skipped == ("r50/seed0",) and not again.failed
+    assert yaml.safe_load((out / "runs/r75/seed0/recipe.yaml").read_text())["train"]["base_lr"] == 1.0e-4
+    assert "Failed runs" not in (out / "report" / "report.md").read_text()
+
+
+# -- spec errors name the file, the variant and the key ---------------------------------------------------------
+
+
+class Picky(maskkit.Masker):
+    """Refuses a grid it does not divide (as simmim_random's ``scale`` does), raising its own key."""
+
+    def __init__(self, scale: int = 3):
+        self.scale = scale
+
+    def num_hidden(self, grid):
+        if grid[0] % self.scale:
+            raise ConfigError("scale", f"the grid {tuple(grid)} is not divisible by scale={self.scale}")
+        return grid[0] * grid[1] // 2
+
+    def __call__(self, batch_size, grid, *, generator=None, device=None):
+        raise AssertionError("never drawn")
+
+
+class PickyPlugin:
+    @maskkit.hookimpl
+    def maskkit_add_maskers(self):
+        return {"picky": Picky}
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"a": {}, "b": {"encoder.depth": -1}},
+     "variants.b.encoder: vit_tiny_patch16_224: RuntimeError: number of steps must be non-negative (this variant "
+     "sets encoder.depth)"),
+    ({"a": {}, "b": {"decoder.embed_dim": 0}},
+     "variants.b.decoder: mae: ZeroDivisionError: float division by zero (this variant sets decoder.embed_dim)"),
+    ({"a": {"masker": {"name": "picky"}}}, "variants.a.masker.scale: the grid (7, 7) is not divisible by scale=3"),
+    ({"a": {}, "b": {"masker": {"name": "picky"}}},  # b's model is a's: the masker is checked on its own
+     "variants.b.masker.scale: the grid (7, 7) is not divisible by scale=3"),
+])
+def test_component_errors_name_the_spec_variant_and_section(tmp_path, variants, message):
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(), "picky": PickyPlugin()})
+    path = write_spec(tmp_path, variants=variants)
+    with pytest.raises(ConfigError) as info:
+        make_plan(load_spec(path, registry=registry), registry)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_a_training_recipe_names_the_masker_section_of_a_masker_error(tmp_path):
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"picky": PickyPlugin()})
+    recipe = maskkit.Recipe(tiny_tree(masker={"name": "picky"}), str(tmp_path / "r.yaml"))
+    with pytest.raises(ConfigError) as info:
+        maskkit.build_model(recipe, registry)
+    assert str(info.value) == f"{tmp_path / 'r.yaml'}: masker.scale: the grid (7, 7) is not divisible by scale=3"
+
+
+def test_a_spec_plugin_that_is_missing_or_fails_is_an_error_naming_plugins(tmp_path, registry):
+    path = write_spec(tmp_path, plugins=["nothere.py"])
+    with pytest.raises(ConfigError) as info:
+        load_spec(path, registry=registry)
+    assert str(info.value) == (f"{path}: plugins: nothere.py: no such plugin file (looked in the spec's folder, "
+                               f"{tmp_path}, and the working directory)")
+    (tmp_path / "broken.py").write_text("raise ImportError('needs a package that is not installed')\n")
+    path = write_spec(tmp_path, plugins=["broken.py"])
+    with pytest.raises(ConfigError) as info:
+        load_spec(path, registry=registry)
+    text = str(info.value)
+    assert text.startswith(f"{path}: plugins: {tmp_path / 'broken.py'}: failed to load: ") and \
+        "needs a package that is not installed" in text and "\n" not in text
+
+
+# -- the t-quantile of the paired intervals ---------------------------------------------------------------------
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042, 31: 2.040, 40: 2.021, 60: 2.000, 120: 1.980, 1000: 1.962}
+
+
+@pytest.mark.parametrize("dof", sorted(T975))
+def test_the_95_percent_t_quantile_matches_the_published_values(dof):
+    assert round(t95(dof), 3) == T975[dof]
+
+
+def test_the_t_quantile_tends_to_the_normal():
+    assert abs(t95(10**6) - 1.959966) < 1e-5 and t95(31) > t95(32) > t95(1000) > 1.96
