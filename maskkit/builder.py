@@ -119,13 +119,20 @@ def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, s
         raise ConfigError(section, f"{name}: {exc}", file=file) from None
 
 
+def recipe_registry(recipe: Recipe, registry: Registry | None = None) -> Registry:
+    """``registry`` (default: the installed plugins) plus the recipe's own ``plugins``, each of which must load
+    (a one-line error on the recipe's ``plugins`` otherwise)."""
+    registry = (registry or default_registry()).with_plugins(recipe.plugins)
+    return registry.require_loaded(recipe.plugins, key="plugins", file=recipe.file)
+
+
 def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel:
     """The :class:`MaskedModel` a recipe describes (random init; nothing downloads).
 
     Validates the masker/encoder pairing before building anything heavy: a sparse encoder needs a masker that
     hides a fixed count. The recipe's ``plugins`` are loaded into (a copy of) ``registry`` first.
     """
-    registry = (registry or default_registry()).with_plugins(recipe.plugins)
+    registry = recipe_registry(recipe, registry)
     file = recipe.file
     encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
     masker = build_masker(recipe, registry, encoder)
@@ -156,7 +163,7 @@ def build_masker(recipe: Recipe, registry: Registry | None = None, encoder: Any 
     """The recipe's masker, wired to ``encoder`` (``in_dim``: its width, for maskers with a head on its
     features). Without ``encoder``, the recipe's encoder is built for its width (the global RNG is left as it
     was), so a masker can be built and checked alone."""
-    registry = (registry or default_registry()).with_plugins(recipe.plugins)
+    registry = recipe_registry(recipe, registry)
     if encoder is None:
         with torch.random.fork_rng(devices=[]):
             encoder = build_component(registry, "encoder", recipe.component("encoder"), file=recipe.file)
@@ -171,7 +178,7 @@ def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, 
     ``in_chans``: the encoder's channel count; a dataset whose images have another (by the length of its
     ``mean``) is a one-line error naming ``data``, before any image meets the model.
     """
-    registry = (registry or default_registry()).with_plugins(recipe.plugins)
+    registry = recipe_registry(recipe, registry)
     spec = recipe.dataset_spec()
     try:
         dataset = build_component(registry, "dataset", spec, section="data", file=recipe.file,

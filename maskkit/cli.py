@@ -35,10 +35,14 @@ Command = Callable[[argparse.Namespace, Console], int]
 
 def _registry(args: argparse.Namespace | None = None):
     """The registry of this invocation: the installed plugins plus those of ``--plugin`` (built once)."""
-    from maskkit.registry import registry_for
+    from maskkit.registry import PLUGINS_ENV, plugin_specs_from_env, registry_for
 
     if getattr(args, "_registry", None) is None:
-        registry = registry_for(getattr(args, "plugins", None) or ())
+        requested = getattr(args, "plugins", None) or ()
+        registry = registry_for(requested)
+        if getattr(args, "func", None) is not cmd_plugins:  # `maskkit plugins` lists the failures instead
+            registry.require_loaded(requested, key="--plugin").require_loaded(plugin_specs_from_env(),
+                                                                              key=PLUGINS_ENV)
         if args is None:
             return registry
         args._registry = registry

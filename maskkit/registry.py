@@ -33,7 +33,7 @@ import attrs
 import pluggy
 
 from maskkit import hookspecs
-from maskkit.errors import PluginError, UnknownComponentError
+from maskkit.errors import ConfigError, PluginError, UnknownComponentError
 
 ENTRY_POINT_GROUP = "maskkit"
 DISABLE_AUTOLOAD_ENV = "MASKKIT_DISABLE_PLUGIN_AUTOLOAD"
@@ -281,6 +281,17 @@ class Registry:
             return self
         return Registry.from_plugins(self._loaded.autoload, self._loaded.objects, [*self._loaded.specs, *new],
                                      strict=self._strict)
+
+    def require_loaded(self, specs: Iterable[str], *, key: str, file: str | None = None) -> "Registry":
+        """``self``, or a one-line :class:`ConfigError` on ``key`` (of ``file``) for the first of ``specs`` that
+        failed to load. A failing installed plugin is left out with a note (one broken package must not stop
+        the others), but a plugin asked for by name (``--plugin``, ``MASKKIT_PLUGINS``, a recipe's or a spec's
+        ``plugins``) is needed by what asked for it, even one that only implements engine hooks."""
+        wanted = {resolve_plugin_spec(spec) for spec in specs}
+        for failure in self.failures:
+            if failure.name in wanted:
+                raise ConfigError(key, f"{failure.name}: failed to load: {failure.error}", file=file)
+        return self
 
     def _ask_plugins(self) -> tuple[list[tuple[str, str, str, Any]], dict[str, PluginFailure]]:
         """Call every ``maskkit_add_*`` implementation. A plugin whose hook raises is recorded as a failure and

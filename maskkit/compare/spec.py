@@ -354,15 +354,6 @@ def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...
     return resolved
 
 
-def _check_plugins_loaded(registry, plugins: tuple[str, ...], key: str, file: str) -> None:
-    """A plugin the spec (or its base recipe) names that failed to load is an error naming ``key``: the
-    registry records such failures and goes on, so otherwise a plugin that provides nothing a variant names
-    would be left out without a word."""
-    for failure in registry.failures:
-        if failure.name in plugins:
-            raise ConfigError(key, f"{failure.name}: failed to load: {failure.error}", file=file)
-
-
 def _resolve_base(base: Any, spec_dir: Path | None, file: str, registry) -> Recipe:
     """The base recipe: a path relative to the spec's folder, a path relative to the working directory, a
     registered recipe name, or (from Python) a recipe mapping."""
@@ -498,11 +489,10 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
 
         registry = default_registry()
     plugins = _parse_plugins(tree.get("plugins"), spec_dir, file)
-    registry = registry.with_plugins(plugins)
-    _check_plugins_loaded(registry, plugins, "plugins", file)
+    registry = registry.with_plugins(plugins).require_loaded(plugins, key="plugins", file=file)
     base = _resolve_base(tree["base"], spec_dir, file, registry)
-    registry = registry.with_plugins(base.plugins)
-    _check_plugins_loaded(registry, base.plugins, "plugins", base.path or file)
+    registry = registry.with_plugins(base.plugins).require_loaded(base.plugins, key="plugins",
+                                                                  file=base.path or file)
     base_tree = copy.deepcopy(base.tree)
     for change in common:
         try:

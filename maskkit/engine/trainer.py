@@ -23,7 +23,7 @@ import attrs
 import torch
 from rich.console import Console
 
-from maskkit.builder import build_dataset, build_model
+from maskkit.builder import build_dataset, build_model, recipe_registry
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
 from maskkit.data.loading import AugmentedDataset, BadImages, make_loader
 from maskkit.data.transforms import TrainTransform
@@ -52,7 +52,7 @@ from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, v
 from maskkit.engine.step_log import StepLog
 from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
-from maskkit.registry import Registry, default_registry
+from maskkit.registry import Registry
 
 CHECKPOINT_NAME = run_folder.CHECKPOINT_NAME
 # Micro-steps at the start of a GPU run whose mask counts are checked on the host (then on the device only).
@@ -106,7 +106,7 @@ class Trainer:
                  resume: str | Path | None = None, console: Console | None = None, progress: bool = True):
         self.recipe = recipe
         self.cfg = recipe.train
-        self.registry = (registry or default_registry()).with_plugins(recipe.plugins)  # the recipe's own plugins
+        self.registry = recipe_registry(recipe, registry)  # with the recipe's own plugins
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         self.run_dir = Path(out_dir)
