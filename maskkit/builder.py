@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from maskkit.errors import ConfigError, expected
+from maskkit.errors import ConfigError, expected, first_line
 from maskkit.model import MaskedModel
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
@@ -117,6 +117,8 @@ def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, s
         raise exc.within(section, file) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(section, f"{name}: {exc}", file=file) from None
+    except (RuntimeError, ArithmeticError) as exc:  # torch or arithmetic refusing a value (encoder.depth: -1)
+        raise ConfigError(section, f"{name}: {type(exc).__name__}: {first_line(str(exc), 200)}", file=file) from None
 
 
 def recipe_registry(recipe: Recipe, registry: Registry | None = None) -> Registry:

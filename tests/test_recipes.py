@@ -59,6 +59,8 @@ def test_bad_overrides(override, message):
     (["augment.ratio=[1.5, 0.5]"], "augment.ratio", "expected [min, max] with 0 < min <= max, got [1.5, 0.5]"),
     (["augment.ratio=[1.0]"], "augment.ratio", "got [1.0]"),
     (["augment.ratio=2"], "augment.ratio", "got 2"),
+    (["encoder.depth=-1"], "encoder", "RuntimeError: number of steps must be non-negative"),
+    (["decoder.embed_dim=0"], "decoder", "ZeroDivisionError"),
 ])
 def test_errors_name_file_and_key(tmp_path, overrides, key, fragment, builtin_registry):
     path = write(tmp_path, TINY)
