@@ -172,6 +172,21 @@ def test_resume_with_a_different_recipe_is_refused(tmp_path, builtin_registry):
         Trainer(other, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth", progress=False).fit()
 
 
+def test_resume_may_change_the_evaluation_and_says_when_it_is_not_exact(tmp_path, builtin_registry):
+    """``eval.*`` runs after training: it may change. ``train.device`` may change too (a run moved to a GPU),
+    with a note that the run is no longer bit-exact."""
+    from rich.console import Console
+
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=2", "train.device=auto"])
+    Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    console = Console(record=True, width=200)
+    resumed = Trainer(recipe.with_overrides(["train.max_steps=3", "eval.k=5", "train.device=cpu"]), tmp_path,
+                      registry=builtin_registry, resume=tmp_path / "checkpoint.pth", progress=False, console=console)
+    assert resumed.fit().steps == 3
+    said = console.export_text()
+    assert "resuming with train.device changed: the run goes on, but not bit for bit" in said and "eval" not in said
+
+
 def test_weight_decay_groups(builtin_registry):
     model = maskkit.build_model(load_recipe(tiny_tree()), builtin_registry)
     decay, no_decay = param_groups(model, 0.05)

@@ -57,10 +57,14 @@ from maskkit.registry import Registry
 CHECKPOINT_NAME = run_folder.CHECKPOINT_NAME
 # Micro-steps at the start of a GPU run whose mask counts are checked on the host (then on the device only).
 _SYNC_CHECKED_STEPS = 3
-# Sections that may change between a checkpoint and its resumption without breaking exactness.
+# Keys that may change between a checkpoint and its resumption without breaking exactness (and the eval
+# section, which runs after training).
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every"),
-                      ("train", "num_workers"), ("train", "device"), ("data", "on_bad_image"), ("data", "decode"),
+                      ("train", "num_workers"), ("data", "on_bad_image"),
                       ("distributed", "strategy")}  # checkpoints are unsharded: either strategy resumes either
+# Keys that may change too, but then the run goes on without being bit-exact: another device type brings other
+# kernels, random streams and (precision: auto) another precision; nvJPEG's pixels differ from libjpeg's.
+_RESUMABLE_NOT_EXACT = {("train", "device"), ("data", "decode")}
 
 
 def mask_seed(seed: int, micro_step: int) -> int:
@@ -224,11 +228,16 @@ class Trainer:
                                   f"{self.dist.world_size}; the batches of a run depend on the world size, so "
                                   "resume with the same number of processes")
         old = state.get("recipe") or {}
-        changed = [k for k in _diff_keys(old, self.recipe.tree) if k[:2] not in _RESUMABLE_CHANGES]
+        diff = [k for k in _diff_keys(old, self.recipe.tree) if k[:1] != ("eval",)]
+        changed = [k for k in diff if k[:2] not in _RESUMABLE_CHANGES | _RESUMABLE_NOT_EXACT]
         if changed:
             keys = ", ".join(".".join(map(str, k)) for k in changed[:4])
             raise CheckpointError(f"{self.resume_path}: the recipe differs from the checkpoint's in {keys}; "
                                   "a resumed run must use the same recipe")
+        inexact = [".".join(map(str, k)) for k in diff if k[:2] in _RESUMABLE_NOT_EXACT]
+        if inexact and self.dist.is_main:
+            self.console.print(f"[yellow]resuming with {', '.join(inexact)} changed: the run goes on, but not bit "
+                               "for bit as it would have (other kernels, random streams or decoder)[/yellow]")
 
     # -- the loop -------------------------------------------------------------------------------------------
 
