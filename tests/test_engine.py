@@ -36,9 +36,10 @@ class CrashAfterCheckpoint:
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
-    """With drop-path, so that the restored random state matters."""
+    """With drop-path, so that the restored random state matters; logging every 2 steps and checkpointing every
+    3, so that the checkpoint holds an open loss window, which the resumed run's ``loss_avg`` continues."""
     recipe = load_recipe(tiny_tree(), ["train.max_steps=6", "train.ckpt_every=3", "augment.scale=[0.2, 1.0]",
-                                       "encoder.drop_path_rate=0.5", "encoder.depth=2"])
+                                       "encoder.drop_path_rate=0.5", "encoder.depth=2", "train.log_every=2"])
     full = Trainer(recipe, tmp_path / "full", registry=maskkit.Registry.from_plugins(autoload=False),
                    progress=False).fit()
     assert full.steps == 6
@@ -49,6 +50,9 @@ def test_resume_continues_bit_for_bit(tmp_path):
     Trainer(recipe, tmp_path / "part", registry=maskkit.Registry.from_plugins(autoload=False),
             resume=tmp_path / "part" / "checkpoint.pth", progress=False).fit()
     assert losses(tmp_path / "part") == losses(tmp_path / "full")  # exact float equality, every step
+    averages = [[json.loads(line)["loss_avg"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+                for run in (tmp_path / "part", tmp_path / "full")]
+    assert averages[0] == averages[1] and len(averages[0]) == 3
     a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

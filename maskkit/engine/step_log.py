@@ -23,17 +23,20 @@ class StepLog:
     around the loop (it opens the metrics file for appending and shows the bar, and closes both).
 
     ``label``: the bar's name; ``start_step`` of ``total_steps``: where this session starts (a resumed run
-    continues its bar and its file); ``effective_batch``: images per optimizer step over all processes."""
+    continues its bar and its file); ``effective_batch``: images per optimizer step over all processes;
+    ``window``: this process's open window when the run was checkpointed (:meth:`window_state`), so that a
+    resumed run's first ``loss_avg`` averages the same steps, in the same order, as the uninterrupted run's."""
 
     def __init__(self, run_dir: str | Path, dist: Any, device: torch.device, *, label: str, total_steps: int,
                  start_step: int, effective_batch: int, steps_per_epoch: int, console: Console | None = None,
-                 show: bool = True):
+                 show: bool = True, window: tuple[float, int] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.dist = dist
         self.effective_batch = effective_batch
         self.steps_per_epoch = steps_per_epoch
-        self.window_loss = torch.zeros((), device=device)  # sum of the window's step losses, on the device
-        self.window_steps = 0
+        loss_sum, steps = window or (0.0, 0)
+        self.window_loss = torch.tensor(float(loss_sum), device=device)  # the window's step losses, summed on device
+        self.window_steps = int(steps)
         self.start_time = self.window_start = time.perf_counter()
         self._file: IO[str] | None = None
         self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
@@ -54,6 +57,10 @@ class StepLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def window_state(self) -> tuple[float, int]:
+        """``(sum of the open window's losses, its steps)`` on this process, for a checkpoint (a host sync)."""
+        return float(self.window_loss), self.window_steps
 
     def add(self, step_loss: torch.Tensor) -> None:
         """One optimizer step's loss (a device scalar) joins the window."""

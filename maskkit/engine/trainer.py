@@ -117,6 +117,8 @@ class Trainer:
         self.resume_path = Path(resume) if resume else None
         self.hook = self.registry.plugin_manager.hook
         self.step = 0
+        self._log: StepLog | None = None  # the loop's, while it runs (its open window goes into checkpoints)
+        self._resume_window: tuple[float, int] | None = None
         self._first_micro = 0  # the first micro-step of this call to fit (mask counts checked on the host)
         self.model: torch.nn.Module | None = None
         self.lock = run_folder.RunLock(self.run_dir)
@@ -190,6 +192,8 @@ class Trainer:
                                       f"{ckpt.describe_mismatch(exc)}") from None
             self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
+            windows = resume_state.get("log_window")  # absent in checkpoints of older maskkit versions
+            self._resume_window = tuple(windows[self.dist.rank]) if windows else None
         # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
         if compile_enabled(cfg.compile, self.device):
             for component in self.model.children():
@@ -327,9 +331,10 @@ class Trainer:
         start_time, start_step = time.perf_counter(), self.step
         last_loss = float("nan")
         checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        log = StepLog(self.run_dir, self.dist, self.device, label="train", total_steps=self.total_steps,
-                      start_step=self.step, effective_batch=self.effective_batch,
-                      steps_per_epoch=self.steps_per_epoch, console=self.console, show=self.show_progress)
+        log = self._log = StepLog(self.run_dir, self.dist, self.device, label="train",
+                                  total_steps=self.total_steps, start_step=self.step,
+                                  effective_batch=self.effective_batch, steps_per_epoch=self.steps_per_epoch,
+                                  console=self.console, show=self.show_progress, window=self._resume_window)
         self._first_micro = self.step * cfg.accum_steps
         batches = self._batches()
         model.train()
@@ -428,6 +433,7 @@ class Trainer:
         one only once written, flushed and read back."""
         gathered = gather_state(self.model, self.optimizer, self.dist)  # whole state; collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))  # every rank's (collective)
+        window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
         bad: list[str] = []
         if self.dist.is_main:
             bad = ckpt.non_finite({"model": gathered[0], "optimizer": gathered[1]["state"]})
@@ -438,7 +444,7 @@ class Trainer:
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "step": self.step,
                      "model": gathered[0], "optimizer": gathered[1], "world_size": self.dist.world_size,
-                     "rng": rng, "recipe": self.recipe.tree, "versions": versions(self.registry)}
+                     "rng": rng, "log_window": window, "recipe": self.recipe.tree, "versions": versions(self.registry)}
             step = self.step
             ckpt.save_atomic(state, path, verify=lambda tmp: ckpt.verify_training_checkpoint(tmp, step))
             self.hook.maskkit_checkpoint_saved(trainer=self, path=path, step=self.step)

@@ -143,6 +143,8 @@ class FinetuneTrainer:
         self.run_dir = Path(out_dir)
         self.resume_path = Path(resume) if resume else None
         self.step = 0
+        self._log: StepLog | None = None  # the loop's, while it runs (its open window goes into checkpoints)
+        self._resume_window: tuple[float, int] | None = None
         self.dist: DistContext | None = None
         self.lock = run_folder.RunLock(self.run_dir)
 
@@ -221,6 +223,8 @@ class FinetuneTrainer:
                 self.ema.load_state_dict(resume_state["ema"])
             self.step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
+            windows = resume_state.get("log_window")  # absent in checkpoints of older maskkit versions
+            self._resume_window = tuple(windows[self.dist.rank]) if windows else None
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
         if self.dist.is_main:
@@ -268,9 +272,10 @@ class FinetuneTrainer:
         start_time, start_step = time.perf_counter(), self.step
         last_loss = float("nan")
         checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        log = StepLog(self.run_dir, self.dist, self.device, label="finetune", total_steps=self.total_steps,
-                      start_step=self.step, effective_batch=self.effective_batch,
-                      steps_per_epoch=self.steps_per_epoch, console=self.console, show=self.show_progress)
+        log = self._log = StepLog(self.run_dir, self.dist, self.device, label="finetune",
+                                  total_steps=self.total_steps, start_step=self.step,
+                                  effective_batch=self.effective_batch, steps_per_epoch=self.steps_per_epoch,
+                                  console=self.console, show=self.show_progress, window=self._resume_window)
         batches = self._batches()
         self.model.train()
         with log:
@@ -344,11 +349,12 @@ class FinetuneTrainer:
     def save_checkpoint(self, path: Path) -> None:
         gathered = gather_state(self.model, self.optimizer, self.dist)  # collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))
+        window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": KIND, "step": self.step,
                      "model": gathered[0], "optimizer": gathered[1],
                      "ema": self.ema.state_dict() if self.ema is not None else None,
-                     "world_size": self.dist.world_size, "rng": rng, "recipe": self.recipe.tree,
+                     "world_size": self.dist.world_size, "rng": rng, "log_window": window, "recipe": self.recipe.tree,
                      "encoder": dict(self.encoder_spec), "num_classes": self.num_classes,
                      "class_names": [str(c) for c in getattr(self.train_set.base, "classes", None) or []],
                      "pretrained": str(self.source), "versions": versions(self.registry)}
