@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from maskkit.toolkit import eval_mode
 
 POOLS = ("mean", "cls")
 
@@ -37,18 +39,6 @@ def pool_tokens(tokens: Tensor, num_prefix_tokens: int, pool: str) -> Tensor:
             raise ValueError("pool='cls': the encoder has no prefix token (num_prefix_tokens == 0); use pool='mean'")
         return tokens[:, 0].float()
     raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-
-
-@contextlib.contextmanager
-def _frozen_eval(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; afterwards restore each one's own previous mode (mixed modes too)."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
 
 
 def extract_features(
@@ -88,7 +78,7 @@ def extract_features(
 
     feats: list[Tensor] = []
     labels: list[Tensor] = []
-    with _frozen_eval(encoder), torch.no_grad():
+    with eval_mode(encoder), torch.no_grad():  # each submodule's own mode restored after
         for batch in loader:
             images, targets = batch[0], batch[1]
             images = images.to(device, non_blocking=True)
