@@ -11,8 +11,15 @@ next and counts ATen operators:
   engine and the optimizer call, not the calls inside a kernel), less the ones that launch no kernel on a GPU
   (views, ``empty``...): the closest CPU count of what a GPU step launches.
 
+``--compile`` also counts maskkit's step compiled as ``train.compile`` compiles it (inductor's C++ backend on the
+CPU; Triton's on a GPU fuses the same graph): a dispatch mode does not see inside compiled code, so both the
+eager and the compiled step are then counted from the profiler as ``launches``: inductor's fused kernels plus the
+outermost ATen operators (those not called by another one) that launch a kernel (a ``dropout`` that returns its
+input, at p = 0, launches none; a cast, ``aten::to``, launches one when it copies).
+
     python benchmarks/op_count.py                       # ViT-B/16, batch 8, fp32 and bf16 autocast
     python benchmarks/op_count.py --models vit_small_patch16 --dtypes fp32 --top 15
+    python benchmarks/op_count.py --compile --variants mae  # eager against compiled (minutes: inductor on a CPU)
 
 It prints the counts and each reference's count over maskkit's (> 1: maskkit launches fewer).
 """
@@ -72,6 +79,56 @@ def count_ops(step, *, top: int = 0, profiler: bool = True) -> dict:
     return {"ops": ops, "kernels": sum(kernels.values()), "top": kernels.most_common(top)}
 
 
+def count_launches(step, *, top: int = 0) -> dict:
+    """``{"launches": n, "top": [(name, n)...]}`` from one call of ``step`` under the profiler: inductor's fused
+    kernels (events ``..._cpp_fused_...``, recorded when ``torch._inductor.config.cpp.enable_kernel_profile`` was
+    on as the step compiled) plus the outermost ``aten::`` events that launch a kernel."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    launches: collections.Counter = collections.Counter()
+    for event in prof.events():
+        if "_cpp_fused_" in event.name:
+            launches["<inductor fused kernel>"] += 1
+        elif event.name.startswith("aten::") and _outermost(event):
+            if event.name in NO_KERNEL and not _copies(event):
+                continue  # a view, or a cast to the dtype a tensor has
+            if event.name == "aten::dropout" and not event.cpu_children:
+                continue  # p = 0 (timm's default proj_drop) or eval: it returns its input
+            launches[event.name] += 1
+    return {"launches": sum(launches.values()), "top": launches.most_common(top)}
+
+
+def _copies(event) -> bool:
+    """Whether ``event`` (``aten::to``, ``contiguous``...) really copied: a cast under autocast does."""
+    return any(child.name == "aten::copy_" or _copies(child) for child in event.cpu_children)
+
+
+def _outermost(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def compiled_launches(name: str, spec, registry, *, batch_size: int, amp, top: int) -> dict:
+    """Launches per step of maskkit's MAE eager and compiled (components one by one, as the trainer compiles)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.enable_kernel_profile = True  # each fused C++ kernel becomes a profiler event
+    counts = {}
+    for compiled in (False, True):
+        variant = bench_steps.make_variant(name, "mae", build("mae", spec, registry), batch_size=batch_size,
+                                           device=torch.device("cpu"), amp_dtype=amp, compile=compiled)
+        if compiled:
+            variant.compile_model()
+        for _ in range(3 if compiled else 1):  # compilation (and its recompiles) and AdamW's state outside
+            variant.step()
+        counts["compiled" if compiled else "eager"] = count_launches(variant.step, top=top)
+    return counts
+
+
 def build(kind: str, spec, registry) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "official":
@@ -90,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--top", type=int, default=0, help="also print the N most frequent leaf operators")
     parser.add_argument("--no-profiler", action="store_true", help="count dispatched kernels only (faster)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also count maskkit's step eager against compiled (profiler launches; minutes)")
     parser.add_argument("--json", help="write the counts here")
     args = parser.parse_args(argv)
     registry = Registry.from_plugins(autoload=False)
@@ -118,6 +177,15 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {kind:9s} ops {ops:>6}  kernels {r['kernels']:6d}{ratio}")
                 for op, n in r["top"]:
                     print(f"      {n:5d} {op}")
+            if args.compile:
+                counts = compiled_launches(name, spec, registry, batch_size=args.batch_size, amp=amp, top=args.top)
+                row["mae-launches"] = counts
+                eager, compiled = counts["eager"]["launches"], counts["compiled"]["launches"]
+                print(f"  maskkit launches per step (fused kernels + outermost ATen operators): eager {eager}, "
+                      f"compiled {compiled} ({compiled / eager:.2f}x)")
+                for label, count in counts.items():
+                    for op, n in count["top"]:
+                        print(f"      {label:8s} {n:5d} {op}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
