@@ -121,11 +121,13 @@ def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, s
         raise ConfigError(section, f"{name}: {type(exc).__name__}: {first_line(str(exc), 200)}", file=file) from None
 
 
-def recipe_registry(recipe: Recipe, registry: Registry | None = None) -> Registry:
-    """``registry`` (default: the installed plugins) plus the recipe's own ``plugins``, each of which must load
-    (a one-line error on the recipe's ``plugins`` otherwise)."""
+def recipe_registry(recipe: Recipe, registry: Registry | None = None, *, require: bool = False) -> Registry:
+    """``registry`` (default: the installed plugins) plus the recipe's own ``plugins``. With ``require`` (to
+    train) each must load, a one-line error on the recipe's ``plugins`` otherwise; without (to build a model,
+    e.g. from a checkpoint) a missing one matters only if it provides a component the recipe names, whose error
+    then says it failed to load, so a checkpoint trained with a hook-only plugin still loads without it."""
     registry = (registry or default_registry()).with_plugins(recipe.plugins)
-    return registry.require_loaded(recipe.plugins, key="plugins", file=recipe.file)
+    return registry.require_loaded(recipe.plugins, key="plugins", file=recipe.file) if require else registry
 
 
 def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel:

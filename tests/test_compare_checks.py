@@ -191,10 +191,9 @@ class PickyPlugin:
 
 @pytest.mark.parametrize("variants, message", [
     ({"a": {}, "b": {"encoder.depth": -1}},
-     "variants.b.encoder: vit_tiny_patch16_224: RuntimeError: number of steps must be non-negative (this variant "
-     "sets encoder.depth)"),
+     "variants.b.encoder: vit_tiny_patch16_224: RuntimeError: number of steps must be non-negative"),
     ({"a": {}, "b": {"decoder.embed_dim": 0}},
-     "variants.b.decoder: mae: ZeroDivisionError: float division by zero (this variant sets decoder.embed_dim)"),
+     "variants.b.decoder: mae: ZeroDivisionError: float division by zero"),
     ({"a": {"masker": {"name": "picky"}}}, "variants.a.masker.scale: the grid (7, 7) is not divisible by scale=3"),
     ({"a": {}, "b": {"masker": {"name": "picky"}}},  # b's model is a's: the masker is checked on its own
      "variants.b.masker.scale: the grid (7, 7) is not divisible by scale=3"),

@@ -193,6 +193,22 @@ def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path, 
             RunLock(tmp_path).acquire()
 
 
+def test_where_flock_is_local_to_a_host_the_record_still_decides(tmp_path, monkeypatch):
+    """On NFS with local_lock or Lustre with localflock, flock succeeds on every host: another host's live run
+    with our pid, or a record still being written (empty and young), must not be taken over."""
+    monkeypatch.setattr(run_folder, "_flock", lambda fd: True)
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": "node-a", "time": "earlier"}))
+    with pytest.raises(RunFolderError, match="pid .* on node-a"):
+        RunLock(tmp_path).acquire()
+    lock.write_text("")
+    with pytest.raises(RunFolderError, match="a run that is starting"):
+        RunLock(tmp_path).acquire()
+    os.utime(lock, (time.time() - 120, time.time() - 120))  # empty for two minutes: its writer died
+    with RunLock(tmp_path) as taken:
+        assert taken.held and json.loads(lock.read_text())["pid"] == os.getpid()
+
+
 def test_two_takers_of_one_stale_record_never_both_hold_it(tmp_path, monkeypatch):
     """Without kernel locks, the worst interleaving: B has checked that the stale lock is still there, then A
     takes it over (its fresh lock replaces the stale one), then B removes what it believes is the stale lock. A
@@ -267,7 +283,7 @@ def test_many_takers_of_one_stale_lock_exactly_one_holds_it(tmp_path):
         folder.mkdir()
         (folder / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
         barrier, queue = context.Barrier(8), context.Queue()
-        takers = [context.Process(target=_take_and_hold, args=(str(folder), barrier, queue, 1.5)) for _ in range(8)]
+        takers = [context.Process(target=_take_and_hold, args=(str(folder), barrier, queue, 2.5)) for _ in range(8)]
         for taker in takers:
             taker.start()
         results = [queue.get(timeout=60) for _ in takers]
@@ -284,11 +300,12 @@ def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
     script = (f"import os, sys, time\nsys.path.insert(0, {str(Path(maskkit.__file__).parents[1])!r})\n"
               "from maskkit.engine.run_folder import RunLock\n"
               f"lock = RunLock({str(tmp_path)!r}).acquire()\n"
-              "child = os.fork()\n"
-              "if child == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+              "child = os.fork()\n"  # the after-fork hooks have run in the child once fork returns there
+              "if child == 0:\n    print('child', flush=True)\n    time.sleep(60)\n    os._exit(0)\n"
               "print(child, flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    child = int(proc.stdout.readline())
+    lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+    child = int(next(line for line in lines if line != "child"))
     try:
         proc.kill()
         proc.wait()
@@ -629,3 +646,20 @@ def test_compare_records_a_failing_run_and_goes_on(tmp_path):
     assert outcome.errors["r75/seed0"] == "plugin 'buggy' failed: ZeroDivisionError: division by zero in the plugin"
     status = json.loads((tmp_path / "out" / "runs" / "r75" / "seed0" / "compare.json").read_text())
     assert status["status"] == "failed" and status["error"] == outcome.errors["r75/seed0"]
+
+
+def test_a_loader_worker_outlives_a_sigterm_by_its_grace_only():
+    """A SIGTERM lets a worker carry on (the main process stops at a step boundary and shuts it down), but not
+    forever: it leaves WORKER_GRACE_S seconds later (here 1), so a stuck worker cannot hang the exit."""
+    script = ("import os, signal, time\n"
+              "from maskkit.data import loading\n"
+              "loading.WORKER_GRACE_S = 1\n"
+              "loading._leave_signals_to_the_main_process(0)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "print('alive after SIGTERM', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)  # a second one changes nothing\n"
+              "time.sleep(30)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "alive after SIGTERM\n", proc.stderr
+    assert proc.returncode == -signal.SIGALRM and time.monotonic() - start < 15

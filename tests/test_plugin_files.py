@@ -233,3 +233,27 @@ def test_a_plugin_asked_for_by_name_that_does_not_load_stops_the_command(tmp_pat
     finally:
         monkeypatch.delenv(PLUGINS_ENV)
         default_registry.cache_clear()
+
+
+def test_a_checkpoint_trained_with_a_hook_only_plugin_loads_without_it(tmp_path):
+    """Training needs every plugin its recipe names; evaluating or exporting the checkpoint needs only those
+    that provide its components."""
+    from maskkit.engine.checkpoint import load_model
+    from maskkit.engine.trainer import Trainer
+
+    hook = write_plugin(tmp_path / "logger_hook.py", """
+        import maskkit
+
+        @maskkit.hookimpl
+        def maskkit_step_end():
+            pass
+    """)
+    tree = tiny_tree(plugins=[str(hook)])
+    tree["train"].update(max_steps=1, ckpt_every=0)
+    registry = Registry.from_plugins(autoload=False)
+    Trainer(maskkit.Recipe(tree), tmp_path / "run", registry=registry, progress=False).fit()
+    hook.unlink()
+    model, recipe = load_model(tmp_path / "run" / "checkpoint.pth", registry=registry)[:2]
+    assert recipe.plugins == (str(hook),) and model.encoder is not None
+    with pytest.raises(maskkit.ConfigError, match="plugins: .*logger_hook.py: failed to load"):
+        Trainer(recipe, tmp_path / "again", registry=registry, progress=False).fit()

@@ -278,13 +278,25 @@ class BadImages:
         return rows[torch.tensor(self._kept, device=rows.device)]
 
 
+WORKER_GRACE_S = 30  # how long a worker outlives a SIGTERM (torchrun waits as long before its SIGKILL)
+
+
 def _leave_signals_to_the_main_process(worker_id: int) -> None:
-    """Loader workers ignore SIGINT and SIGTERM: Ctrl-C, ``timeout`` and Slurm signal the whole process group,
-    and the main process stops at a step boundary with a checkpoint, then shuts the workers down (a worker
-    killed by the signal would make the DataLoader raise mid-step, losing the steps since the last checkpoint).
-    A worker whose main process died exits by itself (the DataLoader's watchdog)."""
+    """Loader workers leave Ctrl-C to the main process, which stops at a step boundary and shuts them down; a
+    SIGTERM (``timeout`` and Slurm signal the whole process group) only starts :data:`WORKER_GRACE_S` seconds
+    after which the worker leaves (:func:`_leave_later`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave_later)
+
+
+def _leave_later(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM handler. Dying at once would make the DataLoader raise in the middle of a step, losing
+    the steps since the last checkpoint, while the main process, signalled too, stops at the next step boundary
+    with a checkpoint and then shuts the workers down. So the worker carries on, and leaves by itself (SIGALRM)
+    :data:`WORKER_GRACE_S` seconds later if nothing stopped it first: a worker stuck when the loader shut it
+    down (torch's ``terminate()`` is a SIGTERM) cannot hang the process's exit."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.alarm(WORKER_GRACE_S)
 
 
 def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int = 0,

@@ -161,6 +161,7 @@ class RunLock:
                             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
+                    os.fsync(fd)  # other hosts of a shared filesystem read the record, not our page cache
                     self._fd, self.held = fd, True
                     _HELD_IN_THIS_PROCESS.add(self)
                     return self
@@ -179,10 +180,13 @@ class RunLock:
         if locked:
             if not self._is_current(fd):
                 return False  # its holder released it (unlinked) between our open and our lock
-            owner = self._owner()
-            if created or not owner or owner.get("pid") == os.getpid() or self._stale(owner):
+            owner = self._owner() or {}
+            # the record still decides where flock may be local to a host (NFS local_lock, Lustre localflock):
+            # another host's live run, or a record still being written (empty and young), is not taken over
+            ours = owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
+            if created or ours or self._stale(owner):
                 return True  # a record of our own is a RunLock of this process that was never released
-            raise self._refuse(owner)  # a live process that holds no kernel lock (an older maskkit)
+            raise self._refuse(owner)  # a live process that holds no kernel lock here (an older maskkit, a host)
         if created:  # no kernel locks on this filesystem: the exclusive creation decides
             return True
         owner = self._owner()

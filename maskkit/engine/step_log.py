@@ -37,6 +37,7 @@ class StepLog:
         loss_sum, steps = window or (0.0, 0)
         self.window_loss = torch.tensor(float(loss_sum), device=device)  # the window's step losses, summed on device
         self.window_steps = int(steps)
+        self.timed_steps = 0  # the window's steps that this session trained (and timed)
         self.start_time = self.window_start = time.perf_counter()
         self._file: IO[str] | None = None
         self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
@@ -66,6 +67,7 @@ class StepLog:
         """One optimizer step's loss (a device scalar) joins the window."""
         self.window_loss += step_loss
         self.window_steps += 1
+        self.timed_steps += 1
 
     def record(self, step: int, *, loss: float, lr: float, parts: dict[str, float] | None = None) -> dict:
         """Close the window at ``step`` (collective: every process calls it): ``loss`` is the step's loss
@@ -75,7 +77,7 @@ class StepLog:
         parts = parts or {}
         record = {"step": step, "epoch": step / self.steps_per_epoch, "loss": loss, **parts,
                   "loss_avg": float(self.dist.mean(self.window_loss)) / max(self.window_steps, 1), "lr": lr,
-                  "images_per_s": self.window_steps * self.effective_batch / max(now - self.window_start, 1e-9),
+                  "images_per_s": self.timed_steps * self.effective_batch / max(now - self.window_start, 1e-9),
                   "time": now - self.start_time}
         if self._file is not None:
             try:
@@ -86,5 +88,5 @@ class StepLog:
         aux = "".join(f"  {k.removeprefix('aux/')} {v:.4f}" for k, v in parts.items() if k.startswith("aux/"))
         self.progress.update(self.task, completed=step, loss=loss, lr=lr, ips=record["images_per_s"], aux=aux)
         self.window_loss.zero_()
-        self.window_steps, self.window_start = 0, now
+        self.window_steps, self.timed_steps, self.window_start = 0, 0, now
         return record

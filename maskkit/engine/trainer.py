@@ -110,7 +110,7 @@ class Trainer:
                  resume: str | Path | None = None, console: Console | None = None, progress: bool = True):
         self.recipe = recipe
         self.cfg = recipe.train
-        self.registry = recipe_registry(recipe, registry)  # with the recipe's own plugins
+        self.registry = recipe_registry(recipe, registry, require=True)  # the recipe's plugins, all loaded
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         self.run_dir = Path(out_dir)
