@@ -57,10 +57,12 @@ class Entry:
 
 @attrs.frozen
 class PluginFailure:
-    """An entry point that could not be loaded; the rest keep working."""
+    """An entry point that could not be loaded; the rest keep working. ``module``: the plugin's module when
+    known, so a plugin asked for by module name is found under its entry point's name too."""
 
     name: str
     error: str
+    module: str | None = None
 
 
 @attrs.frozen
@@ -180,7 +182,7 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
                 pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not take the others down
                 last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-                failures.append(PluginFailure(ep.name, last))
+                failures.append(PluginFailure(ep.name, last, ep.module))
                 continue
             versions[ep.name] = ep.dist.version if ep.dist is not None else "-"
     sources: dict[str, PluginSource] = {}
@@ -242,7 +244,8 @@ class Registry:
             except PluginError as exc:  # a clash or a wrong return type: fatal unless diagnosing (not strict)
                 if strict:
                     raise
-                failed[plugin_name] = PluginFailure(plugin_name, str(exc))
+                plugin = self.plugin_manager.get_plugin(plugin_name)
+                failed[plugin_name] = PluginFailure(plugin_name, str(exc), getattr(plugin, "__name__", None))
                 for entries in (*self._entries.values(), self._recipes):
                     for name in [n for n, e in entries.items() if e.plugin == plugin_name]:
                         del entries[name]
@@ -289,7 +292,7 @@ class Registry:
         ``plugins``) is needed by what asked for it, even one that only implements engine hooks."""
         wanted = {resolve_plugin_spec(spec) for spec in specs}
         for failure in self.failures:
-            if failure.name in wanted:
+            if failure.name in wanted or failure.module in wanted:  # an installed plugin, asked for by module
                 raise ConfigError(key, f"{failure.name}: failed to load: {failure.error}", file=file)
         return self
 
@@ -306,7 +309,8 @@ class Registry:
                     result = impl.function()
                 except Exception as exc:
                     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-                    failed[plugin_name] = PluginFailure(plugin_name, f"{hook_name}() raised {last}")
+                    failed[plugin_name] = PluginFailure(plugin_name, f"{hook_name}() raised {last}",
+                                                        getattr(impl.plugin, "__name__", None))
                     continue
                 results.append((kind, plugin_name, hook_name, result))
         for plugin_name in failed:

@@ -257,3 +257,28 @@ def test_a_checkpoint_trained_with_a_hook_only_plugin_loads_without_it(tmp_path)
     assert recipe.plugins == (str(hook),) and model.encoder is not None
     with pytest.raises(maskkit.ConfigError, match="plugins: .*logger_hook.py: failed to load"):
         Trainer(recipe, tmp_path / "again", registry=registry, progress=False).fit()
+
+
+def test_a_module_asked_for_by_name_that_is_also_installed_must_load(tmp_path, monkeypatch):
+    """A module that is also installed (here: registered under another name, as an entry point is) and whose
+    hook raises is recorded under that name; asked for by module name, it is still refused."""
+    import importlib
+
+    write_plugin(tmp_path / "brokenmod.py", """
+        import maskkit
+
+        @maskkit.hookimpl
+        def maskkit_add_maskers():
+            raise RuntimeError("broken on purpose")
+    """)
+    dist = tmp_path / "brokenpkg-0.1.dist-info"  # installed: an entry point "broken = brokenmod"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenpkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[maskkit]\nbroken = brokenmod\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reg = Registry.from_plugins(autoload=True, files=["brokenmod"], strict=False)
+    assert ("broken", "brokenmod") in [(f.name, f.module) for f in reg.failures]
+    with pytest.raises(maskkit.ConfigError, match="plugins: broken: failed to load: .*broken on purpose"):
+        reg.require_loaded(["brokenmod"], key="plugins")
+    reg.require_loaded(["some_other_module"], key="plugins")  # only what was asked for
