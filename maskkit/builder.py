@@ -130,6 +130,16 @@ def recipe_registry(recipe: Recipe, registry: Registry | None = None, *, require
     return registry.require_loaded(recipe.plugins, key="plugins", file=recipe.file) if require else registry
 
 
+def masker_hidden(masker: Any, grid: tuple[int, int], *, file: str | None = None) -> int | None:
+    """``masker.num_hidden(grid)``; a masker refusing the grid (simmim's ``scale``) raises its own key, which is
+    then named within the ``masker`` section (``masker.scale: ...``)."""
+    try:
+        return masker.num_hidden(grid)
+    except ConfigError as exc:
+        raise (exc.within(None, file) if exc.key == "masker" or exc.key.startswith("masker.")
+               else exc.within("masker", file)) from None
+
+
 def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel:
     """The :class:`MaskedModel` a recipe describes (random init; nothing downloads).
 
@@ -140,11 +150,7 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
     file = recipe.file
     encoder = build_component(registry, "encoder", recipe.component("encoder"), file=file)
     masker = build_masker(recipe, registry, encoder)
-    try:  # a masker refusing the encoder's grid (simmim's scale) raises its key: name the masker section
-        hidden = masker.num_hidden(encoder.grid)
-    except ConfigError as exc:
-        raise (exc.within(None, file) if exc.key == "masker" or exc.key.startswith("masker.")
-               else exc.within("masker", file)) from None
+    hidden = masker_hidden(masker, encoder.grid, file=file)
     if encoder.sparse and hidden is None:
         raise ConfigError("masker", f"{recipe.component('masker')['name']} hides a varying number of patches per "
                           f"sample, but encoder {recipe.component('encoder')['name']} is sparse (visible tokens "

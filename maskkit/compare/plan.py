@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import torch
 
+from maskkit.builder import masker_hidden
 from maskkit.compare.spec import BUILD_ERRORS, CompareSpec, EvalSpec, component_error
 from maskkit.errors import ConfigError
 from maskkit.recipe import Recipe
@@ -236,11 +237,9 @@ def warmup_share(warmup_epochs: float, steps_per_epoch: int, steps: int) -> floa
 
 
 def _hidden(masker, grid: tuple[int, int], name: Any) -> int | None:
-    """``masker.num_hidden(grid)``; an error it raises names the ``masker`` section (``masker.scale: ...``)."""
+    """:func:`maskkit.builder.masker_hidden`, and any other error it raises as one naming the ``masker``."""
     try:
-        return masker.num_hidden(grid)
-    except ConfigError as exc:
-        raise (exc if exc.key == "masker" or exc.key.startswith("masker.") else exc.within("masker")) from None
+        return masker_hidden(masker, grid)
     except BUILD_ERRORS as exc:
         raise ConfigError("masker", f"{name}: {exc}") from None
 

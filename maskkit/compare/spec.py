@@ -49,9 +49,9 @@ SHARED_KEYS = (("seed",), ("data_seed",), ("data",), ("eval",), ("train", "epoch
                ("train", "batch_size"), ("train", "accum_steps"), ("train", "device"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MISSING = object()
-# What a component's constructor raises for an argument it cannot use (``encoder.depth: -1`` reaches
-# ``torch.linspace`` as a RuntimeError, ``decoder.embed_dim: 0`` divides by zero): when a variant's model is
-# built for the plan, these become the spec's one-line error naming the variant and the component's section.
+# What building a variant's model may raise outside a component's constructor (whose refusals the builder
+# already turns into a ConfigError naming the section, e.g. ``encoder.depth: -1``): such an error becomes the
+# spec's one-line error naming the variant.
 BUILD_ERRORS = (ValueError, TypeError, RuntimeError, ArithmeticError)
 
 
@@ -396,35 +396,14 @@ def _variant_tree(name: str, base_tree: dict, changes: tuple[Change, ...], file:
     return tree
 
 
-def _failing_component(exc: BaseException) -> tuple[str | None, str | None]:
-    """``(section, registry name)`` of the component whose construction raised ``exc`` (the innermost
-    :func:`maskkit.builder.build_component` on its traceback), or ``(None, None)`` when none was being built."""
-    from maskkit.builder import build_component
-
-    found: tuple[str | None, str | None] = (None, None)
-    tb = exc.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code is build_component.__code__:
-            section, name = frame.f_locals.get("section"), frame.f_locals.get("name")
-            found = (section if isinstance(section, str) else None, name if isinstance(name, str) else None)
-        tb = tb.tb_next
-    return found
-
-
 def component_error(exc: BaseException, variant: Variant, file: str) -> ConfigError:
-    """The one-line error for ``exc``, raised by a component while ``variant``'s model was built: it names the
-    spec file, the variant and the component's section, worded as the builder words a component's refusal of
-    its arguments in a training recipe (``decoder: mae: ...``), and the variant's changes to that section."""
-    section, name = _failing_component(exc)
+    """The one-line error for ``exc``, raised while ``variant``'s model was built outside a component's
+    constructor (:func:`maskkit.builder.build_component` words those itself): it names the spec file and the
+    variant, and the exception's type unless it is a ValueError or TypeError."""
     text = str(exc).strip() or type(exc).__name__
-    if not isinstance(exc, (ValueError, TypeError)):  # the builder's own wording covers these two; say the rest
+    if not isinstance(exc, (ValueError, TypeError)):
         text = f"{type(exc).__name__}: {text}"
-    text = text.splitlines()[0] if text else text
-    touched = [c.key for c in variant.changes if section is not None and c.key.split(".")[0] == section]
-    hint = f" (this variant sets {', '.join(touched)})" if touched else ""
-    where = f"variants.{variant.name}" + (f".{section}" if section else "")
-    return ConfigError(where, f"{name}: {text}{hint}" if name else f"{text}{hint}", file=file)
+    return ConfigError(f"variants.{variant.name}", text.splitlines()[0], file=file)
 
 
 def check_components(spec: CompareSpec, registry) -> None:
