@@ -372,3 +372,19 @@ def test_training_with_nvjpeg_decode(tmp_path, builtin_registry):
     tree["train"].update(max_steps=4, ckpt_every=0, device="cuda", num_workers=2)
     result = Trainer(maskkit.Recipe(tree), tmp_path / "run", registry=builtin_registry, progress=False).fit()
     assert result.steps == 4 and result.final_loss == result.final_loss
+
+
+@pytest.mark.cuda
+def test_finish_ahead_hands_over_results_the_side_stream_has_finished():
+    """``finish_ahead`` on CUDA: the worker thread finishes each item on a side stream behind a long kernel and
+    returns at once; the caller's stream must wait for that work (without the event, the sums below, queued on
+    the caller's stream, would read the tensors before they are filled)."""
+    from maskkit.data.ahead import finish_ahead
+
+    def finish(k: int) -> torch.Tensor:
+        assert torch.cuda.current_stream() != torch.cuda.default_stream()  # the side stream
+        torch.cuda._sleep(50_000_000)  # tens of ms of GPU time before the value is written
+        return torch.full((1024, 1024), float(k), device="cuda")
+
+    sums = [batch.sum() for batch in finish_ahead(range(6), finish, "cuda", depth=2)]  # queued, not synced
+    assert [float(s) for s in sums] == [float(k * 1024 * 1024) for k in range(6)]

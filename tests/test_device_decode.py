@@ -5,6 +5,7 @@ with libjpeg-turbo, so the device route must give exactly the host route's batch
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -143,12 +144,23 @@ def _train(tree: dict, out: Path, registry, **kwargs) -> list[float]:
 
 
 def test_training_with_device_decode_equals_host_decode_and_resumes_exactly(fashion_jpegs: Path, tmp_path: Path,
-                                                                            builtin_registry) -> None:
+                                                                            builtin_registry, monkeypatch) -> None:
+    """Bit for bit, though the device route decodes in a thread, batches ahead of the step (finish_ahead)."""
     data = {"name": "image_folder", "root": str(fashion_jpegs), "in_chans": 1}
     host = _train(tiny_tree(data=data), tmp_path / "host", builtin_registry)
     tree = tiny_tree(data={**data, "decode": "device"})
     tree["train"]["num_workers"] = 2
+    decoding_threads = set()
+    decode = DeviceDecoder.__call__
+
+    def noting_the_thread(self, batch):
+        decoding_threads.add(threading.current_thread().name)
+        return decode(self, batch)
+
+    monkeypatch.setattr(DeviceDecoder, "__call__", noting_the_thread)
     assert len(host) == 6 and _train(tree, tmp_path / "device", builtin_registry) == host  # bit for bit
+    assert decoding_threads and all(name.startswith("maskkit-finish-ahead") for name in decoding_threads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("maskkit-finish-ahead")]
     crashing = Registry.from_plugins(autoload=False, plugins={"crash": CrashAfterCheckpoint(3)})
     with pytest.raises(Crash):
         _train(tree, tmp_path / "resumed", crashing)

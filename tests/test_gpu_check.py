@@ -33,8 +33,9 @@ def test_the_rehearsal_runs_every_step_and_each_goal_finds_its_numbers(tmp_path)
         assert bench["environment"]["device"] == "cpu" and bench["steps"], name
     pipelines = {d["pipeline"] for d in json.loads((out / "bench-B64.json").read_text())["data"]}
     assert {"imagefolder", "imagefolder-device"} <= pipelines
-    metrics = [json.loads(line) for line in (out / "train-B64" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, 7))
+    for run in ("train-B64", "train-B64-device"):  # data.decode: host, then device
+        metrics = [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics] == list(range(1, 7)), run
     rows = {r["goal"]: r for r in json.loads((out / "goals.json").read_text())}
     unmeasured = {goal for goal, r in rows.items() if r["measured"] == "-"}
     assert unmeasured == {"ViT-L/16 vs transformers' ViTMAE (eager vs eager, batch 64)"}  # GPU_CHECK_FULL only

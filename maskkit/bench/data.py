@@ -17,6 +17,7 @@ The first batch (worker start-up) and the plain loop's process start-up are not 
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.loading import AugmentedDataset, GlobalBatchSampler, make_loader
 from maskkit.data.transforms import TrainTransform
 
@@ -50,32 +52,41 @@ class DataResult:
 
 
 def loader_throughput(dataset, transform, *, batch_size: int, workers: int, images: int, seed: int = 0,
-                      pin_memory: bool = False, finish: Callable[[Any], Any] | None = None) -> tuple[int, float]:
+                      pin_memory: bool = False, finish: Callable[[Any], Any] | None = None,
+                      finish_device: str = "cpu", finish_depth: int = DEFAULT_DEPTH) -> tuple[int, float]:
     """``(images timed, seconds)`` for at least ``images`` augmented images through the trainer's loader
     (``pin_memory`` as the trainer sets it on CUDA), epoch after epoch, after one untimed batch. ``finish``: what
-    the trainer does to each batch in its own process (a :class:`~maskkit.data.encoded.DeviceDecoder`); the clock
-    stops once the device has finished it."""
+    the trainer does to each batch in its own process (a :class:`~maskkit.data.encoded.DeviceDecoder`), done as
+    the trainer does it, ``finish_depth`` batches ahead in a thread (:func:`~maskkit.data.ahead.finish_ahead`) on
+    ``finish_device``; the clock stops once the device has finished it."""
     augmented = AugmentedDataset(dataset, transform, seed)
     batch_size = min(batch_size, len(dataset))
     sampler = GlobalBatchSampler(len(dataset), batch_size, seed=seed)
     loader = make_loader(augmented, sampler, num_workers=workers, pin_memory=pin_memory)
-    counted, start, epoch, batch = -1, 0.0, 0, None
-    try:
-        while counted < images:
+
+    def epochs(source):
+        for epoch in itertools.count():
             sampler.set_epoch(epoch)
             augmented.set_epoch(epoch)
-            for batch, _ in map(finish or (lambda b: b), loader):
-                if counted < 0:  # the first batch pays for the workers' start-up
-                    _wait_for(batch)
-                    counted, start = 0, time.perf_counter()
-                    continue
-                counted += batch.shape[0]
-                if counted >= images:
-                    break
-            epoch += 1
+            yield from source
+
+    batches = epochs(loader)
+    if finish is not None:
+        batches = finish_ahead(batches, finish, finish_device, depth=finish_depth)
+    counted, start, batch = -1, 0.0, None
+    try:
+        for batch, _ in batches:
+            if counted < 0:  # the first batch pays for the workers' start-up
+                _wait_for(batch)
+                counted, start = 0, time.perf_counter()
+                continue
+            counted += batch.shape[0]
+            if counted >= images:
+                break
         _wait_for(batch)
         return counted, time.perf_counter() - start
     finally:
+        batches.close()
         del loader  # stops persistent workers
 
 
@@ -255,6 +266,7 @@ def device_decode_pipeline(root: Path, *, workers: int, images: int | None, batc
                                output="uint8")
     batch = min(batch_size, len(dataset))
     counted, seconds = loader_throughput(EncodedView(dataset), transform, batch_size=batch, workers=workers,
-                                         images=images or len(dataset), finish=DeviceDecoder(transform, device))
+                                         images=images or len(dataset), finish=DeviceDecoder(transform, device),
+                                         finish_device=device)
     return DataResult("imagefolder-device", f"JPEG decode + crop {img_size} on {device}",
                       workers, batch, counted, seconds, counted / seconds, len(dataset))

@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset, build_model, recipe_registry
+from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
 from maskkit.data.loading import AugmentedDataset, BadImages, make_loader
 from maskkit.data.transforms import TrainTransform
@@ -105,6 +106,10 @@ class Trainer:
     ``trainer=self``; public attributes they may read: ``recipe``, ``model``, ``optimizer``, ``step``,
     ``total_steps``, ``steps_per_epoch``, ``device``, ``dist``, ``run_dir``.
     """
+
+    #: with ``data.decode: device``, batches decoded ahead of the step in a thread (0: in the training thread;
+    #: ``benchmarks/decode_ahead.py`` times both)
+    decode_ahead: int = DEFAULT_DEPTH
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, registry: Registry | None = None,
                  resume: str | Path | None = None, console: Console | None = None, progress: bool = True):
@@ -294,18 +299,26 @@ class Trainer:
 
     def _batches(self):
         """Yield ``(epoch, images, labels)`` micro-batches from the current step on, across epochs."""
-        accum = self.cfg.accum_steps
+        batches = self._loader_batches()
+        decoder = self.device_decoder
+        if decoder is not None:  # data.decode: device, finished in a thread while the steps before it train
+            batches = finish_ahead(batches, lambda item: (item[0], decoder(item[1])), self.device,
+                                   depth=self.decode_ahead)
+        with contextlib.closing(batches):
+            for epoch, batch in batches:
+                images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
+                yield epoch, images, labels
+
+    def _loader_batches(self):
+        """Yield ``(epoch, batch)`` for the loader's batches from the current step on, across epochs."""
         epoch, within = divmod(self.step, self.steps_per_epoch)
-        start = within * accum
+        start = within * self.cfg.accum_steps
         while True:
             self.sampler.set_epoch(epoch)
             self.train_set.set_epoch(epoch)
             self.sampler.set_start(start)
             for batch in self.loader:
-                if self.device_decoder is not None:  # data.decode: device
-                    batch = self.device_decoder(batch)
-                images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
-                yield epoch, images, labels
+                yield epoch, batch
             start = 0
             epoch += 1
 
@@ -396,6 +409,8 @@ class Trainer:
             if "device-side assert" in str(exc):  # CUDA reports the failed assertion at a later sync
                 raise self._device_check_error(exc) from exc
             raise
+        finally:
+            batches.close()  # stops the decode-ahead thread, if any, before anything else runs
         if self._pending_stop is not None:  # the last boundary's stop request: every rank started it
             self._pending_stop()
             self._pending_stop = None
