@@ -203,6 +203,11 @@ def test_bench_compile_on_cpu(one_thread):
                                        data_images=None, data=False, overrides=TINY, seed=0)
     results = bench_cli.run_benchmark(settings)
     assert all(r["seconds"] > 0 and r["flops"] > 0 for r in results["steps"])
+    assert all(r["warmup_seconds"] > r["seconds"] for r in results["steps"])  # compiling is in the warm-up
+    console = Console(record=True, width=200)
+    bench_cli.print_report(console, results)
+    text = " ".join(console.export_text().split())
+    assert "vs MAE compile" in text and "compile = the warm-up steps, compiling included" in text
 
 
 def test_masker_cost_against_random(tmp_path, one_thread, capsys):

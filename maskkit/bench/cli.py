@@ -317,6 +317,8 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     with_memory = any(r["peak_memory"] for r in results["steps"])
     if with_memory:
         columns.append("memory")
+    if s["compile"]:  # what the warm-up took, compiling included: a compiled run starts that much later
+        columns.append("compile")
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "variant") else "right")
     for r in results["steps"]:
@@ -326,11 +328,15 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
                "-" if r["slowdown_vs_mae"] is None else f"{r['slowdown_vs_mae']:.2f}x"]
         if with_memory:
             row.append("-" if not r["peak_memory"] else f"{r['peak_memory'] / 2**30:.1f}G")
+        if s["compile"]:
+            row.append("-" if r.get("warmup_seconds") is None else f"{r['warmup_seconds']:.0f} s")
         table.add_row(*row)
+    compiled = "compile = the warm-up steps, compiling included. " if s["compile"] else ""
     table.caption = (f"MAE = maskkit (visible patches only); mask tokens = the same encoder fed all patches; "
                      f"official-style = models_mae.py's structure on timm blocks, same weights; HF = "
-                     f"transformers' ViTMAEForPreTraining (SDPA). vs MAE = its s/step over MAE's. MFU = model "
-                     f"FLOPs/s (FlopCounterMode) over {results['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, the best "
+                     f"transformers' ViTMAEForPreTraining (SDPA). vs MAE = its s/step over MAE's. {compiled}"
+                     f"MFU = model FLOPs/s (FlopCounterMode) over {results['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, "
+                     f"the best "
                      f"{results['peak_gemm']['size']}^2 {results['peak_gemm']['dtype']} matmul of this run. "
                      f"Load average (1, 5, 15 min) before {env['load_before']}, after {env.get('load_after')}.")
     _print_wide(console, table)

@@ -170,6 +170,7 @@ class Variant:
     compile: bool = False  # torch.compile the model once its FLOPs are counted (eagerly)
     flops: int = 0
     peak_memory: int | None = None
+    warmup_seconds: float = 0.0  # the warm-up steps after the FLOP count, compilation included
     times: list[float] = attrs.field(factory=list)
 
     @property
@@ -295,12 +296,14 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
         if device.type == "cuda":
             own_params = sum(p.numel() * p.element_size() for p in v.model.parameters())
             v.peak_memory = torch.cuda.max_memory_allocated(device) - before + own_params
+        started = time.perf_counter()
         if v.compile:
             say(f"compiling: {v.model_name} {v.kind}")
             v.compile_model()
         for _ in range(max(0, warmup - 1)):
             v.step()
         _sync(device)
+        v.warmup_seconds = time.perf_counter() - started
     peak.measure()  # warm-up of the GEMM
     peak.rates.clear()
     members: list[Variant | PeakProbe] = [*variants, peak]
@@ -329,6 +332,7 @@ class StepResult:
     mfu: float  # flops_per_s / measured peak
     slowdown_vs_mae: float | None  # this variant's seconds / maskkit MAE's seconds (same model)
     peak_memory: int | None
+    warmup_seconds: float | None = None  # warm-up after the FLOP count; with --compile, what compiling took
 
 
 def summarize(variants: list[Variant], batch_size: int, peak: float) -> list[StepResult]:
@@ -341,7 +345,8 @@ def summarize(variants: list[Variant], batch_size: int, peak: float) -> list[Ste
             model=v.model_name, variant=v.kind, label=v.label, params=v.params, batch_size=batch_size,
             seconds=seconds, seconds_min=min(v.times), images_per_s=batch_size / seconds, flops=v.flops,
             flops_per_s=v.flops / seconds, mfu=(v.flops / seconds) / peak,
-            slowdown_vs_mae=None if base is None else seconds / base, peak_memory=v.peak_memory))
+            slowdown_vs_mae=None if base is None else seconds / base, peak_memory=v.peak_memory,
+            warmup_seconds=v.warmup_seconds))
     return results
 
 
