@@ -95,16 +95,17 @@ def test_an_error_of_the_source_is_raised_after_the_items_before_it() -> None:
 
 def test_closing_early_cancels_the_queue_and_leaves_no_thread() -> None:
     finished: list[int] = []
-    gate = threading.Event()
+    second_started, gate = threading.Event(), threading.Event()
 
     def finish(k: int) -> int:
         if k == 1:
+            second_started.set()
             gate.wait(5)  # item 1 is being finished when the caller closes; 2 and 3 are queued
         finished.append(k)
         return k
 
     batches = finish_ahead(range(100), finish, "cpu", depth=3)
-    assert next(batches) == 0
+    assert next(batches) == 0 and second_started.wait(5)
     threading.Timer(0.2, gate.set).start()
     batches.close()  # waits for item 1, cancels the queued ones
     assert finished == [0, 1] and not _alive()

@@ -388,3 +388,31 @@ def test_finish_ahead_hands_over_results_the_side_stream_has_finished():
 
     sums = [batch.sum() for batch in finish_ahead(range(6), finish, "cuda", depth=2)]  # queued, not synced
     assert [float(s) for s in sums] == [float(k * 1024 * 1024) for k in range(6)]
+
+
+@pytest.mark.cuda
+def test_nvjpeg_batches_decoded_ahead_are_not_overwritten_by_the_next_decode(tmp_path, monkeypatch):
+    """nvJPEG writes on its own stream, which the caching allocator does not know: without the decoder's wait,
+    a batch's decoded images, freed while their crops still queue behind other work, can be handed to the next
+    batch's nvJPEG and overwritten. Crops delayed by a long kernel must still equal undelayed ones."""
+    from maskkit.bench.data import write_jpegs
+    from maskkit.data import ImageFolder, TrainTransform, sample_generator
+    from maskkit.data.ahead import finish_ahead
+    from maskkit.data.encoded import DeviceDecoder, EncodedView
+    from maskkit.data.loading import stack_collate
+
+    base = ImageFolder(write_jpegs(tmp_path, 32) / "images")
+    transform = TrainTransform(224, mean=base.mean, std=base.std, output="uint8")
+    batches = [stack_collate([(transform(EncodedView(base)[i][0], sample_generator(0, 0, i)), 0)
+                              for i in range(k, k + 8)]) for k in range(0, 32, 8)]
+    decoder = DeviceDecoder(transform, "cuda")
+    expected = [decoder(b)[0].cpu() for b in batches]
+    apply = transform.apply
+
+    def delayed_apply(*args, **kwargs):
+        torch.cuda._sleep(5_000_000)  # the crop waits behind a long kernel on the decoding stream
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(transform, "apply", delayed_apply)
+    got = [images.cpu() for images, _ in finish_ahead(batches, decoder, "cuda", depth=2)]
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))

@@ -138,6 +138,51 @@ def test_a_jpeg_that_does_not_decode_joins_the_bad_images_by_name(photos: Path, 
     assert only_bad[:2] == (None, None) and only_bad[2].kept == ()
 
 
+def test_a_device_failure_while_decoding_is_raised_not_blamed_on_the_files(photos: Path, monkeypatch) -> None:
+    """Out of memory (torchvision rewraps CUDA's as a plain RuntimeError) or a CUDA error left by a failed
+    device-side assertion: raised as it is, never turned into good files reported as unreadable."""
+    import torchvision.io
+
+    base = ImageFolder(photos)
+    transform = TrainTransform(64, output="uint8")
+    crops = [transform(EncodedView(base)[i][0], sample_generator(0, 0, i)) for i in range(4)]
+    for message in ("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 2.00 GiB",
+                    "CUDA error: device-side assert triggered"):
+        def failing(*args, message=message, **kwargs):
+            raise RuntimeError(message)
+
+        monkeypatch.setattr(torchvision.io, "decode_jpeg", failing)
+        with pytest.raises(RuntimeError, match=message.split(":")[-1].strip()[:20]):
+            DeviceDecoder(transform, "cpu")((crops, torch.zeros(4, dtype=torch.int64)))
+
+
+def test_decoding_in_another_thread_keeps_the_training_threads_weight_casts(photos: Path) -> None:
+    """Leaving an outermost autocast context clears autocast's cast cache for the whole process. The decoder
+    runs in decode-ahead's thread, where no autocast is on: it must not enter one (it used to, to leave the
+    trainer's), or every decode would make the trainer cast its weights again."""
+    base = ImageFolder(photos)
+    transform = TrainTransform(64, output="uint8")
+    crops = [transform(EncodedView(base)[i][0], sample_generator(0, 0, i)) for i in range(4)]
+    decoder = DeviceDecoder(transform, "cpu")
+    weight = torch.nn.Parameter(torch.randn(64, 64))
+    x = torch.randn(8, 64, requires_grad=True)  # so that backward keeps the bf16 weight
+    casts = []
+
+    def note_casts(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.bfloat16 and t.shape == (64, 64):
+            casts.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(note_casts, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first = torch.mm(x, weight)  # kept: its graph holds the bf16 weight, whose memory is not reused
+            decoded = threading.Thread(target=decoder, args=((crops, torch.zeros(4, dtype=torch.int64)),))
+            decoded.start()
+            decoded.join()
+            second = torch.mm(x, weight)
+    assert len(casts) == 2 and len(set(casts)) == 1, (first, second)  # one cast of the weight, used twice
+
+
 def _train(tree: dict, out: Path, registry, **kwargs) -> list[float]:
     Trainer(load_recipe(tree), out, registry=registry, progress=False, **kwargs).fit()
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -25,6 +25,7 @@ deprecates its image decoders in favour of TorchCodec, which maskkit does not de
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -100,6 +101,14 @@ def _reason(exc: Exception) -> str:
     return ", ".join(parts[located[-1] + 1:]) if located and located[-1] + 1 < len(parts) else text
 
 
+def _device_failure(exc: RuntimeError) -> bool:
+    """Whether a decode error is the device's (out of memory, a CUDA error, such as the one a failed device-side
+    assertion leaves), not the file's: those are raised, never reported as an unreadable image."""
+    text = str(exc)
+    return (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "CUDA error" in text
+            or "cudaError" in text)
+
+
 class DeviceDecoder:
     """Finishes on ``device`` the batches a loader of :class:`PlannedCrop` items yields.
 
@@ -121,6 +130,9 @@ class DeviceDecoder:
         self.transform = transform
         self.device = torch.device(device)
         self.mode = ImageReadMode.RGB if in_chans == 3 else ImageReadMode.GRAY
+        # torchvision 0.29 deprecates its decoders for TorchCodec (see the module doc). Filtered once, here:
+        # ``warnings.catch_warnings`` around each call would not be thread-safe, and the calls run in a thread
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
 
     def __call__(self, batch: Sequence[Any]) -> Any:
         from maskkit.data.loading import BadBatch, BadSample
@@ -129,7 +141,11 @@ class DeviceDecoder:
         if not isinstance(crops, list) or not any(isinstance(c, PlannedCrop) for c in crops):
             return batch
         labels, info = batch[1], (batch[2] if len(batch) == 3 else None)
-        with torch.autocast(self.device.type, enabled=False):  # the trainer asks inside its autocast region
+        # Called inside an autocast region (inline), decode outside it. Only then: leaving an outermost autocast
+        # context clears autocast's cast cache for the whole process, the training thread's weight casts too.
+        outside = (torch.autocast(self.device.type, enabled=False) if torch.is_autocast_enabled(self.device.type)
+                   else contextlib.nullcontext())
+        with outside:
             images, failed = self.decode(crops)
         if not failed:
             return (images, labels) if info is None else (images, labels, info)
@@ -153,16 +169,18 @@ class DeviceDecoder:
         failed: dict[int, str] = {}
         if planned:
             data = [crops[j].image.data for j in planned]
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec: see module doc
-                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-                try:
-                    pixels.update(zip(planned, decode_jpeg(data, mode=self.mode, device=self.device)))
-                except RuntimeError:  # one bad file fails the whole call: find it
-                    for j, d in zip(planned, data):
-                        try:
-                            pixels[j] = decode_jpeg(d, mode=self.mode, device=self.device)
-                        except RuntimeError as exc:
-                            failed[j] = _reason(exc)
+            try:
+                pixels.update(zip(planned, decode_jpeg(data, mode=self.mode, device=self.device)))
+            except RuntimeError as exc:  # one bad file fails the whole call: find it
+                if _device_failure(exc):
+                    raise
+                for j, d in zip(planned, data):
+                    try:
+                        pixels[j] = decode_jpeg(d, mode=self.mode, device=self.device)
+                    except RuntimeError as exc:
+                        if _device_failure(exc):
+                            raise
+                        failed[j] = _reason(exc)
         out = []
         for j, c in enumerate(crops):
             if isinstance(c, PlannedCrop):
@@ -170,4 +188,10 @@ class DeviceDecoder:
                     out.append(self.transform.apply(pixels[j], c.box, c.flip))
             else:
                 out.append(c.to(self.device, non_blocking=True))
-        return (torch.stack(out) if out else None), failed
+        images = torch.stack(out) if out else None
+        if self.device.type == "cuda":
+            # nvJPEG writes its outputs on its own stream, which the allocator does not know: the decoded images
+            # freed on return could be handed to the next call's nvJPEG while this stream still crops them. Wait
+            # for the crops (in decode-ahead's thread, on its side stream: the training stream runs on)
+            torch.cuda.current_stream(self.device).synchronize()
+        return images, failed
