@@ -14,6 +14,8 @@
 # generated JPEGs (end to end against the bench's images/s), ViT-L/16 at batch 64 compiled (MAE, mask tokens,
 # transformers), ViT-L/16 at the micro-batch the recipe's `batch_size: auto` picks for this GPU, compiled; and
 # prints last the goals table of issue 10 (python -m maskkit.bench.goals). Logs and JSON go to $OUT.
+# A benchmark that outlives its timeout is stopped by SIGTERM after the round under way and still writes the
+# rounds it timed (its log and JSON say "stopped by SIGTERM after k of n rounds"); timeout then reports 124.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
@@ -44,7 +46,7 @@ fi
 
 # 2. ViT-B/16, batch 64, eager, every variant, and the data pipelines with every worker busy (nvJPEG's too)
 timeout 110 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-compile --workers "$WORKERS" \
-  "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed: see $OUT/bench-B64.txt"
+  "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed or timed out: see $OUT/bench-B64.txt"
 
 # 3. maskkit train end to end, ViT-B/16 at batch 64 on generated JPEGs, eager like the bench rows above
 timeout 30 python3 -c "
@@ -65,7 +67,7 @@ timeout 60 python3 -m maskkit train recipes/mae_vit_base_patch16.yaml --out "$OU
 
 # 4. ViT-L/16, batch 64, compiled (train.compile: auto's setting on CUDA): MAE, mask tokens, transformers
 timeout 150 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" "$COMPILE" --variants mae,dense,hf --no-data \
-  "${SETS[@]}" --json "$OUT/bench-L64.json" >"$OUT/bench-L64.txt" 2>&1 || echo "ViT-L/16 compiled benchmark failed: see $OUT/bench-L64.txt"
+  "${SETS[@]}" --json "$OUT/bench-L64.json" >"$OUT/bench-L64.txt" 2>&1 || echo "ViT-L/16 compiled benchmark failed or timed out: see $OUT/bench-L64.txt"
 
 # 5. ViT-L/16 at the per-GPU micro-batch that batch_size: auto picks on this GPU, compiled (a rehearsal picks for an
 #    80 GiB GPU and benchmarks its small batch)
@@ -79,7 +81,7 @@ print(pick_batch(StepShape.of(maskkit.build_model(r)), effective_batch=r.train.e
 echo "batch_size: auto picks ${AUTO:-?} per GPU for ViT-L/16 here"
 [ "$DEVICE" = cpu ] && AUTO=$BATCH
 timeout 90 "${BENCH[@]}" --models vit_large_patch16 --batch-size "${AUTO:-256}" "$COMPILE" --variants mae --no-data \
-  "${SETS[@]}" --json "$OUT/bench-Lauto.json" >"$OUT/bench-Lauto.txt" 2>&1 || echo "ViT-L/16 auto-batch benchmark failed: see $OUT/bench-Lauto.txt"
+  "${SETS[@]}" --json "$OUT/bench-Lauto.json" >"$OUT/bench-Lauto.txt" 2>&1 || echo "ViT-L/16 auto-batch benchmark failed or timed out: see $OUT/bench-Lauto.txt"
 
 # the extra cost of context-aware maskers (maskkit bench --masker) for those the installed plugins provide:
 # with GPU_CHECK_FULL=1, or GPU_CHECK_MASKERS='attmask|hpm|adamae' (up to a minute each, beyond the 8 minutes)

@@ -233,3 +233,51 @@ def test_masker_cost_against_random(tmp_path, one_thread, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["maskers"][0]["step_ratio"] > 0
     with pytest.raises(ConfigError, match="--masker: expected NAME"):
         bench_cli.masker_costs(settings, ["ratio=0.5"], registry=registry)
+
+
+def _bench_process(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "maskkit", "bench", "--device", "cpu", "--models", "quickstart",
+                             "--variants", "mae", "--no-data", "--threads", "1", "--json", str(tmp_path / "b.json"),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_line(proc, fragment: str) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if fragment in line:
+            return lines
+    raise AssertionError(f"{fragment!r} never printed:\n{''.join(lines)}")
+
+
+def test_a_sigterm_during_the_rounds_reports_the_rounds_done(tmp_path):
+    """``timeout`` (as scripts/gpu-check.sh runs each benchmark) sends SIGTERM: the bench finishes the round under
+    way, then prints and writes what it measured, saying it stopped early, instead of losing everything."""
+    import signal
+
+    proc = _bench_process(tmp_path, "--steps", "1000")
+    _wait_for_line(proc, "round 3/1000")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    results = json.loads((tmp_path / "b.json").read_text())
+    stopped = results["environment"]["stopped"]
+    assert len(stopped) == 1 and stopped[0].startswith("quickstart: stopped by SIGTERM after ")
+    rounds = int(stopped[0].split("after ")[1].split(" of")[0])
+    assert 3 <= rounds < 1000 and [r["variant"] for r in results["steps"]] == ["mae"]
+    assert results["steps"][0]["seconds"] > 0 and "rounds done (stopped early)" in " ".join(out.split())
+
+
+def test_a_sigterm_before_any_round_ends_the_bench_at_once(tmp_path):
+    import signal
+
+    proc = _bench_process(tmp_path, "--steps", "1000")
+    _wait_for_line(proc, "counting FLOPs")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and not (tmp_path / "b.json").exists()

@@ -135,7 +135,6 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
 
     from maskkit.bench import data as bench_data
     from maskkit.bench import steps as bench_steps
-    from maskkit.mae_reference import OfficialStyleMAE
     from maskkit.registry import Registry
 
     say = (lambda message: console.log(message)) if console is not None else (lambda message: None)
@@ -175,25 +174,13 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
         say("transformers is not installed: the ViTMAEForPreTraining reference is skipped")
     peak = bench_steps.PeakProbe.for_device(device, amp_dtype or torch.float32)
     step_results = []
-    for name in settings.models:
-        spec = bench_steps.model_spec(name, settings.overrides, registry)
-        say(f"building {name} ({spec.source}): {', '.join(kinds)}")
-        variants = []
-        for kind in kinds:
-            torch.manual_seed(settings.seed)
-            if kind == "hf":
-                model = bench_steps.build_hf_like(bench_steps.build_maskkit(spec, False, registry))
-            elif kind == "official":
-                model = OfficialStyleMAE.like(bench_steps.build_maskkit(spec, False, registry))
-            else:
-                model = bench_steps.build_maskkit(spec, kind == "dense", registry)
-            variants.append(bench_steps.make_variant(name, kind, model, batch_size=settings.batch_size,
-                                                     device=device, amp_dtype=amp_dtype,
-                                                     compile=settings.compile, seed=settings.seed))
-        bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup, device=device,
-                                    peak=peak, progress=say)
-        step_results += bench_steps.summarize(variants, settings.batch_size, peak.peak)
-        bench_steps.free(variants)
+    with bench_steps.SoftStop() as stop:  # `timeout`'s SIGTERM: report the rounds done (see SoftStop)
+        for name in settings.models:
+            if stop.requested:
+                env.setdefault("stopped", []).append(f"{name}: not measured (SIGTERM)")
+                continue
+            step_results += _benchmark_model(name, kinds, settings, device, amp_dtype, peak, stop, registry, say,
+                                             env)
     # MFU uses the best GEMM rate of the whole run (models measured earlier get the later rounds' best too)
     step_results = [attrs.evolve(r, mfu=r.flops_per_s / peak.peak) for r in step_results]
     env["load_after"] = _load()
@@ -201,6 +188,41 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
             "peak_gemm": {"size": peak.size, "dtype": settings.dtype},
             "steps": [attrs.asdict(r) for r in step_results], "data": [attrs.asdict(r) for r in data_results],
             "transformers_missing": hf_missing, "verdicts": verdicts(step_results, data_results)}
+
+
+def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, device, amp_dtype, peak, stop, registry,
+                     say, env: dict[str, Any]) -> list:
+    """The step results of every variant of model ``name`` (none if stopped before its first round); a stop
+    after fewer rounds than asked is noted in ``env["stopped"]``."""
+    import torch
+
+    from maskkit.bench import steps as bench_steps
+    from maskkit.mae_reference import OfficialStyleMAE
+
+    spec = bench_steps.model_spec(name, settings.overrides, registry)
+    say(f"building {name} ({spec.source}): {', '.join(kinds)}")
+    variants = []
+    for kind in kinds:
+        torch.manual_seed(settings.seed)
+        if kind == "hf":
+            model = bench_steps.build_hf_like(bench_steps.build_maskkit(spec, False, registry))
+        elif kind == "official":
+            model = OfficialStyleMAE.like(bench_steps.build_maskkit(spec, False, registry))
+        else:
+            model = bench_steps.build_maskkit(spec, kind == "dense", registry)
+        variants.append(bench_steps.make_variant(name, kind, model, batch_size=settings.batch_size,
+                                                 device=device, amp_dtype=amp_dtype,
+                                                 compile=settings.compile, seed=settings.seed))
+    try:
+        rounds = bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup, device=device,
+                                             peak=peak, progress=say, stop=stop)
+        if rounds < settings.steps:
+            env.setdefault("stopped", []).append(
+                f"{name}: stopped by SIGTERM after {rounds} of {settings.steps} rounds" if rounds
+                else f"{name}: not measured (SIGTERM)")
+        return bench_steps.summarize(variants, settings.batch_size, peak.peak) if rounds else []
+    finally:
+        bench_steps.free(variants)
 
 
 def torch_device(settings: BenchSettings):
@@ -308,11 +330,14 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
         console.print("transformers is not installed: no ViTMAEForPreTraining reference rows")
     for line in results["verdicts"]:
         console.print(line, highlight=False)
+    for line in env.get("stopped", []):  # SIGTERM (a timeout) during the rounds: fewer rounds than asked
+        console.print(f"[yellow]{line}[/yellow]", highlight=False)
     s = env["settings"]
     where = env.get("gpu") or f"CPU ({env['torch_threads']} threads, {env['cpu_count']} cores)"
     table = Table(title=f"one pretraining step (forward, backward, AdamW) on {where}, {s['dtype']}"
                         f"{', compiled' if s['compile'] else ''}, batch {s['batch_size']}, median of "
-                        f"{s['steps']} round-robin rounds", box=box.SIMPLE_HEAD)
+                        f"{'the' if env.get('stopped') else s['steps']} round-robin rounds"
+                        f"{' done (stopped early)' if env.get('stopped') else ''}", box=box.SIMPLE_HEAD)
     columns = ["model", "variant", "params", "s/step", "img/s", "GFLOP/step", "TFLOP/s", "MFU", "vs MAE"]
     with_memory = any(r["peak_memory"] for r in results["steps"])
     if with_memory:

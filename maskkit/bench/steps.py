@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import re
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -277,15 +279,48 @@ class PeakProbe:
         return max(self.rates) if self.rates else float("nan")
 
 
+@attrs.define
+class SoftStop:
+    """SIGTERM (what ``timeout`` sends) while rounds are timed ends them after the round under way, so that what
+    was measured is still reported; before any round is done it ends the run at once (exit status 143).
+
+    ``with SoftStop() as stop:`` installs the handler (in the main thread only) and restores the old one;
+    :func:`benchmark_steps` sets ``timing`` once a round is done and reads ``requested`` before each round."""
+
+    requested: bool = False
+    timing: bool = False
+    _previous: Any = None
+
+    def __enter__(self) -> SoftStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.timing:
+            raise SystemExit(128 + signum)
+        self.requested = True
+
+
 def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device: torch.device,
-                    peak: PeakProbe, progress: Callable[[str], None] | None = None) -> None:
+                    peak: PeakProbe, progress: Callable[[str], None] | None = None,
+                    stop: SoftStop | None = None) -> int:
     """Count each variant's FLOPs (one eager step, which is also the first warm-up step; on CUDA the peak
     memory of that step too, as this variant's own: its parameters plus what the step allocates at its peak,
     activations, gradients and the new AdamW state, not the other variants' weights), compile it if asked,
     warm up, then time ``steps`` rounds. Each round runs every variant once and the peak matrix product once,
-    starting one later each round, so that the drifts of a shared machine hit all alike."""
+    starting one later each round, so that the drifts of a shared machine hit all alike. Returns the rounds
+    timed: fewer than ``steps`` when ``stop`` was requested (SIGTERM), none if before the first."""
     say = progress or (lambda message: None)
+    stop = stop or SoftStop()
     for v in variants:
+        if stop.requested:
+            return 0
         say(f"counting FLOPs: {v.model_name} {v.kind}")
         if device.type == "cuda":  # every variant is on the device: count only what this one adds
             _sync(device)
@@ -308,6 +343,9 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
     peak.rates.clear()
     members: list[Variant | PeakProbe] = [*variants, peak]
     for round_ in range(steps):
+        if stop.requested:
+            say(f"stopped by SIGTERM after {round_} of {steps} rounds")
+            return round_
         say(f"round {round_ + 1}/{steps}")
         shift = round_ % len(members)
         for member in members[shift:] + members[:shift]:
@@ -315,6 +353,8 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
                 member.measure()
             else:
                 member.times.append(time_call(member.step, device))
+        stop.timing = True
+    return steps
 
 
 @attrs.frozen
