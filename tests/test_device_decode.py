@@ -203,7 +203,17 @@ def test_training_with_device_decode_equals_host_decode_and_resumes_exactly(fash
         return decode(self, batch)
 
     monkeypatch.setattr(DeviceDecoder, "__call__", noting_the_thread)
+    pulled = []
+    loader_batches = Trainer._loader_batches
+
+    def counting(self):
+        for item in loader_batches(self):
+            pulled.append(item[0])
+            yield item
+
+    monkeypatch.setattr(Trainer, "_loader_batches", counting)
     assert len(host) == 6 and _train(tree, tmp_path / "device", builtin_registry) == host  # bit for bit
+    assert len(pulled) == 6  # decoding ahead pulls no batch beyond the last step's
     assert decoding_threads and all(name.startswith("maskkit-finish-ahead") for name in decoding_threads)
     assert not [t for t in threading.enumerate() if t.name.startswith("maskkit-finish-ahead")]
     crashing = Registry.from_plugins(autoload=False, plugins={"crash": CrashAfterCheckpoint(3)})

@@ -12,6 +12,7 @@ initialised (the same on every rank), and checkpoints keep every rank's state, s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shlex
 import signal
 import threading
@@ -299,15 +300,18 @@ class Trainer:
 
     def _batches(self):
         """Yield ``(epoch, images, labels)`` micro-batches from the current step on, across epochs."""
-        batches = self._loader_batches()
+        source = self._loader_batches()
+        # no more than the run trains on: decoding ahead must not start the next epoch's loading after the last step
+        batches = itertools.islice(source, (self.total_steps - self.step) * self.cfg.accum_steps)
         decoder = self.device_decoder
         if decoder is not None:  # data.decode: device, finished in a thread while the steps before it train
             batches = finish_ahead(batches, lambda item: (item[0], decoder(item[1])), self.device,
                                    depth=self.decode_ahead)
-        with contextlib.closing(batches):
-            for epoch, batch in batches:
-                images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
-                yield epoch, images, labels
+        with contextlib.closing(source):
+            with contextlib.closing(batches) if decoder is not None else contextlib.nullcontext():
+                for epoch, batch in batches:
+                    images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
+                    yield epoch, images, labels
 
     def _loader_batches(self):
         """Yield ``(epoch, batch)`` for the loader's batches from the current step on, across epochs."""
