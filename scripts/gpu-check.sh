@@ -2,7 +2,7 @@
 # maskkit's GPU check, for a machine with an NVIDIA GPU (adapted from ../shared/gpu-check.sh). It needs no
 # network: torch, timm, pluggy, attrs, rich, pyyaml, pytest and hypothesis must already be installed
 # (transformers too, for the ViTMAE reference rows). Run it from the repository root:
-#     bash scripts/gpu-check.sh                      # about 7 minutes on one H100/H200 (each part has a timeout)
+#     bash scripts/gpu-check.sh                      # 7-8 minutes on one H100/H200 (each part has a timeout)
 #     GPU_CHECK_FULL=1 bash scripts/gpu-check.sh     # also ViT-L/16 eager with every variant and the installed
 #                                                    # context-aware maskers (bench --masker; minutes more)
 #     GPU_CHECK_REHEARSAL=1 bash scripts/gpu-check.sh   # every command below on the CPU with one-block models and
@@ -11,7 +11,7 @@
 # It runs the CUDA tests (`pytest -m cuda`), then `maskkit bench`: ViT-B/16 at batch 64 eager with every variant
 # and the data pipelines (loader against a plain decode + crop loop; data.decode: device, nvJPEG, over the same
 # files), `maskkit train` of ViT-B/16 at batch 64 on
-# generated JPEGs (end to end against the bench's images/s), ViT-L/16 at batch 64 compiled (MAE, mask tokens,
+# generated JPEGs (end to end against the bench's images/s; then again with data.decode: device), ViT-L/16 at batch 64 compiled (MAE, mask tokens,
 # transformers), ViT-L/16 at the micro-batch the recipe's `batch_size: auto` picks for this GPU, compiled; and
 # prints last the goals table of issue 10 (python -m maskkit.bench.goals). Logs and JSON go to $OUT.
 # A benchmark that outlives its timeout is stopped by SIGTERM after the round under way and still writes the
