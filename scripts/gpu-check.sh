@@ -14,8 +14,9 @@
 # generated JPEGs (end to end against the bench's images/s; then again with data.decode: device), ViT-L/16 at batch 64 compiled (MAE, mask tokens,
 # transformers), ViT-L/16 at the micro-batch the recipe's `batch_size: auto` picks for this GPU, compiled; and
 # prints last the goals table of issue 10 (python -m maskkit.bench.goals). Logs and JSON go to $OUT.
-# A benchmark that outlives its timeout is stopped by SIGTERM after the round under way and still writes the
-# rounds it timed (its log and JSON say "stopped by SIGTERM after k of n rounds"); timeout then reports 124.
+# A benchmark whose timeout comes while it times its rounds stops after the round under way and still writes the
+# rounds done (its log, JSON and the goals table say "stopped after k of n rounds"; timeout reports 124). One whose
+# timeout comes earlier (data pipelines, compiling before any round) ends at once and leaves its goals unmeasured.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"

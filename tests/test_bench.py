@@ -270,7 +270,7 @@ def test_a_sigterm_during_the_rounds_reports_the_rounds_done(tmp_path):
     assert len(stopped) == 1 and stopped[0].startswith("quickstart: stopped by SIGTERM after ")
     rounds = int(stopped[0].split("after ")[1].split(" of")[0])
     assert 3 <= rounds < 1000 and [r["variant"] for r in results["steps"]] == ["mae"]
-    assert results["steps"][0]["seconds"] > 0 and "rounds done (stopped early)" in " ".join(out.split())
+    assert results["steps"][0]["seconds"] > 0 and "(fewer where stopped early: see above)" in " ".join(out.split())
 
 
 def test_a_sigterm_before_any_round_ends_the_bench_at_once(tmp_path):
@@ -281,3 +281,30 @@ def test_a_sigterm_before_any_round_ends_the_bench_at_once(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and not (tmp_path / "b.json").exists()
+
+
+def test_a_sigterm_while_a_second_model_builds_keeps_the_first_models_results(monkeypatch):
+    """A SIGTERM after the first model's rounds, while the next one is counted, compiled or warmed up: the
+    first model's rows are kept with a finite MFU (the GEMM probe's rates are not forgotten), the second is
+    reported as not measured, and the handler is put back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    count_flops = bench_steps.count_flops
+    calls = []
+
+    def terminated_on_the_second_model(fn):
+        calls.append(fn)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return count_flops(fn)
+
+    monkeypatch.setattr(bench_steps, "count_flops", terminated_on_the_second_model)
+    settings = bench_cli.settings_from_args(parse("--device", "cpu", "--models", "quickstart,vit_small_patch16",
+                                                  "--variants", "mae", "--batch-size", "2", "--steps", "2",
+                                                  "--no-data", *[f"--set={o}" for o in TINY]))
+    results = bench_cli.run_benchmark(settings)
+    assert [r["model"] for r in results["steps"]] == ["quickstart"]
+    assert 0 < results["steps"][0]["mfu"] < float("inf") and results["peak_flops_per_s"] > 0
+    assert results["environment"]["stopped"] == ["vit_small_patch16: not measured (SIGTERM)"]
+    assert signal.getsignal(signal.SIGTERM) == before

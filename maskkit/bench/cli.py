@@ -214,8 +214,15 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
                                                  device=device, amp_dtype=amp_dtype,
                                                  compile=settings.compile, seed=settings.seed))
     try:
-        rounds = bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup, device=device,
-                                             peak=peak, progress=say, stop=stop)
+        try:
+            rounds = bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup,
+                                                 device=device, peak=peak, progress=say, stop=stop)
+        except Exception:  # noqa: BLE001
+            if not stop.requested:
+                raise
+            # `timeout` signals the whole process group: inductor's compile workers die with it, and a compile
+            # under way fails. What earlier models measured is kept.
+            rounds = 0
         if rounds < settings.steps:
             env.setdefault("stopped", []).append(
                 f"{name}: stopped by SIGTERM after {rounds} of {settings.steps} rounds" if rounds
@@ -336,8 +343,9 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     where = env.get("gpu") or f"CPU ({env['torch_threads']} threads, {env['cpu_count']} cores)"
     table = Table(title=f"one pretraining step (forward, backward, AdamW) on {where}, {s['dtype']}"
                         f"{', compiled' if s['compile'] else ''}, batch {s['batch_size']}, median of "
-                        f"{'the' if env.get('stopped') else s['steps']} round-robin rounds"
-                        f"{' done (stopped early)' if env.get('stopped') else ''}", box=box.SIMPLE_HEAD)
+                        f"{s['steps']} round-robin rounds"
+                        f"{' (fewer where stopped early: see above)' if env.get('stopped') else ''}",
+                  box=box.SIMPLE_HEAD)
     columns = ["model", "variant", "params", "s/step", "img/s", "GFLOP/step", "TFLOP/s", "MFU", "vs MAE"]
     with_memory = any(r["peak_memory"] for r in results["steps"])
     if with_memory:

@@ -45,20 +45,31 @@ def _step(bench: dict | None, model: str, variant: str) -> dict | None:
     return next((r for r in bench.get("steps", []) if r["model"] == model and r["variant"] == variant), None)
 
 
+def _stopped(bench: dict | None, model: str) -> str:
+    """``", stopped after 1 of 5 rounds"`` when ``model``'s rounds in ``bench`` were cut short by a SIGTERM (a
+    timeout of the GPU check), else ``""``: fewer rounds, noisier medians, said next to the value."""
+    for line in ((bench or {}).get("environment") or {}).get("stopped", []):
+        if line.startswith(f"{model}: stopped by SIGTERM after "):
+            return ", " + line.split(": stopped by SIGTERM ")[1].replace("after", "stopped after", 1)
+    return ""
+
+
 def _ratio_row(goal: str, bound: float, bench: dict | None, model: str, slow: str, fast: str = "mae") -> GoalRow:
     """``slow``'s seconds per step over ``fast``'s (> 1: ``fast`` is faster) against ``>= bound``."""
     a, b = _step(bench, model, slow), _step(bench, model, fast)
     if a is None or b is None:
         return GoalRow(goal, f">= {bound:g}x", "-", "unmeasured")
     value = a["seconds"] / b["seconds"]
-    return GoalRow(goal, f">= {bound:g}x", f"{value:.2f}x", "pass" if value >= bound else "fail", value)
+    stopped = _stopped(bench, model)
+    return GoalRow(goal, f">= {bound:g}x", f"{value:.2f}x" + (f" ({stopped[2:]})" if stopped else ""),
+                   "pass" if value >= bound else "fail", value)
 
 
 def _mfu_row(goal: str, bound: float, bench: dict | None, model: str) -> GoalRow:
     row = _step(bench, model, "mae")
     if row is None:
         return GoalRow(goal, f">= {100 * bound:.0f}%", "-", "unmeasured")
-    batch = f" (batch {row['batch_size']})"
+    batch = f" (batch {row['batch_size']}{_stopped(bench, model)})"
     return GoalRow(goal, f">= {100 * bound:.0f}%", f"{100 * row['mfu']:.1f}%{batch}",
                    "pass" if row["mfu"] >= bound else "fail", row["mfu"])
 

@@ -289,17 +289,19 @@ class SoftStop:
 
     requested: bool = False
     timing: bool = False
-    _previous: Any = None
+    _installed: bool = False
+    _previous: Any = None  # the handler to put back (None when it was set from C)
 
     def __enter__(self) -> SoftStop:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if self._installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.timing:
@@ -332,13 +334,18 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
             own_params = sum(p.numel() * p.element_size() for p in v.model.parameters())
             v.peak_memory = torch.cuda.max_memory_allocated(device) - before + own_params
         started = time.perf_counter()
-        if v.compile:
+        if v.compile and not stop.requested:
             say(f"compiling: {v.model_name} {v.kind}")
             v.compile_model()
         for _ in range(max(0, warmup - 1)):
+            if stop.requested:
+                break
             v.step()
         _sync(device)
         v.warmup_seconds = time.perf_counter() - started
+    if stop.requested:  # before the GEMM probe forgets the rates an earlier model's rounds measured
+        say("stopped by SIGTERM before the rounds")
+        return 0
     peak.measure()  # warm-up of the GEMM
     peak.rates.clear()
     members: list[Variant | PeakProbe] = [*variants, peak]
