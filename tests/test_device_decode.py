@@ -206,8 +206,8 @@ def test_training_with_device_decode_equals_host_decode_and_resumes_exactly(fash
     pulled = []
     loader_batches = Trainer._loader_batches
 
-    def counting(self):
-        for item in loader_batches(self):
+    def counting(self, count):
+        for item in loader_batches(self, count):
             pulled.append(item[0])
             yield item
 

@@ -12,7 +12,6 @@ initialised (the same on every rank), and checkpoints keep every rank's state, s
 from __future__ import annotations
 
 import contextlib
-import itertools
 import shlex
 import signal
 import threading
@@ -300,29 +299,31 @@ class Trainer:
 
     def _batches(self):
         """Yield ``(epoch, images, labels)`` micro-batches from the current step on, across epochs."""
-        source = self._loader_batches()
         # no more than the run trains on: decoding ahead must not start the next epoch's loading after the last step
-        batches = itertools.islice(source, (self.total_steps - self.step) * self.cfg.accum_steps)
+        batches = self._loader_batches((self.total_steps - self.step) * self.cfg.accum_steps)
         decoder = self.device_decoder
         if decoder is not None:  # data.decode: device, finished in a thread while the steps before it train
             batches = finish_ahead(batches, lambda item: (item[0], decoder(item[1])), self.device,
                                    depth=self.decode_ahead)
-        with contextlib.closing(source):
-            with contextlib.closing(batches) if decoder is not None else contextlib.nullcontext():
-                for epoch, batch in batches:
-                    images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
-                    yield epoch, images, labels
+        with contextlib.closing(batches):  # finish_ahead closes the loader's batches in turn
+            for epoch, batch in batches:
+                images, labels = self.bad_images.accept(batch)  # unreadable images: stop, or skip and count
+                yield epoch, images, labels
 
-    def _loader_batches(self):
-        """Yield ``(epoch, batch)`` for the loader's batches from the current step on, across epochs."""
+    def _loader_batches(self, count: int):
+        """Yield ``(epoch, batch)`` for the loader's next ``count`` batches from the current step on, across
+        epochs."""
         epoch, within = divmod(self.step, self.steps_per_epoch)
         start = within * self.cfg.accum_steps
-        while True:
+        while count > 0:
             self.sampler.set_epoch(epoch)
             self.train_set.set_epoch(epoch)
             self.sampler.set_start(start)
             for batch in self.loader:
                 yield epoch, batch
+                count -= 1
+                if count == 0:
+                    return
             start = 0
             epoch += 1
 
