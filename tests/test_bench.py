@@ -270,6 +270,7 @@ def test_a_sigterm_during_the_rounds_reports_the_rounds_done(tmp_path):
     assert len(stopped) == 1 and stopped[0].startswith("quickstart: stopped by SIGTERM after ")
     rounds = int(stopped[0].split("after ")[1].split(" of")[0])
     assert 3 <= rounds < 1000 and [r["variant"] for r in results["steps"]] == ["mae"]
+    assert results["steps"][0]["rounds"] == rounds  # what the goals table reads
     assert results["steps"][0]["seconds"] > 0 and "(fewer where stopped early: see above)" in " ".join(out.split())
 
 

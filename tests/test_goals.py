@@ -83,7 +83,9 @@ def test_a_benchmark_on_the_cpu_measures_no_goal_unless_rehearsing():
 def test_a_benchmark_stopped_by_its_timeout_says_so_next_to_its_values():
     """``maskkit bench`` stopped by SIGTERM after some rounds still reports them; the table says how few."""
     l64 = _bench(L, 64, mae=(0.04, 0.36), dense=(0.13, 0.4), hf=(0.05, 0.3))
-    l64["environment"]["stopped"] = [f"{L}: stopped by SIGTERM after 2 of 5 rounds"]
+    l64["environment"]["settings"] = {"steps": 5}
+    for row in l64["steps"]:
+        row["rounds"] = 2
     rows = {r.goal: r for r in goals.evaluate({"L64": l64})}
     assert rows["ViT-L/16 MAE MFU at batch 64"].measured == "36.0% (batch 64, stopped after 2 of 5 rounds)"
     assert rows["ViT-L/16 sparse encoder vs mask-token encoder"].measured == "3.25x (stopped after 2 of 5 rounds)"

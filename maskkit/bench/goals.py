@@ -45,13 +45,12 @@ def _step(bench: dict | None, model: str, variant: str) -> dict | None:
     return next((r for r in bench.get("steps", []) if r["model"] == model and r["variant"] == variant), None)
 
 
-def _stopped(bench: dict | None, model: str) -> str:
-    """``", stopped after 1 of 5 rounds"`` when ``model``'s rounds in ``bench`` were cut short by a SIGTERM (a
-    timeout of the GPU check), else ``""``: fewer rounds, noisier medians, said next to the value."""
-    for line in ((bench or {}).get("environment") or {}).get("stopped", []):
-        if line.startswith(f"{model}: stopped by SIGTERM after "):
-            return ", " + line.split(": stopped by SIGTERM ")[1].replace("after", "stopped after", 1)
-    return ""
+def _stopped(bench: dict, row: dict) -> str:
+    """``"stopped after 1 of 5 rounds"`` when ``row``'s rounds were cut short by a SIGTERM (a timeout of the GPU
+    check), else ``""``: fewer rounds, noisier medians, said next to the value."""
+    asked = ((bench.get("environment") or {}).get("settings") or {}).get("steps")
+    done = row.get("rounds")  # absent in the JSON of older benches: all rounds ran
+    return f"stopped after {done} of {asked} rounds" if done is not None and asked and done < asked else ""
 
 
 def _ratio_row(goal: str, bound: float, bench: dict | None, model: str, slow: str, fast: str = "mae") -> GoalRow:
@@ -60,8 +59,8 @@ def _ratio_row(goal: str, bound: float, bench: dict | None, model: str, slow: st
     if a is None or b is None:
         return GoalRow(goal, f">= {bound:g}x", "-", "unmeasured")
     value = a["seconds"] / b["seconds"]
-    stopped = _stopped(bench, model)
-    return GoalRow(goal, f">= {bound:g}x", f"{value:.2f}x" + (f" ({stopped[2:]})" if stopped else ""),
+    stopped = _stopped(bench, a) or _stopped(bench, b)
+    return GoalRow(goal, f">= {bound:g}x", f"{value:.2f}x" + (f" ({stopped})" if stopped else ""),
                    "pass" if value >= bound else "fail", value)
 
 
@@ -69,7 +68,8 @@ def _mfu_row(goal: str, bound: float, bench: dict | None, model: str) -> GoalRow
     row = _step(bench, model, "mae")
     if row is None:
         return GoalRow(goal, f">= {100 * bound:.0f}%", "-", "unmeasured")
-    batch = f" (batch {row['batch_size']}{_stopped(bench, model)})"
+    stopped = _stopped(bench, row)
+    batch = f" (batch {row['batch_size']}{', ' + stopped if stopped else ''})"
     return GoalRow(goal, f">= {100 * bound:.0f}%", f"{100 * row['mfu']:.1f}%{batch}",
                    "pass" if row["mfu"] >= bound else "fail", row["mfu"])
 

@@ -380,6 +380,7 @@ class StepResult:
     slowdown_vs_mae: float | None  # this variant's seconds / maskkit MAE's seconds (same model)
     peak_memory: int | None
     warmup_seconds: float | None = None  # warm-up after the FLOP count; with --compile, what compiling took
+    rounds: int | None = None  # rounds timed: fewer than asked when a SIGTERM stopped them (SoftStop)
 
 
 def summarize(variants: list[Variant], batch_size: int, peak: float) -> list[StepResult]:
@@ -393,7 +394,7 @@ def summarize(variants: list[Variant], batch_size: int, peak: float) -> list[Ste
             seconds=seconds, seconds_min=min(v.times), images_per_s=batch_size / seconds, flops=v.flops,
             flops_per_s=v.flops / seconds, mfu=(v.flops / seconds) / peak,
             slowdown_vs_mae=None if base is None else seconds / base, peak_memory=v.peak_memory,
-            warmup_seconds=v.warmup_seconds))
+            warmup_seconds=v.warmup_seconds, rounds=len(v.times)))
     return results
 
 
