@@ -53,17 +53,14 @@ timeout 110 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-c
 timeout 30 python3 -c "
 import sys; from pathlib import Path; from maskkit.bench.data import plain_pool, write_jpegs
 pool = plain_pool($WORKERS); write_jpegs(Path(sys.argv[1]), $JPEGS, pool=pool); pool.shutdown()" "$OUT/jpegs"
-timeout 80 python3 -m maskkit train recipes/mae_vit_base_patch16.yaml --out "$OUT/train-B64" \
-  data.root="$OUT/jpegs" train.batch_size="$BATCH" train.accum_steps=1 train.effective_batch="$BATCH" \
-  train.max_steps="$TRAIN_STEPS" train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=0 train.warmup_epochs=0 \
-  train.num_workers="$WORKERS" train.compile=false eval.knn=false eval.reconstructions=0 "${TINY[@]}" \
-  train.device="$DEVICE" >"$OUT/train-B64.txt" 2>&1 || echo "maskkit train failed: see $OUT/train-B64.txt"
+TRAIN=(python3 -m maskkit train recipes/mae_vit_base_patch16.yaml data.root="$OUT/jpegs" train.batch_size="$BATCH"
+       train.accum_steps=1 train.effective_batch="$BATCH" train.max_steps="$TRAIN_STEPS"
+       train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=0 train.warmup_epochs=0 train.num_workers="$WORKERS"
+       train.compile=false eval.knn=false eval.reconstructions=0 "${TINY[@]}" train.device="$DEVICE")
+timeout 80 "${TRAIN[@]}" --out "$OUT/train-B64" >"$OUT/train-B64.txt" 2>&1 \
+  || echo "maskkit train failed: see $OUT/train-B64.txt"
 # 3b. the same with data.decode: device (workers read files; nvJPEG decodes two batches ahead, in a thread)
-timeout 60 python3 -m maskkit train recipes/mae_vit_base_patch16.yaml --out "$OUT/train-B64-device" \
-  data.root="$OUT/jpegs" data.decode=device train.batch_size="$BATCH" train.accum_steps=1 \
-  train.effective_batch="$BATCH" train.max_steps="$TRAIN_STEPS" train.log_every=$((TRAIN_STEPS / 6)) \
-  train.ckpt_every=0 train.warmup_epochs=0 train.num_workers="$WORKERS" train.compile=false eval.knn=false \
-  eval.reconstructions=0 "${TINY[@]}" train.device="$DEVICE" >"$OUT/train-B64-device.txt" 2>&1 \
+timeout 60 "${TRAIN[@]}" data.decode=device --out "$OUT/train-B64-device" >"$OUT/train-B64-device.txt" 2>&1 \
   || echo "maskkit train with data.decode: device failed: see $OUT/train-B64-device.txt"
 
 # 4. ViT-L/16, batch 64, compiled (train.compile: auto's setting on CUDA): MAE, mask tokens, transformers
