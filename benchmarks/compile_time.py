@@ -1,5 +1,6 @@
-"""What ``torch.compile`` costs at the start of a run, and how it grows with depth: the trainer's way (each
-component compiled whole) against compiling each transformer block alone ("regional" compilation).
+"""What ``torch.compile`` costs at the start of a run, and how it grows with depth: ``train.compile_scope:
+components`` (each component compiled whole, the default) against ``blocks`` (each transformer block alone,
+"regional" compilation), compiled by the trainer's own :func:`maskkit.engine.compiling.compile_model`.
 
 ``train.compile: auto`` compiles on CUDA, so every GPU run starts by compiling. Compiled whole, an encoder is one
 graph of all its blocks, and compile time grows with depth; compiled block by block, dynamo compiles one block
@@ -26,22 +27,17 @@ import time
 import torch
 
 import maskkit
+from maskkit.engine.compiling import SCOPES, compile_model
 from maskkit.recipe import load_recipe
 
 
-def one_run(mode: str, depth: int) -> None:
-    """In this process: build, compile (``whole`` or ``blocks``), and print the three steps' seconds."""
+def one_run(scope: str, depth: int) -> None:
+    """In this process: build, compile (``components`` or ``blocks``), and print the three steps' seconds."""
     torch.manual_seed(0)
     recipe = load_recipe("recipes/mae_vit_base_patch16.yaml").with_overrides([f"encoder.depth={depth}",
                                                                                "decoder.depth=1"])
     model = maskkit.build_model(recipe)
-    if mode == "whole":  # as the trainer does
-        for component in model.children():
-            if component is not model.masker:
-                component.compile()
-    else:
-        for block in [*model.encoder.blocks, *model.decoder.decoder_blocks]:
-            block.compile()
+    compile_model(model, scope, skip=(model.masker,))  # as the trainer does
     images = torch.randn(4, 3, 224, 224)
     seconds = []
     for i in range(3):
@@ -54,18 +50,18 @@ def one_run(mode: str, depth: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", default="2,4,8")
-    parser.add_argument("--run", nargs=2, metavar=("MODE", "DEPTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--run", nargs=2, metavar=("SCOPE", "DEPTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         return one_run(args.run[0], int(args.run[1]))
-    print("encoder blocks | compiled | first step (compiling) | next two steps (s)")
+    print("encoder blocks | compile_scope | first step (compiling) | next two steps (s)")
     for depth in map(int, args.depths.split(",")):
-        for mode in ("whole", "blocks"):
+        for scope in SCOPES:
             with tempfile.TemporaryDirectory() as cache:
-                out = subprocess.run([sys.executable, __file__, "--run", mode, str(depth)], capture_output=True,
+                out = subprocess.run([sys.executable, __file__, "--run", scope, str(depth)], capture_output=True,
                                      text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}, check=True)
             first, *rest = out.stdout.split()
-            print(f"{depth} | {mode} | {first} | {' '.join(rest)}", flush=True)
+            print(f"{depth} | {scope} | {first} | {' '.join(rest)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ input, at p = 0, launches none; a cast, ``aten::to``, launches one when it copie
     python benchmarks/op_count.py                       # ViT-B/16, batch 8, fp32 and bf16 autocast
     python benchmarks/op_count.py --models vit_small_patch16 --dtypes fp32 --top 15
     python benchmarks/op_count.py --compile --variants mae  # eager against compiled (minutes: inductor on a CPU)
+    python benchmarks/op_count.py --compile --compile-scopes components,blocks --variants mae --dtypes bf16
 
 It prints the counts and each reference's count over maskkit's (> 1: maskkit launches fewer).
 """
@@ -112,20 +113,23 @@ def _outermost(event) -> bool:
     return True
 
 
-def compiled_launches(name: str, spec, registry, *, batch_size: int, amp, top: int) -> dict:
-    """Launches per step of maskkit's MAE eager and compiled (components one by one, as the trainer compiles)."""
+def compiled_launches(name: str, spec, registry, *, batch_size: int, amp, top: int,
+                       scopes: tuple[str, ...] = ("components",)) -> dict:
+    """Launches per step of maskkit's MAE eager and compiled as the trainer compiles with each
+    ``train.compile_scope`` of ``scopes`` (components whole; blocks one by one, the glue eager)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.cpp.enable_kernel_profile = True  # each fused C++ kernel becomes a profiler event
     counts = {}
-    for compiled in (False, True):
+    for scope in (None, *scopes):
         variant = bench_steps.make_variant(name, "mae", build("mae", spec, registry), batch_size=batch_size,
-                                           device=torch.device("cpu"), amp_dtype=amp, compile=compiled)
-        if compiled:
+                                           device=torch.device("cpu"), amp_dtype=amp, compile=scope is not None,
+                                           compile_scope=scope or "components")
+        if scope is not None:
             variant.compile_model()
-        for _ in range(3 if compiled else 1):  # compilation (and its recompiles) and AdamW's state outside
+        for _ in range(1 if scope is None else 3):  # compilation (and its recompiles) and AdamW's state outside
             variant.step()
-        counts["compiled" if compiled else "eager"] = count_launches(variant.step, top=top)
+        counts["eager" if scope is None else f"compiled ({scope})"] = count_launches(variant.step, top=top)
     return counts
 
 
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-profiler", action="store_true", help="count dispatched kernels only (faster)")
     parser.add_argument("--compile", action="store_true",
                         help="also count maskkit's step eager against compiled (profiler launches; minutes)")
+    parser.add_argument("--compile-scopes", default="components",
+                        help="with --compile: the train.compile_scope values to count (components,blocks)")
     parser.add_argument("--json", help="write the counts here")
     args = parser.parse_args(argv)
     registry = Registry.from_plugins(autoload=False)
@@ -178,14 +184,17 @@ def main(argv: list[str] | None = None) -> dict:
                 for op, n in r["top"]:
                     print(f"      {n:5d} {op}")
             if args.compile:
-                counts = compiled_launches(name, spec, registry, batch_size=args.batch_size, amp=amp, top=args.top)
+                counts = compiled_launches(name, spec, registry, batch_size=args.batch_size, amp=amp, top=args.top,
+                                           scopes=tuple(args.compile_scopes.split(",")))
                 row["mae-launches"] = counts
-                eager, compiled = counts["eager"]["launches"], counts["compiled"]["launches"]
+                eager = counts["eager"]["launches"]
+                compiled = ", ".join(f"{label} {c['launches']} ({c['launches'] / eager:.2f}x)"
+                                     for label, c in counts.items() if label != "eager")
                 print(f"  maskkit launches per step (fused kernels + outermost ATen operators): eager {eager}, "
-                      f"compiled {compiled} ({compiled / eager:.2f}x)")
+                      f"{compiled}")
                 for label, count in counts.items():
                     for op, n in count["top"]:
-                        print(f"      {label:8s} {n:5d} {op}")
+                        print(f"      {label:21s} {n:5d} {op}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

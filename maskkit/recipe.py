@@ -54,6 +54,7 @@ class TrainConfig:
     clip_grad: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
     compile: bool | str = attrs.field(default="auto", validator=v.boolean_or_auto)  # auto: on CUDA only
+    compile_scope: str = attrs.field(default="components", validator=v.one_of("components", "blocks"))
     device: str = attrs.field(default="auto", validator=v.device)
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
     log_every: int = attrs.field(default=10, validator=v.positive_int)

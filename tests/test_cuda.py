@@ -119,7 +119,8 @@ def _losses(run_dir):
 
 @pytest.mark.slow
 def test_train_compile_trains_like_eager_on_cpu(tmp_path, builtin_registry):
-    """``train.compile: true`` (inductor on the CPU; about a minute on 2 shared cores) logs the eager losses."""
+    """``train.compile: true`` (inductor on the CPU; about a minute on 2 shared cores) logs the eager losses, with
+    either ``train.compile_scope``."""
     tree = tiny_tree()
     tree["train"].update(max_steps=3, ckpt_every=0)
     eager = Trainer(maskkit.Recipe(tree), tmp_path / "eager", registry=builtin_registry, progress=False)
@@ -129,6 +130,13 @@ def test_train_compile_trains_like_eager_on_cpu(tmp_path, builtin_registry):
     compiled.fit()
     assert compiled.model.encoder._compiled_call_impl is not None  # nn.Module.compile() in place
     torch.testing.assert_close(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), atol=1e-4, rtol=1e-4)
+    tree["train"]["compile_scope"] = "blocks"  # regional: each block alone, the glue eager
+    blocks = Trainer(maskkit.Recipe(tree), tmp_path / "blocks", registry=builtin_registry, progress=False)
+    blocks.fit()
+    model = blocks.model
+    assert model.encoder._compiled_call_impl is None and model.decoder._compiled_call_impl is None
+    assert all(b._compiled_call_impl is not None for b in [*model.encoder.blocks, *model.decoder.decoder_blocks])
+    torch.testing.assert_close(_losses(tmp_path / "blocks"), _losses(tmp_path / "eager"), atol=1e-4, rtol=1e-4)
 
 
 class CastCounter(TorchDispatchMode):
@@ -176,7 +184,7 @@ def test_bf16_weights_are_cast_once_per_optimizer_step_not_per_micro_step(tmp_pa
 
 
 def test_compile_auto_means_cuda_only():
-    from maskkit.engine.trainer import compile_enabled
+    from maskkit.engine.compiling import compile_enabled
 
     assert compile_enabled("auto", torch.device("cuda")) and not compile_enabled("auto", torch.device("cpu"))
     assert compile_enabled(True, torch.device("cpu")) and not compile_enabled(False, torch.device("cuda"))

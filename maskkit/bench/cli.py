@@ -50,6 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 on CPU, as training does)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile each model (default: on CUDA, as train.compile: auto; --no-compile for eager)")
+    p.add_argument("--compile-scope", default="components", choices=["components", "blocks"],
+                   help="what --compile compiles, as train.compile_scope: maskkit's components whole and the "
+                        "references whole (components), or every model's transformer blocks one by one, the glue "
+                        "eager (blocks: compile time about constant in depth)")
     p.add_argument("--variants", default="mae,dense,official,hf",
                    help="which of mae (maskkit), dense (mask-token encoder), official (models_mae.py "
                         "structure), hf (transformers) to run")
@@ -91,13 +95,15 @@ class BenchSettings:
     seed: int
     threads: int | None = None
     device_decode: bool = False  # the data.decode: device pipeline too
+    compile_scope: str = "components"  # components | blocks (train.compile_scope), with compile
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     import torch
 
     from maskkit.bench.steps import VARIANTS
-    from maskkit.engine.trainer import compile_enabled, pick_device
+    from maskkit.engine.compiling import compile_enabled
+    from maskkit.engine.trainer import pick_device
     from maskkit.errors import ConfigError
 
     device = pick_device(args.device)
@@ -125,7 +131,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(str(device), models, args.batch_size or defaults["batch_size"],
                          args.steps or defaults["steps"], warmup, dtype, compile_, variants, workers,
                          args.data_images, not args.no_data, tuple(args.overrides), args.seed, args.threads,
-                         device.type == "cuda" if args.device_decode is None else args.device_decode)
+                         device.type == "cuda" if args.device_decode is None else args.device_decode,
+                         args.compile_scope)
 
 
 def run_benchmark(settings: BenchSettings, console: Console | None = None, registry=None) -> dict[str, Any]:
@@ -212,7 +219,8 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
             model = bench_steps.build_maskkit(spec, kind == "dense", registry)
         variants.append(bench_steps.make_variant(name, kind, model, batch_size=settings.batch_size,
                                                  device=device, amp_dtype=amp_dtype,
-                                                 compile=settings.compile, seed=settings.seed))
+                                                 compile=settings.compile, compile_scope=settings.compile_scope,
+                                                 seed=settings.seed))
     try:
         try:
             rounds = bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup,
@@ -230,6 +238,13 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
         return bench_steps.summarize(variants, settings.batch_size, peak.peak) if rounds else []
     finally:
         bench_steps.free(variants)
+
+
+def _compiled(settings: dict) -> str:
+    """``", compiled"`` (``", compiled by blocks"``) for a compiled bench's table title, else ``""``."""
+    if not settings["compile"]:
+        return ""
+    return ", compiled by blocks" if settings.get("compile_scope") == "blocks" else ", compiled"
 
 
 def torch_device(settings: BenchSettings):
@@ -342,7 +357,7 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     s = env["settings"]
     where = env.get("gpu") or f"CPU ({env['torch_threads']} threads, {env['cpu_count']} cores)"
     table = Table(title=f"one pretraining step (forward, backward, AdamW) on {where}, {s['dtype']}"
-                        f"{', compiled' if s['compile'] else ''}, batch {s['batch_size']}, median of "
+                        f"{_compiled(s)}, batch {s['batch_size']}, median of "
                         f"{s['steps']} round-robin rounds"
                         f"{' (fewer where stopped early: see above)' if env.get('stopped') else ''}",
                   box=box.SIMPLE_HEAD)

@@ -170,6 +170,7 @@ class Variant:
     step: Callable[[], torch.Tensor]  # one training step
     params: int
     compile: bool = False  # torch.compile the model once its FLOPs are counted (eagerly)
+    compile_scope: str = "components"  # components | blocks (see maskkit.engine.compiling)
     flops: int = 0
     peak_memory: int | None = None
     warmup_seconds: float = 0.0  # the warm-up steps after the FLOP count, compilation included
@@ -180,20 +181,28 @@ class Variant:
         return VARIANT_LABELS[self.kind]
 
     def compile_model(self) -> None:
-        """``torch.compile`` in place: maskkit's components one by one, as the trainer does (dynamo cannot
-        build the frozen attrs ``MaskedOutput`` of ``MaskedModel.forward``); the references whole."""
-        if self.kind in ("hf", "official"):
+        """``torch.compile`` in place as ``train.compile_scope`` does: scope ``components``, maskkit's
+        components one by one but the masker, as the trainer does (dynamo cannot build the frozen attrs
+        ``MaskedOutput`` of ``MaskedModel.forward``), and the references whole; scope ``blocks``, every model's
+        transformer blocks one by one."""
+        from maskkit.engine.compiling import compile_model, transformer_blocks
+
+        if self.kind not in ("hf", "official"):
+            compile_model(self.model, self.compile_scope, skip=(self.model.masker,))
+        elif self.compile_scope == "components":
             self.model.compile()
         else:
-            for component in self.model.children():
-                component.compile()
+            for block in transformer_blocks(self.model):
+                block.compile()
 
 
 def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_size: int, device: torch.device,
-                 amp_dtype: torch.dtype | None, compile: bool = False, seed: int = 0) -> Variant:
+                 amp_dtype: torch.dtype | None, compile: bool = False, compile_scope: str = "components",
+                 seed: int = 0) -> Variant:
     """Move ``model`` to ``device`` and build its step: fixed random images (the data pipeline is measured
     apart), masks drawn on the device each step as the trainer does, AdamW as the trainer builds it (fused on
-    CUDA), bf16 autocast when ``amp_dtype`` is set. ``compile``: see :meth:`Variant.compile_model`."""
+    CUDA), bf16 autocast when ``amp_dtype`` is set. ``compile``, ``compile_scope``: see
+    :meth:`Variant.compile_model`."""
     from maskkit.engine.optim import make_optimizer
 
     model = model.to(device).train()
@@ -229,7 +238,7 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
         return loss.detach()
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Variant(model_name, kind, model, step, params, compile)
+    return Variant(model_name, kind, model, step, params, compile, compile_scope)
 
 
 def _sync(device: torch.device) -> None:

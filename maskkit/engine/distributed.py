@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maskkit.engine.compiling import transformer_blocks
 from maskkit.errors import MaskkitError
 from maskkit.recipe import DistributedConfig  # noqa: F401 (validated with the other sections; re-exported)
 
@@ -124,16 +125,6 @@ class DistContext:
 # -- spreading the model ------------------------------------------------------------------------------------
 
 
-def _block_units(model: nn.Module) -> list[nn.Module]:
-    """The FSDP units below the root: every member of a ``ModuleList``/``Sequential`` whose attribute name
-    ends in ``blocks`` (timm's ``blocks``, the MAE decoder's ``decoder_blocks``, Swin's ``layers.i.blocks``)."""
-    units = []
-    for name, module in model.named_modules():
-        if name.rpartition(".")[2].endswith("blocks") and isinstance(module, (nn.ModuleList, nn.Sequential)):
-            units.extend(module.children())
-    return units
-
-
 def is_sharded(model: nn.Module) -> bool:
     """Whether ``model``'s parameters were sharded by :func:`parallelize` (FSDP2)."""
     from torch.distributed.tensor import DTensor
@@ -181,7 +172,7 @@ def parallelize(model: nn.Module, ctx: DistContext, cfg: DistributedConfig, devi
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (ctx.world_size,))
-        for unit in _block_units(model):
+        for unit in transformer_blocks(model):
             fully_shard(unit, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward)
         return fully_shard(wrapper, mesh=mesh)  # the root keeps its parameters gathered for the backward
     ids = [device.index] if device.type == "cuda" else None

@@ -31,6 +31,7 @@ from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
 from maskkit.engine.batch_rule import StepShape, pick_batch
+from maskkit.engine.compiling import compile_enabled, compile_model
 from maskkit.engine.distributed import (
     DistContext,
     distributed_config,
@@ -71,13 +72,6 @@ _RESUMABLE_NOT_EXACT = {("train", "device"), ("data", "decode")}
 def mask_seed(seed: int, micro_step: int) -> int:
     """The seed of the mask generator of one micro-step (a fixed mix, the same on every rank)."""
     return (seed * 1_000_003 + micro_step * 7_919 + 17) % (2**63 - 1)
-
-
-def compile_enabled(setting: bool | str, device: torch.device) -> bool:
-    """``train.compile``: ``auto`` compiles on CUDA (the sparse encoder's shapes are static, so compiled kernels
-    pay there, most at small launch-bound batches) and runs eagerly elsewhere (compiling costs about a minute on
-    a small CPU, longer than most CPU runs)."""
-    return setting is True or (setting == "auto" and device.type == "cuda")
 
 
 def _diff_keys(old: Any, new: Any, prefix: tuple = ()) -> list[tuple]:
@@ -199,11 +193,9 @@ class Trainer:
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
             windows = resume_state.get("log_window")  # absent in checkpoints of older maskkit versions
             self._resume_window = tuple(windows[self.dist.rank]) if windows else None
-        # component by component: dynamo cannot build the attrs-frozen MaskedOutput of forward
+        # component by component or block by block: dynamo cannot build the attrs-frozen MaskedOutput of forward
         if compile_enabled(cfg.compile, self.device):
-            for component in self.model.children():
-                if component is not self.model.masker:  # maskers draw from generators, often data-dependent
-                    component.compile()
+            compile_model(self.model, cfg.compile_scope, skip=(self.model.masker,))
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
         if self.dist.is_main:
