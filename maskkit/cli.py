@@ -94,7 +94,11 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     registry = _registry(args)
     if args.recipe is None and args.resume is None:
         raise MaskkitError("train: give a RECIPE (a .yaml path or a name from `maskkit recipes`), or --resume")
-    if args.recipe is None or "=" in args.recipe:  # `maskkit train --resume ckpt a.b=1`: recipe from checkpoint
+    override_first = args.recipe is not None and "=" in args.recipe and not Path(args.recipe).exists()
+    if override_first and args.resume is None:
+        raise MaskkitError(f"train: {args.recipe!r} is an override, not a recipe: give a RECIPE (a .yaml path or a "
+                           "name from `maskkit recipes`) before the overrides, or --resume")
+    if args.recipe is None or override_first:  # `maskkit train --resume ckpt a.b=1`: recipe from checkpoint
         if args.recipe is not None:
             args.overrides.insert(0, args.recipe)
         state = load_training_checkpoint(args.resume)

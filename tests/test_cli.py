@@ -133,6 +133,21 @@ def test_yaml_error_and_missing_file(tmp_path, capsys):
     assert "missing.yaml: no such recipe file" in capsys.readouterr().err
 
 
+def test_a_recipe_path_with_an_equals_sign_and_an_override_without_a_recipe(tmp_path, capsys, monkeypatch):
+    """``sweep/lr=1e-3/r.yaml`` is a recipe file (sweep folders are named so), not an override; an override
+    given without a recipe or ``--resume`` is a one-line error, not an internal one."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "train.epochs=1", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'train.epochs=1' is an override, not a recipe" in err, err
+    folder = tmp_path / "sweep" / "lr=1e-3"
+    folder.mkdir(parents=True)
+    path = _tiny_file(folder)
+    assert main(["train", str(path.relative_to(tmp_path)), "train.max_steps=1", "--out", "run", "--no-progress",
+                 "--no-eval"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.pth").is_file()
+
+
 def test_corrupt_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00garbage")
