@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -244,22 +245,70 @@ def test_a_taker_that_opened_a_lock_being_released_tries_again(tmp_path, monkeyp
     a, b, c = RunLock(tmp_path), RunLock(tmp_path), RunLock(tmp_path)
     a.acquire()
     real_flock = run_folder._flock
-    calls = []
+    calls = []  # locks of the file named run.lock (not of a private file about to be linked there)
 
     def release_and_retake_before_b_locks(fd):
-        calls.append(fd)
-        if len(calls) == 1:  # B's first lock attempt
-            a.release()
-            c.acquire()  # the second call
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(f"/{LOCK_NAME}"):
+            calls.append(fd)
+            if len(calls) == 1:  # B's first lock attempt of the run.lock it opened
+                a.release()
+                c.acquire()  # C publishes a fresh run.lock, locked before it is linked
         return real_flock(fd)
 
     monkeypatch.setattr(run_folder, "_flock", release_and_retake_before_b_locks)
     with pytest.raises(RunFolderError, match=f"another run is training into this folder \\(pid {os.getpid()}"):
         b.acquire()
-    assert len(calls) == 3 and c.held and not b.held and not a.held
+    assert len(calls) == 2 and c.held and not b.held and not a.held  # B's lock of the unlinked file, then C's
     assert os.fstat(c._fd).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino
     c.release()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_two_runs_starting_in_a_fresh_folder_one_trains(tmp_path, monkeypatch):
+    """A creates ``run.lock`` but is a moment late to lock it; B, starting meanwhile, must not find it unlocked
+    and empty (then B took it and refused as "a run that is starting", A's lock failed, and nobody trained).
+    ``run.lock`` now appears already locked and filled in, so exactly one of them holds the folder and the other
+    is refused naming it, whichever way the threads interleave."""
+    real_flock = run_folder._flock
+    b_locked, a_locked = threading.Event(), threading.Event()
+    who = threading.local()
+
+    def a_is_late(fd):
+        if getattr(who, "name", None) == "A":
+            b_locked.wait(5)
+            taken = real_flock(fd)
+            a_locked.set()
+            return taken
+        taken = real_flock(fd)
+        b_locked.set()
+        a_locked.wait(5)
+        return taken
+
+    monkeypatch.setattr(run_folder, "_flock", a_is_late)
+    results, locks = {}, {}
+
+    def take(name):
+        who.name = name
+        locks[name] = RunLock(tmp_path)
+        try:
+            locks[name].acquire()
+            results[name] = "held"
+        except RunFolderError as exc:
+            results[name] = str(exc)
+
+    a = threading.Thread(target=take, args=("A",))
+    a.start()
+    time.sleep(0.2)  # A is inside its lock call
+    b = threading.Thread(target=take, args=("B",))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert sorted(results.values())[-1] == "held" and list(results.values()).count("held") == 1, results
+    refused = next(r for r in results.values() if r != "held")
+    assert f"pid {os.getpid()} on" in refused, refused  # the holder's record, never an empty one
+    holder = next(lock for lock in locks.values() if lock.held)
+    holder.release()
+    assert not (tmp_path / LOCK_NAME).exists() and not list(tmp_path.glob(".*"))  # no private file left
 
 
 def _take_and_hold(folder: str, barrier, results, hold_s: float) -> None:

@@ -6,9 +6,13 @@ second run into the same folder is refused while the first is alive. The kernel 
 that dies (``kill -9``, an OOM kill): the next run takes the folder over, however many try at once. Under
 torchrun only rank 0 locks.
 
+``run.lock`` appears already locked and filled in: a private file is locked and written, then hard-linked to
+the name, so a run that opens it never finds it unlocked or empty while its creator is starting.
+
 On a filesystem without ``flock`` (Lustre mounted ``noflock``, some FUSE mounts) the file's record decides:
-``run.lock`` is created with ``O_CREAT | O_EXCL``, and a record whose process is gone (same host, pid gone or
-reused) is taken over; there, three processes taking over one stale lock in the same instant could both hold it.
+the link (or, without hard links, ``O_CREAT | O_EXCL``) lets one process create ``run.lock``, and a record whose
+process is gone (same host, pid gone or reused) is taken over; there, three processes taking over one stale
+lock in the same instant could both hold it.
 
 :func:`prepare` then makes the folder usable whatever happened to the last session: stray temporary files of a
 killed write are removed; a fresh run into a folder whose earlier run died before its first checkpoint starts
@@ -19,6 +23,7 @@ checkpoint, so every step appears once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -127,15 +132,52 @@ class RunLock:
         return RunFolderError(f"{self.folder}: another run is training into this folder ({who}); wait for it or "
                               f"give another --out (if no such run is alive, delete {self.path})")
 
+    def _record(self) -> bytes:
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
+                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        return (json.dumps(mine) + "\n").encode()
+
+    def _publish(self) -> int | None:
+        """Create ``run.lock`` already locked and filled in: a private file is locked and written, then linked
+        to the name (a link fails if the name exists), so no other process ever opens a lock that is still
+        unlocked or empty. The open file, or None when ``run.lock`` exists. Filesystems without hard links
+        fall back to an exclusive creation (whose creator locks it a moment later)."""
+        private = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _flock(fd)
+            os.pwrite(fd, self._record(), 0)
+            os.fsync(fd)
+            try:
+                os.link(private, self.path)
+            except (FileExistsError, FileNotFoundError):  # (the winner's start-up cleaned our private file up)
+                os.close(fd)
+                return None
+            except OSError as exc:  # no hard links here (EPERM, ENOTSUP...)
+                os.close(fd)
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                    raise
+                try:
+                    return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return None
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        finally:
+            private.unlink(missing_ok=True)
+
     def _open(self) -> tuple[int, bool] | None:
         """Open ``run.lock``, creating it if there is none: ``(fd, created)``, None if it vanished meanwhile."""
+        fd = self._publish()
+        if fd is not None:
+            return fd, True
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            try:
-                return os.open(self.path, os.O_RDWR), False
-            except FileNotFoundError:
-                return None
+            return os.open(self.path, os.O_RDWR), False
+        except FileNotFoundError:
+            return None
 
     def _is_current(self, fd: int) -> bool:
         """Whether ``fd`` is still the file named ``run.lock`` (a releaser unlinks it while holding it)."""
@@ -157,11 +199,11 @@ class RunLock:
             fd, created = opened
             try:
                 if self._take(fd, created):
-                    mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
-                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
-                    os.fsync(fd)  # other hosts of a shared filesystem read the record, not our page cache
+                    if not created:  # a stale lock taken over: our record over its (never empty meanwhile)
+                        record = self._record()
+                        os.pwrite(fd, record, 0)
+                        os.ftruncate(fd, len(record))
+                        os.fsync(fd)  # other hosts of a shared filesystem read the record, not our page cache
                     self._fd, self.held = fd, True
                     _HELD_IN_THIS_PROCESS.add(self)
                     return self
