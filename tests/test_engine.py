@@ -176,6 +176,24 @@ def test_resume_with_a_different_recipe_is_refused(tmp_path, builtin_registry):
         Trainer(other, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth", progress=False).fit()
 
 
+def test_resume_with_a_default_spelled_out_is_the_same_recipe(tmp_path, builtin_registry):
+    """``train.compile: auto``, ``train.precision: auto``, ``seed: 0`` and ``augment.hflip: true`` are defaults:
+    writing them out (or leaving them out) does not change the recipe a resume compares."""
+    tree = tiny_tree()
+    tree.pop("seed")  # 0 by default
+    recipe = load_recipe(tree, ["train.max_steps=2"])
+    Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    spelled = recipe.with_overrides(["train.max_steps=3", "train.compile=auto", "train.precision=auto", "seed=0",
+                                     "data_seed=0", "distributed.strategy=ddp"])
+    trainer = Trainer(spelled, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth",
+                      progress=False)
+    assert trainer.fit().steps == 3
+    changed = recipe.with_overrides(["train.precision=fp32", "train.max_steps=4"])  # no default: still refused
+    with pytest.raises(CheckpointError, match="differs from the checkpoint's in train.precision"):
+        Trainer(changed, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth",
+                progress=False).fit()
+
+
 def test_resume_may_change_the_evaluation_and_says_when_it_is_not_exact(tmp_path, builtin_registry):
     """``eval.*`` runs after training: it may change. ``train.device`` may change too (a run moved to a GPU),
     with a note that the run is no longer bit-exact."""

@@ -52,7 +52,7 @@ from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, v
     write_run_record,
 )
 from maskkit.engine.step_log import StepLog
-from maskkit.errors import CheckpointError, ConfigError, MaskError, RunInterrupted, TrainingError
+from maskkit.errors import CheckpointError, ConfigError, MaskError, MaskkitError, RunInterrupted, TrainingError
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry
 
@@ -72,6 +72,18 @@ _RESUMABLE_NOT_EXACT = {("train", "device"), ("data", "decode")}
 def mask_seed(seed: int, micro_step: int) -> int:
     """The seed of the mask generator of one micro-step (a fixed mix, the same on every rank)."""
     return (seed * 1_000_003 + micro_step * 7_919 + 17) % (2**63 - 1)
+
+
+def _with_defaults(tree: dict) -> dict:
+    """``tree`` with the engine's sections (``train``, ``augment``, ``distributed``, the seeds) as validated, their
+    defaults written out, so that a default spelled out (``train.compile: auto``) is the same recipe as one left
+    out; ``tree`` itself when it does not validate (a checkpoint of another maskkit version)."""
+    recipe = Recipe(tree)
+    try:
+        sections = {name: attrs.asdict(getattr(recipe, name)) for name in ("train", "augment", "distributed")}
+        return {**tree, **sections, "seed": recipe.seed, "data_seed": recipe.data_seed}
+    except MaskkitError:
+        return tree
 
 
 def _diff_keys(old: Any, new: Any, prefix: tuple = ()) -> list[tuple]:
@@ -229,7 +241,7 @@ class Trainer:
                                   f"{self.dist.world_size}; the batches of a run depend on the world size, so "
                                   "resume with the same number of processes")
         old = state.get("recipe") or {}
-        diff = [k for k in _diff_keys(old, self.recipe.tree) if k[:1] != ("eval",)]
+        diff = [k for k in _diff_keys(_with_defaults(old), _with_defaults(self.recipe.tree)) if k[:1] != ("eval",)]
         changed = [k for k in diff if k[:2] not in _RESUMABLE_CHANGES | _RESUMABLE_NOT_EXACT]
         if changed:
             keys = ", ".join(".".join(map(str, k)) for k in changed[:4])
