@@ -104,3 +104,20 @@ def test_trainer_records_the_picks_and_scales_the_lr(tmp_path, builtin_registry)
     tree["train"].update(batch_size=32, accum_steps=2, max_steps=1)  # numbers that do not make the effective batch
     with pytest.raises(maskkit.ConfigError, match="train.effective_batch: batch_size 32 x accum_steps 2"):
         Trainer(maskkit.Recipe(tree), tmp_path / "bad", registry=builtin_registry, progress=False).fit()
+
+
+def test_an_auto_batch_error_names_the_recipe_file(tmp_path, builtin_registry, monkeypatch):
+    """The rule's errors reach the user as one line that names the recipe file, as every recipe error does
+    (here: an effective batch that 3 processes cannot split)."""
+    import maskkit.engine.trainer as trainer_module
+
+    real = trainer_module.pick_batch
+    monkeypatch.setattr(trainer_module, "pick_batch", lambda shape, **kw: real(shape, **{**kw, "world_size": 3}))
+    tree = tiny_tree()
+    tree["train"].update(batch_size="auto", accum_steps="auto", effective_batch=128, max_steps=1)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(maskkit.ConfigError) as info:
+        Trainer(maskkit.load_recipe(str(path)), tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    assert str(info.value) == (f"{path}: train.effective_batch: expected a positive multiple of the world size 3, "
+                               "got 128")

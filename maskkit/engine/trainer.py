@@ -226,9 +226,12 @@ class Trainer:
             memory = (torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda"
                       else None)
             bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-            micro, accum = pick_batch(StepShape.of(self.model), effective_batch=cfg.effective_batch,
-                                      world_size=self.dist.world_size, device_type=self.device.type,
-                                      memory_bytes=memory, bf16=bf16)
+            try:
+                micro, accum = pick_batch(StepShape.of(self.model), effective_batch=cfg.effective_batch,
+                                          world_size=self.dist.world_size, device_type=self.device.type,
+                                          memory_bytes=memory, bf16=bf16)
+            except ConfigError as exc:
+                raise exc.within(file=self.recipe.file) from None
         if self.dist.is_main:
             self.console.log(f"batch_size: auto -> {micro} per process x accum_steps {accum} x "
                              f"{self.dist.world_size} process(es) = {micro * accum * self.dist.world_size}")
