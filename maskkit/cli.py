@@ -86,7 +86,7 @@ def _default_run_dir(recipe_source: str) -> Path:
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     import torch
 
-    from maskkit.engine.checkpoint import load_training_checkpoint
+    from maskkit.engine.checkpoint import load_resumable_checkpoint
     from maskkit.engine.trainer import Trainer
     from maskkit.evaluate import evaluate
     from maskkit.recipe import Recipe, load_recipe
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     if args.recipe is None or override_first:  # `maskkit train --resume ckpt a.b=1`: recipe from checkpoint
         if args.recipe is not None:
             args.overrides.insert(0, args.recipe)
-        state = load_training_checkpoint(args.resume)
+        state = load_resumable_checkpoint(args.resume)
         recipe = Recipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
         recipe.validate()
     else:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -166,6 +167,29 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
         ckpt.load_training_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         ckpt.load_training_checkpoint(tmp_path / "missing.pth")
+
+
+def test_resume_refuses_a_checkpoint_it_cannot_continue_saying_what_it_is(tmp_path, builtin_registry, capsys):
+    """A weights-only checkpoint (no optimizer or random states), one made by ``maskkit convert`` and a
+    fine-tuning one: ``--resume`` says what each is, in one line, instead of blaming the weights or the recipe."""
+    from maskkit.cli import main
+
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=1"])
+    Trainer(recipe, tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    cases = {"weights.pth": ({k: v for k, v in state.items() if k not in ("optimizer", "rng")},
+                             "not resumable: it holds no optimizer, rng"),
+             "converted.pth": ({**state, "converted_from": {"source": "official", "path": "", "notes": []}},
+                               "made by `maskkit convert`"),
+             "finetune.pth": ({**state, "kind": "finetune"}, "a fine-tuning checkpoint; `maskkit finetune --resume")}
+    for name, (content, fragment) in cases.items():
+        path = tmp_path / name
+        torch.save(content, path)
+        with pytest.raises(CheckpointError, match=re.escape(fragment)):
+            Trainer(recipe, tmp_path / name, registry=builtin_registry, resume=path, progress=False).fit()
+        assert main(["train", "--resume", str(path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err, err
 
 
 def test_resume_with_a_different_recipe_is_refused(tmp_path, builtin_registry):

@@ -166,6 +166,23 @@ def load_training_checkpoint(path: str | Path) -> dict:
     return obj
 
 
+def load_resumable_checkpoint(path: str | Path) -> dict:
+    """A maskkit pretraining checkpoint that ``--resume`` can continue: a training checkpoint with its optimizer
+    state and random states. A fine-tuning checkpoint, or one made by ``maskkit convert`` (weights only), is
+    refused saying what it is and what takes it."""
+    obj = load_training_checkpoint(path)
+    if obj.get("kind") == "finetune":
+        raise CheckpointError(f"{path}: a fine-tuning checkpoint; `maskkit finetune --resume {path}` continues it")
+    if "converted_from" in obj:
+        raise CheckpointError(f"{path}: made by `maskkit convert` (weights only, no optimizer state): it cannot be "
+                              "resumed; `maskkit finetune` or `eval` take it, or train from it afresh")
+    missing = [key for key in ("optimizer", "rng", "recipe") if key not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: not resumable: it holds no {', '.join(missing)} (a checkpoint of weights "
+                              "only); `maskkit eval`, `export` and `finetune` take it")
+    return obj
+
+
 def load_model(path: str | Path, overrides: Iterable[str] = (), registry=None) -> tuple[nn.Module, Any]:
     """``(model, recipe)`` of a maskkit training checkpoint: the recipe stored in it (with ``overrides``, e.g.
     ``eval.k=10``, validated), the :class:`~maskkit.MaskedModel` it describes (its ``plugins`` loaded into

@@ -147,7 +147,7 @@ class Trainer:
         self.dist_cfg = distributed_config(recipe)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        resume_state = ckpt.load_training_checkpoint(self.resume_path) if self.resume_path else None
+        resume_state = ckpt.load_resumable_checkpoint(self.resume_path) if self.resume_path else None
         if cfg.auto_batch and resume_state is not None:  # a resumed run keeps its checkpoint's picks
             self.recipe = recipe = self._resolve_auto_batch(resume_state)
             self.cfg = cfg = recipe.train
