@@ -663,6 +663,52 @@ def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, ima
     reasons = dict(line.split("\t")[:2] for line in listed)
     assert reasons[str(image_folder / "text.jpg")] == "not an image file Pillow can identify"  # no buffer repr
     assert all(np.isfinite(losses(out)))
+    tree["train"]["max_steps"] = 7  # one step more: it meets fewer of them, but the run has left out all four
+    resumed = Trainer(load_recipe(tree), out, registry=builtin_registry, progress=False,
+                      resume=out / "checkpoint.pth").fit()
+    assert resumed.trained_steps == 1 and resumed.bad_images == 4
+    assert (out / "bad_images.txt").read_text().splitlines() == listed
+
+
+class FailAtStep:
+    """A plugin that fails at one step (a plain exception, as a plugin bug is)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @maskkit.hookimpl
+    def maskkit_step_start(self, trainer):
+        if trainer.step == self.step:
+            raise ZeroDivisionError("division by zero in the plugin")
+
+
+def test_a_failing_run_whose_bad_image_list_cannot_be_written_reports_why_it_failed(tmp_path, image_folder,
+                                                                                       monkeypatch):
+    """The list of unreadable images is written while the run stops; when that fails too (here: the disk is
+    full), the run's own error is the one raised (a note says the list was not written) and the folder is
+    unlocked."""
+    from rich.console import Console
+
+    real_write = Path.write_text
+
+    def disk_full_for_the_list(self, *args, **kwargs):
+        if self.name == "bad_images.txt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_for_the_list)
+
+    tree = tiny_tree(data={"name": "image_folder", "root": str(image_folder), "in_chans": 1,
+                           "on_bad_image": "skip"})
+    tree["train"].update(max_steps=6, ckpt_every=0)
+    out = tmp_path / "run"
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"buggy": FailAtStep(4)})
+    console = Console(record=True, width=300)
+    with pytest.raises(Exception, match="division by zero in the plugin") as info:
+        Trainer(load_recipe(tree), out, registry=registry, progress=False, console=console).fit()
+    assert not isinstance(info.value, OSError)
+    assert f"could not update {out / 'bad_images.txt'}" in console.export_text()
+    assert not (out / LOCK_NAME).exists()
 
 
 # -- compare: one failing run is recorded, the others go on ------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -341,11 +342,14 @@ class Trainer:
         try:
             return self._fit()
         finally:
+            failing = sys.exc_info()[1]  # what stops the run, if anything: the cleanup must not replace it
             restore()
-            dist = getattr(self, "dist", None)
-            if dist is not None and dist.is_main:
-                self._write_bad_images()
-            self.lock.release()
+            try:
+                dist = getattr(self, "dist", None)
+                if dist is not None and dist.is_main:
+                    self._write_bad_images(quiet=failing is not None)
+            finally:
+                self.lock.release()
 
     def _fit(self) -> TrainResult:
         self._setup()
@@ -433,11 +437,12 @@ class Trainer:
         done = self.step - start_step
         found = {k: v for part in self.dist.gather_objects(self.bad_images.found) for k, v in part.items()}
         self.bad_images.found.update(found)
+        listed = len(self._bad_image_list())  # the earlier sessions' of a resumed run too
         if found and self.dist.is_main:
-            self.console.print(f"[yellow]left out {len(found)} unreadable image(s)[/yellow], listed in "
+            self.console.print(f"[yellow]left out {listed} unreadable image(s)[/yellow], listed in "
                                f"{self.run_dir / run_folder.BAD_IMAGES_NAME}")
         return TrainResult(self.run_dir, self.step, last_loss, wall, done * self.effective_batch / max(wall, 1e-9),
-                           checkpoint_path, done, len(found))
+                           checkpoint_path, done, listed)
 
     def _device_check_error(self, exc: RuntimeError) -> MaskError:
         """A one-line error for a failed device-side assertion, which on a GPU is how a wrong mask count shows
@@ -528,13 +533,23 @@ class Trainer:
         resume = f"maskkit train --resume {shlex.quote(str(saved))}" if saved is not None else None
         raise RunInterrupted(self._stop_signal or signal.SIGINT, self.step, saved, resume)
 
-    def _write_bad_images(self) -> None:
-        """Add the unreadable images met so far to the run folder's list (one ``path: reason`` a line)."""
-        if not self.bad_images.found:
-            return
+    def _bad_image_list(self) -> dict[str, str]:
+        """The run folder's list of unreadable images (earlier sessions' of a resumed run) with those met now."""
         path = self.run_dir / run_folder.BAD_IMAGES_NAME
         known = {}
         if path.is_file():
             known = dict(line.split("\t", 1) for line in path.read_text().splitlines() if "\t" in line)
-        known.update(self.bad_images.found)
-        path.write_text("".join(f"{p}\t{reason}\n" for p, reason in sorted(known.items())))
+        return {**known, **self.bad_images.found}
+
+    def _write_bad_images(self, quiet: bool = False) -> None:
+        """Add the unreadable images met so far to the run folder's list (one ``path: reason`` a line).
+        ``quiet``: the run is failing for another reason, which an error here must not hide; say it instead."""
+        if not self.bad_images.found:
+            return
+        path = self.run_dir / run_folder.BAD_IMAGES_NAME
+        try:
+            path.write_text("".join(f"{p}\t{reason}\n" for p, reason in sorted(self._bad_image_list().items())))
+        except OSError as exc:
+            if not quiet:
+                raise
+            self.console.print(f"[yellow]could not update {path}: {exc}[/yellow]", highlight=False)
