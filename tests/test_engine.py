@@ -300,3 +300,21 @@ def test_a_masker_changed_at_step_start_is_used_whole_that_step(tmp_path):
     recipe = load_recipe(tiny_tree(), ["train.max_steps=4", "train.ckpt_every=0"])
     Trainer(recipe, tmp_path, registry=registry, progress=False).fit()
     assert schedule.expected == [35, 27, 20, 13] and schedule.seen == schedule.expected
+
+
+def test_signal_handlers_set_from_c_are_restored_to_the_default(tmp_path, builtin_registry, monkeypatch):
+    """``signal.getsignal`` answers None for a handler installed from C (an embedding application); ``signal``
+    cannot take None back, so the run puts the default back instead of failing as it ends."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(signal, "getsignal", lambda sig: None)
+    try:
+        result = Trainer(load_recipe(tiny_tree(), ["train.max_steps=1"]), tmp_path, registry=builtin_registry,
+                         progress=False).fit()
+        assert result.steps == 1
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

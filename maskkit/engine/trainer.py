@@ -498,8 +498,8 @@ class Trainer:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for sig, handler in previous.items():  # None: a handler set from C, which Python cannot put back
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
         def on_signal(signum, frame) -> None:
             self._stop_signal = signum
