@@ -107,3 +107,17 @@ def test_the_sparse_against_dense_rows_say_the_flop_ratio_they_are_bounded_by():
     assert rows["ViT-L/16 sparse encoder vs mask-token encoder"].measured == (
         "3.25x (FLOPs 3.24x, stopped after 2 of 5 rounds)")
     assert rows["ViT-L/16 vs transformers' ViTMAE (compiled vs compiled, batch 64)"].measured == "-"  # no hf row
+
+
+def test_a_benchmark_compiled_by_blocks_says_so_next_to_its_values():
+    """``scripts/gpu-check.sh`` compiles ViT-L/16 at batch 64 block by block (``--compile-scope blocks``): its rows
+    say so, since compiled whole the same step launches fewer kernels."""
+    l64 = _bench(L, 64, mae=(0.04, 0.36), dense=(0.13, 0.4), hf=(0.05, 0.3))
+    l64["environment"]["settings"] = {"steps": 5, "compile": True, "compile_scope": "blocks"}
+    rows = {r.goal: r for r in goals.evaluate({"L64": l64})}
+    assert rows["ViT-L/16 MAE MFU at batch 64"].measured == "36.0% (batch 64, compiled by blocks)"
+    assert rows["ViT-L/16 vs transformers' ViTMAE (compiled vs compiled, batch 64)"].measured == (
+        "1.25x (compiled by blocks)")
+    l64["environment"]["settings"]["compile_scope"] = "components"
+    rows = {r.goal: r for r in goals.evaluate({"L64": l64})}
+    assert rows["ViT-L/16 MAE MFU at batch 64"].measured == "36.0% (batch 64)"
