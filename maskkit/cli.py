@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,11 @@ def _default_run_dir(recipe_source: str) -> Path:
 # -- train --------------------------------------------------------------------------------------------------
 
 
+def _looks_like_override(arg: str) -> bool:
+    """``train.epochs=1`` (a dotted key, ``=``, a value), not a path with an ``=`` in it (``sweep/lr=1e-3/r.yaml``)."""
+    return re.match(r"[A-Za-z_][\w.]*=", arg) is not None
+
+
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     import torch
 
@@ -94,7 +100,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     registry = _registry(args)
     if args.recipe is None and args.resume is None:
         raise MaskkitError("train: give a RECIPE (a .yaml path or a name from `maskkit recipes`), or --resume")
-    override_first = args.recipe is not None and "=" in args.recipe and not Path(args.recipe).exists()
+    override_first = args.recipe is not None and _looks_like_override(args.recipe) and not Path(args.recipe).exists()
     if override_first and args.resume is None:
         raise MaskkitError(f"train: {args.recipe!r} is an override, not a recipe: give a RECIPE (a .yaml path or a "
                            "name from `maskkit recipes`) before the overrides, or --resume")

@@ -3,7 +3,8 @@
 # network: torch, timm, pluggy, attrs, rich, pyyaml, pytest and hypothesis must already be installed
 # (transformers too, for the ViTMAE reference rows). Run it from the repository root:
 #     bash scripts/gpu-check.sh                      # 7-8 minutes on one H100/H200; each part has a timeout, and
-#                                                    # the timeouts add up to 570 s, under the device's 600 s a call
+#                                                    # they add up to 565 s (the installs, version line and goals
+#                                                    # table, untimed, take seconds), for the device's 600 s a call
 #     GPU_CHECK_FULL=1 bash scripts/gpu-check.sh     # also ViT-L/16 eager with every variant and the installed
 #                                                    # context-aware maskers (bench --masker; minutes more)
 #     GPU_CHECK_REHEARSAL=1 bash scripts/gpu-check.sh   # every command below on the CPU with one-block models and
@@ -43,12 +44,12 @@ BENCH=(python3 -m maskkit bench --device "$DEVICE" --steps 5)
 
 # 1. the CUDA tests (tests/test_cuda.py and every test marked cuda, the plugins' included)
 if [ "$DEVICE" = cuda ]; then
-  timeout 90 python3 -m pytest -q -m cuda tests plugins 2>&1 | tee "$OUT/tests.txt" | tail -4
+  timeout 80 python3 -m pytest -q -m cuda tests plugins 2>&1 | tee "$OUT/tests.txt" | tail -4
   echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $OUT/tests.txt)"
 fi
 
 # 2. ViT-B/16, batch 64, eager, every variant, and the data pipelines with every worker busy (nvJPEG's too)
-timeout 100 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-compile --workers "$WORKERS" \
+timeout 90 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-compile --workers "$WORKERS" \
   "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed or timed out: see $OUT/bench-B64.txt"
 
 # 3. maskkit train end to end, ViT-B/16 at batch 64 on generated JPEGs, eager like the bench rows above
@@ -59,10 +60,10 @@ TRAIN=(python3 -m maskkit train recipes/mae_vit_base_patch16.yaml data.root="$OU
        train.accum_steps=1 train.effective_batch="$BATCH" train.max_steps="$TRAIN_STEPS"
        train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=0 train.warmup_epochs=0 train.num_workers="$WORKERS"
        train.compile=false eval.knn=false eval.reconstructions=0 "${TINY[@]}" train.device="$DEVICE")
-timeout 70 "${TRAIN[@]}" --out "$OUT/train-B64" >"$OUT/train-B64.txt" 2>&1 \
+timeout 60 "${TRAIN[@]}" --out "$OUT/train-B64" >"$OUT/train-B64.txt" 2>&1 \
   || echo "maskkit train failed: see $OUT/train-B64.txt"
 # 3b. the same with data.decode: device (workers read files; nvJPEG decodes two batches ahead, in a thread)
-timeout 50 "${TRAIN[@]}" data.decode=device --out "$OUT/train-B64-device" >"$OUT/train-B64-device.txt" 2>&1 \
+timeout 45 "${TRAIN[@]}" data.decode=device --out "$OUT/train-B64-device" >"$OUT/train-B64-device.txt" 2>&1 \
   || echo "maskkit train with data.decode: device failed: see $OUT/train-B64-device.txt"
 
 # 4. ViT-L/16, batch 64, compiled block by block (train.compile_scope: blocks; compiled whole, three ViT-L models
@@ -74,7 +75,7 @@ timeout 130 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" "$COM
 # 5. ViT-L/16 at the per-GPU micro-batch that batch_size: auto picks on this GPU, compiled whole as train.compile:
 #    auto compiles (its compile column: the whole-model compile time) (a rehearsal picks for an 80 GiB GPU and
 #    benchmarks its small batch)
-AUTO=$(python3 -c "
+AUTO=$(timeout 40 python3 -c "
 import torch, maskkit
 from maskkit.engine.batch_rule import StepShape, pick_batch
 r = maskkit.load_recipe('recipes/mae_vit_large_patch16.yaml')
@@ -83,7 +84,7 @@ print(pick_batch(StepShape.of(maskkit.build_model(r)), effective_batch=r.train.e
                  device_type='cuda', memory_bytes=memory)[0])")
 echo "batch_size: auto picks ${AUTO:-?} per GPU for ViT-L/16 here"
 [ "$DEVICE" = cpu ] && AUTO=$BATCH
-timeout 100 "${BENCH[@]}" --models vit_large_patch16 --batch-size "${AUTO:-256}" "$COMPILE" --variants mae --no-data \
+timeout 90 "${BENCH[@]}" --models vit_large_patch16 --batch-size "${AUTO:-256}" "$COMPILE" --variants mae --no-data \
   "${SETS[@]}" --json "$OUT/bench-Lauto.json" >"$OUT/bench-Lauto.txt" 2>&1 || echo "ViT-L/16 auto-batch benchmark failed or timed out: see $OUT/bench-Lauto.txt"
 
 # the extra cost of context-aware maskers (maskkit bench --masker) for those the installed plugins provide:

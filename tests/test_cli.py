@@ -146,6 +146,8 @@ def test_a_recipe_path_with_an_equals_sign_and_an_override_without_a_recipe(tmp_
     assert main(["train", str(path.relative_to(tmp_path)), "train.max_steps=1", "--out", "run", "--no-progress",
                  "--no-eval"]) == 0, capsys.readouterr().err
     assert (tmp_path / "run" / "checkpoint.pth").is_file()
+    assert main(["train", "sweep/lr=1e-3/typo.yaml", "--out", "x"]) == 2  # a path, missing: said as such
+    assert "sweep/lr=1e-3/typo.yaml: no such recipe file" in capsys.readouterr().err
 
 
 def test_corrupt_checkpoint(tmp_path, capsys):

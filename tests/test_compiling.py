@@ -49,6 +49,15 @@ def test_a_list_of_stages_gives_the_blocks_inside_them():
     assert {type(b).__name__ for b in blocks} == {"SwinTransformerBlock"}
 
 
+def test_a_list_of_lists_gives_the_blocks_in_them():
+    """timm's Twins keeps ``blocks`` as a list of per-stage ``ModuleList``s, which have no forward: compiling one
+    would compile nothing."""
+    twins = timm.create_model("twins_svt_small", pretrained=False)
+    blocks = transformer_blocks(twins)
+    assert len(blocks) == sum(len(stage) for stage in twins.blocks) and blocks[0] is twins.blocks[0][0]
+    assert not any(isinstance(b, torch.nn.ModuleList) for b in blocks)
+
+
 def test_compile_model_marks_what_each_scope_compiles(maskkit_model):
     """``nn.Module.compile`` only wraps (dynamo runs at the first call), so marking is cheap to check."""
     model = maskkit_model

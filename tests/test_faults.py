@@ -165,11 +165,18 @@ def test_a_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, ful
 # -- run folders --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["flock", "no kernel locks"])
+def _no_hard_links(*args, **kwargs):
+    raise OSError(errno.EPERM, "Operation not permitted")  # vfat, exFAT, some FUSE and SMB mounts
+
+
+@pytest.fixture(params=["flock", "no kernel locks", "no hard links", "neither"])
 def lock_kind(request, monkeypatch):
-    """Both ways a run folder is locked: the kernel's ``flock``, and the record alone (filesystems without it)."""
-    if request.param == "no kernel locks":
+    """Every way a run folder is locked: the kernel's ``flock``, or the record alone (filesystems without it);
+    ``run.lock`` published by a hard link, or created exclusively where there are none."""
+    if request.param in ("no kernel locks", "neither"):
         monkeypatch.setattr(run_folder, "_flock", lambda fd: None)
+    if request.param in ("no hard links", "neither"):
+        monkeypatch.setattr(os, "link", _no_hard_links)
     return request.param
 
 
@@ -177,6 +184,20 @@ def _dead_pid() -> int:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     return dead.pid
+
+
+def test_a_held_lock_names_its_run_and_goes_with_it(tmp_path, lock_kind):
+    """While held, ``run.lock`` holds the owner's record (a second run is refused naming it, even once the record
+    is a minute old); released, it is gone and the next run takes the folder."""
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+        old = time.time() - 60
+        os.utime(tmp_path / LOCK_NAME, (old, old))
+        with pytest.raises(RunFolderError, match=f"pid {os.getpid()} on"):
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_NAME).exists() and not list(tmp_path.iterdir())
+    with RunLock(tmp_path) as again:
+        assert again.held
 
 
 def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path, lock_kind):
@@ -709,6 +730,13 @@ def test_a_failing_run_whose_bad_image_list_cannot_be_written_reports_why_it_fai
     assert not isinstance(info.value, OSError)
     assert f"could not update {out / 'bad_images.txt'}" in console.export_text()
     assert not (out / LOCK_NAME).exists()
+    # a run that succeeds, called while its caller handles an exception of its own: the list's error is raised
+    registry = maskkit.Registry.from_plugins(autoload=False)
+    try:
+        raise KeyError("the caller's own, handled")
+    except KeyError:
+        with pytest.raises(OSError, match="No space left on device"):
+            Trainer(load_recipe(tree), tmp_path / "second", registry=registry, progress=False).fit()
 
 
 # -- compare: one failing run is recorded, the others go on ------------------------------------------------

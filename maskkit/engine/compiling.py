@@ -37,11 +37,19 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks of ``model``, in module order: the members of every ``ModuleList``/``Sequential``
     whose attribute name ends in ``blocks`` (timm's ``blocks``, the MAE decoder's ``decoder_blocks``) or is
     ``layer``, ``layers`` or ``*_layers`` (transformers' ViT encoder, ViTMAE's decoder), innermost lists only: a
-    list holding such lists is one of stages (Swin's ``layers``, whose stages hold ``blocks``), not of blocks."""
+    list holding such lists is one of stages (Swin's ``layers``, whose stages hold ``blocks``), not of blocks.
+    The members of a plain ``ModuleList`` in such a list are taken one by one."""
     lists = [name for name, module in model.named_modules() if _is_block_list(name, module)]
     innermost = [name for name in lists
                  if not any(other.startswith(f"{name}.") for other in lists if other != name)]
-    return [block for name in innermost for block in model.get_submodule(name).children()]
+    return [block for name in innermost for block in _members(model.get_submodule(name))]
+
+
+def _members(blocks: nn.Module) -> list[nn.Module]:
+    """The members of a list of blocks, those of a nested ``ModuleList`` (which has no forward of its own: timm's
+    Twins keeps a list of lists) taken one by one."""
+    return [block for child in blocks.children()
+            for block in (_members(child) if type(child) is nn.ModuleList else [child])]
 
 
 def compile_model(model: nn.Module, scope: str, *, skip: tuple[nn.Module, ...] = ()) -> list[nn.Module]:

@@ -23,7 +23,6 @@ checkpoint, so every step appears once.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -143,11 +142,8 @@ class RunLock:
         unlocked or empty. The open file, or None when ``run.lock`` exists. Filesystems without hard links
         fall back to an exclusive creation (whose creator locks it a moment later)."""
         private = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-        fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _flock(fd)
-            os.pwrite(fd, self._record(), 0)
-            os.fsync(fd)
+            fd = self._locked_and_filled(private)
             try:
                 os.link(private, self.path)
             except (FileExistsError, FileNotFoundError):  # (the winner's start-up cleaned our private file up)
@@ -158,16 +154,24 @@ class RunLock:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                     raise
                 try:
-                    return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    return self._locked_and_filled(self.path)
                 except FileExistsError:
                     return None
             return fd
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
         finally:
             private.unlink(missing_ok=True)
+
+    def _locked_and_filled(self, path: Path) -> int:
+        """Create ``path`` (exclusively), lock it and write this process's record into it; the open file."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _flock(fd)
+            os.pwrite(fd, self._record(), 0)
+            os.fsync(fd)  # other hosts of a shared filesystem read the record, not our page cache
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _open(self) -> tuple[int, bool] | None:
         """Open ``run.lock``, creating it if there is none: ``(fd, created)``, None if it vanished meanwhile."""
@@ -203,7 +207,7 @@ class RunLock:
                         record = self._record()
                         os.pwrite(fd, record, 0)
                         os.ftruncate(fd, len(record))
-                        os.fsync(fd)  # other hosts of a shared filesystem read the record, not our page cache
+                        os.fsync(fd)
                     self._fd, self.held = fd, True
                     _HELD_IN_THIS_PROCESS.add(self)
                     return self

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -75,16 +74,25 @@ def mask_seed(seed: int, micro_step: int) -> int:
     return (seed * 1_000_003 + micro_step * 7_919 + 17) % (2**63 - 1)
 
 
-def _with_defaults(tree: dict) -> dict:
+def _with_defaults(tree: dict) -> dict | None:
     """``tree`` with the engine's sections (``train``, ``augment``, ``distributed``, the seeds) as validated, their
     defaults written out, so that a default spelled out (``train.compile: auto``) is the same recipe as one left
-    out; ``tree`` itself when it does not validate (a checkpoint of another maskkit version)."""
+    out; None when they do not validate (a checkpoint of another maskkit version)."""
     recipe = Recipe(tree)
     try:
         sections = {name: attrs.asdict(getattr(recipe, name)) for name in ("train", "augment", "distributed")}
         return {**tree, **sections, "seed": recipe.seed, "data_seed": recipe.data_seed}
     except MaskkitError:
-        return tree
+        return None
+
+
+def _recipe_changes(old: dict, new: dict) -> list[tuple]:
+    """The keys in which recipe tree ``new`` differs from ``old``, defaults filled in on both sides when both
+    validate (else the trees as written: filling in one side only would list every default as a change)."""
+    full_old, full_new = _with_defaults(old), _with_defaults(new)
+    if full_old is None or full_new is None:
+        return _diff_keys(old, new)
+    return _diff_keys(full_old, full_new)
 
 
 def _diff_keys(old: Any, new: Any, prefix: tuple = ()) -> list[tuple]:
@@ -245,7 +253,7 @@ class Trainer:
                                   f"{self.dist.world_size}; the batches of a run depend on the world size, so "
                                   "resume with the same number of processes")
         old = state.get("recipe") or {}
-        diff = [k for k in _diff_keys(_with_defaults(old), _with_defaults(self.recipe.tree)) if k[:1] != ("eval",)]
+        diff = [k for k in _recipe_changes(old, self.recipe.tree) if k[:1] != ("eval",)]
         changed = [k for k in diff if k[:2] not in _RESUMABLE_CHANGES | _RESUMABLE_NOT_EXACT]
         if changed:
             keys = ", ".join(".".join(map(str, k)) for k in changed[:4])
@@ -339,15 +347,18 @@ class Trainer:
         """Train to ``total_steps``. SIGINT/SIGTERM stop at the next step boundary with a checkpoint and raise
         :class:`~maskkit.errors.RunInterrupted` (saying how to resume); the run folder's lock is held meanwhile."""
         restore = self._catch_signals()
+        failing = False  # whether the run stops on an exception, which the cleanup must not replace
         try:
             return self._fit()
+        except BaseException:
+            failing = True
+            raise
         finally:
-            failing = sys.exc_info()[1]  # what stops the run, if anything: the cleanup must not replace it
             restore()
             try:
                 dist = getattr(self, "dist", None)
                 if dist is not None and dist.is_main:
-                    self._write_bad_images(quiet=failing is not None)
+                    self._write_bad_images(quiet=failing)
             finally:
                 self.lock.release()
 
