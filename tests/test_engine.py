@@ -207,11 +207,15 @@ def test_resume_with_a_default_spelled_out_is_the_same_recipe(tmp_path, builtin_
     tree.pop("seed")  # 0 by default
     recipe = load_recipe(tree, ["train.max_steps=2"])
     Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    from rich.console import Console
+
     spelled = recipe.with_overrides(["train.max_steps=3", "train.compile=auto", "train.precision=auto", "seed=0",
-                                     "data_seed=0", "distributed.strategy=ddp"])
+                                     "data_seed=0", "distributed.strategy=ddp", "data.decode=host"])
+    console = Console(record=True, width=200)
     trainer = Trainer(spelled, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth",
-                      progress=False)
+                      progress=False, console=console)
     assert trainer.fit().steps == 3
+    assert "not bit for bit" not in console.export_text()  # data.decode: host is the default route
     changed = recipe.with_overrides(["train.precision=fp32", "train.max_steps=4"])  # no default: still refused
     with pytest.raises(CheckpointError, match="differs from the checkpoint's in train.precision"):
         Trainer(changed, tmp_path, registry=builtin_registry, resume=tmp_path / "checkpoint.pth",

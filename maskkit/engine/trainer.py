@@ -75,13 +75,15 @@ def mask_seed(seed: int, micro_step: int) -> int:
 
 
 def _with_defaults(tree: dict) -> dict | None:
-    """``tree`` with the engine's sections (``train``, ``augment``, ``distributed``, the seeds) as validated, their
-    defaults written out, so that a default spelled out (``train.compile: auto``) is the same recipe as one left
-    out; None when they do not validate (a checkpoint of another maskkit version)."""
+    """``tree`` with the engine's sections (``train``, ``augment``, ``distributed``, the seeds, ``data.decode`` and
+    ``data.on_bad_image``) as validated, their defaults written out, so that a default spelled out
+    (``train.compile: auto``) is the same recipe as one left out; None when they do not validate (a checkpoint of
+    another maskkit version)."""
     recipe = Recipe(tree)
     try:
         sections = {name: attrs.asdict(getattr(recipe, name)) for name in ("train", "augment", "distributed")}
-        return {**tree, **sections, "seed": recipe.seed, "data_seed": recipe.data_seed}
+        data = {**(tree.get("data") or {}), "decode": recipe.decode, "on_bad_image": recipe.on_bad_image}
+        return {**tree, **sections, "data": data, "seed": recipe.seed, "data_seed": recipe.data_seed}
     except MaskkitError:
         return None
 
