@@ -1,9 +1,11 @@
 """``maskkit train`` in a child process, with faults injected, for tests/test_faults.py.
 
-    python tests/fault_driver.py [--sleep S] [--die-in-save N] -- train RECIPE --out DIR ...
+    python tests/fault_driver.py [--sleep S] [--die-in-save N] [--pg-timeout S] [--slow-eval S] -- train ...
 
 ``--sleep S``: a plugin sleeps S seconds after each step (numerics unchanged), so the test can signal the
-run mid-way. ``--die-in-save N``: the process SIGKILLs itself halfway through writing its N-th checkpoint
+run mid-way. ``--pg-timeout S``: the process group's operations time out after S seconds (the default is 10
+minutes under NCCL, 30 under gloo). ``--slow-eval S``: the evaluation after training takes S seconds longer.
+``--die-in-save N``: the process SIGKILLs itself halfway through writing its N-th checkpoint
 (a partial temporary file, never renamed). Built-ins only, two threads (the numbers the test compares with).
 """
 
@@ -46,15 +48,46 @@ def die_in_save(nth: int) -> None:
     checkpoint.torch.save = save
 
 
+def short_process_group_timeout(seconds: float) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    real_init = dist.init_process_group
+
+    def init(*args, **kwargs):
+        return real_init(*args, **{**kwargs, "timeout": datetime.timedelta(seconds=seconds)})
+
+    dist.init_process_group = init
+
+
+def slow_evaluation(seconds: float) -> None:
+    import maskkit.evaluate
+
+    real_evaluate = maskkit.evaluate.evaluate
+
+    def evaluate(*args, **kwargs):
+        time.sleep(seconds)
+        return real_evaluate(*args, **kwargs)
+
+    maskkit.evaluate.evaluate = evaluate
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--die-in-save", type=int)
+    parser.add_argument("--pg-timeout", type=float)
+    parser.add_argument("--slow-eval", type=float)
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.die_in_save:
         die_in_save(args.die_in_save)
+    if args.pg_timeout:
+        short_process_group_timeout(args.pg_timeout)
+    if args.slow_eval:
+        slow_evaluation(args.slow_eval)
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"slow": Slow(args.sleep)})
     cli._registry = lambda args=None: registry
     return cli.main([a for a in args.rest if a != "--"])

@@ -57,17 +57,18 @@ def _free_port() -> int:
 
 
 def launch(recipe_file: Path, out: Path, *args: str, nproc: int = 2, launcher=None,
-           program=("-m", "maskkit")) -> subprocess.Popen:
+           program=("-m", "maskkit"), evaluate: bool = False) -> subprocess.Popen:
     """``python -m torch.distributed.run --nproc_per_node N -m maskkit train RECIPE ...`` (gloo, 1 thread each);
     ``launcher``: torchrun's rendezvous arguments (default: one node, a free local port); ``program``: what
-    torchrun runs instead of ``-m maskkit`` (a script taking maskkit's command line)."""
+    torchrun runs instead of ``-m maskkit`` (a script taking maskkit's command line); ``evaluate``: without
+    ``--no-eval``."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if launcher is None:
         launcher = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launcher,
            *program, "--debug", "train", str(recipe_file), *args, "--out", str(out), "--no-progress",
-           "--no-eval"]
+           *(() if evaluate else ("--no-eval",))]
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -217,6 +218,22 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_next_steps_with_a_checkpoin
     saved = torch.load(out / "checkpoint.pth", weights_only=True)
     assert 0 < saved["step"] < 200 and saved["world_size"] == 2
     assert not (out / "run.lock").exists()
+
+
+def test_the_other_ranks_wait_for_rank_0s_evaluation_beyond_the_process_groups_timeout(tmp_path):
+    """After training, rank 0 evaluates while the others wait to shut down together. Under NCCL the process
+    group times out after 10 minutes, less than a kNN evaluation of a large dataset takes: the others then failed
+    and torchrun killed rank 0 mid-evaluation. Here the group times out after 4 s and the evaluation takes 8 s
+    more: the run must end well, with rank 0's scores."""
+    tree = _tree(4, ["train.max_steps=2"])
+    tree["eval"] = {"knn": True, "k": 5, "random_init_baseline": False, "reconstructions": 0}
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(tree))
+    out = tmp_path / "run"
+    driver = str(Path(__file__).parent / "fault_driver.py")
+    proc = launch(recipe_file, out, program=(driver, "--pg-timeout", "4", "--slow-eval", "8", "--"), evaluate=True)
+    finish(proc, out)
+    assert json.loads((out / "eval.json").read_text())["knn_top1"] > 0.1  # rank 0's scores, written
 
 
 @pytest.mark.slow

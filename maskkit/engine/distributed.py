@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +29,8 @@ from torch import nn
 from maskkit.engine.compiling import transformer_blocks
 from maskkit.errors import MaskkitError
 from maskkit.recipe import DistributedConfig  # noqa: F401 (validated with the other sections; re-exported)
+
+EXIT_BARRIER_TIMEOUT = datetime.timedelta(hours=24)  # how long the other ranks wait for rank 0's evaluation
 
 
 def distributed_config(recipe) -> DistributedConfig:
@@ -43,6 +46,9 @@ class DistContext:
     # a gloo group for the loop's control flags (stop requests) when the main group is NCCL: its tiny CPU
     # reductions never wait for a GPU stream; None: the default group (gloo already)
     control_group: Any = attrs.field(default=None, eq=False, repr=False)
+    # a gloo group with a long timeout for the barrier at exit, where the other ranks wait while rank 0 evaluates
+    # (longer than the default group's timeout, 10 minutes under NCCL, would kill them and then rank 0)
+    exit_group: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -70,7 +76,8 @@ class DistContext:
                 raise MaskkitError(f"cannot join the process group of WORLD_SIZE={world} (RANK={rank}): {reason}; "
                                    "start multi-process runs with torchrun, or unset WORLD_SIZE") from None
         control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-        return cls(rank, world, local, control)
+        exit_group = dist.new_group(backend="gloo", timeout=EXIT_BARRIER_TIMEOUT)
+        return cls(rank, world, local, control, exit_group)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of ``value`` over all ranks (a copy; identity without a process group)."""
@@ -116,9 +123,10 @@ class DistContext:
 
     def shutdown(self) -> None:
         """Tear the process group down on every rank together: a rank that destroys its group while a peer is
-        still using the connection can abort at exit (gloo's "terminate called without an active exception")."""
+        still using the connection can abort at exit (gloo's "terminate called without an active exception").
+        The other ranks wait there for rank 0's evaluation, up to :data:`EXIT_BARRIER_TIMEOUT`."""
         if self.enabled and dist.is_initialized():
-            dist.barrier()
+            dist.barrier(group=self.exit_group)
             dist.destroy_process_group()
 
 
