@@ -140,7 +140,8 @@ class RunLock:
         """Create ``run.lock`` already locked and filled in: a private file is locked and written, then linked
         to the name (a link fails if the name exists), so no other process ever opens a lock that is still
         unlocked or empty. The open file, or None when ``run.lock`` exists. Filesystems without hard links
-        fall back to an exclusive creation (whose creator locks it a moment later)."""
+        fall back to creating ``run.lock`` exclusively and locking and filling it in at once (a run that opens
+        it in that instant finds it empty, and is refused as by "a run that is starting")."""
         private = self.path.with_name(f".{LOCK_NAME}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         try:
             fd = self._locked_and_filled(private)
