@@ -80,7 +80,9 @@ import torch, maskkit
 from maskkit.engine.batch_rule import StepShape, pick_batch
 r = maskkit.load_recipe('recipes/mae_vit_large_patch16.yaml')
 memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 80 * 2**30
-print(pick_batch(StepShape.of(maskkit.build_model(r)), effective_batch=r.train.effective_batch, world_size=1,
+with torch.device('meta'):  # shapes only: no memory, no initialisation
+    model = maskkit.build_model(r)
+print(pick_batch(StepShape.of(model), effective_batch=r.train.effective_batch, world_size=1,
                  device_type='cuda', memory_bytes=memory)[0])")
 echo "batch_size: auto picks ${AUTO:-?} per GPU for ViT-L/16 here"
 [ "$DEVICE" = cpu ] && AUTO=$BATCH
