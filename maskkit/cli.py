@@ -107,7 +107,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     if args.recipe is None or override_first:  # `maskkit train --resume ckpt a.b=1`: recipe from checkpoint
         if args.recipe is not None:
             args.overrides.insert(0, args.recipe)
-        state = load_resumable_checkpoint(args.resume)
+        # mapped, not read: only its recipe is needed here; the Trainer reads the weights and optimizer state
+        state = load_resumable_checkpoint(args.resume, mmap=True)
         recipe = Recipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
         recipe.validate()
     else:
@@ -155,7 +156,7 @@ def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
         if given:
             raise MaskkitError(f"finetune: --resume continues the run with its own recipe, saved in {args.resume}; "
                                f"drop {' and '.join(given)} (overrides such as finetune.epochs=N still apply)")
-        state = load_finetune_checkpoint(args.resume)
+        state = load_finetune_checkpoint(args.resume, mmap=True)  # its recipe; the trainer reads the rest
         recipe = FinetuneRecipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
         recipe.validate()
     else:

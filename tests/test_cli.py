@@ -81,16 +81,26 @@ def test_overrides_may_follow_options(trained, tmp_path, capsys):
     assert exc.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
-def test_resume_from_checkpoint_alone(trained, tmp_path, capsys):
+def test_resume_from_checkpoint_alone(trained, tmp_path, capsys, monkeypatch):
     """``maskkit train --resume CKPT train.max_steps=6`` takes the recipe from the checkpoint, and says how many
-    steps this call trained."""
+    steps this call trained. The checkpoint is read whole once (by the trainer); the command only maps it for its
+    recipe (a ViT-L checkpoint with its AdamW state is several GB)."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     saved = yaml.safe_load((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    reads, real_load = [], torch.load
+
+    def recording_load(path, *args, **kwargs):
+        if str(path) == str(run / "checkpoint.pth"):
+            reads.append("mapped" if kwargs.get("mmap") else "read")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
     assert main(["train", "--resume", str(run / "checkpoint.pth"), "train.max_steps=6", "--no-progress",
                  "--no-eval"]) == 0
+    assert reads.count("read") == 1, reads
     steps = [yaml.safe_load(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     said = capsys.readouterr()

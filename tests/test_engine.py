@@ -169,6 +169,22 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
         ckpt.load_training_checkpoint(tmp_path / "missing.pth")
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_mapped_read_gives_the_same_checkpoint_in_either_file_format(tmp_path, zip_format):
+    """``mmap=True`` (a look at a checkpoint's recipe) maps a zip-format file and reads a pre-zip one whole, so
+    both give the same tensors and plain data; the refusals are the same as for a full read."""
+    path = tmp_path / "c.pth"
+    saved = {"format": "maskkit", "step": 3, "model": {"w": torch.arange(6.0)}, "recipe": {"train": {"lr": 1.0}}}
+    torch.save(saved, path, _use_new_zipfile_serialization=zip_format)
+    mapped = ckpt.read_checkpoint(path, mmap=True)
+    assert mapped["step"] == 3 and mapped["recipe"] == saved["recipe"]
+    assert torch.equal(mapped["model"]["w"], saved["model"]["w"])
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pth: not a readable checkpoint"):
+        ckpt.read_checkpoint(bad, mmap=True)
+
+
 def test_resume_refuses_a_checkpoint_it_cannot_continue_saying_what_it_is(tmp_path, builtin_registry, capsys):
     """A weights-only checkpoint (no optimizer or random states), one made by ``maskkit convert`` and a
     fine-tuning one: ``--resume`` says what each is, in one line, instead of blaming the weights or the recipe."""

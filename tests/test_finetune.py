@@ -363,9 +363,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
     assert "a fine-tuning recipe" in capsys.readouterr().err
 
 
-def test_cli_resume_refuses_a_recipe_or_checkpoint_it_would_ignore(pretrained, tmp_path, capsys):
+def test_cli_resume_refuses_a_recipe_or_checkpoint_it_would_ignore(pretrained, tmp_path, capsys, monkeypatch):
     """--resume continues with the checkpoint's own recipe: a --recipe or a pretrained CHECKPOINT beside it is a
-    one-line error (exit 2) naming them, not silently ignored; overrides of the resumable keys still apply."""
+    one-line error (exit 2) naming them, not silently ignored; overrides of the resumable keys still apply. The
+    resumed checkpoint is read whole once (the command maps it for its recipe)."""
     trainer(pretrained, tmp_path / "run", max_steps=1, ema=False).fit()
     ckpt = tmp_path / "run" / "checkpoint.pth"
     cases = [(["--recipe", "finetune_quickstart"], "drop --recipe finetune_quickstart ("),
@@ -377,8 +378,17 @@ def test_cli_resume_refuses_a_recipe_or_checkpoint_it_would_ignore(pretrained, t
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--resume continues the run with its own recipe" in err and fragment in err
     assert torch.load(ckpt, weights_only=True)["step"] == 1  # nothing ran
+    reads, real_load = [], torch.load
+
+    def recording_load(path, *args, **kwargs):
+        if str(path) == str(ckpt):
+            reads.append("mapped" if kwargs.get("mmap") else "read")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
     assert main(["finetune", "--resume", str(ckpt), "finetune.max_steps=2", "--no-progress"]) == 0
-    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    assert reads.count("read") == 1, reads
+    assert real_load(ckpt, weights_only=True)["step"] == 2
 
 
 def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):

@@ -112,16 +112,23 @@ def verify_training_checkpoint(path: str | Path, step: int) -> None:
         raise CheckpointError(f"{path}: the checkpoint just written reads back wrong (step {state.get('step')})")
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     """Load any checkpoint file safely (``weights_only=True``), with a one-line error when it is not one.
 
     A file that holds Python objects beyond tensors and plain data (which could run code when unpickled) is
-    refused, naming what it holds."""
+    refused, naming what it holds. ``mmap=True`` maps the tensors instead of reading them: for a look at the
+    checkpoint's plain data (its recipe, its step) that costs the zip directory and the pickle, not gigabytes
+    of weights. A file older than torch's zip format cannot be mapped; it is then read whole."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not (mmap and "zipfile" in str(exc)):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, foreign objects
         text = str(exc)
         refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
@@ -155,9 +162,10 @@ def describe_mismatch(exc: BaseException) -> str:
     return first_line(detail, 300)
 
 
-def load_training_checkpoint(path: str | Path) -> dict:
-    """A maskkit training checkpoint (for ``--resume``); anything else is refused with a clear message."""
-    obj = read_checkpoint(path)
+def load_training_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
+    """A maskkit training checkpoint (for ``--resume``); anything else is refused with a clear message.
+    ``mmap``: as in :func:`read_checkpoint`."""
+    obj = read_checkpoint(path, mmap=mmap)
     if obj.get("format") != FORMAT or not isinstance(obj.get("model"), dict) or "step" not in obj:
         raise CheckpointError(f"{path}: not a maskkit training checkpoint (expected keys format='maskkit', "
                               f"model, optimizer, step; found {sorted(obj)[:6]})")
@@ -166,11 +174,11 @@ def load_training_checkpoint(path: str | Path) -> dict:
     return obj
 
 
-def load_resumable_checkpoint(path: str | Path) -> dict:
+def load_resumable_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     """A maskkit pretraining checkpoint that ``--resume`` can continue: a training checkpoint with its optimizer
     state and random states. A fine-tuning checkpoint, or one made by ``maskkit convert`` (weights only), is
-    refused saying what it is and what takes it."""
-    obj = load_training_checkpoint(path)
+    refused saying what it is and what takes it. ``mmap``: as in :func:`read_checkpoint`."""
+    obj = load_training_checkpoint(path, mmap=mmap)
     if obj.get("kind") == "finetune":
         raise CheckpointError(f"{path}: a fine-tuning checkpoint; `maskkit finetune --resume {path}` continues it")
     if "converted_from" in obj:

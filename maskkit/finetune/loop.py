@@ -363,10 +363,10 @@ class FinetuneTrainer:
 
 
 
-def load_finetune_checkpoint(path: str | Path) -> dict:
+def load_finetune_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     """A fine-tuning checkpoint written by :class:`FinetuneTrainer` (``weights_only`` load); anything else is
-    refused with a one-line message."""
-    state = ckpt.load_training_checkpoint(path)
+    refused with a one-line message. ``mmap=True`` maps its tensors instead of reading them (for its recipe)."""
+    state = ckpt.load_training_checkpoint(path, mmap=mmap)
     if state.get("kind") != KIND:
         raise CheckpointError(f"{path}: a pretraining checkpoint, not a fine-tuning one; fine-tune it with "
                               f"`maskkit finetune {path}` (--resume takes a fine-tuning run's checkpoint)")
