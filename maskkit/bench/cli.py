@@ -242,9 +242,10 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
 
 def _compiled(settings: dict) -> str:
     """``", compiled"`` (``", compiled by blocks"``) for a compiled bench's table title, else ``""``."""
-    if not settings["compile"]:
-        return ""
-    return ", compiled by blocks" if settings.get("compile_scope") == "blocks" else ", compiled"
+    from maskkit.bench.goals import compile_label
+
+    label = compile_label(settings)
+    return f", {label}" if label else ""
 
 
 def torch_device(settings: BenchSettings):

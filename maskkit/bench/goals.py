@@ -46,18 +46,30 @@ def _step(bench: dict | None, model: str, variant: str) -> dict | None:
     return next((r for r in bench.get("steps", []) if r["model"] == model and r["variant"] == variant), None)
 
 
+def _settings(bench: dict) -> dict:
+    """The settings a bench JSON was run with (``{}`` in the JSON of older benches)."""
+    return (bench.get("environment") or {}).get("settings") or {}
+
+
+def compile_label(settings: dict) -> str:
+    """``"compiled"``, ``"compiled by blocks"`` (``--compile-scope blocks``) or ``""`` for a bench's settings."""
+    if not settings.get("compile"):
+        return ""
+    return "compiled by blocks" if settings.get("compile_scope") == "blocks" else "compiled"
+
+
 def _stopped(bench: dict, row: dict) -> str:
     """``"stopped after 1 of 5 rounds"`` when ``row``'s rounds were cut short by a SIGTERM (a timeout of the GPU
     check), else ``""``: fewer rounds, noisier medians, said next to the value."""
-    asked = ((bench.get("environment") or {}).get("settings") or {}).get("steps")
+    asked = _settings(bench).get("steps")
     done = row.get("rounds")  # absent in the JSON of older benches: all rounds ran
     return f"stopped after {done} of {asked} rounds" if done is not None and asked and done < asked else ""
 
 
 def _by_blocks(bench: dict) -> str:
     """``"compiled by blocks"`` for a bench run with ``--compile --compile-scope blocks``, else ``""``."""
-    settings = (bench.get("environment") or {}).get("settings") or {}
-    return "compiled by blocks" if settings.get("compile") and settings.get("compile_scope") == "blocks" else ""
+    label = compile_label(_settings(bench))
+    return label if label == "compiled by blocks" else ""
 
 
 def _ratio_row(goal: str, bound: float, bench: dict | None, model: str, slow: str, fast: str = "mae", *,
