@@ -345,3 +345,21 @@ def test_signal_handlers_set_from_c_are_restored_to_the_default(tmp_path, builti
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_strategy_change_on_resume_is_not_exact_with_more_than_one_process(world_size):
+    """DDP and FSDP resume each other's (unsharded) checkpoints. With one process neither wraps the model: the
+    change is exact. With more, they reduce gradients in other orders: the run is said to go on not bit for bit.
+    Other keys keep their class whatever the world size."""
+    from maskkit.engine.trainer import resume_changes
+
+    old = tiny_tree()
+    new = {**old, "distributed": {"strategy": "fsdp"}}
+    refused, inexact = resume_changes(old, new, world_size)
+    assert refused == [] and inexact == ([] if world_size == 1 else ["distributed.strategy"])
+    moved = {**new, "train": {**old["train"], "device": "cuda", "max_steps": 9}}
+    refused, inexact = resume_changes(old, moved, world_size)
+    assert refused == [] and "train.device" in inexact and "train.max_steps" not in inexact
+    other = {**old, "masker": {**old["masker"], "ratio": 0.5}}
+    assert resume_changes(old, other, world_size) == (["masker.ratio"], [])

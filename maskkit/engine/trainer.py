@@ -62,11 +62,25 @@ _SYNC_CHECKED_STEPS = 3
 # Keys that may change between a checkpoint and its resumption without breaking exactness (and the eval
 # section, which runs after training).
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every"),
-                      ("train", "num_workers"), ("data", "on_bad_image"),
-                      ("distributed", "strategy")}  # checkpoints are unsharded: either strategy resumes either
+                      ("train", "num_workers"), ("data", "on_bad_image")}
 # Keys that may change too, but then the run goes on without being bit-exact: another device type brings other
 # kernels, random streams and (precision: auto) another precision; nvJPEG's pixels differ from libjpeg's.
 _RESUMABLE_NOT_EXACT = {("train", "device"), ("data", "decode")}
+# Checkpoints are unsharded, so either strategy resumes either; with one process neither wraps the model, with
+# more DDP's all-reduce and FSDP's reduce-scatter sum the gradients in other orders.
+_STRATEGY = ("distributed", "strategy")
+
+
+def resume_changes(old: dict, new: dict, world_size: int) -> tuple[list[str], list[str]]:
+    """``(refused, inexact)``: the keys in which recipe tree ``new`` differs from a checkpoint's ``old`` that a
+    resumed run cannot take, and those it takes but then goes on not bit for bit (the ``eval`` section, run
+    after training, is neither)."""
+    diff = [k for k in _recipe_changes(old, new) if k[:1] != ("eval",)]
+    exact = _RESUMABLE_CHANGES | ({_STRATEGY} if world_size == 1 else set())
+    not_exact = _RESUMABLE_NOT_EXACT | ({_STRATEGY} if world_size > 1 else set())
+    name = ".".join
+    return ([name(map(str, k)) for k in diff if k[:2] not in exact | not_exact],
+            [name(map(str, k)) for k in diff if k[:2] in not_exact])
 
 
 def mask_seed(seed: int, micro_step: int) -> int:
@@ -254,17 +268,14 @@ class Trainer:
             raise CheckpointError(f"{self.resume_path}: written by {saved_world} process(es), resumed with "
                                   f"{self.dist.world_size}; the batches of a run depend on the world size, so "
                                   "resume with the same number of processes")
-        old = state.get("recipe") or {}
-        diff = [k for k in _recipe_changes(old, self.recipe.tree) if k[:1] != ("eval",)]
-        changed = [k for k in diff if k[:2] not in _RESUMABLE_CHANGES | _RESUMABLE_NOT_EXACT]
-        if changed:
-            keys = ", ".join(".".join(map(str, k)) for k in changed[:4])
-            raise CheckpointError(f"{self.resume_path}: the recipe differs from the checkpoint's in {keys}; "
-                                  "a resumed run must use the same recipe")
-        inexact = [".".join(map(str, k)) for k in diff if k[:2] in _RESUMABLE_NOT_EXACT]
+        refused, inexact = resume_changes(state.get("recipe") or {}, self.recipe.tree, self.dist.world_size)
+        if refused:
+            raise CheckpointError(f"{self.resume_path}: the recipe differs from the checkpoint's in "
+                                  f"{', '.join(refused[:4])}; a resumed run must use the same recipe")
         if inexact and self.dist.is_main:
             self.console.print(f"[yellow]resuming with {', '.join(inexact)} changed: the run goes on, but not bit "
-                               "for bit as it would have (other kernels, random streams or decoder)[/yellow]")
+                               "for bit as it would have (other kernels, random streams, decoder or gradient "
+                               "reduction)[/yellow]")
 
     # -- the loop -------------------------------------------------------------------------------------------
 
