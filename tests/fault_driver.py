@@ -1,10 +1,13 @@
 """``maskkit train`` in a child process, with faults injected, for tests/test_faults.py.
 
-    python tests/fault_driver.py [--sleep S] [--die-in-save N] [--pg-timeout S] [--slow-eval S] -- train ...
+    python tests/fault_driver.py [--sleep S] [--steps-to FILE] [--die-in-save N] [--pg-timeout S] [--slow-eval S]
+        -- train ...
 
 ``--sleep S``: a plugin sleeps S seconds after each step (numerics unchanged), so the test can signal the
-run mid-way. ``--pg-timeout S``: the process group's operations time out after S seconds (the default is 10
-minutes under NCCL, 30 under gloo). ``--slow-eval S``: the evaluation after training takes S seconds longer.
+run mid-way; ``--steps-to FILE``: it also writes the number of the step just done to FILE (rank 0's, under
+torchrun), so the test can signal the run after a given step. ``--pg-timeout S``: the process group's
+operations time out after S seconds (the default is 10 minutes under NCCL, 30 under gloo). ``--slow-eval S``:
+the evaluation after training takes S seconds longer.
 ``--die-in-save N``: the process SIGKILLs itself halfway through writing its N-th checkpoint
 (a partial temporary file, never renamed). Built-ins only, two threads (the numbers the test compares with).
 """
@@ -25,11 +28,16 @@ from maskkit.engine import checkpoint
 
 
 class Slow:
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, steps_to: str | None = None):
         self.seconds = seconds
+        self.steps_to = steps_to if os.environ.get("RANK", "0") == "0" else None
 
     @maskkit.hookimpl
-    def maskkit_step_end(self) -> None:
+    def maskkit_step_end(self, step: int) -> None:
+        if self.steps_to:
+            with open(self.steps_to + ".tmp", "w") as f:
+                f.write(str(step))
+            os.replace(self.steps_to + ".tmp", self.steps_to)
         time.sleep(self.seconds)
 
 
@@ -76,6 +84,7 @@ def slow_evaluation(seconds: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--steps-to")
     parser.add_argument("--die-in-save", type=int)
     parser.add_argument("--pg-timeout", type=float)
     parser.add_argument("--slow-eval", type=float)
@@ -88,7 +97,7 @@ def main() -> int:
         short_process_group_timeout(args.pg_timeout)
     if args.slow_eval:
         slow_evaluation(args.slow_eval)
-    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"slow": Slow(args.sleep)})
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"slow": Slow(args.sleep, args.steps_to)})
     cli._registry = lambda args=None: registry
     return cli.main([a for a in args.rest if a != "--"])
 

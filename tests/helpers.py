@@ -1,9 +1,10 @@
 """Shared test helpers: a tiny MAE recipe on the embedded Fashion-MNIST data, a small slice of that data as a
-dataset plugin, and a variable-count masker."""
+dataset plugin, a variable-count masker, and an image folder with unreadable files."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
@@ -68,3 +69,27 @@ class VariableMaskerPlugin:
     @maskkit.hookimpl
     def maskkit_add_maskers(self):
         return {"variable": VariableMasker}
+
+
+BAD_IMAGES = ("corrupt.jpg", "cut.jpg", "empty.png", "text.jpg")
+
+
+def write_bad_image_folder(root: Path, good: int = 24) -> Path:
+    """``good`` real Fashion-MNIST images (PNGs and JPEGs by turns) and the four files of :data:`BAD_IMAGES`,
+    which are not images: a JPEG cut inside its header, one cut halfway through its data (its header reads), an
+    empty PNG and a text file named .jpg."""
+    import numpy as np
+    from PIL import Image
+
+    from maskkit.data.fashion_mnist import FashionMNIST
+
+    data = FashionMNIST("train", source="embedded")
+    for i in range(good):
+        Image.fromarray(np.asarray(data[i][0][0])).save(root / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(np.asarray(data[0][0][0])).save(root / "corrupt.jpg")
+    whole = (root / "corrupt.jpg").read_bytes()
+    (root / "corrupt.jpg").write_bytes(whole[:40])
+    (root / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image\n")
+    return root

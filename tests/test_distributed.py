@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import tiny_tree
+from helpers import BAD_IMAGES, tiny_tree, write_bad_image_folder
 
 import maskkit
 from maskkit.engine.distributed import (
@@ -199,16 +199,22 @@ def test_two_rank_resume_continues_the_run(tmp_path, registry, monkeypatch, stra
 def test_sigterm_to_torchrun_stops_every_rank_at_the_next_steps_with_a_checkpoint(tmp_path):
     """torchrun forwards SIGTERM to its workers and kills them 30 s later: the ranks must agree on a step and
     save before that, whatever ``log_every`` is (here larger than the run; they used to agree only at log steps).
-    Each step sleeps 0.3 s (tests/fault_driver.py), so the run would last a minute."""
+    Each step sleeps 0.3 s (tests/fault_driver.py), so the run would last a minute. The data is a folder with four
+    unreadable files, skipped: each rank meets its own, and the run folder's list must hold them all (rank 0's
+    used to be the only ones listed when a run was interrupted). Four steps make an epoch, which meets every file;
+    the signal comes after step 5."""
+    (tmp_path / "images").mkdir()
+    images = write_bad_image_folder(tmp_path / "images", good=28)
+    tree = _tree(4, ["train.max_steps=200", "train.log_every=1000"])
+    tree["data"] = {"name": "image_folder", "root": str(images), "in_chans": 1, "on_bad_image": "skip"}
     recipe_file = tmp_path / "r.yaml"
-    recipe_file.write_text(yaml.safe_dump(_tree(4, ["train.max_steps=200", "train.log_every=1000"])))
-    out = tmp_path / "run"
+    recipe_file.write_text(yaml.safe_dump(tree))
+    out, steps = tmp_path / "run", tmp_path / "steps"
     driver = str(Path(__file__).parent / "fault_driver.py")
-    proc = launch(recipe_file, out, program=(driver, "--sleep", "0.3", "--"))
+    proc = launch(recipe_file, out, program=(driver, "--sleep", "0.3", "--steps-to", str(steps), "--"))
     deadline = time.monotonic() + LAUNCH_TIMEOUT
-    while not (out / "run.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(4)  # a few steps in
+    while proc.poll() is None and time.monotonic() < deadline and int(_read(steps) or 0) < 5:
+        time.sleep(0.05)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -216,8 +222,17 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_next_steps_with_a_checkpoin
     assert time.monotonic() - signalled < 25, log[-3000:]  # before torchrun's SIGKILL
     assert "interrupted by SIGTERM after step" in log and "forcefully exiting via 9" not in log, log[-3000:]
     saved = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert 0 < saved["step"] < 200 and saved["world_size"] == 2
+    assert 5 < saved["step"] < 200 and saved["world_size"] == 2
     assert not (out / "run.lock").exists()
+    listed = sorted(Path(line.split("\t")[0]).name for line in (out / "bad_images.txt").read_text().splitlines())
+    assert listed == sorted(BAD_IMAGES)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_the_other_ranks_wait_for_rank_0s_evaluation_beyond_the_process_groups_timeout(tmp_path):

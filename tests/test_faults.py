@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import tiny_tree
+from helpers import tiny_tree, write_bad_image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 import maskkit
 from maskkit import cli
@@ -646,21 +645,9 @@ def test_a_checkpoint_replaces_the_old_one_only_once_verified(tmp_path, full):
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    """24 real Fashion-MNIST images (12 PNGs, 12 JPEGs) and four files that are not images: a JPEG cut inside its
-    header, one cut halfway through its data (its header reads), an empty PNG and a text file named .jpg."""
-    from maskkit.data.fashion_mnist import FashionMNIST
-
-    root = tmp_path_factory.mktemp("images")
-    data = FashionMNIST("train", source="embedded")
-    for i in range(24):
-        Image.fromarray(np.asarray(data[i][0][0])).save(root / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
-    Image.fromarray(np.asarray(data[0][0][0])).save(root / "corrupt.jpg")
-    whole = (root / "corrupt.jpg").read_bytes()
-    (root / "corrupt.jpg").write_bytes(whole[:40])
-    (root / "cut.jpg").write_bytes(whole[:len(whole) // 2])
-    (root / "empty.png").write_bytes(b"")
-    (root / "text.jpg").write_text("not an image\n")
-    return root
+    """24 real Fashion-MNIST images (12 PNGs, 12 JPEGs) and four files that are not images
+    (:func:`helpers.write_bad_image_folder`)."""
+    return write_bad_image_folder(tmp_path_factory.mktemp("images"))
 
 
 @pytest.mark.parametrize("decode", ["host", "device"])

@@ -459,8 +459,7 @@ class Trainer:
         self.hook.maskkit_train_end(trainer=self, model=model, run_dir=self.run_dir)
         wall = time.perf_counter() - start_time
         done = self.step - start_step
-        found = {k: v for part in self.dist.gather_objects(self.bad_images.found) for k, v in part.items()}
-        self.bad_images.found.update(found)
+        found = self._gather_bad_images()
         listed = len(self._bad_image_list())  # the earlier sessions' of a resumed run too
         if found and self.dist.is_main:
             self.console.print(f"[yellow]left out {listed} unreadable image(s)[/yellow], listed in "
@@ -555,7 +554,15 @@ class Trainer:
             self.save_checkpoint(checkpoint_path)
         saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
         resume = f"maskkit train --resume {shlex.quote(str(saved))}" if saved is not None else None
+        self._gather_bad_images()  # every rank stops at this boundary: rank 0 lists them all as it leaves
         raise RunInterrupted(self._stop_signal or signal.SIGINT, self.step, saved, resume)
+
+    def _gather_bad_images(self) -> dict[str, str]:
+        """Every rank's unreadable images, added to rank 0's (a collective: every rank must call it). A run
+        failing on an exception cannot gather (another rank may never come): rank 0 then lists its own only."""
+        found = {k: v for part in self.dist.gather_objects(self.bad_images.found) for k, v in part.items()}
+        self.bad_images.found.update(found)
+        return found
 
     def _bad_image_list(self) -> dict[str, str]:
         """The run folder's list of unreadable images (earlier sessions' of a resumed run) with those met now."""
