@@ -342,7 +342,7 @@ def test_export_transformers_equals_maskkit(tmp_path, capsys, tree):
     assert list(processor.image_mean) == pytest.approx(expected_mean)
 
 
-def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path):
+def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path, capsys):
     pytest.importorskip("transformers")
     from maskkit.cli import main
 
@@ -357,10 +357,22 @@ def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path):
         assert torch.equal(after["model"][key], value), key
     # a second export replaces the first; a folder that is not an export is left alone
     assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "hf")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        "config.json", "maskkit_recipe.yaml", "model.safetensors", "preprocessor_config.json"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    # somebody's model folder has a config.json too: neither its extra files nor another model type is replaced
+    bert = {"config.json": '{"model_type": "bert"}', "pytorch_model.bin": "weights"}
+    for name, files in {"bert": bert, "vit_and_vocab": {"config.json": '{"model_type": "vit"}', "vocab.txt": "a"},
+                        "bad_config": {"config.json": "{not json"}}.items():
+        (tmp_path / name).mkdir()
+        for file, text in files.items():
+            (tmp_path / name / file).write_text(text)
+        assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / name)]) == 2
+        assert {p.name: p.read_text() for p in (tmp_path / name).iterdir()} == files, name
+        assert "is not an empty folder or an earlier export" in capsys.readouterr().err
 
 
 def test_converted_checkpoint_works_with_the_checkpoint_commands(tmp_path, capsys):

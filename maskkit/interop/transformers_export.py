@@ -19,7 +19,9 @@ renamed into place, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -307,14 +309,38 @@ def _normalization(recipe_tree: Mapping[str, Any], registry) -> tuple[tuple, tup
         return None
 
 
+# What an export writes (``save_pretrained`` of a model and an image processor, and the recipe); sharded weights
+# are ``model-00001-of-00002.safetensors`` and an index.
+_EXPORT_FILES = {"config.json", "preprocessor_config.json", "maskkit_recipe.yaml", "model.safetensors",
+                 "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
+_EXPORT_SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
+_EXPORT_MODEL_TYPES = {"vit", "vit_mae"}
+
+
+def _is_earlier_export(folder: Path) -> bool:
+    """Whether ``folder`` is empty, or holds an earlier export and nothing else: only the files an export writes
+    and a ``config.json`` of a ViT or ViTMAE. Only such a folder may be replaced: any other (a model of another
+    kind, a folder with files of its own) is somebody's."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    if not all(p.is_file() and (p.name in _EXPORT_FILES or _EXPORT_SHARD.fullmatch(p.name)) for p in entries):
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") in _EXPORT_MODEL_TYPES
+
+
 def _write_folder(out: Path, hf: nn.Module, recipe_tree: Mapping[str, Any], mean_std, transformers) -> None:
     """``save_pretrained`` into a new folder beside ``out``, then rename it to ``out`` (replacing an earlier
     export there; any other existing path is refused)."""
     import yaml
 
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file())):
-        raise MaskkitError(f"{out} exists and is not a transformers folder written by an earlier export; "
-                           "give another --out (nothing was written)")
+    if out.exists() and not (out.is_dir() and _is_earlier_export(out)):
+        raise MaskkitError(f"{out} exists and is not an empty folder or an earlier export (only the files an "
+                           "export writes, a ViT or ViTMAE config.json); give another --out (nothing was written)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     bars = transformers.utils.logging.is_progress_bar_enabled()
