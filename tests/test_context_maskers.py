@@ -11,6 +11,7 @@ from helpers import tiny_tree
 from test_engine import Crash, CrashAfterCheckpoint
 
 import maskkit
+from maskkit.builtin.losses import MSELoss
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import ConfigError, MaskError, PluginError
@@ -228,6 +229,39 @@ def test_aux_losses_are_added_logged_and_shown(registry, tmp_path):
     torch.testing.assert_close(out.aux["masker.fit"], expected)
     torch.testing.assert_close(out.loss, out.main_loss + expected)
     assert metrics_without_aux(registry, tmp_path)
+
+
+class StepRecordingLoss(MSELoss):
+    """The masked MSE, with a zero auxiliary loss that records the ``step`` and ``epoch`` it is given."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen: list[tuple[int, float]] = []
+
+    def aux_losses(self, *, step: int, epoch: float, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append((step, epoch))
+        return {"zero": pred.sum() * 0}
+
+
+class StepRecordingPlugin:
+    @maskkit.hookimpl
+    def maskkit_add_losses(self):
+        return {"step_recording": StepRecordingLoss}
+
+
+@pytest.mark.parametrize("masker", ["random", "recording"])
+def test_aux_losses_see_the_training_step_whether_or_not_the_masker_is_blind(masker, tmp_path):
+    """``step`` and ``epoch`` in a component's ``aux_losses`` are the optimizer step and the fractional epoch,
+    with a blind masker (whose mask the engine draws) as with one drawn in the forward (they used to be 0 and
+    0.0 with a blind one)."""
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"context": ContextMaskersPlugin(),
+                                                                       "loss": StepRecordingPlugin()})
+    tree = tiny_tree(masker={"name": masker, **({"ratio": 0.75} if masker == "random" else {})},
+                     loss={"name": "step_recording"})
+    trainer = Trainer(load_recipe(tree, ["train.ckpt_every=0", "train.max_steps=4", "train.batch_size=8"]),
+                      tmp_path, registry=registry, progress=False)
+    trainer.fit()
+    assert trainer.model.loss.seen == [(s, s / trainer.steps_per_epoch) for s in range(4)]
 
 
 def metrics_without_aux(registry, tmp_path) -> bool:

@@ -304,15 +304,15 @@ class Trainer:
         """One micro-step's forward. A blind masker draws the global batch's masks here (every rank keeps its
         rows); any other is drawn inside the model's forward, where DDP and FSDP see its parameters, from the same
         generator on every rank, told which ``rows`` of the global batch this rank holds."""
+        when = {"step": self.step, "epoch": self.step / self.steps_per_epoch}  # every component's aux_losses sees it
         if self.model.masker_is_blind():
             mask = self.bad_images.keep(self._draw_mask(micro_step))  # the rows of the images that were readable
-            return self.forward_model(images, mask=mask, num_visible=num_visible)
+            return self.forward_model(images, mask=mask, num_visible=num_visible, **when)
         rows = self._rows()
         if images.shape[0] < rows.stop - rows.start:  # unreadable images left out (data.on_bad_image: skip): such a
             rows = slice(rows.start, rows.start + images.shape[0])  # batch's masks depend on the world size
-        return self.forward_model(images, generator=self._mask_generator(micro_step), step=self.step,
-                                  epoch=self.step / self.steps_per_epoch, rows=rows,
-                                  sync_checks=self._sync_checks(micro_step))
+        return self.forward_model(images, generator=self._mask_generator(micro_step), rows=rows,
+                                  sync_checks=self._sync_checks(micro_step), **when)
 
     def _autocast(self):
         if self.amp_dtype is None:
