@@ -41,6 +41,7 @@ RUNS = {
     "ddp": [],
     "fsdp": ["distributed.strategy=fsdp", "train.accum_steps=2", "train.clip_grad=0.5"],
     "ddp_dense": ["encoder.dense=true", "train.accum_steps=2"],
+    "fsdp_compiled": ["distributed.strategy=fsdp", "train.compile=true", "train.compile_scope=blocks"],
 }
 
 
@@ -153,6 +154,13 @@ def test_fsdp_with_accumulation_and_clipping_matches_one_process(launched, tmp_p
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     exp_avg = state["optimizer"]["state"][0]["exp_avg"]
     assert type(exp_avg) is torch.Tensor  # whole tensors, not DTensor shards
+
+
+def test_blocks_compiled_after_fsdp_wrapped_them_match_one_process(launched, tmp_path, registry, monkeypatch):
+    """``train.compile`` applies after ``fully_shard``: each FSDP2 unit (a transformer block) is then compiled
+    with FSDP's hooks around it. By blocks (``compile_scope: blocks``, the scope that compiles in seconds) it
+    trains as one process does."""
+    _check_same_run("fsdp_compiled", launched, tmp_path, registry, monkeypatch)
 
 
 def test_ddp_with_a_dense_encoder_and_accumulation(launched, tmp_path, registry, monkeypatch):
