@@ -234,7 +234,9 @@ class Encoder(nn.Module, ABC):
         encoder's current mode; a caller that wants it deterministic (no dropout, no stochastic depth) puts the
         encoder in eval mode around the call (:func:`maskkit.toolkit.eval_mode`, as AttMask does). Read the
         weights inside the encoder's own forward (forward hooks), not by calling its layers afterwards: under
-        FSDP2 a block's parameters are resharded once its forward ends.
+        FSDP2 a block's parameters are resharded once its forward ends. Run that forward eagerly
+        (``with torch.compiler.set_stance("force_eager")``): forward hooks do not fire inside ``torch.compile``'d
+        code, and ``train.compile`` may have compiled the blocks (``train.compile_scope: blocks``).
 
         Optional: the default raises ``NotImplementedError``, and so must an encoder without a [CLS] token
         (register tokens alone are not one) or without such attention; the built-in timm ViT encoder

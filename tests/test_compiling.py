@@ -4,6 +4,8 @@ units share, and the scope's validation."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -11,6 +13,7 @@ from helpers import tiny_tree
 
 import maskkit
 from maskkit.bench import steps as bench_steps
+from maskkit.builtin.vit import TimmViTEncoder
 from maskkit.engine.compiling import compile_model, transformer_blocks
 from maskkit.mae_reference import OfficialStyleMAE
 
@@ -83,3 +86,26 @@ def test_a_torch_compiled_block_keeps_its_state_dict_names(maskkit_model):
     block.compile()
     assert set(maskkit_model.state_dict()) == names
     assert torch.equal(maskkit_model.state_dict()["blocks.0.norm1.weight"], block.norm1.weight)  # official names
+
+
+def test_prefix_attention_of_compiled_blocks_is_the_eager_one(monkeypatch):
+    """``prefix_attention`` (AttMask's [CLS] attention) reads the last block's queries and keys through forward
+    hooks, which do not fire inside compiled code: it runs that forward eagerly, so under ``compile_scope: blocks``
+    it gives exactly what the uncompiled encoder gives, before and after the compiled blocks ran. A torch without
+    ``torch.compiler.set_stance`` (before 2.6) cannot, and says so in one line instead of a bare ``KeyError``."""
+    torch.manual_seed(0)
+    encoder = TimmViTEncoder("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, embed_dim=16, depth=1,
+                             num_heads=2).eval()
+    eager = copy.deepcopy(encoder)
+    for block in transformer_blocks(encoder):
+        block.compile()
+    images = torch.randn(2, 1, 16, 16)
+    expected = eager.prefix_attention(images)  # [2, heads, N]
+    assert torch.equal(encoder.prefix_attention(images), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.forward_features(images), eager.forward_features(images))  # compiled
+    assert torch.equal(encoder.prefix_attention(images), expected)
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    with pytest.raises(RuntimeError, match="hooks did not fire .*set train.compile: false") as info:
+        encoder.prefix_attention(images)
+    assert "\n" not in str(info.value)

@@ -8,6 +8,7 @@ therefore timm's, which are also the official MAE encoder's.
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import Any, Callable
 
@@ -143,9 +144,12 @@ class TimmViTEncoder(Encoder):
         last block's ``attn`` forms during one :meth:`forward_features`: the outputs of its ``q_norm`` and
         ``k_norm`` (``[B, heads, T, head_dim]``, T = P + N; ``Identity`` without qk-norm), recorded by forward
         hooks, times timm's ``scale``. Nothing runs outside the block's own forward, so the weights are read
-        while the block's parameters are there (FSDP2 reshards a block after its forward). The [CLS] token is
-        the first prefix token (timm and :meth:`_prefix` put it before the registers); an encoder without one
-        (``class_token=False``, registers only or none) raises ``NotImplementedError``."""
+        while the block's parameters are there (FSDP2 reshards a block after its forward). That forward runs
+        eagerly (:func:`_eager`): forward hooks do not fire inside ``torch.compile``'d code (``train.compile``
+        with ``train.compile_scope: blocks`` compiles each block alone, a teacher's too), and the eager forward
+        computes what the uncompiled model does. The [CLS] token is the first prefix token (timm and
+        :meth:`_prefix` put it before the registers); an encoder without one (``class_token=False``,
+        registers only or none) raises ``NotImplementedError``."""
         if self.cls_token is None:
             raise NotImplementedError(f"{self.model_name} has no [CLS] token (class_token=False): no [CLS] attention")
         attn = getattr(self.blocks[-1], "attn", None)
@@ -161,10 +165,17 @@ class TimmViTEncoder(Encoder):
 
         handles = [attn.q_norm.register_forward_hook(keep("q")), attn.k_norm.register_forward_hook(keep("k"))]
         try:
-            self.forward_features(images)
+            with _eager():
+                self.forward_features(images)
         finally:
             for handle in handles:
                 handle.remove()
+        if "q" not in captured or "k" not in captured:
+            why = ("this torch has no torch.compiler.set_stance to run a torch.compile'd block eagerly: set "
+                   "train.compile: false" if not hasattr(torch.compiler, "set_stance") else
+                   "something other than torch.compile runs the block without calling its submodules")
+            raise RuntimeError(f"{self.model_name}: no [CLS] attention was recorded, the last block's q_norm/k_norm "
+                               f"forward hooks did not fire ({why})")
         q, k = captured["q"], captured["k"]  # [B, heads, 1, hd], [B, heads, T, hd]
         logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)  # [B, heads, 1, T]
         return logits.softmax(dim=-1)[:, :, 0, self.num_prefix_tokens:]  # [B, heads, N]
@@ -177,6 +188,13 @@ class TimmViTEncoder(Encoder):
     def extra_repr(self) -> str:
         mode = "sparse" if self.sparse else "dense"
         return f"{self.model_name}, img_size={self.img_size}, patch_size={self.patch_size}, {mode}"
+
+
+def _eager() -> contextlib.AbstractContextManager:
+    """A context in which ``torch.compile``'d modules run their eager forward (``force_eager`` stance), so that
+    forward hooks fire; a null context on a torch without ``torch.compiler.set_stance`` (before 2.6)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def timm_vit_factories() -> dict[str, Any]:

@@ -176,3 +176,29 @@ def test_blind_call_and_bad_arguments_are_refused():
         AttMaskMasker(mode="hint", hint_ratio=0.3, hint_pool=0.1)
     with pytest.raises(ValueError, match="source='teacher'"):
         draw(AttMaskMasker(source="teacher"), 2, images=fashion()[:2], model=tiny_model())
+
+
+def test_trains_with_compiled_blocks_and_ranks_by_the_eager_attention(tmp_path):
+    """``train.compile: true`` with ``compile_scope: blocks`` compiles every transformer block, the EMA teacher's
+    too, and forward hooks do not fire in compiled code: the attention is read in an eager forward, so the run
+    trains and the attention of the compiled model (teacher and student) is exactly the uncompiled one's."""
+    pytest.importorskip("maskkit_teacher")
+    pytest.importorskip("maskkit.data")
+    from maskkit import build_model, load_recipe
+    from maskkit.engine.trainer import Trainer
+
+    recipe = load_recipe("quickstart_data2vec", [
+        "encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2", "target.top_k=1", "train.device=cpu",
+        "train.batch_size=8", "train.max_steps=2", "train.warmup_epochs=0", "train.ckpt_every=0", "eval.knn=false",
+        "masker={name: attmask, source: teacher}", "train.compile=true", "train.compile_scope=blocks"],
+        registry=registry())
+    trainer = Trainer(recipe, tmp_path, registry=registry(), progress=False)
+    assert trainer.fit().steps == 2
+    model = trainer.model.eval()
+    assert model.encoder.blocks[0]._compiled_call_impl is not None
+    assert model.target.teacher.blocks[0]._compiled_call_impl is not None
+    eager = build_model(recipe, registry=registry()).eval()
+    eager.load_state_dict(model.state_dict())
+    images = fashion()[:8]
+    assert torch.equal(cls_attention(model.target.teacher, images), cls_attention(eager.target.teacher, images))
+    assert torch.equal(cls_attention(model.encoder, images), cls_attention(eager.encoder, images))
