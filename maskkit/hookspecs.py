@@ -67,6 +67,13 @@ for by name, as pluggy hook implementations take the arguments they name:
   and logged in ``metrics.jsonl`` as ``aux/masker.<name>`` beside ``loss_main`` (``loss`` stays the total).
   A masker's parameters train only through them: the mask is discrete. (The masker's are called only when it
   drew the step's mask: ``model(images, mask=...)`` leaves them out.)
+* **Build-time check.** A masker that needs something of the model it is composed with (a [CLS] token, a
+  teacher target) defines ``check_model(model) -> None`` (:meth:`maskkit.Masker.check_model`; optional, the
+  default accepts every model). :class:`maskkit.MaskedModel` calls it with itself once its components are set
+  (and for another masker object a plugin swaps in), so a recipe mistake is refused when the model is built,
+  before a run folder is written: ``maskkit.ConfigError(key, message)`` with ``key`` relative to the masker's
+  section becomes ``recipe.yaml: masker.<key>: message`` (exit 2). It inspects (``model.target``,
+  ``model.encoder.prefix_attention_unavailable()``...), it does not run the model.
 * **Checks.** Whatever a masker returns is checked before the encoder sees it: a ``torch.bool`` tensor of
   shape ``[B, N]`` on the device, hiding exactly ``num_hidden(grid)`` patches in every sample when that is an
   ``int``. On the CPU the count is checked on the host at every step; on a GPU on the host for the first

@@ -168,6 +168,9 @@ class Masker(ABC):
 
     The builder passes the wiring arguments the constructor accepts (a recipe may not set them): ``in_dim``
     (the encoder's width D, for a masker with a head on the encoder's features).
+
+    A masker that needs something of the model it is composed with (a [CLS] token, a teacher target) says so in
+    :meth:`check_model`, called when the model is built.
     """
 
     @abstractmethod
@@ -190,6 +193,20 @@ class Masker(ABC):
 
         A sparse encoder needs an ``int`` here; recipe validation refuses the pair otherwise.
         """
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model this masker cannot work with; optional (the default accepts every model).
+
+        :class:`maskkit.MaskedModel` calls it with itself (``model.encoder``, ``model.target``...) once all its
+        components are set, and again for another masker object a plugin swaps in, so a recipe mistake (AttMask
+        on an encoder without a [CLS] token, a teacher source without a teacher target) is refused when the
+        model is built: before a run folder is written or a step runs. Inspect, do not run the model. Refuse
+        with ``maskkit.ConfigError(key, message)``, ``key`` relative to the masker's section: ``"source"`` is
+        reported as ``recipe.yaml: masker.source: message`` and ``""`` as ``recipe.yaml: masker: message``;
+        the message names any other key to change (``encoder.class_token``). A masker that does not subclass
+        :class:`Masker` may define it too.
+        """
+        return None
 
 
 class Encoder(nn.Module, ABC):
@@ -240,8 +257,22 @@ class Encoder(nn.Module, ABC):
 
         Optional: the default raises ``NotImplementedError``, and so must an encoder without a [CLS] token
         (register tokens alone are not one) or without such attention; the built-in timm ViT encoder
-        implements it."""
+        implements it. An encoder that implements it but not for every configuration says which in
+        :meth:`prefix_attention_unavailable`."""
         raise NotImplementedError(f"{type(self).__name__} does not give its [CLS] attention (prefix_attention)")
+
+    def prefix_attention_unavailable(self) -> str | None:
+        """Why :meth:`prefix_attention` would raise ``NotImplementedError`` (one line, naming the recipe key to
+        change when there is one, e.g. ``encoder.class_token``), or ``None`` when it gives the weights. Cheap: it
+        runs nothing, so a masker that ranks by the attention checks it when the model is built
+        (``Masker.check_model``) and a recipe mistake is refused before training.
+
+        The default: ``None`` for an encoder class that overrides :meth:`prefix_attention`, else the reason the
+        default :meth:`prefix_attention` gives; an encoder whose :meth:`prefix_attention` refuses some
+        configurations (the built-in ViT without a [CLS] token) overrides this too."""
+        if type(self).prefix_attention is Encoder.prefix_attention:
+            return f"{type(self).__name__} does not give its [CLS] attention (prefix_attention)"
+        return None
 
     @abstractmethod
     def forward(self, images: torch.Tensor, mask: torch.Tensor, *, num_visible: int | None = None) -> torch.Tensor:

@@ -56,11 +56,12 @@ class MaskedModel(nn.Module):
                                         "(e.g. encoder.dense=true) or a fixed-count masker")
         self.masker = masker
         self._masker_seen: tuple[Any, tuple[str, ...], tuple[str, ...] | None] | None = None
-        self.masker_context()  # refuse a masker asking for what maskkit does not give, at build time
         self.encoder = encoder
         self.decoder = decoder
         self.target = target
         self.loss = loss
+        # refuse at build time a masker asking for what maskkit does not give, or refusing this model (check_model)
+        self.masker_context()
         self._aux_names: dict[str, tuple[str, ...] | None] = {}
         for name in COMPONENTS[1:]:
             try:
@@ -86,13 +87,18 @@ class MaskedModel(nn.Module):
         return self._masker_info()[0]
 
     def _masker_info(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+        """The masker's context names and aux-loss names; a new masker object is first checked against this model
+        (its context names, its ``aux_losses`` signature, its :meth:`~maskkit.Masker.check_model`)."""
         seen = self._masker_seen
         if seen is None or seen[0] is not self.masker:
+            check = getattr(self.masker, "check_model", None)
             try:
                 names = masker_context(self.masker, self.masker_name)
                 aux = aux_context(self.masker, self.masker_name)
+                if check is not None:
+                    check(self)
             except ConfigError as exc:
-                raise (exc if exc.key.startswith("masker") else exc.within("masker")) from None
+                raise (exc if exc.key == "masker" or exc.key.startswith("masker.") else exc.within("masker")) from None
             seen = self._masker_seen = (self.masker, names, aux)
         return seen[1], seen[2]
 

@@ -206,6 +206,22 @@ class EncoderContract:
                "prefix_attention rows", "non-negative weights summing to at most 1", f"sums {sums.tolist()}")
         expect(not weights.requires_grad, "prefix_attention output", "no gradient", "requires_grad=True")
 
+    def test_prefix_attention_unavailable_says_why(self):
+        """``prefix_attention_unavailable()`` (what maskers check when the model is built) agrees with
+        ``prefix_attention``: ``None`` when it gives the weights, else the one-line reason it raises for."""
+        enc = self.make_encoder().eval()
+        reason = enc.prefix_attention_unavailable()
+        expect(reason is None or (isinstance(reason, str) and reason and "\n" not in reason),
+               "prefix_attention_unavailable()", "None or a one-line reason", repr(reason))
+        try:
+            enc.prefix_attention(self._images(enc, 2))
+            given = None
+        except NotImplementedError as exc:
+            given = str(exc) or type(exc).__name__
+        expect((reason is None) == (given is None), "prefix_attention_unavailable()",
+               "None exactly when prefix_attention gives the weights",
+               f"{reason!r} while prefix_attention {'raised: ' + given if given else 'gave the weights'}")
+
     def test_samples_independent(self):
         """Changing one sample of the batch leaves the others' outputs unchanged."""
         enc = self.make_encoder().eval()
@@ -435,6 +451,15 @@ class ContextMaskerContract:
 
     def _model(self):
         return self.make_model(self.make_masker())
+
+    def test_check_model_accepts_the_model(self):
+        """``check_model`` (optional: :meth:`maskkit.Masker.check_model`, called when the model is built) accepts
+        the model this contract draws with, and returns nothing."""
+        model = self._model()
+        check = getattr(model.masker, "check_model", None)
+        if check is not None:
+            result = check(model)
+            expect(result is None, "check_model(model)", "None (refuse with maskkit.ConfigError)", repr(result))
 
     def test_context_names_are_known(self):
         masker = self.make_masker()

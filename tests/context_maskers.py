@@ -157,10 +157,32 @@ class Predictor(nn.Module, maskkit.Masker):
         return {"rank": (extras["score"] - patch_loss).square().mean()}
 
 
+class NeedsTarget(RandomMasker):
+    """Looks at the features of a target encoder: ``target`` names a target attribute, which ``check_model``
+    requires when the model is built (as a teacher source requires a teacher target); ``key`` is the recipe key
+    its refusal names (``"target"``, or ``""`` for the masker section itself)."""
+
+    def __init__(self, ratio: float = 0.75, target: str = "teacher", key: str = "target"):
+        super().__init__(ratio)
+        self.target, self.key = target, key
+        self.checked: list = []
+
+    def check_model(self, model) -> None:
+        self.checked.append((model, model.encoder, model.target, model.decoder, model.loss))
+        if not hasattr(model.target, self.target):
+            raise maskkit.ConfigError(self.key, f"expected a target with a {self.target!r} (target: {{name: "
+                                                f"teacher}}), got {type(model.target).__name__}")
+
+    def __call__(self, batch_size, grid, *, generator=None, device=None, model, rows):
+        scores = noise(batch_size, grid[0] * grid[1], generator=generator, device=device, rows=rows)
+        return mask_from_scores(scores, self.num_hidden(grid))
+
+
 MASKERS = {"off_by_one": OffByOne, "inverted": Inverted, "float_mask": FloatMask,
            "off_by_one_looking": OffByOneLooking, "asks_for_labels": AsksForLabels,
            "wrong_later": WrongLater, "wrong_later_looking": WrongLaterLooking, "high_variance": HighVariance,
-           "recording": Recording, "learned": Learned, "predictor": Predictor}
+           "recording": Recording, "learned": Learned, "predictor": Predictor,
+           "needs_target": NeedsTarget}
 
 
 class ContextMaskersPlugin:

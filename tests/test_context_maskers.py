@@ -72,6 +72,55 @@ def test_aux_losses_asking_for_an_unknown_name_are_refused_at_build(registry):
         maskkit.MaskedModel(Bad(), model.encoder, model.decoder, model.target, model.loss)
 
 
+def test_check_model_sees_the_built_model_and_its_refusal_names_the_file_and_key(registry, tmp_path):
+    """``Masker.check_model`` is called once with the whole model (every component set) and a refusal is a
+    one-line ConfigError naming the recipe file and the key, relative to the masker section (``masker.target``,
+    or ``masker`` itself)."""
+    import yaml
+
+    model = maskkit.build_model(recipe("needs_target", "masker.target=forward"), registry)
+    assert model.masker.checked == [(model, model.encoder, model.target, model.decoder, model.loss)]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe("needs_target").tree))
+    with pytest.raises(ConfigError) as info:
+        maskkit.build_model(load_recipe(path), registry)
+    assert str(info.value) == (f"{path}: masker.target: expected a target with a 'teacher' (target: {{name: "
+                               "teacher}), got PixelTarget")
+    with pytest.raises(ConfigError, match=r"^<recipe>: masker: expected a target with a 'teacher'"):
+        maskkit.build_model(recipe("needs_target", "masker.key=''"), registry)
+
+
+def test_a_masker_swapped_in_is_checked_before_it_draws(registry):
+    """A plugin may swap the masker between steps: the new masker object is checked against the model at its
+    first draw, before it draws."""
+    from context_maskers import NeedsTarget
+
+    model = maskkit.build_model(recipe("high_variance"), registry)
+    model.masker = NeedsTarget()
+    with pytest.raises(ConfigError, match="^masker.target: expected a target with a 'teacher'"):
+        model(fashion_images(2), generator=torch.Generator().manual_seed(0))
+    model.masker = NeedsTarget(target="forward")
+    assert model.draw_mask(2, torch.Generator().manual_seed(0), images=fashion_images(2)).shape == (2, 49)
+    assert model.masker.checked == [(model, model.encoder, model.target, model.decoder, model.loss)]
+
+
+def test_the_cli_refuses_a_model_the_masker_cannot_work_with_before_writing_the_run_folder(
+        registry, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from maskkit import cli
+
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe("needs_target").tree))
+    run = tmp_path / "run"
+    assert cli.main(["train", str(path), "--out", str(run), "--no-progress", "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"maskkit: error: {path}: masker.target: expected a target with a 'teacher' (target: {{name: "
+                   "teacher}), got PixelTarget")
+    assert not run.exists() or not any(run.iterdir()), "nothing is written in the run folder"
+
+
 def test_the_masker_gets_the_batch_step_epoch_rows_and_model(registry, tmp_path):
     rec = recipe("recording", "train.max_steps=3", "train.batch_size=8", "train.accum_steps=2")
     trainer = Trainer(rec, tmp_path, registry=registry, progress=False)

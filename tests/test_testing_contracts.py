@@ -139,3 +139,39 @@ def test_a_loss_failure_is_a_plain_message():
 
     assert failure(Contract().test_scalar_finite_non_negative, b=2, n=5, d=3, seed=0).startswith(
         "loss value: expected finite and >= 0, got -")
+
+
+def test_an_encoder_whose_prefix_attention_check_disagrees_fails():
+    """``prefix_attention_unavailable`` is what maskers check when the model is built: one that says the weights
+    are there while ``prefix_attention`` raises would let a recipe through that fails at the first step."""
+    from maskkit.builtin.vit import TimmViTEncoder
+    from maskkit.testing import EncoderContract
+
+    class Optimistic(TimmViTEncoder):
+        def prefix_attention(self, images):
+            raise NotImplementedError("no attention in this configuration")
+
+    class Contract(EncoderContract):
+        def make_encoder(self):
+            return Optimistic("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=3, depth=1, embed_dim=32,
+                              num_heads=2)
+
+    assert failure(Contract().test_prefix_attention_unavailable_says_why) == (
+        "prefix_attention_unavailable(): expected None exactly when prefix_attention gives the weights, got None "
+        "while prefix_attention raised: no attention in this configuration")
+
+
+def test_a_check_model_returning_a_value_fails():
+    """``check_model`` refuses by raising ConfigError; a returned value (say, False) would be ignored."""
+    from context_maskers import NeedsTarget
+
+    class ReturnsFalse(NeedsTarget):
+        def check_model(self, model):
+            return False
+
+    class Contract(ContextMaskerContract):
+        def make_masker(self):
+            return ReturnsFalse(target="forward")
+
+    assert failure(Contract().test_check_model_accepts_the_model) == (
+        "check_model(model): expected None (refuse with maskkit.ConfigError), got False")

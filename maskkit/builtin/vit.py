@@ -149,13 +149,12 @@ class TimmViTEncoder(Encoder):
         with ``train.compile_scope: blocks`` compiles each block alone, a teacher's too), and the eager forward
         computes what the uncompiled model does. The [CLS] token is the first prefix token (timm and
         :meth:`_prefix` put it before the registers); an encoder without one (``class_token=False``,
-        registers only or none) raises ``NotImplementedError``."""
-        if self.cls_token is None:
-            raise NotImplementedError(f"{self.model_name} has no [CLS] token (class_token=False): no [CLS] attention")
-        attn = getattr(self.blocks[-1], "attn", None)
-        if not isinstance(attn, Attention) or type(attn).forward is not Attention.forward:
-            raise NotImplementedError(f"{self.model_name}: the last block's attention is {type(attn).__name__}, "
-                                      f"not timm's Attention: no [CLS] attention")
+        registers only or none) raises ``NotImplementedError`` (:meth:`prefix_attention_unavailable` says why
+        without running anything)."""
+        reason = self.prefix_attention_unavailable()
+        if reason is not None:
+            raise NotImplementedError(reason)
+        attn = self.blocks[-1].attn
         captured: dict[str, torch.Tensor] = {}
 
         def keep(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
@@ -179,6 +178,17 @@ class TimmViTEncoder(Encoder):
         q, k = captured["q"], captured["k"]  # [B, heads, 1, hd], [B, heads, T, hd]
         logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)  # [B, heads, 1, T]
         return logits.softmax(dim=-1)[:, :, 0, self.num_prefix_tokens:]  # [B, heads, N]
+
+    def prefix_attention_unavailable(self) -> str | None:
+        """Why :meth:`prefix_attention` cannot give the [CLS] attention (no [CLS] token, or a last block whose
+        attention is not timm's ``Attention``), or ``None`` when it can."""
+        if self.cls_token is None:
+            return f"{self.model_name} has no [CLS] token (encoder.class_token: false)"
+        attn = getattr(self.blocks[-1], "attn", None)
+        if not isinstance(attn, Attention) or type(attn).forward is not Attention.forward:
+            return (f"{self.model_name}: the last block's attention is {type(attn).__name__}, not timm's Attention, "
+                    "so its [CLS] attention cannot be read")
+        return None
 
     def export_arguments(self, recipe_arguments: dict) -> dict:
         """The recipe's arguments that are timm's: ``timm.create_model(model_name, **these)`` builds the

@@ -91,3 +91,24 @@ def test_the_builder_wires_the_encoder_width(name, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(cli, "_registry", lambda args=None: registry())
     assert cli.main(["masks", "show", name, "--count", "4", "--out", str(tmp_path / "m.png")]) == 0
     assert "147" in capsys.readouterr().out and (tmp_path / "m.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("recipe,override,error", [
+    ("quickstart_attmask", "encoder.class_token=false", "masker: attmask ranks patches by the [CLS] attention"),
+    ("quickstart_attmask", "masker.source=teacher", "masker.source: 'teacher' needs a target"),
+    ("quickstart_hpm", "masker.source=teacher", "masker.source: 'teacher' needs a target"),
+])
+def test_recipe_mistakes_stop_the_cli_before_the_run_folder_is_written(recipe, override, error, tmp_path,
+                                                                       monkeypatch, capsys):
+    """What a masker's ``check_model`` refuses stops ``maskkit train`` with one line naming the recipe file and
+    key, exit 2, before any file of the run is written (not a plugin failure after the first step)."""
+    from maskkit import cli
+
+    monkeypatch.setattr(cli, "_registry", lambda args=None: registry())
+    run = tmp_path / "run"
+    argv = ["train", recipe, override, "encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2",
+            "train.device=cpu", "--out", str(run), "--no-progress", "--no-eval"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maskkit: error: /") and f"{recipe}.yaml: {error}" in err and "\n" not in err
+    assert not run.exists() or not any(run.iterdir()), "nothing is written in the run folder"

@@ -202,3 +202,26 @@ def test_trains_with_compiled_blocks_and_ranks_by_the_eager_attention(tmp_path):
     images = fashion()[:8]
     assert torch.equal(cls_attention(model.target.teacher, images), cls_attention(eager.target.teacher, images))
     assert torch.equal(cls_attention(model.encoder, images), cls_attention(eager.encoder, images))
+
+
+def test_recipe_mistakes_are_refused_when_the_model_is_built():
+    """A teacher source without a teacher target, and an encoder without a [CLS] token (nor its EMA teacher, a
+    copy of it), are one-line ConfigErrors naming the recipe file and key when the model is built
+    (``check_model``), not a plugin failure at the first step."""
+    with pytest.raises(ConfigError) as info:
+        tiny_model("{name: attmask, source: teacher}")
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("/") and "recipes/quickstart.yaml: masker.source: 'teacher' needs a target " \
+                                                "with an EMA teacher encoder" in str(info.value)
+    with pytest.raises(ConfigError, match=r"quickstart.yaml: masker: attmask ranks patches by the \[CLS\] attention "
+                                          r"of the encoder, but vit_tiny_patch16_224 has no \[CLS\] token "
+                                          r"\(encoder.class_token: false\)"):
+        tiny_model("{name: attmask}", overrides=("encoder.class_token=false",))
+    pytest.importorskip("maskkit_teacher")
+    d2v = dict(recipe="quickstart_data2vec", tiny=("encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2"))
+    with pytest.raises(ConfigError, match=r"quickstart_data2vec.yaml: masker: .* of the EMA teacher .* no \[CLS\]"):
+        tiny_model("{name: attmask, source: teacher}", overrides=("target.top_k=1", "encoder.class_token=false"),
+                   **d2v)
+    model = tiny_model("{name: attmask, source: teacher}", overrides=("target.top_k=1",), **d2v)
+    assert model.masker.check_model(model) is None
+

@@ -89,3 +89,15 @@ def test_ranking_loss_trains_the_predictor_only():
 def test_wrong_width_is_one_line():
     with pytest.raises(ConfigError, match="in_dim: expected the encoder's width 32, got 64"):
         draw(HPMMasker(in_dim=64), 2, images=fashion()[:2], model=tiny_model())
+
+
+def test_a_teacher_source_without_a_teacher_target_is_refused_when_the_model_is_built():
+    """A recipe mistake, so a one-line ConfigError naming the file and ``masker.source`` from ``check_model``,
+    not a plugin failure at the first step; with a teacher target the same masker builds."""
+    with pytest.raises(ConfigError, match=r"quickstart.yaml: masker.source: 'teacher' needs a target with an EMA "
+                                          r"teacher encoder .* but target PixelTarget has none"):
+        tiny_model("{name: hpm, source: teacher}")
+    pytest.importorskip("maskkit_teacher")
+    model = tiny_model("{name: hpm, source: teacher}", recipe="quickstart_data2vec", overrides=("target.top_k=1",),
+                       tiny=("encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2"))
+    assert model.masker.check_model(model) is None

@@ -55,12 +55,20 @@ def need(masker: str, **context: Any) -> None:
                          f"masker(B, grid, generator=g, {', '.join(f'{m}=...' for m in missing)}))")
 
 
+def _teacher(model: Any) -> Encoder | None:
+    """The EMA teacher encoder of the model's target (``model.target.teacher``), or ``None``."""
+    teacher = getattr(getattr(model, "target", None), "teacher", None)
+    return teacher if isinstance(teacher, Encoder) else None
+
+
 def feature_encoder(model: Any, source: str) -> Encoder:
     """The encoder whose features a masker reads: ``model.encoder`` (``source='encoder'``), the EMA teacher of a
     teacher target (``model.target.teacher``, as the ``maskkit-teacher`` plugin's ``teacher`` target has;
-    ``source='teacher'``), or the teacher when there is one and else the encoder (``auto``)."""
-    teacher = getattr(getattr(model, "target", None), "teacher", None)
-    teacher = teacher if isinstance(teacher, Encoder) else None
+    ``source='teacher'``), or the teacher when there is one and else the encoder (``auto``).
+
+    A model built from a recipe was checked by :func:`check_feature_source`; a model put together by hand
+    without a teacher for ``source='teacher'`` is a ``ValueError`` here, at the first draw."""
+    teacher = _teacher(model)
     if source == "teacher":
         if teacher is None:
             raise ValueError("source='teacher' needs a target with an EMA teacher encoder (target: {name: teacher}, "
@@ -69,6 +77,17 @@ def feature_encoder(model: Any, source: str) -> Encoder:
     if source == "auto" and teacher is not None:
         return teacher
     return model.encoder
+
+
+def check_feature_source(model: Any, source: str) -> Encoder:
+    """:func:`feature_encoder` at build time (a masker's ``check_model``): ``source='teacher'`` on a model whose
+    target has no EMA teacher is a :class:`maskkit.ConfigError` on ``source`` (``masker.source``)."""
+    if source == "teacher" and _teacher(model) is None:
+        target = type(getattr(model, "target", None)).__name__
+        raise ConfigError("source", f"'teacher' needs a target with an EMA teacher encoder (target: {{name: teacher}}, "
+                                    f"from the maskkit-teacher plugin), but target {target} has none; expected "
+                                    "encoder or auto with this target")
+    return feature_encoder(model, source)
 
 
 def check_grid(encoder: Encoder, grid: Grid, masker: str) -> None:

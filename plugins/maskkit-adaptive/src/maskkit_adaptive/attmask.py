@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from maskkit import ConfigError, Masker
+from maskkit import ConfigError, MaskedModel, Masker
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
 from maskkit_adaptive._common import (
+    check_feature_source,
     check_fraction,
     check_grid,
     check_ratio,
@@ -78,6 +79,17 @@ class AttMaskMasker(Masker):
     def num_hidden(self, grid: Grid) -> int:
         n = grid[0] * grid[1]
         return mae_num_hidden(self.ratio, grid) - self._num_hints(n)
+
+    def check_model(self, model: MaskedModel) -> None:
+        """Refuse, when the model is built, a ``source`` without its encoder (``teacher`` without a teacher
+        target: ``masker.source``) and an encoder that gives no [CLS] attention (``encoder.class_token: false``,
+        registers only, an encoder without ``prefix_attention``: ``masker``)."""
+        encoder = check_feature_source(model, self.source)
+        reason = encoder.prefix_attention_unavailable()
+        if reason is not None:
+            whose = "encoder" if encoder is model.encoder else "EMA teacher (a copy of the encoder)"
+            raise ConfigError("", f"attmask ranks patches by the [CLS] attention of the {whose}, but {reason}; "
+                                  "use an encoder that gives it, or another masker")
 
     def __call__(self, batch_size: int, grid: Grid, *, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None, images: torch.Tensor | None = None,

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskkit import ConfigError, MaskDraw, Masker, toolkit
+from maskkit import ConfigError, MaskDraw, MaskedModel, Masker, toolkit
 from maskkit.interfaces import Grid
 from maskkit.masking import mask_from_scores, noise
 from maskkit_adaptive._common import (
+    check_feature_source,
     check_fraction,
     check_grid,
     check_positive,
@@ -97,6 +98,11 @@ class HPMMasker(nn.Module, Masker):
             raise ConfigError("in_dim", f"expected the encoder's width {features.shape[-1]}, got {self.in_dim} "
                                         f"(build the masker with in_dim=encoder.embed_dim)")
         return self.predictor(features.to(self.predictor[1].weight.dtype)).squeeze(-1)
+
+    def check_model(self, model: MaskedModel) -> None:
+        """Refuse, when the model is built, ``source: teacher`` on a model whose target has no EMA teacher
+        (``masker.source``)."""
+        check_feature_source(model, self.source)
 
     def forward(self, batch_size: int, grid: Grid, *, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, images: torch.Tensor | None = None, model=None,
