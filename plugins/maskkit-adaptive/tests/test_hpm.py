@@ -101,3 +101,28 @@ def test_a_teacher_source_without_a_teacher_target_is_refused_when_the_model_is_
     model = tiny_model("{name: hpm, source: teacher}", recipe="quickstart_data2vec", overrides=("target.top_k=1",),
                        tiny=("encoder.embed_dim=32", "encoder.depth=1", "encoder.num_heads=2"))
     assert model.masker.check_model(model) is None
+
+
+def test_scores_keep_float32_precision_under_bf16_autocast():
+    """Under bf16 autocast the head's scores would round to bf16 and tie (ties go to the lower patch index, so
+    the "hardest" patches would lean top-left). They are computed in float32: distinct in every sample, the very
+    scores of an fp32 run on the same features, and the mask's hardest patches are their top ranks."""
+    model = tiny_model(seed=2)
+    images = fashion()[:8]
+    masker = HPMMasker(in_dim=32, ramp_epochs=1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in masker.parameters():  # away from the initialisation: scores spread like a trained head's
+            p.add_(0.1 * torch.randn_like(p))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.encoder.forward_features(images)[:, 1:]  # what forward scores, under autocast
+        scores = masker.predict(features)  # [8, N]
+        mask = draw(masker, 8, epoch=1, images=images, model=model)
+    n = GRID[0] * GRID[1]
+    assert [len(torch.unique(row)) for row in scores] == [n] * 8, "no ties among a sample's scores"
+    assert scores.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(scores, masker.predict(features.float()))  # as without autocast
+    hard = int(masker.num_hidden(GRID) * masker.hard_fraction(1))
+    hardest = scores.argsort(dim=1, descending=True)[:, :hard]  # [8, hard]
+    assert bool(mask.gather(1, hardest).all()), "the top-ranked float32 scores are hidden"

@@ -93,11 +93,20 @@ class HPMMasker(nn.Module, Masker):
         return self.hard_max * min(1.0, max(0.0, float(epoch)) / self.ramp_epochs)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """Patch features ``[B, N, in_dim] -> predicted difficulty [B, N]`` (higher: harder)."""
+        """Patch features ``[B, N, in_dim] -> predicted difficulty [B, N]`` (higher: harder), in the head's
+        dtype (float32) even under autocast.
+
+        Under bf16 autocast the head's output would be rounded to bf16's 8 bits of mantissa, and the scores of
+        a sample tie often (on the tiny quickstart model 114 to 166 distinct values of 196); the ranking breaks
+        ties by patch index, so the "hardest" patches would lean to the top left. The head is tiny (a LayerNorm
+        and two Linear layers per patch), so it runs with autocast off: the ranking sees the scores' full
+        precision, draws nothing from the generator (masks and ``--resume`` stay exact, and an fp32 run is
+        unchanged bit for bit), and the ranking loss trains the head in float32 too."""
         if features.shape[-1] != self.in_dim:
             raise ConfigError("in_dim", f"expected the encoder's width {features.shape[-1]}, got {self.in_dim} "
                                         f"(build the masker with in_dim=encoder.embed_dim)")
-        return self.predictor(features.to(self.predictor[1].weight.dtype)).squeeze(-1)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.predictor(features.to(self.predictor[1].weight.dtype)).squeeze(-1)  # [B, N]
 
     def check_model(self, model: MaskedModel) -> None:
         """Refuse, when the model is built, ``source: teacher`` on a model whose target has no EMA teacher
