@@ -42,6 +42,7 @@ for by name, as pluggy hook implementations take the arguments they name:
 * **Context.** Keyword-only parameters of ``__call__`` (of ``forward`` for an ``nn.Module`` masker that does
   not override ``__call__``) named from :data:`maskkit.MASKER_CONTEXT` receive: ``images`` (the batch as the
   encoder sees it, ``[B, C, H, W]`` on the device), ``step`` (global optimizer step), ``epoch`` (fractional),
+  ``progress`` (the fraction of the run trained, step / total steps: a schedule over the whole run),
   ``model`` (the unwrapped :class:`maskkit.MaskedModel`: run its encoder or a teacher under ``torch.no_grad``)
   and ``rows`` (this process's rows of the global batch). Another keyword-only parameter without a default is
   refused when the model is built, with one line naming the masker and the allowed names.
@@ -63,7 +64,7 @@ for by name, as pluggy hook implementations take the arguments they name:
   component that defines it (masker, encoder, decoder, target, loss) with the :data:`maskkit.AUX_CONTEXT`
   names it declares: ``images``, ``mask``, ``pred``, ``target``, ``patch_loss`` (``[B, N]``, detached:
   ``Loss.per_patch`` or the squared error), ``latent``, ``model``, ``extras`` (the ``MaskDraw``'s), ``step``,
-  ``epoch``. They are added to the training loss, returned in ``MaskedOutput.aux`` as ``"masker.<name>"``
+  ``epoch``, ``progress``. They are added to the training loss, returned in ``MaskedOutput.aux`` as ``"masker.<name>"``
   and logged in ``metrics.jsonl`` as ``aux/masker.<name>`` beside ``loss_main`` (``loss`` stays the total).
   A masker's parameters train only through them: the mask is discrete. (The masker's are called only when it
   drew the step's mask: ``model(images, mask=...)`` leaves them out.)

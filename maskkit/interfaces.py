@@ -46,6 +46,7 @@ MASKER_CONTEXT: dict[str, str] = {
     "images": "the batch as the encoder sees it, [B, C, H, W] on the device (this process's rows)",
     "step": "the global optimizer step (int, 0-based); 0 outside training",
     "epoch": "the fractional epoch (float, step / steps per epoch); 0.0 outside training",
+    "progress": "the fraction of the run trained (float, step / total steps, in [0, 1)); 0.0 outside training",
     "model": "the MaskedModel (unwrapped), to run its encoder or a teacher without gradients",
     "rows": "this process's rows of the global batch (a slice); slice(0, B) in one process",
 }
@@ -62,6 +63,7 @@ AUX_CONTEXT: dict[str, str] = {
     "extras": "what the masker returned beside the mask (MaskDraw.extras; {} for a plain mask)",
     "step": "the global optimizer step (int)",
     "epoch": "the fractional epoch (float)",
+    "progress": "the fraction of the run trained (float, step / total steps)",
 }
 
 
@@ -156,7 +158,8 @@ class Masker(ABC):
     copied) so GPU training does not wait on the CPU.
 
     A masker may look at the batch, the model and the schedule by naming keyword-only parameters of
-    ``__call__`` from :data:`MASKER_CONTEXT` (``images``, ``step``, ``epoch``, ``model``, ``rows``); it
+    ``__call__`` from :data:`MASKER_CONTEXT` (``images``, ``step``, ``epoch``, ``progress``, ``model``,
+    ``rows``); it
     receives exactly those. It may be an ``nn.Module`` too (subclass both): its parameters train with the
     model's optimizer (``lr_scale`` attribute for their own learning rate), its parameters and buffers are
     saved in checkpoints and left out of exports. It may return a :class:`MaskDraw` to hand tensors to its

@@ -101,7 +101,7 @@ def _call(masker: Any, batch_size: int, grid: Grid, generator: torch.Generator |
           names: tuple[str, ...] | None) -> MaskDraw:
     """``masker(...)`` with the context it names, its result as a :class:`MaskDraw` (unchecked)."""
     names = masker_context(masker, name) if names is None else names
-    given = {"step": 0, "epoch": 0.0, "rows": slice(0, batch_size),
+    given = {"step": 0, "epoch": 0.0, "progress": 0.0, "rows": slice(0, batch_size),
              **{k: v for k, v in (context or {}).items() if v is not None}}
     missing = [key for key in names if given.get(key) is None]
     if missing:

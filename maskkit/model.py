@@ -109,7 +109,8 @@ class MaskedModel(nn.Module):
 
     def draw(self, batch_size: int, generator: torch.Generator | None = None,
              device: torch.device | str | None = None, *, images: torch.Tensor | None = None, step: int = 0,
-             epoch: float = 0.0, rows: slice | None = None, sync_checks: bool = True) -> MaskDraw:
+             epoch: float = 0.0, progress: float = 0.0, rows: slice | None = None,
+             sync_checks: bool = True) -> MaskDraw:
         """Draw a :class:`~maskkit.interfaces.MaskDraw` from this model's masker on this model's grid, giving it
         the context it names, and check the mask (:func:`maskkit.masking.check_mask`; ``sync_checks=False``
         checks the count with a device-side assertion instead of a host sync).
@@ -121,7 +122,8 @@ class MaskedModel(nn.Module):
         if images is not None and device is None:
             device = images.device
         return draw_checked(self.masker, batch_size, self.grid, generator=generator, device=device,
-                            context={"images": images, "step": step, "epoch": epoch, "model": self, "rows": rows},
+                            context={"images": images, "step": step, "epoch": epoch, "progress": progress,
+                                     "model": self, "rows": rows},
                             name=self.masker_name, sync=sync_checks, names=names)
 
     def draw_mask(self, batch_size: int, generator: torch.Generator | None = None,
@@ -138,13 +140,14 @@ class MaskedModel(nn.Module):
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None, num_visible: int | None = None, step: int = 0,
-                epoch: float = 0.0, rows: slice | None = None, sync_checks: bool = True) -> MaskedOutput:
+                epoch: float = 0.0, progress: float = 0.0, rows: slice | None = None,
+                sync_checks: bool = True) -> MaskedOutput:
         """``num_visible``: with a ``mask`` whose visible count per sample is known to the caller (the engine
         draws it from this model's fixed-count masker), skip the check that would sync the device.
 
         Without ``mask``, the masker draws one from ``generator`` with the context it names: these ``images``,
-        ``step``, ``epoch``, ``rows`` (this process's rows of the global batch; ``slice(0, B)`` by default) and
-        this model; the mask is checked (:meth:`draw`) before the encoder sees it. Every component's
+        ``step``, ``epoch``, ``progress``, ``rows`` (this process's rows of the global batch; ``slice(0, B)`` by
+        default) and this model; the mask is checked (:meth:`draw`) before the encoder sees it. Every component's
         ``aux_losses`` is then added to the loss; the masker's only when it drew the mask.
         """
         n = self.encoder.num_patches
@@ -152,7 +155,7 @@ class MaskedModel(nn.Module):
         drawn = None
         if mask is None:
             drawn = self.draw(images.shape[0], generator, images.device, images=images, step=step, epoch=epoch,
-                              rows=rows, sync_checks=sync_checks)
+                              progress=progress, rows=rows, sync_checks=sync_checks)
             mask, extras = drawn.mask, drawn.extras
             num_visible = self.num_visible()
         else:
@@ -168,7 +171,7 @@ class MaskedModel(nn.Module):
         target = self.target(images)  # [B, N, D_t]
         main_loss = self.loss(pred, target, mask)
         aux = self._aux_losses(images=images, mask=mask, pred=pred, target=target, latent=latent, extras=extras,
-                               step=step, epoch=epoch, masker_drew=drawn is not None)
+                               step=step, epoch=epoch, progress=progress, masker_drew=drawn is not None)
         loss = main_loss
         for value in aux.values():
             loss = loss + value.float()

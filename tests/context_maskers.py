@@ -100,8 +100,9 @@ class Recording(RandomMasker):
         super().__init__(ratio)
         self.calls: list[dict] = []
 
-    def __call__(self, batch_size, grid, *, generator=None, device=None, images, step, epoch, model, rows):
-        self.calls.append({"images": images.clone(), "step": step, "epoch": epoch, "model": model, "rows": rows})
+    def __call__(self, batch_size, grid, *, generator=None, device=None, images, step, epoch, progress, model, rows):
+        self.calls.append({"images": images.clone(), "step": step, "epoch": epoch, "progress": progress,
+                           "model": model, "rows": rows})
         scores = noise(batch_size, grid[0] * grid[1], generator=generator, device=device, rows=rows)
         mask = mask_from_scores(scores, self.num_hidden(grid))
         self.calls[-1]["mask"] = mask.clone()

@@ -48,7 +48,7 @@ def test_context_is_what_the_masker_names():
     assert masker_context(
         maskkit.create("masker", "random", registry=maskkit.Registry.from_plugins(autoload=False))) == ()
     assert masker_context(HighVariance()) == ("images",)
-    assert masker_context(Recording()) == ("images", "step", "epoch", "model", "rows")
+    assert masker_context(Recording()) == ("images", "step", "epoch", "progress", "model", "rows")
     assert masker_context(Predictor()) == ("images", "model")  # nn.Module: its forward
     assert masker_context(Learned()) == ("rows", "images")
     assert not is_blind(HighVariance()) and not is_blind(Learned()) and is_blind(Recording.__mro__[1]())
@@ -59,7 +59,8 @@ def test_an_unknown_context_name_is_refused_at_build(registry):
         maskkit.build_model(recipe("asks_for_labels"), registry)
     message = str(info.value)
     assert "\n" not in message
-    assert "masker: asks_for_labels asks for 'labels'" in message and "images, step, epoch, model, rows" in message
+    assert "masker: asks_for_labels asks for 'labels'" in message
+    assert "images, step, epoch, progress, model, rows" in message
 
 
 def test_aux_losses_asking_for_an_unknown_name_are_refused_at_build(registry):
@@ -121,7 +122,7 @@ def test_the_cli_refuses_a_model_the_masker_cannot_work_with_before_writing_the_
     assert not run.exists() or not any(run.iterdir()), "nothing is written in the run folder"
 
 
-def test_the_masker_gets_the_batch_step_epoch_rows_and_model(registry, tmp_path):
+def test_the_masker_gets_the_batch_step_epoch_progress_rows_and_model(registry, tmp_path):
     rec = recipe("recording", "train.max_steps=3", "train.batch_size=8", "train.accum_steps=2")
     trainer = Trainer(rec, tmp_path, registry=registry, progress=False)
     seen_images = []
@@ -137,6 +138,7 @@ def test_the_masker_gets_the_batch_step_epoch_rows_and_model(registry, tmp_path)
     calls = trainer.model.masker.calls
     assert [c["step"] for c in calls] == [0, 0, 1, 1, 2, 2]
     assert [c["epoch"] for c in calls] == [s / trainer.steps_per_epoch for s in (0, 0, 1, 1, 2, 2)]
+    assert [c["progress"] for c in calls] == [s / 3 for s in (0, 0, 1, 1, 2, 2)]  # of train.max_steps=3
     assert all(c["rows"] == slice(0, 8) and c["model"] is trainer.model for c in calls)
     assert all(torch.equal(c["images"], x) for c, x in zip(calls, seen_images))
 
@@ -281,14 +283,15 @@ def test_aux_losses_are_added_logged_and_shown(registry, tmp_path):
 
 
 class StepRecordingLoss(MSELoss):
-    """The masked MSE, with a zero auxiliary loss that records the ``step`` and ``epoch`` it is given."""
+    """The masked MSE, with a zero auxiliary loss that records the ``step``, ``epoch`` and ``progress`` it is
+    given."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.seen: list[tuple[int, float]] = []
+        self.seen: list[tuple[int, float, float]] = []
 
-    def aux_losses(self, *, step: int, epoch: float, pred: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.seen.append((step, epoch))
+    def aux_losses(self, *, step: int, epoch: float, progress: float, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append((step, epoch, progress))
         return {"zero": pred.sum() * 0}
 
 
@@ -300,9 +303,9 @@ class StepRecordingPlugin:
 
 @pytest.mark.parametrize("masker", ["random", "recording"])
 def test_aux_losses_see_the_training_step_whether_or_not_the_masker_is_blind(masker, tmp_path):
-    """``step`` and ``epoch`` in a component's ``aux_losses`` are the optimizer step and the fractional epoch,
-    with a blind masker (whose mask the engine draws) as with one drawn in the forward (they used to be 0 and
-    0.0 with a blind one)."""
+    """``step``, ``epoch`` and ``progress`` in a component's ``aux_losses`` are the optimizer step, the fractional
+    epoch and the fraction of the run, with a blind masker (whose mask the engine draws) as with one drawn in
+    the forward (step and epoch used to be 0 and 0.0 with a blind one)."""
     registry = maskkit.Registry.from_plugins(autoload=False, plugins={"context": ContextMaskersPlugin(),
                                                                        "loss": StepRecordingPlugin()})
     tree = tiny_tree(masker={"name": masker, **({"ratio": 0.75} if masker == "random" else {})},
@@ -310,7 +313,7 @@ def test_aux_losses_see_the_training_step_whether_or_not_the_masker_is_blind(mas
     trainer = Trainer(load_recipe(tree, ["train.ckpt_every=0", "train.max_steps=4", "train.batch_size=8"]),
                       tmp_path, registry=registry, progress=False)
     trainer.fit()
-    assert trainer.model.loss.seen == [(s, s / trainer.steps_per_epoch) for s in range(4)]
+    assert trainer.model.loss.seen == [(s, s / trainer.steps_per_epoch, s / 4) for s in range(4)]
 
 
 def metrics_without_aux(registry, tmp_path) -> bool:

@@ -293,10 +293,14 @@ class Trainer:
         afterwards by a device-side assertion that the loop does not wait for."""
         return self.device.type == "cpu" or micro_step < self._first_micro + _SYNC_CHECKED_STEPS
 
+    def _when(self) -> dict[str, Any]:
+        """Where the run is, as maskers and ``aux_losses`` see it: ``step``, ``epoch`` and ``progress``."""
+        return {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                "progress": self.step / self.total_steps}
+
     def _draw_mask(self, micro_step: int) -> torch.Tensor:
         """This rank's slice of the global batch's masks for ``micro_step`` (a blind masker)."""
-        mask = self.model.draw_mask(self.global_batch, self._mask_generator(micro_step), self.device,
-                                    step=self.step, epoch=self.step / self.steps_per_epoch,
+        mask = self.model.draw_mask(self.global_batch, self._mask_generator(micro_step), self.device, **self._when(),
                                     sync_checks=self._sync_checks(micro_step))  # [G, N], checked
         return mask[self._rows()]
 
@@ -304,7 +308,7 @@ class Trainer:
         """One micro-step's forward. A blind masker draws the global batch's masks here (every rank keeps its
         rows); any other is drawn inside the model's forward, where DDP and FSDP see its parameters, from the same
         generator on every rank, told which ``rows`` of the global batch this rank holds."""
-        when = {"step": self.step, "epoch": self.step / self.steps_per_epoch}  # every component's aux_losses sees it
+        when = self._when()  # what every component's aux_losses sees too
         if self.model.masker_is_blind():
             mask = self.bad_images.keep(self._draw_mask(micro_step))  # the rows of the images that were readable
             return self.forward_model(images, mask=mask, num_visible=num_visible, **when)

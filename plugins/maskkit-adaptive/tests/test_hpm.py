@@ -74,6 +74,24 @@ def test_easy_to_hard_schedule():
     assert frac(early) < 0.9, "at epoch 0 the mask is random"
 
 
+def test_by_default_the_schedule_spans_the_run():
+    """Without ``ramp_epochs`` the hard fraction follows ``progress`` (step / total steps), HPM's schedule over
+    the whole run whatever its length; with it, the fractional epoch over those epochs (``progress`` unused)."""
+    whole_run = HPMMasker(in_dim=32, hard_max=0.5)
+    assert [whole_run.hard_fraction(epoch=50.0, progress=p) for p in (0.0, 0.25, 0.5, 1.0)] == [0, 0.125, 0.25, 0.5]
+    ramped = HPMMasker(in_dim=32, hard_max=0.5, ramp_epochs=4)
+    assert ramped.hard_fraction(epoch=2.0, progress=0.9) == 0.25
+    model = tiny_model(seed=2)
+    images = fashion()[:8]
+    with torch.no_grad():
+        top = whole_run.predict(model.encoder.forward_features(images)[:, 1:]).argsort(1, descending=True)
+    hard = int(whole_run.num_hidden(GRID) * 0.5)
+    late = draw(whole_run, 8, epoch=0.5, progress=1.0, images=images, model=model)
+    assert bool(late.gather(1, top[:, :hard]).all()), "at the end of the run: the predicted hardest half hidden"
+    early = draw(whole_run, 8, epoch=7.0, progress=0.0, images=images, model=model)
+    assert float(early.gather(1, top[:, :hard]).float().mean()) < 0.9, "at the start: random"
+
+
 def test_ranking_loss_trains_the_predictor_only():
     model = tiny_model(seed=2).train()
     images = fashion()[:4]

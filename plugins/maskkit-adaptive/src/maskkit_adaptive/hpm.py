@@ -47,11 +47,12 @@ class HPMMasker(nn.Module, Masker):
     ``Linear(in_dim, hidden)``, GELU, ``Linear(hidden, 1)`` per patch token) scores each patch; the
     ``int(hard_fraction * num_hidden)`` highest scores are hidden and the rest of the ``num_hidden`` patches
     is drawn uniformly among the others. The fraction follows HPM's schedule, rising linearly from 0 to
-    ``hard_max`` (the paper's 0.5) over ``ramp_epochs`` (the run's length in the paper: ``hard_max * (epoch +
-    1) / total_epochs``; here the fractional epoch, so it rises every step). ``aux_losses`` returns ``{"rank":
-    relative_loss}`` on the hidden patches: the predictor's scores (recomputed with gradients from the stored
-    features) against the detached per-patch reconstruction loss, HPM's relative loss (``loss_weight`` times
-    it, 1.0 as the paper).
+    ``hard_max`` (the paper's 0.5) over the whole run (the paper's ``hard_max * (epoch + 1) / total_epochs``;
+    here the ``progress`` context, step / total steps, so it rises every step and follows the run's length
+    whatever it is), or over the first ``ramp_epochs`` (fractional epochs) when that is set. ``aux_losses``
+    returns ``{"rank": relative_loss}`` on the hidden patches: the predictor's scores (recomputed with
+    gradients from the stored features) against the detached per-patch reconstruction loss, HPM's relative
+    loss (``loss_weight`` times it, 1.0 as the paper).
 
     Simplifications, by design, and why:
 
@@ -68,16 +69,18 @@ class HPMMasker(nn.Module, Masker):
     width, the mismatch is reported at the first call.
     ``lr_scale`` scales the head's learning rate (the engine gives it its own parameter group).
 
-    ``forward(B, grid, generator=, device=, images=, model=, epoch=, rows=) -> MaskDraw(mask [B, N], extras)``.
+    ``forward(B, grid, generator=, device=, images=, model=, epoch=, progress=, rows=) -> MaskDraw(mask [B, N],
+    extras)``.
     """
 
     def __init__(self, in_dim: int, ratio: float = 0.75, hidden: int = 64, hard_max: float = 0.5,
-                 ramp_epochs: float = 8.0, loss_weight: float = 1.0, lr_scale: float = 1.0, source: str = "encoder"):
+                 ramp_epochs: float | None = None, loss_weight: float = 1.0, lr_scale: float = 1.0,
+                 source: str = "encoder"):
         super().__init__()
         self.in_dim = check_positive(in_dim, "in_dim", int)
         self.ratio = check_ratio(ratio)
         self.hard_max = check_fraction(hard_max, "hard_max")
-        self.ramp_epochs = check_positive(ramp_epochs, "ramp_epochs")
+        self.ramp_epochs = None if ramp_epochs is None else check_positive(ramp_epochs, "ramp_epochs")
         self.loss_weight = check_positive(loss_weight, "loss_weight")
         self.lr_scale = check_positive(lr_scale, "lr_scale")
         self.source = check_source(source)
@@ -88,9 +91,12 @@ class HPMMasker(nn.Module, Masker):
     def num_hidden(self, grid: Grid) -> int:
         return mae_num_hidden(self.ratio, grid)
 
-    def hard_fraction(self, epoch: float) -> float:
-        """The fraction of the hidden patches chosen as the predicted hardest at (fractional) ``epoch``."""
-        return self.hard_max * min(1.0, max(0.0, float(epoch)) / self.ramp_epochs)
+    def hard_fraction(self, epoch: float, progress: float = 0.0) -> float:
+        """The fraction of the hidden patches chosen as the predicted hardest at (fractional) ``epoch``, which is
+        ``progress`` (the fraction of the run trained) of the run: ``hard_max * progress``, or ``hard_max * epoch /
+        ramp_epochs`` when ``ramp_epochs`` is set; at most ``hard_max``."""
+        done = float(progress) if self.ramp_epochs is None else float(epoch) / self.ramp_epochs
+        return self.hard_max * min(1.0, max(0.0, done))
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Patch features ``[B, N, in_dim] -> predicted difficulty [B, N]`` (higher: harder), in the head's
@@ -115,7 +121,7 @@ class HPMMasker(nn.Module, Masker):
 
     def forward(self, batch_size: int, grid: Grid, *, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, images: torch.Tensor | None = None, model=None,
-                epoch: float = 0.0, rows: slice | None = None):
+                epoch: float = 0.0, progress: float = 0.0, rows: slice | None = None):
         need("hpm", images=images, model=model)
         encoder = feature_encoder(model, self.source)
         check_grid(encoder, grid, "hpm")
@@ -125,7 +131,7 @@ class HPMMasker(nn.Module, Masker):
             features = encoder.forward_features(images)[:, encoder.num_prefix_tokens:].detach()  # [B, N, D]
             predicted = self.predict(features).float().to(device)  # [B, N]
         hidden = self.num_hidden(grid)
-        hard = int(hidden * self.hard_fraction(epoch))
+        hard = int(hidden * self.hard_fraction(epoch, progress))
         draw = noise(batch_size, n, generator=generator, device=device, rows=rows)  # [B, N] in [0, 1)
         if hard > 0:
             hardest = mask_from_scores(predicted, hard)  # [B, N]
