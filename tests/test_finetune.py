@@ -140,6 +140,15 @@ def test_the_encoders_norm_eps_carries_over(pretrained):
     assert build_classifier(tree["encoder"], 10).blocks[0].norm1.eps == 1e-6
 
 
+def test_a_pretraining_drop_path_rate_gives_way_to_finetune_drop_path(pretrained):
+    """An encoder section with ``drop_path_rate`` (a TimmViTEncoder option) fine-tunes: the classifier's stochastic
+    depth is ``finetune.drop_path``'s (timm spreads it linearly over the blocks), not the pretraining rate."""
+    tree, _ = read_pretrained(pretrained)
+    classifier = build_classifier({**tree["encoder"], "drop_path_rate": 0.3}, 10, drop_path=0.1)
+    assert classifier.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert classifier.blocks[0].drop_path1.__class__.__name__ == "Identity"  # rate 0 at the first block
+
+
 def test_missing_encoder_weights_are_a_one_line_error(pretrained):
     tree, state = read_pretrained(pretrained)
     classifier = build_classifier(tree["encoder"], 10)

@@ -21,17 +21,23 @@ from maskkit.builtin.vit import TimmViTEncoder
 from maskkit.errors import CheckpointError, ConfigError, expected
 
 HEAD_INIT_STD = 2e-5  # the official MAE fine-tuning initialises the new head with trunc_normal(std=2e-5)
+# encoder-section arguments of pretraining that fine-tuning sets itself: the stochastic depth rate is the
+# fine-tuning recipe's ``finetune.drop_path`` (MAE pretrains without drop path and fine-tunes with it)
+PRETRAINING_REGULARISATION = ("drop_path_rate",)
 
 
 def timm_classifier_arguments(encoder_spec: Mapping[str, Any]) -> tuple[str, dict]:
     """``(timm model name, timm.create_model keyword arguments)`` of a pretraining recipe's ``encoder`` section
-    (``{name: vit_..., img_size: 28, ...}``): maskkit's own arguments (``sincos_pos_embed``...) are dropped."""
+    (``{name: vit_..., img_size: 28, ...}``): maskkit's own arguments (``sincos_pos_embed``...) are dropped, and
+    so is the pretraining ``drop_path_rate`` (:data:`PRETRAINING_REGULARISATION`; ``finetune.drop_path`` sets
+    the classifier's)."""
     spec = dict(encoder_spec)
     name = spec.pop("name", None)
     if not isinstance(name, str) or name not in timm.list_models("vit_*"):
         raise ConfigError("encoder.name", expected("a timm ViT encoder (fine-tuning builds timm's ViT classifier)",
                                                    name))
-    kwargs = {k: val for k, val in spec.items() if k not in TimmViTEncoder.MASKKIT_ARGUMENTS}
+    left_out = (*TimmViTEncoder.MASKKIT_ARGUMENTS, *PRETRAINING_REGULARISATION)
+    kwargs = {k: val for k, val in spec.items() if k not in left_out}
     eps = spec.get("norm_eps", 1e-6)
     if eps != 1e-6:  # as TimmViTEncoder does (timm's default LayerNorm eps is 1e-6); fc_norm gets it too
         kwargs["norm_layer"] = partial(nn.LayerNorm, eps=float(eps))
