@@ -274,6 +274,50 @@ def test_stop_and_resume_equals_an_uninterrupted_run(pretrained, tmp_path, monke
     assert not list((tmp_path / "cut").glob(".*.tmp"))  # atomic writes leave no temporary file
 
 
+def _image_folder(root: Path, splits: dict[str, tuple[str, ...]], per_class: int = 4) -> Path:
+    """``root/<split>/<class>/<i>.png``: small grey images (random pixels) for each split's classes."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, classes in splits.items():
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (30, 32), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels, mode="L").save(root / split / name / f"{i}.png")
+    return root
+
+
+def _image_folder_data(root: Path) -> str:
+    return f"data={{name: image_folder, root: '{root}', in_chans: 1}}"
+
+
+def test_test_classes_are_matched_by_name_to_the_training_classes(pretrained, tmp_path):
+    """Train classes (a, b, c), val classes (b, c): a val/b image is scored as b (training label 1), not as a."""
+    root = _image_folder(tmp_path / "imgs", {"train": ("a", "b", "c"), "val": ("b", "c")})
+    tree, state = read_pretrained(pretrained)
+    recipe = load_finetune_recipe({"seed": 0, "finetune": {**FT, "max_steps": 1, "ema": False}},
+                                  [_image_folder_data(root)], pretrained_tree=tree)
+    run = FinetuneTrainer(recipe, tmp_path / "run", pretrained=(tree["encoder"], state, str(pretrained)),
+                          progress=False)
+    result = run.fit()
+    val = maskkit.data.ImageFolder(root / "val", in_chans=1)  # the same files in the same order
+    labels = {path.parent.name: run.test_set[i][1] for i, (path, _) in enumerate(val.samples)}
+    assert labels == {"b": 1, "c": 2}
+    assert result.scores["num_classes"] == 3 and result.scores["test_images"] == 8
+
+
+def test_a_test_class_the_training_split_lacks_is_a_one_line_error(pretrained, tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs", {"train": ("a", "b", "c"), "val": ("b", "d")}, per_class=2)
+    code = main(["finetune", str(pretrained), _image_folder_data(root), "finetune.device=cpu",
+                 "finetune.max_steps=1", "finetune.batch_size=2", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the default fine-tuning recipe (no --recipe): data: " in err
+    assert f"the test split {root / 'val'} against the train split {root / 'train'}" in err
+    assert "test class(es) d missing from the training classes" in err
+
+
 def test_checkpoint_is_weights_only_and_loads_into_timm(pretrained, tmp_path):
     """The fine-tuned weights are timm's classifier as it is (official MAE fine-tuned names)."""
     run = trainer(pretrained, tmp_path / "run", max_steps=2, ema=False)

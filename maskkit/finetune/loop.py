@@ -48,7 +48,13 @@ from maskkit.engine.runtime import autocast_dtype, pick_device, plan_steps, runt
 from maskkit.engine.step_log import StepLog
 from maskkit.errors import CheckpointError, ConfigError, TrainingError
 from maskkit.finetune.config import FinetuneRecipe
-from maskkit.finetune.data import FinetuneTrainTransform, SeededMixup, make_criterion, num_classes_of
+from maskkit.finetune.data import (
+    FinetuneTrainTransform,
+    SeededMixup,
+    align_test_classes,
+    make_criterion,
+    num_classes_of,
+)
 from maskkit.finetune.model import (
     build_classifier,
     freeze_for_partial_finetuning,
@@ -167,7 +173,10 @@ class FinetuneTrainer:
             run_folder.prepare(self.run_dir, resume=self.resume_path,
                                resume_step=int(resume_state["step"]) if resume_state is not None else None)
         train_set = build_dataset(recipe, "train", self.registry)
-        self.test_set = build_dataset(recipe, "test", self.registry)
+        try:  # the test labels index the training classes, matched by name
+            self.test_set = align_test_classes(train_set, build_dataset(recipe, "test", self.registry))
+        except ConfigError as exc:
+            raise exc.within(file=recipe.file) from None
         self.num_classes = num_classes_of(train_set)
         torch.manual_seed(recipe.seed)  # head init (and the encoder's, for init: random): the same on every rank
         try:
