@@ -318,6 +318,25 @@ def test_a_test_class_the_training_split_lacks_is_a_one_line_error(pretrained, t
     assert "test class(es) d missing from the training classes" in err
 
 
+def test_what_the_classifier_cannot_be_built_for_is_a_one_line_error(pretrained, tmp_path, capsys):
+    """Refused up front with the recipe file, exit 2 (not an internal error from timm): unlabelled images (an
+    image_folder without class subfolders: no classes) and token pooling on an encoder without a class token."""
+    flat = _image_folder(tmp_path / "imgs", {"train": ("a",)}) / "train" / "a"  # images, no subfolders
+    tree = tiny_tree()
+    tree["encoder"].update(class_token=False)
+    tree["train"].update(max_steps=1, ckpt_every=0)
+    Trainer(maskkit.Recipe(tree), tmp_path / "nocls", progress=False).fit()
+    common = ["finetune.device=cpu", "finetune.max_steps=1", "finetune.batch_size=2", "--no-progress"]
+    cases = [([str(pretrained), _image_folder_data(flat)],
+              f"data: fine-tuning needs labelled images of at least 2 classes; the train split {flat} has 0 "),
+             ([str(tmp_path / "nocls" / "checkpoint.pth"), "finetune.global_pool=token"],
+              "finetune.global_pool: token classifies the class token, which the pretrained encoder has not")]
+    for i, (args, fragment) in enumerate(cases):
+        assert main(["finetune", *args, *common, "--out", str(tmp_path / f"run{i}")]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"the default fine-tuning recipe (no --recipe): {fragment}" in err, err
+
+
 def test_checkpoint_is_weights_only_and_loads_into_timm(pretrained, tmp_path):
     """The fine-tuned weights are timm's classifier as it is (official MAE fine-tuned names)."""
     run = trainer(pretrained, tmp_path / "run", max_steps=2, ema=False)

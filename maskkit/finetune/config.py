@@ -75,8 +75,9 @@ class FinetuneConfig:
 
     Model: ``drop_path`` (stochastic depth rate), ``global_pool``: ``avg`` (MAE's head: mean of the patch tokens,
     then a fresh LayerNorm ``fc_norm``, the encoder's last norm dropped) or ``token`` (the class token after the
-    encoder's norm). ``tune_blocks``: partial fine-tuning (MAE Figure 9): train only the last ``tune_blocks``
-    transformer blocks, the final norm and the head (0: the head alone); ``null`` trains everything.
+    encoder's norm; an encoder with ``class_token: false`` is refused). ``tune_blocks``: partial fine-tuning
+    (MAE Figure 9): train only the last ``tune_blocks`` transformer blocks, the final norm and the head (0: the
+    head alone); ``null`` trains everything.
     ``init``: ``pretrained`` loads the checkpoint's encoder; ``random`` keeps the random initialisation (the
     baseline of the same architecture and budget).
 

@@ -151,6 +151,17 @@ def split_label(dataset, split: str) -> str:
     return f"the {split} split {root}" if root is not None else f"the {split} split"
 
 
+def check_train_classes(train) -> int:
+    """The number of classes of the training split; fewer than 2 is a :class:`ConfigError` on ``data`` (an
+    ``image_folder`` without one subfolder per class has none: its images are unlabelled)."""
+    count = num_classes_of(train)
+    if count < 2:
+        where = split_label(train, "train")
+        raise ConfigError("data", f"fine-tuning needs labelled images of at least 2 classes; {where} has {count} "
+                          "(an image_folder needs one subfolder per class)")
+    return count
+
+
 class RelabelledDataset(torch.utils.data.Dataset):
     """``base`` with its labels renumbered: ``ds[i] = (image, mapping[label])`` for ``(image, label) = base[i]``.
     ``classes`` are the names the new labels index; ``mean``, ``std`` and ``root`` are ``base``'s."""

@@ -52,11 +52,12 @@ from maskkit.finetune.data import (
     FinetuneTrainTransform,
     SeededMixup,
     align_test_classes,
+    check_train_classes,
     make_criterion,
-    num_classes_of,
 )
 from maskkit.finetune.model import (
     build_classifier,
+    check_global_pool,
     freeze_for_partial_finetuning,
     layer_decay_groups,
     load_pretrained_encoder,
@@ -173,11 +174,12 @@ class FinetuneTrainer:
             run_folder.prepare(self.run_dir, resume=self.resume_path,
                                resume_step=int(resume_state["step"]) if resume_state is not None else None)
         train_set = build_dataset(recipe, "train", self.registry)
-        try:  # the test labels index the training classes, matched by name
+        try:  # before anything is built: 2+ training classes, test labels on them, a head the encoder can feed
+            self.num_classes = check_train_classes(train_set)
             self.test_set = align_test_classes(train_set, build_dataset(recipe, "test", self.registry))
+            check_global_pool(self.encoder_spec, cfg.global_pool)
         except ConfigError as exc:
             raise exc.within(file=recipe.file) from None
-        self.num_classes = num_classes_of(train_set)
         torch.manual_seed(recipe.seed)  # head init (and the encoder's, for init: random): the same on every rank
         try:
             model = build_classifier(self.encoder_spec, self.num_classes, drop_path=cfg.drop_path,

@@ -44,10 +44,20 @@ def timm_classifier_arguments(encoder_spec: Mapping[str, Any]) -> tuple[str, dic
     return name, kwargs
 
 
+def check_global_pool(encoder_spec: Mapping[str, Any], global_pool: str) -> None:
+    """Refuse (:class:`ConfigError` on ``finetune.global_pool``) a head the encoder cannot feed: ``token``
+    classifies the class token, which an encoder section with ``class_token: false`` has not."""
+    if global_pool == "token" and not encoder_spec.get("class_token", True):
+        raise ConfigError("finetune.global_pool", "token classifies the class token, which the pretrained encoder "
+                          "has not (class_token: false in its encoder section); use avg (the mean of the patch "
+                          "tokens, MAE's head)")
+
+
 def build_classifier(encoder_spec: Mapping[str, Any], num_classes: int, *, drop_path: float = 0.0,
                      global_pool: str = "avg") -> nn.Module:
     """A timm ViT classifier ``images [B, C, H, W] -> logits [B, num_classes]`` with the architecture of
     ``encoder_spec`` (random init; nothing downloads). The head starts near zero, as MAE's."""
+    check_global_pool(encoder_spec, global_pool)
     name, kwargs = timm_classifier_arguments(encoder_spec)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool=global_pool,
