@@ -435,6 +435,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
     assert "a fine-tuning recipe" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("tune_blocks", 9, "finetune.tune_blocks: expected at most the encoder depth 3, got 9"),
+    ("auto_augment", "bogus-m9", "finetune.auto_augment: timm rejected 'bogus-m9': "),
+])
+def test_errors_found_while_building_name_the_recipe_file(pretrained, tmp_path, capsys, key, value, message):
+    """Values only the model or timm can judge are refused like every recipe value: file, key, expectation."""
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({"finetune": {**FT, "max_steps": 1, key: value}}))
+    assert main(["finetune", str(pretrained), "--recipe", str(path), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"maskkit: error: {path}: {message}"), err
+
+
 def test_cli_resume_refuses_a_recipe_or_checkpoint_it_would_ignore(pretrained, tmp_path, capsys, monkeypatch):
     """--resume continues with the checkpoint's own recipe: a --recipe or a pretrained CHECKPOINT beside it is a
     one-line error (exit 2) naming them, not silently ignored; overrides of the resumable keys still apply. The

@@ -189,7 +189,10 @@ class FinetuneTrainer:
         if resume_state is None and cfg.init == "pretrained":
             load_pretrained_encoder(model, state_dict, self.source)
         if cfg.tune_blocks is not None:
-            freeze_for_partial_finetuning(model, cfg.tune_blocks)
+            try:
+                freeze_for_partial_finetuning(model, cfg.tune_blocks)
+            except ConfigError as exc:
+                raise exc.within(file=recipe.file) from None
         self.model = model.to(self.device)
         self.img_size = tuple(model.patch_embed.img_size)
         in_chans = model.patch_embed.proj.in_channels
@@ -205,7 +208,10 @@ class FinetuneTrainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
-        transform = FinetuneTrainTransform(self.img_size, in_chans, train_set.mean, train_set.std, cfg)
+        try:
+            transform = FinetuneTrainTransform(self.img_size, in_chans, train_set.mean, train_set.std, cfg)
+        except ConfigError as exc:  # finetune.auto_augment timm refuses, images of another channel count
+            raise exc.within(file=recipe.file) from None
         self.train_set = AugmentedDataset(train_set, transform, recipe.data_seed)
         if cfg.mixup_active and cfg.batch_size % 2:
             raise ConfigError("finetune.batch_size", f"Mixup/CutMix pair each batch with its reverse: expected an "
