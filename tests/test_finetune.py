@@ -628,3 +628,19 @@ def test_compare_spec_fine_tuning_errors_name_the_spec_and_key(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_spec(spec_file, registry=registry)
         assert str(info.value).startswith(f"{spec_file}: {message}"), str(info.value)
+
+
+def test_compare_fine_tuning_takes_a_recipe_without_data_as_the_cli_does(tmp_path):
+    """A fine-tuning recipe without a ``data`` section is valid (the checkpoint's data is used): ``eval.finetune:
+    {recipe: FILE}`` accepts it as ``maskkit finetune --recipe FILE`` does."""
+    from maskkit.compare import load_spec
+    from maskkit.finetune.evaluation import finetune_recipe_for
+
+    recipe_file = tmp_path / "nodata_ft.yaml"
+    recipe_file.write_text(yaml.safe_dump({"seed": 0, "finetune": {"epochs": 1, "max_steps": 1, "layer_decay": 0.5}}))
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion()})
+    spec = load_spec(_compare_spec(tmp_path, {"recipe": str(recipe_file), "batch_size": 8}), registry=registry)
+    assert spec.eval.finetune == {"recipe": str(recipe_file), "batch_size": 8}
+    recipe = finetune_recipe_for(spec.eval.finetune, spec.base_tree, seed=1, data_seed=0, registry=registry)
+    assert recipe.tree["data"] == {"name": "small_fashion"}
+    assert (recipe.finetune.layer_decay, recipe.finetune.batch_size, recipe.seed) == (0.5, 8, 1)

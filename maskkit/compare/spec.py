@@ -303,7 +303,7 @@ def _parse_budget(raw: Any, variants: list[str], file: str) -> BudgetSpec:
     return BudgetSpec(match=match, epochs=epochs, steps=steps, tokens=tokens, reference=reference)
 
 
-def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
+def _parse_eval(raw: Any, base: Recipe, file: str, registry=None) -> EvalSpec:
     raw = _mapping(raw, "eval", EVAL_KEYS, file)
     cfg = base.eval
     knn = _bool(raw.get("knn", True), "eval.knn", file)
@@ -313,7 +313,7 @@ def _parse_eval(raw: Any, base: Recipe, file: str) -> EvalSpec:
         from maskkit.finetune.evaluation import finetune_recipe_for
 
         finetune = {} if finetune is True else finetune
-        finetune_recipe_for(finetune, base.tree, seed=0, data_seed=0, file=file)
+        finetune_recipe_for(finetune, base.tree, seed=0, data_seed=0, file=file, registry=registry)
     if not (knn or linear or finetune is not None):
         raise ConfigError("eval", "measure something: knn: true, linear: true and/or finetune: {...}", file=file)
     temperature = raw.get("temperature", cfg.temperature)
@@ -505,7 +505,7 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
     spec = CompareSpec(file=file, description=description.strip(), base=base.path or "<mapping>", base_tree=base_tree,
                        variants=tuple(variants), seeds=seeds, data_seed=data_seed,
                        budget=_parse_budget(tree.get("budget"), names, file),
-                       eval=_parse_eval(tree.get("eval"), base, file), device=device, plugins=plugins)
+                       eval=_parse_eval(tree.get("eval"), base, file, registry), device=device, plugins=plugins)
     if check:
         check_components(spec, registry)
     return spec

@@ -22,15 +22,18 @@ SCORE_KEYS = ("top1", "top5", "ema_top1", "ema_top5")
 
 
 def finetune_recipe_for(settings: Mapping[str, Any], pretrained_tree: dict, *, seed: int, data_seed: int,
-                        file: str | None = None, key: str = "eval.finetune") -> FinetuneRecipe:
+                        file: str | None = None, key: str = "eval.finetune", registry=None) -> FinetuneRecipe:
     """The fine-tuning recipe of ``settings`` for one pretrained run (``seed``, ``data_seed``; its data).
-    Errors name ``file`` and ``key`` (``my_spec.yaml: eval.finetune.layer_decay: expected ...``)."""
+    ``settings``' ``recipe`` is read as ``maskkit finetune --recipe`` reads it (a fine-tuning recipe without a
+    ``data`` section takes ``pretrained_tree``'s; registered names from ``registry``). Errors name ``file`` and
+    ``key`` (``my_spec.yaml: eval.finetune.layer_decay: expected ...``)."""
     if not isinstance(settings, Mapping):
         raise ConfigError(key, expected("a mapping (recipe: NAME and finetune keys)", settings), file=file)
     settings = dict(settings)
     source = settings.pop(SETTINGS_RECIPE_KEY, None)
     try:
-        tree = copy.deepcopy(load_finetune_recipe(source).tree) if source is not None else {}
+        tree = copy.deepcopy(load_finetune_recipe(source, pretrained_tree=pretrained_tree, registry=registry).tree) \
+            if source is not None else {}
     except ConfigError as exc:
         raise ConfigError(f"{key}.{SETTINGS_RECIPE_KEY}", f"{exc}", file=file) from None
     tree["finetune"] = {**(tree.get("finetune") or {}), **settings}
@@ -61,7 +64,7 @@ def finetune_evaluation(checkpoint: str | Path, settings: Mapping[str, Any], out
     settings = dict(settings)
     if device is not None:
         settings.setdefault("device", device)
-    recipe = finetune_recipe_for(settings, tree, seed=seed, data_seed=data_seed)
+    recipe = finetune_recipe_for(settings, tree, seed=seed, data_seed=data_seed, registry=registry)
     resume = None
     saved = out_dir / CHECKPOINT_NAME
     if saved.is_file():
