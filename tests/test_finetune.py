@@ -644,3 +644,32 @@ def test_compare_fine_tuning_takes_a_recipe_without_data_as_the_cli_does(tmp_pat
     recipe = finetune_recipe_for(spec.eval.finetune, spec.base_tree, seed=1, data_seed=0, registry=registry)
     assert recipe.tree["data"] == {"name": "small_fashion"}
     assert (recipe.finetune.layer_decay, recipe.finetune.batch_size, recipe.seed) == (0.5, 8, 1)
+
+
+def test_a_diverged_fine_tuning_never_writes_a_non_finite_checkpoint(pretrained, tmp_path):
+    """A learning rate of 3.4e38 from step 1 (step 0 warms up from 0): the step-1 checkpoint is kept, the step-2
+    one (weights and EMA not finite although the loss was) is refused, naming the step; no scores are written."""
+    from maskkit.engine import checkpoint as ckpt
+    from maskkit.errors import TrainingError
+
+    run = trainer(pretrained, tmp_path / "run", max_steps=3, ckpt_every=1, lr=3.4e38, warmup_epochs=0.0008)
+    with pytest.raises(TrainingError, match=r"non-finite weights after step 2 \(\d+ tensor\(s\), e\.g\. model\..*; "
+                                            r"not saved; the last good checkpoint is .*checkpoint.pth \(step 1\); "
+                                            r"lower finetune.lr or set finetune.clip_grad"):
+        run.fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert state["step"] == 1 and not ckpt.non_finite([state["model"], state["optimizer"]["state"], state["ema"]])
+    assert not (tmp_path / "run" / "finetune.json").exists()
+
+
+def test_a_non_finite_loss_stops_naming_the_first_bad_step(pretrained, tmp_path):
+    """Checked at log steps only (every 10 here), the first non-finite loss is still the one named: step 2, the
+    first after the weights overflowed at step 1."""
+    from maskkit.errors import TrainingError
+
+    run = trainer(pretrained, tmp_path / "run", max_steps=4, ckpt_every=0, log_every=10, lr=3.4e38,
+                  warmup_epochs=0.0008)
+    with pytest.raises(TrainingError, match=r"^non-finite loss at step 2 \(0-based\); stopping, no checkpoint was "
+                                            r"written$"):
+        run.fit()
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()

@@ -1,6 +1,7 @@
 """What every training loop of the engine (pretraining and fine-tuning) needs about its process and its run:
 the device and autocast dtype, the per-rank seed of the global generators, the step arithmetic of its
-batches, and the record written into a run folder and its checkpoints."""
+batches, the record written into a run folder and its checkpoints, and the guard that stops a diverged run
+before it writes a checkpoint (:class:`DivergenceGuard`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import attrs
 import torch
 
 from maskkit.data.loading import GlobalBatchSampler
+from maskkit.engine.checkpoint import non_finite
 from maskkit.engine.distributed import DistContext
-from maskkit.errors import ConfigError
+from maskkit.errors import ConfigError, TrainingError
 from maskkit.registry import Registry
 
 
@@ -98,3 +100,49 @@ def plan_steps(cfg: Any, num_samples: int, dist: DistContext, *, data_seed: int,
         total_steps=cfg.max_steps or cfg.epochs * steps_per_epoch, effective_batch=effective_batch,
         base_lr=cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256,
         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
+
+
+def last_good(path: Path, saved_step: int | None) -> str:
+    """What a stopped run says about its checkpoint ``path``: the last good one (``saved_step``, the step this
+    session saved or resumed from) or none."""
+    if saved_step is not None and path.exists():
+        return f"the last good checkpoint is {path} (step {saved_step})"
+    return "no checkpoint was written"
+
+
+class DivergenceGuard:
+    """Stops a run that diverged, naming the first bad step, and keeps a non-finite checkpoint from being written.
+
+    :meth:`track` notes, on the device (no synchronisation per step), the first step whose loss is not finite;
+    :meth:`check_loss` (at log and checkpoint steps) raises :class:`~maskkit.errors.TrainingError` once any rank
+    has one; :meth:`check_state` (before a checkpoint is written) raises it when a weight or optimizer state is
+    not finite although the loss was. Both are collectives: every rank calls them at the same steps. ``section``
+    (``train`` or ``finetune``) names the recipe keys the message suggests (``SECTION.lr``, ``SECTION.clip_grad``).
+    """
+
+    def __init__(self, dist: DistContext, device: torch.device, section: str):
+        self.dist = dist
+        self.section = section
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # -1: every loss finite so far
+
+    def track(self, step: int, loss: torch.Tensor) -> None:
+        """Note ``step`` (0-based) when ``loss`` (a 0-d tensor) is not finite and no earlier step was."""
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check_loss(self, last_good: str) -> None:
+        """Raise :class:`~maskkit.errors.TrainingError` ``non-finite loss at step N (0-based); stopping,
+        <last_good>`` when a rank has seen one (``last_good``: where the last good checkpoint is)."""
+        bad_step = int(self.dist.max(self.first_bad))
+        if bad_step >= 0:
+            raise TrainingError(f"non-finite loss at step {bad_step} (0-based); stopping, {last_good}")
+
+    def check_state(self, step: int, tensors: Any, last_good: str) -> None:
+        """Raise :class:`~maskkit.errors.TrainingError` when ``tensors`` (a nested dict/list of what the checkpoint
+        of ``step`` would hold: weights, optimizer state; gathered on the main process, ``None`` on the others)
+        holds a NaN or an inf: the checkpoint is not written, the previous one (``last_good``) stays."""
+        bad = non_finite(tensors) if tensors is not None else []
+        if int(self.dist.max(torch.tensor(len(bad), device=self.first_bad.device))) > 0:
+            raise TrainingError(f"non-finite weights after step {step} ({len(bad)} tensor(s), e.g. "
+                                f"{', '.join(bad[:3]) or 'on another rank'}) although the loss was finite; not "
+                                f"saved; {last_good}; lower {self.section}.lr or set {self.section}.clip_grad")

@@ -44,7 +44,9 @@ from maskkit.engine.distributed import (
 )
 from maskkit.engine.optim import lr_at, make_optimizer, set_lr
 from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, versions: re-exported)
+    DivergenceGuard,
     autocast_dtype,
+    last_good,
     pick_device,
     plan_steps,
     runtime_seed,
@@ -52,7 +54,7 @@ from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, v
     write_run_record,
 )
 from maskkit.engine.step_log import StepLog
-from maskkit.errors import CheckpointError, ConfigError, MaskError, MaskkitError, RunInterrupted, TrainingError
+from maskkit.errors import CheckpointError, ConfigError, MaskError, MaskkitError, RunInterrupted
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry
 
@@ -384,7 +386,7 @@ class Trainer:
         cfg = self.cfg
         model = self.model
         self.hook.maskkit_train_start(trainer=self, model=model)
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.guard = DivergenceGuard(self.dist, self.device, "train")
         start_time, start_step = time.perf_counter(), self.step
         last_loss = float("nan")
         checkpoint_path = self.run_dir / CHECKPOINT_NAME
@@ -399,7 +401,7 @@ class Trainer:
             with log:
                 while self.step < self.total_steps:
                     if self._stop_requested():  # at a step boundary: nothing half-done
-                        self._stop(first_bad, checkpoint_path)
+                        self._stop(checkpoint_path)
                     lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
                                warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
                     set_lr(self.optimizer, lr)
@@ -426,8 +428,7 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                    bad = ~torch.isfinite(step_loss) & (first_bad < 0)
-                    first_bad = torch.where(bad, torch.full_like(first_bad, self.step), first_bad)
+                    self.guard.track(self.step, step_loss)
                     self.hook.maskkit_step_end(trainer=self, model=model, step=self.step, loss=step_loss)
                     log.add(step_loss)
                     self.step += 1
@@ -435,9 +436,9 @@ class Trainer:
                     is_last = self.step == self.total_steps
                     must_ckpt = is_last or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
                     if must_ckpt:
-                        self._check_finite(first_bad, checkpoint_path)  # never checkpoint a diverged model
+                        self.guard.check_loss(self._last_good(checkpoint_path))  # never checkpoint a diverged model
                     if self.step % cfg.log_every == 0 or is_last:
-                        self._check_finite(first_bad, checkpoint_path)
+                        self.guard.check_loss(self._last_good(checkpoint_path))
                         last_loss = float(self.dist.mean(step_loss))
                         parts = {}
                         if step_parts:  # one collective for all of them
@@ -480,12 +481,6 @@ class Trainer:
                          f"that masker {self.model.masker_name} hides its declared {hidden} patches in every sample: "
                          f"check its masks with `maskkit masks show {self.model.masker_name}`")
 
-    def _check_finite(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
-        bad_step = int(self.dist.max(first_bad))
-        if bad_step >= 0:
-            raise TrainingError(f"non-finite loss at step {bad_step} (0-based); stopping, "
-                                f"{self._last_good(checkpoint_path)}")
-
     def save_checkpoint(self, path: Path) -> None:
         """Write the checkpoint of the current step, if every weight and optimizer state is finite (else a
         :class:`~maskkit.errors.TrainingError`, the previous checkpoint kept). The new file replaces the old
@@ -493,13 +488,8 @@ class Trainer:
         gathered = gather_state(self.model, self.optimizer, self.dist)  # whole state; collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))  # every rank's (collective)
         window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
-        bad: list[str] = []
-        if self.dist.is_main:
-            bad = ckpt.non_finite({"model": gathered[0], "optimizer": gathered[1]["state"]})
-        if int(self.dist.max(torch.tensor(len(bad), device=self.device))) > 0:
-            raise TrainingError(f"non-finite weights after step {self.step} ({len(bad)} tensor(s), e.g. "
-                                f"{', '.join(bad[:3]) or 'on another rank'}) although the loss was finite; not "
-                                f"saved; {self._last_good(path)}; lower train.lr or set train.clip_grad")
+        self.guard.check_state(self.step, {"model": gathered[0], "optimizer": gathered[1]["state"]}
+                               if self.dist.is_main else None, self._last_good(path))
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "step": self.step,
                      "model": gathered[0], "optimizer": gathered[1], "world_size": self.dist.world_size,
@@ -511,9 +501,7 @@ class Trainer:
         self.dist.barrier()
 
     def _last_good(self, path: Path) -> str:
-        if self._saved_step is not None and path.exists():
-            return f"the last good checkpoint is {path} (step {self._saved_step})"
-        return "no checkpoint was written"
+        return last_good(path, self._saved_step)
 
     # -- signals and unreadable images ----------------------------------------------------------------------
 
@@ -551,10 +539,10 @@ class Trainer:
         self._pending_stop = self.dist.start_max(self._stop_signal or 0)
         return False
 
-    def _stop(self, first_bad: torch.Tensor, checkpoint_path: Path) -> None:
+    def _stop(self, checkpoint_path: Path) -> None:
         """Save a checkpoint of the current step (unless there is one) and raise :class:`RunInterrupted`."""
         if self._saved_step != self.step and self.step > 0:
-            self._check_finite(first_bad, checkpoint_path)
+            self.guard.check_loss(self._last_good(checkpoint_path))
             self.save_checkpoint(checkpoint_path)
         saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
         resume = f"maskkit train --resume {shlex.quote(str(saved))}" if saved is not None else None

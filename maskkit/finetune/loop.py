@@ -5,6 +5,8 @@ The engine's guarantees hold as in :mod:`maskkit.engine.trainer`: the data order
 augmentation come from ``(data_seed, epoch[, index])``, Mixup from ``(seed, rank, micro_step)``, drop path from the
 global generators seeded per rank after the model is built, and checkpoints (atomic, ``weights_only``
 readable) keep the model, optimizer, EMA and every rank's random state, so a resumed run continues exactly.
+Only finite checkpoints are written: the engine's :class:`~maskkit.engine.runtime.DivergenceGuard` stops a run
+whose loss, weights or EMA weights are not finite, naming the step, and the last good checkpoint stays.
 
 Checkpoint layout (a maskkit training checkpoint with ``kind: finetune``)::
 
@@ -44,9 +46,18 @@ from maskkit.engine.distributed import (
     unsharded_copy,
 )
 from maskkit.engine.optim import lr_at, set_lr
-from maskkit.engine.runtime import autocast_dtype, pick_device, plan_steps, runtime_seed, versions, write_run_record
+from maskkit.engine.runtime import (
+    DivergenceGuard,
+    autocast_dtype,
+    last_good,
+    pick_device,
+    plan_steps,
+    runtime_seed,
+    versions,
+    write_run_record,
+)
 from maskkit.engine.step_log import StepLog
-from maskkit.errors import CheckpointError, ConfigError, TrainingError
+from maskkit.errors import CheckpointError, ConfigError
 from maskkit.finetune.config import FinetuneRecipe
 from maskkit.finetune.data import (
     FinetuneTrainTransform,
@@ -150,6 +161,7 @@ class FinetuneTrainer:
         self.run_dir = Path(out_dir)
         self.resume_path = Path(resume) if resume else None
         self.step = 0
+        self._saved_step: int | None = None  # the step of the checkpoint this session wrote or resumed from
         self._log: StepLog | None = None  # the loop's, while it runs (its open window goes into checkpoints)
         self._resume_window: tuple[float, int] | None = None
         self.dist: DistContext | None = None
@@ -238,7 +250,7 @@ class FinetuneTrainer:
                 if resume_state.get("ema") is None:
                     raise CheckpointError(f"{self.resume_path}: holds no EMA weights")
                 self.ema.load_state_dict(resume_state["ema"])
-            self.step = int(resume_state["step"])
+            self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
             windows = resume_state.get("log_window")  # absent in checkpoints of older maskkit versions
             self._resume_window = tuple(windows[self.dist.rank]) if windows else None
@@ -294,6 +306,7 @@ class FinetuneTrainer:
                                   effective_batch=self.effective_batch, steps_per_epoch=self.steps_per_epoch,
                                   console=self.console, show=self.show_progress, window=self._resume_window)
         batches = self._batches()
+        self.guard = DivergenceGuard(self.dist, self.device, "finetune")
         self.model.train()
         with log:
             while self.step < self.total_steps:
@@ -322,16 +335,14 @@ class FinetuneTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.step)
+                self.guard.track(self.step, step_loss)
                 log.add(step_loss)
                 self.step += 1
                 is_last = self.step == self.total_steps
                 must_ckpt = is_last or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
                 if self.step % cfg.log_every == 0 or is_last or must_ckpt:
+                    self.guard.check_loss(last_good(checkpoint_path, self._saved_step))  # before any checkpoint
                     last_loss = float(self.dist.mean(step_loss))
-                    if not torch.isfinite(torch.tensor(last_loss)):
-                        last = (f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists()
-                                else "no checkpoint was written")
-                        raise TrainingError(f"non-finite loss at step {self.step - 1} (0-based); stopping, {last}")
                     log.record(self.step, loss=last_loss, lr=lr)
                 if must_ckpt:
                     self.save_checkpoint(checkpoint_path)
@@ -364,18 +375,23 @@ class FinetuneTrainer:
         return json.loads(lines[-1])["loss"] if lines else None
 
     def save_checkpoint(self, path: Path) -> None:
+        """Write the checkpoint of the current step, if every weight, optimizer and EMA state is finite (else a
+        :class:`~maskkit.errors.TrainingError` naming the step, the previous checkpoint kept), atomically."""
         gathered = gather_state(self.model, self.optimizer, self.dist)  # collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))
         window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
+        ema = self.ema.state_dict() if self.ema is not None and self.dist.is_main else None
+        self.guard.check_state(self.step, {"model": gathered[0], "optimizer": gathered[1]["state"], "ema": ema}
+                               if self.dist.is_main else None, last_good(path, self._saved_step))
         if self.dist.is_main:
             state = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": KIND, "step": self.step,
-                     "model": gathered[0], "optimizer": gathered[1],
-                     "ema": self.ema.state_dict() if self.ema is not None else None,
+                     "model": gathered[0], "optimizer": gathered[1], "ema": ema,
                      "world_size": self.dist.world_size, "rng": rng, "log_window": window, "recipe": self.recipe.tree,
                      "encoder": dict(self.encoder_spec), "num_classes": self.num_classes,
                      "class_names": [str(c) for c in getattr(self.train_set.base, "classes", None) or []],
                      "pretrained": str(self.source), "versions": versions(self.registry)}
             ckpt.save_atomic(state, path)
+        self._saved_step = self.step
         self.dist.barrier()
 
 
