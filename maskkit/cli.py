@@ -279,13 +279,13 @@ def _export_finetuned(state: dict, args: argparse.Namespace, console: Console) -
     run kept one) and the matching ``timm.create_model`` line (its ``num_classes`` also in the overlay: timm drops
     a pretrained head whose class count differs from the config's)."""
     from maskkit.engine.checkpoint import save_atomic
+    from maskkit.finetune.loop import finetuned_weights
     from maskkit.finetune.model import timm_classifier_arguments
 
-    weights = state.get("ema") or state["model"]
-    save_atomic(dict(weights), args.out)
+    weights, which = finetuned_weights(state)
+    save_atomic(weights, args.out)
     name, kwargs = timm_classifier_arguments(state["encoder"])
     global_pool = (state.get("recipe", {}).get("finetune") or {}).get("global_pool", "avg")
-    which = "EMA weights" if state.get("ema") else "weights"
     console.print(f"wrote {args.out}: {len(weights)} tensors ({which}) of the fine-tuned {name} classifier",
                   highlight=False)
     extra = "".join(f", {k}={v!r}" for k, v in kwargs.items() if k != "norm_layer")

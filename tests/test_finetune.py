@@ -673,3 +673,49 @@ def test_a_non_finite_loss_stops_naming_the_first_bad_step(pretrained, tmp_path)
                                             r"written$"):
         run.fit()
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_ema_weights_are_saved_and_exported_under_the_classifiers_own_keys(pretrained, tmp_path, capsys):
+    """The checkpoint's ``ema`` has the keys of ``model`` (not ModelEmaV3's ``module.`` ones), and the export of an
+    EMA run is a state dict that ``model.load_state_dict`` takes as it is."""
+    trainer(pretrained, tmp_path / "run", max_steps=1).fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert state["ema"].keys() == state["model"].keys()
+    out = tmp_path / "classifier.pth"
+    assert main(["export", str(tmp_path / "run" / "checkpoint.pth"), "--out", str(out)]) == 0
+    assert "(EMA weights)" in capsys.readouterr().out
+    tree, _ = read_pretrained(pretrained)
+    model = build_classifier(tree["encoder"], 10)
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["ema"][key]), key
+
+
+def test_a_checkpoint_with_module_prefixed_ema_keys_resumes_exactly_and_exports_plain_keys(pretrained, tmp_path,
+                                                                                          monkeypatch):
+    """Checkpoints of earlier versions saved ``ModelEmaV3.state_dict()`` (``module.blocks.0...``): resumed, the run
+    ends with the EMA of an uninterrupted one; exported, the keys are the classifier's."""
+    from maskkit.finetune.loop import finetuned_weights
+
+    trainer(pretrained, tmp_path / "whole", max_steps=2, ckpt_every=1).fit()
+    save = FinetuneTrainer.save_checkpoint
+
+    def save_then_crash(self, path):
+        save(self, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(pretrained, tmp_path / "cut", max_steps=2, ckpt_every=1).fit()
+    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save)
+    path = tmp_path / "cut" / "checkpoint.pth"
+    old = torch.load(path, weights_only=True)
+    old["ema"] = {f"module.{key}": value for key, value in old["ema"].items()}
+    torch.save(old, path)
+    weights, which = finetuned_weights(old)
+    assert which == "EMA weights" and weights.keys() == old["model"].keys()
+    trainer(pretrained, tmp_path / "cut", max_steps=2, ckpt_every=1, resume=path).fit()
+    a, b = (torch.load(tmp_path / name / "checkpoint.pth", weights_only=True)["ema"] for name in ("whole", "cut"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -12,7 +12,8 @@ Checkpoint layout (a maskkit training checkpoint with ``kind: finetune``)::
 
     {"format": "maskkit", "format_version": 1, "kind": "finetune", "step": int,
      "model": timm ViT classifier state dict (timm / official MAE fine-tuned names: blocks.*, fc_norm.*, head.*),
-     "ema": state dict or None, "optimizer": ..., "world_size": int, "rng": [per rank],
+     "ema": the EMA classifier's state dict (the keys of "model"; earlier versions prefixed "module.") or None,
+     "optimizer": ..., "world_size": int, "rng": [per rank],
      "recipe": the fine-tuning recipe tree, "encoder": the pretraining recipe's encoder section,
      "num_classes": int, "class_names": [str] (the dataset's, when it names them),
      "pretrained": the source it started from, "versions": {...}}
@@ -249,7 +250,7 @@ class FinetuneTrainer:
             if self.ema is not None:
                 if resume_state.get("ema") is None:
                     raise CheckpointError(f"{self.resume_path}: holds no EMA weights")
-                self.ema.load_state_dict(resume_state["ema"])
+                self.ema.module.load_state_dict(plain_ema_weights(resume_state["ema"]))
             self.step = self._saved_step = int(resume_state["step"])
             ckpt.set_rng_state(resume_state["rng"], self.dist.rank, self.device)
             windows = resume_state.get("log_window")  # absent in checkpoints of older maskkit versions
@@ -380,7 +381,7 @@ class FinetuneTrainer:
         gathered = gather_state(self.model, self.optimizer, self.dist)  # collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))
         window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
-        ema = self.ema.state_dict() if self.ema is not None and self.dist.is_main else None
+        ema = self.ema.module.state_dict() if self.ema is not None and self.dist.is_main else None  # plain keys
         self.guard.check_state(self.step, {"model": gathered[0], "optimizer": gathered[1]["state"], "ema": ema}
                                if self.dist.is_main else None, last_good(path, self._saved_step))
         if self.dist.is_main:
@@ -394,6 +395,26 @@ class FinetuneTrainer:
         self._saved_step = self.step
         self.dist.barrier()
 
+
+
+# the prefix of ``ModelEmaV3.state_dict()``'s keys, which checkpoints of earlier maskkit versions saved as "ema"
+_EMA_WRAPPER_PREFIX = "module."
+
+
+def plain_ema_weights(saved: dict) -> dict:
+    """A checkpoint's ``ema`` state dict under the classifier's own keys (``blocks.0.attn.qkv.weight``): as saved
+    now, or without the ``module.`` prefix of timm's ``ModelEmaV3`` wrapper that earlier versions saved."""
+    if saved and all(key.startswith(_EMA_WRAPPER_PREFIX) for key in saved):
+        return {key[len(_EMA_WRAPPER_PREFIX):]: value for key, value in saved.items()}
+    return dict(saved)
+
+
+def finetuned_weights(state: dict) -> tuple[dict, str]:
+    """``(state dict, which)`` a fine-tuning checkpoint exports: its EMA weights when the run kept an EMA (``which``
+    is ``"EMA weights"``), else the trained weights (``"weights"``); plain classifier keys either way."""
+    if state.get("ema"):
+        return plain_ema_weights(state["ema"]), "EMA weights"
+    return dict(state["model"]), "weights"
 
 
 def load_finetune_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
