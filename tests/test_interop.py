@@ -474,6 +474,34 @@ def test_export_finetuned_classifier_to_vit(tmp_path, capsys, img_size):
     assert len(err.splitlines()) == 1 and "global_pool=token" in err
 
 
+def test_both_formats_export_the_ema_weights_of_an_ema_run(tmp_path, capsys):
+    """A fine-tuning run that kept an EMA: ``--format transformers`` writes the EMA classifier (its logits), as
+    ``--format timm`` does (its tensors), and both summaries say so."""
+    import copy
+
+    transformers = pytest.importorskip("transformers")
+    from maskkit.cli import main
+    from maskkit.engine.checkpoint import save_atomic
+
+    ckpt, classifier = _finetune_checkpoint(tmp_path, "token")
+    ema = copy.deepcopy(classifier)
+    with torch.no_grad():
+        for param in ema.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    save_atomic({**torch.load(ckpt, weights_only=True), "ema": ema.state_dict()}, ckpt)
+    assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
+    printed = capsys.readouterr().out
+    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    images = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=images).logits, ema(images), atol=1e-5, rtol=1e-5)
+    assert "ViTForImageClassification with the run's EMA weights" in printed
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "timm.pth")]) == 0
+    assert "(EMA weights)" in capsys.readouterr().out
+    exported = torch.load(tmp_path / "timm.pth", weights_only=True)
+    assert all(torch.equal(exported[key], value) for key, value in ema.state_dict().items())
+
+
 def test_export_of_a_classifier_fine_tuned_from_a_transformers_folder_keeps_its_eps(tmp_path, monkeypatch):
     """A classifier fine-tuned from a transformers ViTMAE folder (encoder section norm_eps 1e-12) exports with
     layer_norm_eps 1e-12 and the fine-tuned model's own logits; the export is checked against the model

@@ -7,7 +7,7 @@ offline.
 * A fine-tuning checkpoint (``kind: finetune``, a timm ViT classifier) becomes ``ViTForImageClassification``,
   when its head reads the [CLS] token (``global_pool: token``): transformers' ViT classifier has no
   mean-pooling head, so MAE's default head (mean of the patch tokens, then ``fc_norm``) is refused rather than
-  approximated.
+  approximated. Its weights are the EMA ones when the run kept an EMA, as ``--format timm`` writes.
 
 The folder holds ``config.json``, the weights (as transformers' ``save_pretrained`` writes them),
 ``preprocessor_config.json`` (a ``ViTImageProcessor`` with the recipe data's mean and std, when known) and
@@ -41,12 +41,14 @@ VERIFY_TOLERANCE = 1e-4  # largest |maskkit - transformers| relative to the larg
 @attrs.frozen
 class ExportResult:
     """``architecture`` (the transformers class written), ``max_difference`` (relative, measured before
-    writing), ``notes`` (what was left out and why)."""
+    writing), ``notes`` (what was left out and why), ``weights`` (of a fine-tuning checkpoint: ``"EMA weights"``
+    or ``"weights"``, which of them were written; ``None`` for a pretraining checkpoint)."""
 
     out: Path
     architecture: str
     max_difference: float
     notes: tuple[str, ...] = ()
+    weights: str | None = None
 
 
 def require_transformers():
@@ -65,8 +67,9 @@ def export_transformers(checkpoint: Mapping[str, Any], out: str | Path, registry
     transformers folder ``out``. Raises a one-line :class:`~maskkit.errors.MaskkitError` for what transformers
     cannot represent."""
     transformers = require_transformers()
+    weights = None
     if checkpoint.get("kind") == "finetune":
-        hf, difference, notes, recipe_tree = _classifier(transformers, checkpoint, source)
+        hf, difference, notes, recipe_tree, weights = _classifier(transformers, checkpoint, source)
     else:
         hf, difference, notes, recipe_tree = _pretraining(transformers, checkpoint, registry, source)
     if difference > VERIFY_TOLERANCE:
@@ -77,7 +80,7 @@ def export_transformers(checkpoint: Mapping[str, Any], out: str | Path, registry
     _write_folder(out, hf, recipe_tree, mean_std, transformers)
     if mean_std is None:
         notes = (*notes, "no preprocessor_config.json: the recipe's data statistics are unknown here")
-    return ExportResult(out, type(hf).__name__, difference, tuple(notes))
+    return ExportResult(out, type(hf).__name__, difference, tuple(notes), weights)
 
 
 # -- pretraining: ViTMAE ---------------------------------------------------------------------------------------
@@ -222,17 +225,21 @@ def _verify_vitmae(model: nn.Module, hf: nn.Module, ratio: float, with_decoder: 
 
 
 def _classifier(transformers, checkpoint: Mapping[str, Any], source: str):
-    """A fine-tuning checkpoint's timm ViT classifier as ``ViTForImageClassification`` ([CLS] head only).
+    """A fine-tuning checkpoint's timm ViT classifier as ``ViTForImageClassification`` ([CLS] head only), with the
+    weights ``--format timm`` exports (:func:`maskkit.finetune.loop.finetuned_weights`: the EMA ones when the run
+    kept an EMA); returns ``(model, difference, notes, recipe tree, "EMA weights" or "weights")``.
 
     The classifier is rebuilt by :func:`maskkit.finetune.model.build_classifier`, the constructor fine-tuning
     trained it with, so the model the export is checked against is the trained one, encoder options included
     (``norm_eps``: 1e-12 for a model fine-tuned from a transformers ViTMAE folder)."""
+    from maskkit.finetune.loop import finetuned_weights
     from maskkit.finetune.model import build_classifier
 
     state, spec = checkpoint.get("model"), checkpoint.get("encoder")
     if not isinstance(state, dict) or not isinstance(spec, dict) or "head.weight" not in state:
         raise CheckpointError(f"{source}: a fine-tuning checkpoint without the classifier state dict and its "
                               "encoder section")
+    state, which = finetuned_weights(dict(checkpoint))
     if "fc_norm.weight" in state:
         raise MaskkitError(f"{source}: the classifier pools the mean of the patch tokens through fc_norm (MAE's "
                            "head, global_pool: avg); transformers' ViTForImageClassification classifies the [CLS] "
@@ -270,7 +277,7 @@ def _classifier(transformers, checkpoint: Mapping[str, Any], source: str):
         theirs = hf(pixel_values=images)
         difference = _relative(classifier(images), theirs.logits)
     recipe_tree = dict(checkpoint.get("recipe") or {})
-    return hf, difference, (), recipe_tree
+    return hf, difference, (), recipe_tree, which
 
 
 # -- common -----------------------------------------------------------------------------------------------------
@@ -373,8 +380,9 @@ def _write_folder(out: Path, hf: nn.Module, recipe_tree: Mapping[str, Any], mean
 
 def write_summary(result: ExportResult) -> str:
     """The lines ``maskkit export`` prints."""
-    lines = [f"wrote {result.out}: transformers {result.architecture} (checked against maskkit on random images: "
-             f"largest relative difference {result.max_difference:.1e})",
+    weights = f" with the run's {result.weights}" if result.weights else ""
+    lines = [f"wrote {result.out}: transformers {result.architecture}{weights} (checked against maskkit on random "
+             f"images: largest relative difference {result.max_difference:.1e})",
              f"load with\n  transformers.AutoModel.from_pretrained('{result.out}')"]
     if result.architecture == "ViTMAEForPreTraining":
         lines.append(f"  transformers.ViTMAEForPreTraining.from_pretrained('{result.out}')  # with the decoder")
