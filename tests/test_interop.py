@@ -456,9 +456,10 @@ def test_export_finetuned_classifier_to_vit(tmp_path, capsys, img_size):
 
     ckpt, classifier = _finetune_checkpoint(tmp_path, "token", img_size)
     assert main(["export", str(ckpt), "--format", "transformers", "--out", str(tmp_path / "vit")]) == 0
-    assert "ViTForImageClassification" in capsys.readouterr().out
-    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
-    assert hf.config.id2label[3] == "class 3"
+    printed = capsys.readouterr().out
+    assert "ViTForImageClassification" in printed
+    hf = eval(printed.split("load with")[1].strip(), {"transformers": transformers}).eval()  # as a user pastes it
+    assert type(hf) is transformers.ViTForImageClassification and hf.config.id2label[3] == "class 3"
     auto = transformers.AutoModel.from_pretrained(tmp_path / "vit").eval()
     images = torch.randn(2, 1, *classifier.patch_embed.img_size)
     with torch.no_grad():

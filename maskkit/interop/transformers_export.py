@@ -1,5 +1,6 @@
-"""Write maskkit models as transformers folders that ``transformers.AutoModel.from_pretrained(folder)`` loads
-offline.
+"""Write maskkit models as transformers folders that transformers loads offline: a pretraining checkpoint with
+``transformers.AutoModel.from_pretrained(folder)``, a fine-tuned classifier with
+``transformers.AutoModelForImageClassification.from_pretrained(folder)`` (``AutoModel`` would drop its head).
 
 * A pretraining checkpoint becomes a ViTMAE folder: ``ViTMAEForPreTraining`` with the decoder when the model is
   MAE's (timm ViT encoder, ``mae`` decoder, ``pixels`` / ``norm_pixels`` target, ``mse`` loss), so its loss
@@ -381,9 +382,11 @@ def _write_folder(out: Path, hf: nn.Module, recipe_tree: Mapping[str, Any], mean
 def write_summary(result: ExportResult) -> str:
     """The lines ``maskkit export`` prints."""
     weights = f" with the run's {result.weights}" if result.weights else ""
+    # AutoModel would load a classifier folder as ViTModel, without its head
+    auto = "AutoModelForImageClassification" if result.architecture.endswith("ForImageClassification") else "AutoModel"
     lines = [f"wrote {result.out}: transformers {result.architecture}{weights} (checked against maskkit on random "
              f"images: largest relative difference {result.max_difference:.1e})",
-             f"load with\n  transformers.AutoModel.from_pretrained('{result.out}')"]
+             f"load with\n  transformers.{auto}.from_pretrained('{result.out}')"]
     if result.architecture == "ViTMAEForPreTraining":
         lines.append(f"  transformers.ViTMAEForPreTraining.from_pretrained('{result.out}')  # with the decoder")
     if result.architecture.startswith("ViTMAE"):
