@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
-    from maskkit.finetune import FinetuneTrainer, load_finetune_checkpoint, load_finetune_recipe, read_pretrained
+    from maskkit.finetune import FinetuneTrainer, load_finetune_checkpoint, load_finetune_recipe, load_pretrained
     from maskkit.finetune.config import FinetuneRecipe
     from maskkit.finetune.loop import CHECKPOINT_NAME
 
@@ -160,11 +160,15 @@ def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
         recipe = FinetuneRecipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
         recipe.validate()
     else:
-        tree, weights = read_pretrained(args.checkpoint)
+        loaded = load_pretrained(args.checkpoint, registry=registry)
+        tree, weights = loaded.recipe, loaded.state_dict
         if not isinstance(tree.get("encoder"), dict):
             raise MaskkitError(f"{args.checkpoint}: no encoder section to build the classifier from")
         recipe = load_finetune_recipe(args.recipe, args.overrides, pretrained_tree=tree, registry=registry)
         pretrained = (tree["encoder"], weights, str(args.checkpoint))
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # what the reader assumed, as `maskkit convert` prints it
+            for note in loaded.notes:
+                console.print(f"note: {note}", highlight=False)
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else
                                            _default_run_dir(f"finetune-{Path(args.checkpoint).parent.name}"))
     if args.resume is None and any((out / name).exists() for name in (CHECKPOINT_NAME, "metrics.jsonl")):

@@ -719,3 +719,15 @@ def test_a_checkpoint_with_module_prefixed_ema_keys_resumes_exactly_and_exports_
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_cli_prints_what_the_reader_of_the_checkpoint_assumed(pretrained, tmp_path, capsys):
+    """An official MAE checkpoint says nothing of its heads or target: ``maskkit finetune`` prints the reader's
+    notes, as ``maskkit convert`` does, before it trains."""
+    _, state = read_pretrained(pretrained)
+    torch.save({"model": state}, tmp_path / "official.pth")
+    assert main(["finetune", str(tmp_path / "official.pth"), "finetune.max_steps=1", "finetune.batch_size=8",
+                 "finetune.device=cpu", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: head counts assumed from the widths: encoder 1 " in printed
+    assert printed.index("note: ") < printed.index("fine-tuned 1 steps")

@@ -227,6 +227,30 @@ def test_official_checkpoint_heads_and_target_by_override(builtin_registry, tmp_
         assert not torch.allclose(guessed.encoder.forward_features(images), source.encoder.forward_features(images))
 
 
+def test_official_vit_h_checkpoint_of_another_size_gets_vit_hs_16_heads(builtin_registry, tmp_path):
+    """ViT-H's heads are 80 wide, not 64: an encoder-only ViT-H/14 checkpoint at 448 (no shipped recipe has its
+    shapes; one block here, to stay small) reads with 16 heads, and so computes the source's features."""
+    torch.manual_seed(0)
+    source = maskkit.build_model(mae_recipe(depth=1, img=448, patch=14, dim=1280, heads=16), builtin_registry).eval()
+    encoder_only = {k: v for k, v in source.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+    torch.save({"model": encoder_only}, tmp_path / "mae_pretrain_vit_huge_448.pth")
+    loaded = load_pretrained(tmp_path / "mae_pretrain_vit_huge_448.pth")
+    assert loaded.recipe["encoder"]["num_heads"] == 16
+    assert any("encoder 16 (the standard ViT's at width 1280" in note for note in loaded.notes), loaded.notes
+    images = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(_built(loaded).encoder.forward_features(images),
+                                   source.encoder.forward_features(images))
+
+
+@pytest.mark.parametrize(("width", "heads"), [(192, 3), (384, 6), (768, 12), (1024, 16), (1280, 16), (1408, 16),
+                                              (1664, 16), (128, 2), (32, 1)])
+def test_encoder_head_counts_by_width(width, heads):
+    from maskkit.interop.pretrained import encoder_heads
+
+    assert encoder_heads(width) == heads
+
+
 def test_official_encoder_only_checkpoint(builtin_registry, tmp_path):
     """MAE's released pretraining checkpoints hold the encoder alone: it is read, the decoder is fresh."""
     source = maskkit.build_model(mae_recipe(dim=128, heads=2), builtin_registry).eval()

@@ -5,15 +5,16 @@
   layer-wise learning-rate decay groups;
 - :mod:`maskkit.finetune.data`: MAE's augmentation and Mixup/CutMix from timm, seeded the engine's way;
 - :mod:`maskkit.finetune.loop`: :class:`FinetuneTrainer`, the loop, its checkpoints and the test scores;
-- :mod:`maskkit.finetune.pretrained`: :func:`read_pretrained`, where the starting weights come from.
+- :mod:`maskkit.finetune.pretrained`: :func:`read_pretrained` (:func:`load_pretrained` with the reader's notes),
+  where the starting weights come from.
 """
 
 from maskkit.finetune.config import FinetuneConfig, FinetuneRecipe, load_finetune_recipe
 from maskkit.finetune.loop import FinetuneResult, FinetuneTrainer, load_finetune_checkpoint
-from maskkit.finetune.pretrained import read_pretrained
+from maskkit.finetune.pretrained import load_pretrained, read_pretrained
 
 __all__ = ["FinetuneConfig", "FinetuneRecipe", "load_finetune_recipe", "FinetuneTrainer", "FinetuneResult",
-           "load_finetune_checkpoint", "read_pretrained", "finetune"]
+           "load_finetune_checkpoint", "load_pretrained", "read_pretrained", "finetune"]
 
 
 def finetune(pretrained, recipe=None, overrides=(), *, out_dir, registry=None, console=None, progress=True):

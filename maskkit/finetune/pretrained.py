@@ -2,9 +2,11 @@
 
 ``read_pretrained(path) -> (recipe_tree, state_dict)``: the pretraining recipe (its ``encoder`` section
 describes the architecture; its ``data`` section is the fine-tuning default) and the weights under official
-MAE / timm names (``blocks.0.attn.qkv.weight``...). Sources: a maskkit pretraining checkpoint, a transformers
-ViTMAE folder and an official MAE checkpoint (``{"model": ...}``), read by :mod:`maskkit.interop`, and a
-maskkit fine-tuning checkpoint (to fine-tune again), read here.
+MAE / timm names (``blocks.0.attn.qkv.weight``...); :func:`load_pretrained` gives them with the reader's notes
+(what it had to assume, such as an official checkpoint's head counts), which ``maskkit finetune`` prints.
+Sources: a maskkit pretraining checkpoint, a transformers ViTMAE folder and an official MAE checkpoint
+(``{"model": ...}``), read by :mod:`maskkit.interop`, and a maskkit fine-tuning checkpoint (to fine-tune
+again), read here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 import torch
 
 from maskkit.engine.checkpoint import load_training_checkpoint
-from maskkit.interop import read_pretrained as read_any_pretrained
+from maskkit.interop import Pretrained
+from maskkit.interop import load_pretrained as load_any_pretrained
 
 
 def read_finetuned_checkpoint(path: str | Path) -> tuple[dict, dict]:
@@ -38,8 +41,17 @@ def is_finetuned_checkpoint(path: str | Path) -> bool:
     return isinstance(obj, dict) and obj.get("format") == "maskkit" and obj.get("kind") == "finetune"
 
 
+def load_pretrained(path: str | Path, registry=None) -> Pretrained:
+    """The pretrained weights at ``path`` as a :class:`~maskkit.interop.Pretrained`: ``recipe`` (tree),
+    ``state_dict``, ``source`` and ``notes`` (what the reader assumed; none for a maskkit checkpoint).
+    ``registry`` holds the recipes an official checkpoint's shapes are matched against."""
+    if is_finetuned_checkpoint(path):
+        tree, state = read_finetuned_checkpoint(path)
+        return Pretrained(tree, state, "maskkit")
+    return load_any_pretrained(path, registry=registry)
+
+
 def read_pretrained(path: str | Path) -> tuple[dict, dict]:
     """``(recipe_tree, state_dict)`` of the pretrained weights at ``path`` (see the module docstring)."""
-    if is_finetuned_checkpoint(path):
-        return read_finetuned_checkpoint(path)
-    return read_any_pretrained(path)
+    loaded = load_pretrained(path)
+    return loaded.recipe, loaded.state_dict

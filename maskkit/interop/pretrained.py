@@ -12,7 +12,8 @@ Three sources are understood:
   ``maskkit export --format timm`` writes). The architecture is read off the tensor shapes; a shipped
   ``mae_*`` recipe whose model has exactly those shapes is used as it is (so ViT-B/L/H get the paper's
   heads and settings), otherwise widths, depths and MLP ratios come from the shapes and the head counts
-  from MAE's head widths (64 in the encoder, 32 in the decoder), which ``overrides`` can correct.
+  from the widths (the encoder: the standard ViT's of its width, :data:`STANDARD_HEADS`, else 64-wide heads;
+  the decoder: MAE's 32-wide heads), which ``overrides`` can correct.
 
 No source tells how it was trained beyond its architecture, so a converted recipe has MAE's defaults for
 the rest (norm-pix target unless the ViTMAE config says otherwise; give ``target.name=pixels`` for an
@@ -36,7 +37,10 @@ from maskkit.interop.vit_names import block_count, transformers_to_official
 # the timm model whose defaults are closest, by width (any name works: the recipe sets every size)
 _TIMM_BY_WIDTH = {192: "vit_tiny_patch16_224", 384: "vit_small_patch16_224", 768: "vit_base_patch16_224",
                   1024: "vit_large_patch16_224", 1280: "vit_huge_patch14_224"}
-ENCODER_HEAD_WIDTH = 64  # ViT-B/L/H all use 64-wide heads
+# heads of the standard ViT widths (timm's and the official MAE's ViT-Ti/S/B/L/H, and ViT-g, ViT-G): not one head
+# width (ViT-B/L: 64, ViT-H/14: 16 heads of 80, ViT-g: 88, ViT-G: 104)
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+ENCODER_HEAD_WIDTH = 64  # for any other width: ViT-B's and ViT-L's head width
 DECODER_HEAD_WIDTH = 32  # MAE's decoder: 512 wide, 16 heads
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -279,17 +283,24 @@ def _from_official(path: Path, weights: dict, overrides: list[str], registry) ->
     else:
         tree = _recipe_from_official_shapes(weights)
         if not {"encoder.num_heads", "decoder.num_heads"} <= overridden:
-            notes.append(f"head counts assumed from MAE's head widths: encoder {tree['encoder']['num_heads']}, "
-                         f"decoder {tree['decoder']['num_heads']} (override encoder.num_heads / decoder.num_heads "
-                         "if they differ)")
+            notes.append(f"head counts assumed from the widths: encoder {tree['encoder']['num_heads']} (the standard "
+                         f"ViT's at width {tree['encoder']['embed_dim']}, else 64-wide heads), decoder "
+                         f"{tree['decoder']['num_heads']} (override encoder.num_heads / decoder.num_heads if they "
+                         "differ)")
         tree["description"] = (f"Converted from the official MAE checkpoint {path}: sizes from the tensor shapes, "
-                               "heads from MAE's head widths, the rest MAE's defaults.")
+                               "heads from the widths, the rest MAE's defaults.")
     if "target.name" not in overridden:
         notes.append("target assumed norm_pixels (MAE's --norm_pix_loss); override target.name=pixels if it "
                      "was trained on raw pixels")
     if not has_decoder:
         notes.append("the checkpoint holds the encoder only: the decoder is freshly initialised")
     return _checked(path, tree, weights, overrides, registry, "official", tuple(notes))
+
+
+def encoder_heads(width: int) -> int:
+    """The head count of a ViT encoder ``width`` wide: the standard ViT's (:data:`STANDARD_HEADS`: 16 for ViT-H's
+    1280), else heads 64 wide (at least one)."""
+    return STANDARD_HEADS.get(int(width), max(1, int(width) // ENCODER_HEAD_WIDTH))
 
 
 def _recipe_from_official_shapes(weights: Mapping[str, torch.Tensor]) -> dict:
@@ -306,7 +317,7 @@ def _recipe_from_official_shapes(weights: Mapping[str, torch.Tensor]) -> dict:
     depth = block_count(weights, "blocks")
     encoder = {"name": _TIMM_BY_WIDTH.get(dim, "vit_base_patch16_224"), "img_size": img_size,
                "patch_size": ph if ph == pw else [ph, pw], "in_chans": in_chans, "embed_dim": dim, "depth": depth,
-               "num_heads": max(1, dim // ENCODER_HEAD_WIDTH),
+               "num_heads": encoder_heads(dim),
                "mlp_ratio": mlp_ratio_for(dim, need("blocks.0.mlp.fc1.weight").shape[0])}
     if "blocks.0.attn.qkv.bias" not in weights:
         encoder["qkv_bias"] = False
