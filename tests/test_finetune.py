@@ -731,3 +731,38 @@ def test_cli_prints_what_the_reader_of_the_checkpoint_assumed(pretrained, tmp_pa
     printed = capsys.readouterr().out
     assert "note: head counts assumed from the widths: encoder 1 " in printed
     assert printed.index("note: ") < printed.index("fine-tuned 1 steps")
+
+
+@pytest.mark.parametrize(("size", "crop_pct"), [(224, 0.875), (448, 1.0)])
+def test_evaluation_crops_as_the_official_mae(size, crop_pct):
+    """util/datasets.py: resize the shorter side to size / crop_pct, center crop, with crop_pct 224/256 up to 224
+    and 1.0 above. The images the classifier is scored on are exactly those."""
+    from maskkit.finetune.loop import evaluate_classifier
+
+    class Recorder(torch.nn.Module):
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, images):
+            self.seen.append(images)
+            return torch.zeros(images.shape[0], self.num_classes)
+
+    class Photos:
+        mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+        images = torch.randint(0, 256, (2, 3, 500, 600), generator=torch.Generator().manual_seed(0),
+                               dtype=torch.uint8)
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return self.images[index], index
+
+    model = Recorder()
+    evaluate_classifier(model, Photos(), img_size=(size, size), device=torch.device("cpu"), batch_size=2)
+    official = EvalTransform(size, Photos.mean, Photos.std, crop_pct=crop_pct)
+    assert official.resize_size(500, 600)[0] == int(size / crop_pct)  # 256 at 224, 448 itself at 448
+    torch.testing.assert_close(model.seen[0], torch.stack([official(img) for img in Photos.images]))

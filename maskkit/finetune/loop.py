@@ -114,13 +114,23 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
 
 
+def finetune_eval_transform(img_size: tuple[int, int], mean, std) -> EvalTransform:
+    """The official MAE's fine-tuning evaluation transform (``util/datasets.py``, ``build_transform``): the shorter
+    side resized (bicubic) to ``input_size / crop_pct``, then the center ``input_size`` crop, with ``crop_pct``
+    224/256 for inputs up to 224 and 1.0 above (a model fine-tuned at 384 or 448 sees the whole image resized).
+    ``img_size``: ``(h, w)``, ``input_size`` its larger side; returns ``uint8 [C, H, W] -> float32 [C, h, w]``."""
+    crop_pct = 224 / 256 if max(img_size) <= 224 else 1.0
+    return EvalTransform(img_size, mean, std, crop_pct=crop_pct)
+
+
 @torch.no_grad()
 def evaluate_classifier(model: torch.nn.Module, dataset, *, img_size: tuple[int, int], device: torch.device,
                         batch_size: int, amp_dtype: torch.dtype | None = None) -> dict:
-    """Top-1 (and top-5 with more than 5 classes) of ``model`` on ``dataset`` (deterministic eval transform)."""
+    """Top-1 (and top-5 with more than 5 classes) of ``model`` on ``dataset``, its images through
+    :func:`finetune_eval_transform` (deterministic)."""
     from torch.utils.data import BatchSampler, SequentialSampler
 
-    data = AugmentedDataset(dataset, EvalTransform(img_size, dataset.mean, dataset.std))
+    data = AugmentedDataset(dataset, finetune_eval_transform(img_size, dataset.mean, dataset.std))
     loader = make_loader(data, BatchSampler(SequentialSampler(data), batch_size, drop_last=False))
     num_classes = model.num_classes
     ks = (1, 5) if num_classes > 5 else (1,)
