@@ -243,21 +243,24 @@ def test_partial_finetuning_trains_only_the_last_blocks_and_head(pretrained, tmp
         trainer(pretrained, tmp_path / "too_many", tune_blocks=4).fit()
 
 
-def test_stop_and_resume_equals_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):
-    """Interrupted after the step-2 checkpoint and resumed: the same losses, weights, EMA and scores."""
-    whole = trainer(pretrained, tmp_path / "whole")
-    whole_result = whole.fit()
-
+def crash_after_first_checkpoint(run: FinetuneTrainer, monkeypatch) -> None:
+    """Fit ``run`` until it has written its first checkpoint, then stop it as a KeyboardInterrupt would."""
     save = FinetuneTrainer.save_checkpoint
 
     def save_then_crash(self, path):
         save(self, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        trainer(pretrained, tmp_path / "cut").fit()
-    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save)
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(FinetuneTrainer, "save_checkpoint", save_then_crash)
+        run.fit()
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):
+    """Interrupted after the step-2 checkpoint and resumed: the same losses, weights, EMA and scores."""
+    whole = trainer(pretrained, tmp_path / "whole")
+    whole_result = whole.fit()
+    crash_after_first_checkpoint(trainer(pretrained, tmp_path / "cut"), monkeypatch)
     assert torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)["step"] == 2
     resumed = trainer(pretrained, tmp_path / "cut", resume=tmp_path / "cut" / "checkpoint.pth")
     result = resumed.fit()
@@ -698,16 +701,7 @@ def test_a_checkpoint_with_module_prefixed_ema_keys_resumes_exactly_and_exports_
     from maskkit.finetune.loop import finetuned_weights
 
     trainer(pretrained, tmp_path / "whole", max_steps=2, ckpt_every=1).fit()
-    save = FinetuneTrainer.save_checkpoint
-
-    def save_then_crash(self, path):
-        save(self, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        trainer(pretrained, tmp_path / "cut", max_steps=2, ckpt_every=1).fit()
-    monkeypatch.setattr(FinetuneTrainer, "save_checkpoint", save)
+    crash_after_first_checkpoint(trainer(pretrained, tmp_path / "cut", max_steps=2, ckpt_every=1), monkeypatch)
     path = tmp_path / "cut" / "checkpoint.pth"
     old = torch.load(path, weights_only=True)
     old["ema"] = {f"module.{key}": value for key, value in old["ema"].items()}
