@@ -14,6 +14,7 @@ from torch.utils.data import BatchSampler, SequentialSampler
 from maskkit.builder import build_dataset, build_model
 from maskkit.data.loading import AugmentedDataset, make_loader
 from maskkit.data.transforms import EvalTransform
+from maskkit.engine.run_folder import write_text_atomic
 from maskkit.eval import extract_features, knn_accuracy, linear_probe
 from maskkit.model import MaskedModel
 from maskkit.recipe import Recipe
@@ -107,5 +108,6 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
                 results["reconstructions"] = "reconstructions.png"
             except ValueError:  # a target without pixel form (HOG, features)
                 pass
-        (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        # atomic: compare takes an eval.json as a finished evaluation
+        write_text_atomic(run_dir / "eval.json", json.dumps(results, indent=2) + "\n")
     return results

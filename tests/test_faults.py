@@ -700,7 +700,7 @@ def test_a_failing_run_whose_bad_image_list_cannot_be_written_reports_why_it_fai
     real_write = Path.write_text
 
     def disk_full_for_the_list(self, *args, **kwargs):
-        if self.name == "bad_images.txt":
+        if self.name.startswith((".bad_images.txt.", "bad_images.txt")):  # written through a temporary file
             raise OSError(errno.ENOSPC, "No space left on device", str(self))
         return real_write(self, *args, **kwargs)
 
@@ -773,3 +773,37 @@ def test_a_loader_worker_outlives_a_sigterm_by_its_grace_only():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.stdout == "alive after SIGTERM\n", proc.stderr
     assert proc.returncode == -signal.SIGALRM and time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("file", ["eval.json", "finetune.json"])
+def test_a_result_file_is_whole_or_absent_when_its_write_fails(tmp_path, monkeypatch, file, builtin_registry):
+    """compare takes an ``eval.json`` or a ``finetune.json`` as a finished evaluation: a write cut by a full disk
+    must leave the old file (here none), never half of one, nor a temporary file."""
+    from maskkit.evaluate import evaluate
+    from maskkit.finetune import FinetuneTrainer, load_finetune_recipe, read_pretrained
+
+    real_write = Path.write_text
+
+    def half_then_disk_full(self, text, *args, **kwargs):
+        if file in self.name:
+            real_write(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, text, *args, **kwargs)
+
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=1"])
+    Trainer(recipe, tmp_path / "pre", registry=builtin_registry, progress=False).fit()
+    monkeypatch.setattr(Path, "write_text", half_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        if file == "eval.json":
+            (tmp_path / "out").mkdir()  # a run folder
+            model, _ = ckpt.load_model(tmp_path / "pre" / "checkpoint.pth", registry=builtin_registry)
+            evaluate(model, recipe.with_overrides(["eval.reconstructions=0"]), device=torch.device("cpu"),
+                     registry=builtin_registry, run_dir=tmp_path / "out", test_images=64, train_images=128)
+        else:
+            tree, weights = read_pretrained(tmp_path / "pre" / "checkpoint.pth")
+            ft = load_finetune_recipe("finetune_quickstart", ["finetune.max_steps=1", "finetune.batch_size=8",
+                                      "finetune.device=cpu"], pretrained_tree=tree)
+            FinetuneTrainer(ft, tmp_path / "out", pretrained=(tree["encoder"], weights, "pre"),
+                            registry=builtin_registry, progress=False).fit()
+    folder = tmp_path / "out"
+    assert not (folder / file).exists() and not list(folder.glob(f".{file}*"))

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from maskkit.engine.run_folder import write_text_atomic
+
 STATUS_FILE = "compare.json"
 TIMING_FILE = "timing.json"
 EVAL_FILE = "eval.json"
@@ -29,10 +31,7 @@ def read_json(path: Path) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically: readers (and a crash) see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -296,6 +296,21 @@ def _check_is_folder(folder: Path) -> None:
         raise RunFolderError(f"{folder}: is a file; the run folder (--out) must be a folder")
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file beside it (``.NAME.PID.tmp``) renamed over it: a
+    reader, or the next session after a crash, sees the old file or the new one, never half of one (a stray
+    temporary file is removed by :func:`remove_stray_files`). The temporary file is removed on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def remove_stray_files(folder: str | Path) -> list[Path]:
     """Remove the temporary files (``.NAME.*.tmp``) that a process killed mid-write left in ``folder``.
     Call it only while holding the folder's lock (a live writer's temporary file must stay)."""
@@ -325,9 +340,7 @@ def truncate_metrics(path: str | Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return dropped
 
 

@@ -571,7 +571,8 @@ class Trainer:
             return
         path = self.run_dir / run_folder.BAD_IMAGES_NAME
         try:
-            path.write_text("".join(f"{p}\t{reason}\n" for p, reason in sorted(self._bad_image_list().items())))
+            run_folder.write_text_atomic(path, "".join(f"{p}\t{reason}\n"
+                                                      for p, reason in sorted(self._bad_image_list().items())))
         except OSError as exc:
             if not quiet:
                 raise

@@ -377,7 +377,8 @@ class FinetuneTrainer:
                    "pretrained": str(self.source), "tune_blocks": self.cfg.tune_blocks,
                    "train_images": len(self.train_set), "final_loss": self._final_loss(),
                    "wall_time_s": wall}
-        (self.run_dir / RESULT_NAME).write_text(json.dumps(scores, indent=2) + "\n")
+        # atomic: compare's eval.finetune takes a finetune.json as a finished fine-tuning
+        run_folder.write_text_atomic(self.run_dir / RESULT_NAME, json.dumps(scores, indent=2) + "\n")
         return scores
 
     def _final_loss(self) -> float | None:
