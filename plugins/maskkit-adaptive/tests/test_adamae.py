@@ -67,3 +67,18 @@ def test_reinforce_raises_the_probability_of_badly_reconstructed_hidden_patches(
         loss.backward()
         opt.step()
     assert hard_mass() > before + 0.1, (before, hard_mass())
+
+
+def test_an_encoder_without_patch_embeddings_is_refused_when_the_model_is_built():
+    """The sampler reads ``encoder.patch_embed``: a model whose encoder has none is a one-line ConfigError on
+    ``masker`` when it is composed (``check_model``, which MaskedModel calls), not a TypeError at the first step."""
+    import pytest
+
+    from maskkit import ConfigError, MaskedModel
+
+    model = tiny_model("{name: adamae}")
+    assert model.masker.check_model(model) is None
+    model.encoder.patch_embed = None  # an encoder of another kind
+    with pytest.raises(ConfigError, match=r"^masker: adamae's sampler reads the encoder's patch embeddings "
+                                          r"\(encoder.patch_embed\), but TimmViTEncoder has none; use a ViT"):
+        MaskedModel(AdaMAEMasker(in_dim=32), model.encoder, model.decoder, model.target, model.loss)

@@ -85,6 +85,13 @@ class AdaMAEMasker(nn.Module, Masker):
         logits = self.head(self.norm(self.blocks(x))).squeeze(-1)  # [B, N]
         return logits.float().log_softmax(dim=-1)
 
+    def check_model(self, model) -> None:
+        """Refuse, when the model is built, an encoder without the patch embedding the sampler reads
+        (``patch_embed``, as timm's ViTs have): a one-line :class:`maskkit.ConfigError` on ``masker``."""
+        if not callable(getattr(model.encoder, "patch_embed", None)):
+            raise ConfigError("", f"adamae's sampler reads the encoder's patch embeddings (encoder.patch_embed), but "
+                                  f"{type(model.encoder).__name__} has none; use a ViT encoder or another masker")
+
     def forward(self, batch_size: int, grid: Grid, *, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, images: torch.Tensor | None = None, model=None,
                 rows: slice | None = None) -> MaskDraw:
