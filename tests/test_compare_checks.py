@@ -8,6 +8,7 @@ import attrs
 import pytest
 import torch
 import yaml
+from context_maskers import ContextMaskersPlugin
 from helpers import SmallFashion, tiny_tree
 from test_compare import PoisonVariant, quiet, write_spec
 
@@ -197,9 +198,13 @@ class PickyPlugin:
     ({"a": {"masker": {"name": "picky"}}}, "variants.a.masker.scale: the grid (7, 7) is not divisible by scale=3"),
     ({"a": {}, "b": {"masker": {"name": "picky"}}},  # b's model is a's: the masker is checked on its own
      "variants.b.masker.scale: the grid (7, 7) is not divisible by scale=3"),
+    ({"a": {}, "b": {"masker": {"name": "needs_target"}}},  # b's model is a's, but its masker refuses it
+     "variants.b.masker.target: expected a target with a 'teacher' (target: {name: teacher}), got "
+     "PixelTarget"),
 ])
 def test_component_errors_name_the_spec_variant_and_section(tmp_path, variants, message):
-    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(), "picky": PickyPlugin()})
+    registry = maskkit.Registry.from_plugins(autoload=False, plugins={"small": SmallFashion(), "picky": PickyPlugin(),
+                                                                       "context": ContextMaskersPlugin()})
     path = write_spec(tmp_path, variants=variants)
     with pytest.raises(ConfigError) as info:
         make_plan(load_spec(path, registry=registry), registry)

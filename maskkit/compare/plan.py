@@ -258,6 +258,14 @@ class _EncoderShape:
     embed_dim: int
 
 
+def _checks_its_model(masker: Any) -> bool:
+    """Whether ``masker`` defines a :meth:`~maskkit.Masker.check_model` of its own (the default accepts all)."""
+    from maskkit.interfaces import Masker
+
+    check = getattr(type(masker), "check_model", None)
+    return check is not None and check is not Masker.check_model
+
+
 def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) -> Plan:
     """Compute each variant's cost and steps and the recipe of every run (seed-major order: all variants at the
     first seed come first, so an interrupted comparison is complete for some seed as early as possible)."""
@@ -293,12 +301,16 @@ def make_plan(spec: CompareSpec, registry=None, *, device: str | None = None) ->
             # hours later when its run starts; keep only the encoder's geometry (and width, the maskers' wiring).
             key = json.dumps([recipe.component(s) for s in ("encoder", "decoder", "target", "loss")],
                              sort_keys=True, default=str)
-            if key not in encoders:
+            built = key in encoders
+            if not built:  # the model with this variant's masker: its check_model runs too
                 with torch.random.fork_rng(devices=[]):
                     enc = build_model(recipe, registry).encoder
                 encoders[key] = _EncoderShape(enc.grid, enc.num_prefix_tokens, bool(enc.sparse), enc.embed_dim)
                 del enc
             masker = build_masker(recipe, registry, encoders[key])
+            if built and _checks_its_model(masker):  # it may refuse the model (a teacher source, no teacher)
+                with torch.random.fork_rng(devices=[]):
+                    build_model(recipe, registry)
             grid = tuple(encoders[key].grid)
             hidden = _hidden(masker, grid, variant.masker.get("name"))
         except ConfigError as exc:
