@@ -172,8 +172,12 @@ def test_blind_call_and_bad_arguments_are_refused():
         AttMaskMasker()(2, GRID)
     with pytest.raises(ConfigError, match="mode"):
         AttMaskMasker(mode="middle")
-    with pytest.raises(ConfigError, match="hint_ratio"):
+    with pytest.raises(ConfigError) as info:
         AttMaskMasker(mode="hint", hint_ratio=0.3, hint_pool=0.1)
+    assert info.value.key == "hint_ratio"
+    with pytest.raises(ConfigError) as info:  # hint_ratio left to its default: the key named is hint_pool
+        AttMaskMasker(mode="hint", hint_pool=0.8)
+    assert info.value.key == "hint_pool" and "got hint_ratio=0.6 (hint_pool x ratio, the default)" in str(info.value)
     with pytest.raises(ValueError, match="source='teacher'"):
         draw(AttMaskMasker(source="teacher"), 2, images=fashion()[:2], model=tiny_model())
 

@@ -64,12 +64,16 @@ class AttMaskMasker(Masker):
             raise ConfigError("mode", f"expected one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.hint_pool = check_fraction(hint_pool, "hint_pool")
-        if hint_ratio is None:  # main_attmask.py: show_ratio = show_max * pred_ratio
+        derived = hint_ratio is None
+        if derived:  # main_attmask.py: show_ratio = show_max * pred_ratio
             hint_ratio = self.hint_pool * self.ratio
         self.hint_ratio = check_fraction(hint_ratio, "hint_ratio")
         if mode == "hint" and not 0 < self.hint_ratio <= self.hint_pool < self.ratio:
-            raise ConfigError("hint_ratio", f"mode hint needs 0 < hint_ratio <= hint_pool < ratio, got hint_ratio="
-                                            f"{hint_ratio}, hint_pool={hint_pool}, ratio={ratio}")
+            given = (f"hint_ratio={self.hint_ratio:g} (hint_pool x ratio, the default)" if derived else
+                     f"hint_ratio={hint_ratio}")  # the key named is one the recipe set
+            raise ConfigError("hint_pool" if derived else "hint_ratio",
+                              f"mode hint needs 0 < hint_ratio <= hint_pool < ratio, got {given}, "
+                              f"hint_pool={hint_pool}, ratio={ratio}")
         self.masking_prob = check_fraction(masking_prob, "masking_prob")
         self.source = check_source(source)
 
