@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from maskkit.errors import CheckpointError, MaskkitError
+from maskkit.interop.pretrained import RECIPE_FILE, WEIGHT_FILES
 from maskkit.interop.vit_names import layout_of, official_to_transformers
 
 LAYER_NORM_EPS = 1e-6  # timm's ViT and maskkit's MAE decoder
@@ -317,10 +318,9 @@ def _normalization(recipe_tree: Mapping[str, Any], registry) -> tuple[tuple, tup
         return None
 
 
-# What an export writes (``save_pretrained`` of a model and an image processor, and the recipe); sharded weights
-# are ``model-00001-of-00002.safetensors`` and an index.
-_EXPORT_FILES = {"config.json", "preprocessor_config.json", "maskkit_recipe.yaml", "model.safetensors",
-                 "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
+# What an export writes (``save_pretrained`` of a model and an image processor, and the recipe): the files the
+# reader (:mod:`maskkit.interop.pretrained`) looks for; sharded weights are ``model-00001-of-00002.safetensors``.
+_EXPORT_FILES = {"config.json", "preprocessor_config.json", RECIPE_FILE, *WEIGHT_FILES}
 _EXPORT_SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
 _EXPORT_MODEL_TYPES = {"vit", "vit_mae"}
 
@@ -363,7 +363,7 @@ def _write_folder(out: Path, hf: nn.Module, recipe_tree: Mapping[str, Any], mean
                 rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean_std[0]), image_std=list(mean_std[1]))
             processor.save_pretrained(tmp)
         if recipe_tree:
-            (tmp / "maskkit_recipe.yaml").write_text(yaml.safe_dump(dict(recipe_tree), sort_keys=False))
+            (tmp / RECIPE_FILE).write_text(yaml.safe_dump(dict(recipe_tree), sort_keys=False))
         umask = os.umask(0)
         os.umask(umask)
         for path in (tmp, *tmp.iterdir()):  # mkdtemp (and the weight writer) make owner-only files
