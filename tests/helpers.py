@@ -93,3 +93,18 @@ def write_bad_image_folder(root: Path, good: int = 24) -> Path:
     (root / "empty.png").write_bytes(b"")
     (root / "text.jpg").write_text("not an image\n")
     return root
+
+
+def record_checkpoint_reads(monkeypatch, path) -> list[str]:
+    """From now on (``monkeypatch``'s scope) every ``torch.load`` of ``path`` appends ``"mapped"`` (``mmap=True``:
+    the zip directory and the pickle) or ``"read"`` (the whole file) to the returned list."""
+    reads: list[str] = []
+    real_load = torch.load
+
+    def recording_load(file, *args, **kwargs):
+        if str(file) == str(path):
+            reads.append("mapped" if kwargs.get("mmap") else "read")
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    return reads

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import tiny_tree
+from helpers import record_checkpoint_reads, tiny_tree
 
 from maskkit.cli import main
 
@@ -90,14 +90,7 @@ def test_resume_from_checkpoint_alone(trained, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     saved = yaml.safe_load((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-    reads, real_load = [], torch.load
-
-    def recording_load(path, *args, **kwargs):
-        if str(path) == str(run / "checkpoint.pth"):
-            reads.append("mapped" if kwargs.get("mmap") else "read")
-        return real_load(path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", recording_load)
+    reads = record_checkpoint_reads(monkeypatch, run / "checkpoint.pth")
     assert main(["train", "--resume", str(run / "checkpoint.pth"), "train.max_steps=6", "--no-progress",
                  "--no-eval"]) == 0
     assert reads.count("read") == 1, reads

@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import SmallFashion, tiny_tree
+from helpers import SmallFashion, record_checkpoint_reads, tiny_tree
 from rich.console import Console
 
 import maskkit
@@ -467,17 +467,10 @@ def test_cli_resume_refuses_a_recipe_or_checkpoint_it_would_ignore(pretrained, t
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--resume continues the run with its own recipe" in err and fragment in err
     assert torch.load(ckpt, weights_only=True)["step"] == 1  # nothing ran
-    reads, real_load = [], torch.load
-
-    def recording_load(path, *args, **kwargs):
-        if str(path) == str(ckpt):
-            reads.append("mapped" if kwargs.get("mmap") else "read")
-        return real_load(path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", recording_load)
+    reads = record_checkpoint_reads(monkeypatch, ckpt)
     assert main(["finetune", "--resume", str(ckpt), "finetune.max_steps=2", "--no-progress"]) == 0
     assert reads.count("read") == 1, reads
-    assert real_load(ckpt, weights_only=True)["step"] == 2
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
 
 
 def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):
