@@ -370,8 +370,9 @@ def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
               "from maskkit.engine.run_folder import RunLock\n"
               f"lock = RunLock({str(tmp_path)!r}).acquire()\n"
               "child = os.fork()\n"  # the after-fork hooks have run in the child once fork returns there
-              "if child == 0:\n    print('child', flush=True)\n    time.sleep(60)\n    os._exit(0)\n"
-              "print(child, flush=True)\ntime.sleep(60)\n")
+              # one os.write per line: a pipe write this short is atomic, so the two lines never interleave
+              "if child == 0:\n    os.write(1, b'child\\n')\n    time.sleep(60)\n    os._exit(0)\n"
+              "os.write(1, f'{child}\\n'.encode())\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
     child = int(next(line for line in lines if line != "child"))
