@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from maskkit.bench import cli as bench_cli
 from maskkit.bench import data as bench_data
@@ -67,6 +68,33 @@ def test_sparse_mae_counts_fewer_flops_than_the_mask_token_encoder_and_as_many_a
     # the same but one product: the official code also projects the [CLS] token's prediction, then drops it
     # (forward 2 * B * D * out, backward twice that)
     assert flops["official"] - flops["mae"] == 3 * 2 * 2 * pred.in_features * pred.out_features
+
+
+class NonzeroCounter(TorchDispatchMode):
+    """Counts ``aten::nonzero``: the mask-count check on the host (on CUDA it waits for the device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func._schema.name == "aten::nonzero"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["mae", "dense"])
+def test_only_the_untimed_first_step_checks_the_mask_count_on_the_host(builtin_registry, one_thread, kind):
+    """On CUDA a host check of the masks (``nonzero``) waits for the device inside the step: the timed steps
+    assert the count on the device instead, as the trainer does after its first micro-steps."""
+    spec = bench_steps.model_spec("vit_tiny_patch16", TINY, builtin_registry)
+    model = bench_steps.build_maskkit(spec, kind == "dense", builtin_registry)
+    variant = bench_steps.make_variant("t", kind, model, batch_size=2, device=CPU, amp_dtype=None)
+    host_checks = []
+    for _ in range(3):
+        with NonzeroCounter() as counter:
+            variant.step()
+        host_checks.append(counter.calls)
+    assert host_checks[0] >= 1 and host_checks[1:] == [0, 0]
 
 
 def test_transformers_reference_has_the_same_sizes(builtin_registry):

@@ -202,7 +202,11 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
     """Move ``model`` to ``device`` and build its step: fixed random images (the data pipeline is measured
     apart), masks drawn on the device each step as the trainer does, AdamW as the trainer builds it (fused on
     CUDA), bf16 autocast when ``amp_dtype`` is set. ``compile``, ``compile_scope``: see
-    :meth:`Variant.compile_model`."""
+    :meth:`Variant.compile_model`.
+
+    maskkit's variants check the masker's hidden count as the trainer does: on the host in the first step (the
+    FLOP-counted one, never timed), then by a device-side assertion (``sync_checks=False``), since the host check
+    (``nonzero``) waits for the device in the middle of every step it is made in."""
     from maskkit.engine.optim import make_optimizer
 
     model = model.to(device).train()
@@ -217,6 +221,7 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
         shape = (batch_size, model.encoder.in_chans, *model.encoder.img_size)
     images = torch.randn(shape, generator=gen, device=device)
     num_visible = model.num_visible() if kind in ("mae", "dense") else None
+    host_checked = [False]  # whether a step has checked the mask count on the host (the first one does)
 
     def autocast():
         if amp_dtype is None:
@@ -230,7 +235,8 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
             elif kind == "official":
                 loss = model(images, generator=gen)[0]
             else:
-                mask = model.draw_mask(batch_size, gen, device)
+                mask = model.draw_mask(batch_size, gen, device, sync_checks=not host_checked[0])
+                host_checked[0] = True
                 loss = model(images, mask=mask, num_visible=num_visible).loss
         loss.backward()
         optimizer.step()
