@@ -16,13 +16,22 @@
 # generated JPEGs (end to end against the bench's images/s; then again with data.decode: device), ViT-L/16 at batch
 # 64 compiled block by block (MAE, mask tokens, transformers), ViT-L/16 at the micro-batch the recipe's
 # `batch_size: auto` picks for this GPU, compiled whole; and
-# prints last the goals table of issue 10 (python -m maskkit.bench.goals). Logs and JSON go to $OUT.
+# prints last the goals table of issue 10 (python -m maskkit.bench.goals).
+# $OUT ends with what the goals read (the benchmarks' JSON, the training runs' metrics.jsonl), goals.json and
+# logs.tar.gz (every log), a few small files, as a device tool sends back (the lent GPU machine here: at most 8
+# files of 16 MiB); the generated JPEGs and the training runs' folders (a 1.3 GB checkpoint each) go to a scratch
+# folder removed at the end. A part that fails prints the end of its log, so the reason is in the output too.
 # A benchmark whose timeout comes while it times its rounds stops after the round under way and still writes the
 # rounds done (its log, JSON and the goals table say "stopped after k of n rounds"; timeout reports 124). One whose
 # timeout comes earlier (data pipelines, compiling before any round) ends at once and leaves its goals unmeasured.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
+OUT=${OUT:-$(mktemp -d)}; LOGS=$OUT/logs; mkdir -p "$LOGS"
+SCRATCH=$(mktemp -d); trap 'rm -rf "$SCRATCH"' EXIT
+# failed WHAT LOG: say that WHAT failed, with the end of its LOG
+failed() { echo "$1: see $2"; tail -n 8 "$2" 2>/dev/null | sed 's/^/    /'; }
+# metrics RUN: the goals read $OUT/RUN/metrics.jsonl; the rest of the run folder stays in $SCRATCH
+metrics() { mkdir -p "$OUT/$1" && cp "$SCRATCH/$1/metrics.jsonl" "$OUT/$1/" 2>/dev/null; }
 if [ "${GPU_CHECK_REHEARSAL:-0}" = "1" ]; then
   DEVICE=cpu; BATCH=4; JPEGS=64; TRAIN_STEPS=6; COMPILE=--no-compile; GOALS=(--rehearsal)
   TINY=(encoder.img_size=32 encoder.depth=1 encoder.embed_dim=32 encoder.num_heads=2 decoder.depth=1
@@ -31,46 +40,53 @@ if [ "${GPU_CHECK_REHEARSAL:-0}" = "1" ]; then
   DATA=(--data-images 64 --device-decode)
 else
   DEVICE=cuda; BATCH=64; JPEGS=2048; TRAIN_STEPS=60; COMPILE=--compile; GOALS=(); TINY=(); SETS=(); DATA=()
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu.txt"
   # install without network or build isolation (the build backend must already be there: setuptools is)
-  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || echo "editable install failed; using PYTHONPATH"
-  for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && python3 -m pip install -q --no-deps --no-build-isolation -e "$p" >>"$OUT/pip.txt" 2>&1; done
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$LOGS/pip.txt" 2>&1 || echo "editable install failed; using PYTHONPATH"
+  for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && python3 -m pip install -q --no-deps --no-build-isolation -e "$p" >>"$LOGS/pip.txt" 2>&1; done
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__,
-            torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/versions.txt"
+            torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$LOGS/versions.txt"
 WORKERS=$(python3 -c "import os; print(min(16, os.cpu_count() or 1))")
 BENCH=(python3 -m maskkit bench --device "$DEVICE" --steps 5)
 
 # 1. the CUDA tests (tests/test_cuda.py and every test marked cuda, the plugins' included)
 if [ "$DEVICE" = cuda ]; then
-  timeout 80 python3 -m pytest -q -m cuda tests plugins 2>&1 | tee "$OUT/tests.txt" | tail -4
-  echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $OUT/tests.txt)"
+  timeout 80 python3 -m pytest -v -rfE -m cuda tests plugins 2>&1 | tee "$LOGS/tests.txt" | tail -2
+  echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $LOGS/tests.txt)"
+  # the failed tests by name, even when the timeout cut the summary off (and collection errors)
+  grep -E " (FAILED|ERROR) +\[|^ERROR " "$LOGS/tests.txt" | head -20
 fi
 
 # 2. ViT-B/16, batch 64, eager, every variant, and the data pipelines with every worker busy (nvJPEG's too)
 timeout 90 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-compile --workers "$WORKERS" \
-  "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$OUT/bench-B64.txt" 2>&1 || echo "ViT-B/16 benchmark failed or timed out: see $OUT/bench-B64.txt"
+  "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$LOGS/bench-B64.txt" 2>&1 \
+  || failed "ViT-B/16 benchmark failed or timed out" "$LOGS/bench-B64.txt"
 
 # 3. maskkit train end to end, ViT-B/16 at batch 64 on generated JPEGs, eager like the bench rows above
 timeout 30 python3 -c "
 import sys; from pathlib import Path; from maskkit.bench.data import plain_pool, write_jpegs
-pool = plain_pool($WORKERS); write_jpegs(Path(sys.argv[1]), $JPEGS, pool=pool); pool.shutdown()" "$OUT/jpegs"
-TRAIN=(python3 -m maskkit train recipes/mae_vit_base_patch16.yaml data.root="$OUT/jpegs" train.batch_size="$BATCH"
+pool = plain_pool($WORKERS); write_jpegs(Path(sys.argv[1]), $JPEGS, pool=pool); pool.shutdown()" "$SCRATCH/jpegs" \
+  >"$LOGS/jpegs.txt" 2>&1 || failed "writing the training JPEGs failed or timed out" "$LOGS/jpegs.txt"
+TRAIN=(python3 -m maskkit train recipes/mae_vit_base_patch16.yaml data.root="$SCRATCH/jpegs" train.batch_size="$BATCH"
        train.accum_steps=1 train.effective_batch="$BATCH" train.max_steps="$TRAIN_STEPS"
        train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=0 train.warmup_epochs=0 train.num_workers="$WORKERS"
        train.compile=false eval.knn=false eval.reconstructions=0 "${TINY[@]}" train.device="$DEVICE")
-timeout 60 "${TRAIN[@]}" --out "$OUT/train-B64" >"$OUT/train-B64.txt" 2>&1 \
-  || echo "maskkit train failed: see $OUT/train-B64.txt"
+timeout 60 "${TRAIN[@]}" --out "$SCRATCH/train-B64" >"$LOGS/train-B64.txt" 2>&1 \
+  || failed "maskkit train failed" "$LOGS/train-B64.txt"
+metrics train-B64
 # 3b. the same with data.decode: device (workers read files; nvJPEG decodes two batches ahead, in a thread)
-timeout 45 "${TRAIN[@]}" data.decode=device --out "$OUT/train-B64-device" >"$OUT/train-B64-device.txt" 2>&1 \
-  || echo "maskkit train with data.decode: device failed: see $OUT/train-B64-device.txt"
+timeout 45 "${TRAIN[@]}" data.decode=device --out "$SCRATCH/train-B64-device" >"$LOGS/train-B64-device.txt" 2>&1 \
+  || failed "maskkit train with data.decode: device failed" "$LOGS/train-B64-device.txt"
+metrics train-B64-device
 
 # 4. ViT-L/16, batch 64, compiled block by block (train.compile_scope: blocks; compiled whole, three ViT-L models
 #    could take longer to compile than this part has): MAE, mask tokens, transformers
 timeout 130 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" "$COMPILE" --compile-scope blocks \
   --variants mae,dense,hf --no-data \
-  "${SETS[@]}" --json "$OUT/bench-L64.json" >"$OUT/bench-L64.txt" 2>&1 || echo "ViT-L/16 compiled benchmark failed or timed out: see $OUT/bench-L64.txt"
+  "${SETS[@]}" --json "$OUT/bench-L64.json" >"$LOGS/bench-L64.txt" 2>&1 \
+  || failed "ViT-L/16 compiled benchmark failed or timed out" "$LOGS/bench-L64.txt"
 
 # 5. ViT-L/16 at the per-GPU micro-batch that batch_size: auto picks on this GPU, compiled whole as train.compile:
 #    auto compiles (its compile column: the whole-model compile time) (a rehearsal picks for an 80 GiB GPU and
@@ -87,7 +103,8 @@ print(pick_batch(StepShape.of(model), effective_batch=r.train.effective_batch, w
 echo "batch_size: auto picks ${AUTO:-?} per GPU for ViT-L/16 here"
 [ "$DEVICE" = cpu ] && AUTO=$BATCH
 timeout 90 "${BENCH[@]}" --models vit_large_patch16 --batch-size "${AUTO:-256}" "$COMPILE" --variants mae --no-data \
-  "${SETS[@]}" --json "$OUT/bench-Lauto.json" >"$OUT/bench-Lauto.txt" 2>&1 || echo "ViT-L/16 auto-batch benchmark failed or timed out: see $OUT/bench-Lauto.txt"
+  "${SETS[@]}" --json "$OUT/bench-Lauto.json" >"$LOGS/bench-Lauto.txt" 2>&1 \
+  || failed "ViT-L/16 auto-batch benchmark failed or timed out" "$LOGS/bench-Lauto.txt"
 
 # the extra cost of context-aware maskers (maskkit bench --masker) for those the installed plugins provide:
 # with GPU_CHECK_FULL=1, or GPU_CHECK_MASKERS='attmask|hpm|adamae' (up to a minute each, beyond the 8 minutes)
@@ -95,14 +112,16 @@ if [ "${GPU_CHECK_FULL:-0}" = "1" ] || [ -n "${GPU_CHECK_MASKERS:-}" ]; then
   MASKERS=$(python3 -m maskkit list masker 2>/dev/null | grep -owE "${GPU_CHECK_MASKERS:-attmask|hpm|adamae}" | sort -u)
   for m in $MASKERS; do
     timeout 60 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --masker "$m" "${SETS[@]}" \
-      --json "$OUT/bench-masker-$m.json" >"$OUT/bench-masker-$m.txt" 2>&1; tail -1 "$OUT/bench-masker-$m.txt"
+      --json "$OUT/bench-masker-$m.json" >"$LOGS/bench-masker-$m.txt" 2>&1; tail -1 "$LOGS/bench-masker-$m.txt"
   done
 fi
 
 if [ "${GPU_CHECK_FULL:-0}" = "1" ]; then
   timeout 240 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" --no-compile --no-data "${SETS[@]}" \
-    --json "$OUT/bench-L64-eager.json" >"$OUT/bench-L64-eager.txt" 2>&1 || echo "ViT-L/16 eager benchmark failed"
+    --json "$OUT/bench-L64-eager.json" >"$LOGS/bench-L64-eager.txt" 2>&1 \
+    || failed "ViT-L/16 eager benchmark failed or timed out" "$LOGS/bench-L64-eager.txt"
 fi
 
-tail -22 "$OUT/bench-L64.txt"
+tail -22 "$LOGS/bench-L64.txt"
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"  # one file for all the logs (tar -xzf to read them)
 python3 -m maskkit.bench.goals "${GOALS[@]}" "$OUT"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,14 @@ def test_the_rehearsal_runs_every_step_and_each_goal_finds_its_numbers(tmp_path)
     for run in ("train-B64", "train-B64-device"):  # data.decode: host, then device
         metrics = [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics] == list(range(1, 7)), run
+    # $OUT keeps a few small files, as a device tool sends back (at most 8 of 16 MiB on the lent GPU machine):
+    # the JPEGs and the training runs' checkpoints stay in a scratch folder, the logs go into one archive
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert len(files) <= 8 and all(path.stat().st_size < 2**24 for path in files), files
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        names = set(logs.getnames())
+    assert {f"logs/{name}.txt" for name in ("bench-B64", "train-B64", "train-B64-device", "bench-L64",
+                                            "bench-Lauto")} <= names, names
     rows = {r["goal"]: r for r in json.loads((out / "goals.json").read_text())}
     unmeasured = {goal for goal, r in rows.items() if r["measured"] == "-"}
     assert unmeasured == {"ViT-L/16 vs transformers' ViTMAE (eager vs eager, batch 64)"}  # GPU_CHECK_FULL only
