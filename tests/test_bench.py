@@ -148,6 +148,34 @@ def test_data_pipelines_run_with_workers(tmp_path):
     assert on_device.images == 4 and on_device.images_per_s > 0  # one pass over the files after an untimed batch
 
 
+def test_a_data_pipeline_that_fails_costs_only_its_own_row(monkeypatch, one_thread):
+    """nvJPEG failing on a machine it never ran on (say) is reported, and the other pipelines and the model steps,
+    measured after the pipelines, are still measured: the goals that need the failed one alone stay unmeasured."""
+    def failing(*args, **kwargs):
+        raise RuntimeError("Failed to initialize nvjpeg with hardware backend: 6")
+
+    monkeypatch.setattr(bench_data, "device_decode_pipeline", failing)
+    settings = bench_cli.BenchSettings(device="cpu", models=("vit_small_patch16",), batch_size=2, steps=1, warmup=1,
+                                       dtype="fp32", compile=False, variants=("mae",), workers=0, data_images=4,
+                                       data=True, overrides=TINY, seed=0, device_decode=True)
+    results = bench_cli.run_benchmark(settings)
+    assert [d["pipeline"] for d in results["data"]] == ["quickstart", "imagefolder"]
+    assert [r["variant"] for r in results["steps"]] == ["mae"]
+    line = "data pipeline imagefolder-device: RuntimeError: Failed to initialize nvjpeg with hardware backend: 6"
+    assert results["environment"]["failed"] == [line]
+    console = Console(record=True, width=200)
+    bench_cli.print_report(console, results)
+    assert line in console.export_text()
+
+
+def test_the_device_pipeline_names_a_file_it_cannot_decode(tmp_path):
+    root = bench_data.write_jpegs(tmp_path, 4) / "images"
+    data = (root / "00002.jpg").read_bytes()
+    (root / "00002.jpg").write_bytes(data[: len(data) // 2])  # its header reads, its data does not decode
+    with pytest.raises(RuntimeError, match=r"00002\.jpg did not decode"):
+        bench_data.device_decode_pipeline(root, workers=0, images=None, batch_size=2, device="cpu")
+
+
 def test_jpeg_files_keep_every_worker_busy_and_the_plain_loop_runs_in_processes(tmp_path):
     assert bench_data.files_for(8, 64) == 8 * 64 * 4 and bench_data.files_for(2, 8) == 256  # at least 256
     assert bench_data.files_for(0, 64) == 256

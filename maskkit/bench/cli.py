@@ -157,20 +157,20 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
         scale = 4 if device.type == "cuda" else 1
         n_quick = settings.data_images or 2048 * scale
         say(f"data pipeline: quickstart loader, {settings.workers} workers")
-        data_results.append(bench_data.quickstart_pipeline(workers=settings.workers, images=n_quick,
-                                                           registry=registry, pin_memory=device.type == "cuda"))
+        data_results += _pipeline("quickstart", say, env, lambda: bench_data.quickstart_pipeline(
+            workers=settings.workers, images=n_quick, registry=registry, pin_memory=device.type == "cuda"))
         files = bench_data.files_for(settings.workers, settings.batch_size)
         if settings.data_images:  # a short run asked for: no more files than images timed
             files = max(settings.batch_size, min(files, settings.data_images))
         say(f"data pipeline: ImageFolder JPEG decode + RandomResizedCrop, {settings.workers} workers, {files} "
             "files, against a plain decode + crop loop on as many processes")
         with tempfile.TemporaryDirectory(prefix="maskkit-bench-") as folder:
-            data_results.append(bench_data.imagefolder_pipeline(
+            data_results += _pipeline("imagefolder", say, env, lambda: bench_data.imagefolder_pipeline(
                 workers=settings.workers, images=settings.data_images, batch_size=settings.batch_size, files=files,
                 pin_memory=device.type == "cuda", folder=Path(folder)))
             if settings.device_decode:
                 say(f"data pipeline: the same JPEGs with data.decode: device ({device}), {settings.workers} workers")
-                data_results.append(bench_data.device_decode_pipeline(
+                data_results += _pipeline("imagefolder-device", say, env, lambda: bench_data.device_decode_pipeline(
                     Path(folder) / "images", workers=settings.workers, images=settings.data_images,
                     batch_size=settings.batch_size, device=str(device)))
 
@@ -195,6 +195,21 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None, regis
             "peak_gemm": {"size": peak.size, "dtype": settings.dtype},
             "steps": [attrs.asdict(r) for r in step_results], "data": [attrs.asdict(r) for r in data_results],
             "transformers_missing": hf_missing, "verdicts": verdicts(step_results, data_results)}
+
+
+def _pipeline(name: str, say, env: dict[str, Any], measure) -> list:
+    """``[measure()]`` (one data pipeline's ``DataResult``), or ``[]`` when it raises: a pipeline that fails (nvJPEG
+    on a machine it never ran on, say) must not cost the model steps measured after the pipelines. The failure goes
+    into ``env["failed"]``, which the report prints; the goals that need the pipeline stay unmeasured."""
+    from maskkit.errors import first_line
+
+    try:
+        return [measure()]
+    except Exception as exc:  # noqa: BLE001 - whatever it was, it is reported and the steps still run
+        line = f"data pipeline {name}: {type(exc).__name__}: {first_line(str(exc))}"
+        say(line)
+        env.setdefault("failed", []).append(line)
+        return []
 
 
 def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, device, amp_dtype, peak, stop, registry,
@@ -353,6 +368,8 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
         console.print("transformers is not installed: no ViTMAEForPreTraining reference rows")
     for line in results["verdicts"]:
         console.print(line, highlight=False)
+    for line in env.get("failed", []):  # a data pipeline that raised (the steps were measured all the same)
+        console.print(f"[red]{line}[/red]", highlight=False)
     for line in env.get("stopped", []):  # SIGTERM (a timeout) during the rounds: fewer rounds than asked
         console.print(f"[yellow]{line}[/yellow]", highlight=False)
     s = env["settings"]

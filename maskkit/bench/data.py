@@ -75,7 +75,11 @@ def loader_throughput(dataset, transform, *, batch_size: int, workers: int, imag
         batches = finish_ahead(batches, finish, finish_device, depth=finish_depth)
     counted, start, batch = -1, 0.0, None
     try:
-        for batch, _ in batches:
+        for finished in batches:
+            if len(finished) == 3:  # (images, labels, BadBatch): files ``finish`` could not decode
+                bad = finished[2].bad[0]
+                raise RuntimeError(f"{bad.path} did not decode ({bad.reason})")
+            batch = finished[0]
             if counted < 0:  # the first batch pays for the workers' start-up
                 _wait_for(batch)
                 counted, start = 0, time.perf_counter()
