@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,6 +19,22 @@ SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 
 def test_the_script_parses():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a bash script")
+def test_every_part_ends_by_the_deadline_even_one_that_ignores_sigterm():
+    """Each part runs through ``within CAP``: its timeout is cut to what is left before the deadline (so the goals
+    table is printed within the device's call whatever the untimed steps took), and a part that outlives its
+    SIGTERM (a training run saving its checkpoint, inductor's exit waiting for its compile workers) is killed."""
+    text = SCRIPT.read_text()
+    calls = [line.strip() for line in text.splitlines() if re.search(r"^[^#]*\btimeout\s", line)]
+    assert len(calls) == 1 and calls[0].startswith("timeout -k"), calls  # only inside within()
+    within = re.search(r"^within\(\) \{.*?^\}$", text, re.S | re.M).group(0)
+    ignores = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    script = f'{within}\nEND=4; KILL_AFTER=1; SECONDS=0\nwithin 100 {sys.executable} -c "{ignores}"\necho "$? $SECONDS"'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    status, seconds = map(int, proc.stdout.split())
+    assert status == 137 and seconds <= 5, proc  # SIGTERM at 3 s (END - KILL_AFTER), SIGKILL at 4 s
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a bash script")
