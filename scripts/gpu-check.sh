@@ -68,7 +68,7 @@ BENCH=(python3 -m maskkit bench --device "$DEVICE" --steps 5)
 
 # 1. the CUDA tests (tests/test_cuda.py and every test marked cuda, the plugins' included)
 if [ "$DEVICE" = cuda ]; then
-  within 80 python3 -m pytest -v -rfE -m cuda tests plugins 2>&1 | tee "$LOGS/tests.txt" | tail -2
+  within 80 python3 -m pytest -v -rfE -m cuda plugins tests 2>&1 | tee "$LOGS/tests.txt" | tail -2
   echo "CUDA tests exit status: ${PIPESTATUS[0]} (log: $LOGS/tests.txt)"
   # the failed tests by name, even when the timeout cut the summary off (and collection errors)
   grep -E " (FAILED|ERROR) +\[|^ERROR " "$LOGS/tests.txt" | head -20

@@ -257,28 +257,6 @@ def test_a_learnable_context_masker_trains_without_host_syncs(tmp_path):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("masker", ["wrong_later", "wrong_later_looking"])
-def test_a_wrong_mask_after_the_checked_steps_stops_the_run_with_one_line(tmp_path, masker):
-    """After the host-checked micro-steps the count is asserted on the device; the failed assertion kills the
-    CUDA context, so this runs in its own process: ``maskkit train`` exits 2 with one line naming the masker."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    tree = tiny_tree(masker={"name": masker})
-    tree["train"].update(max_steps=6, log_every=6, ckpt_every=0, device="cuda")
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tree))
-    worker = Path(__file__).parent / "context_masker_worker.py"
-    done = subprocess.run([sys.executable, str(worker), "train", str(tmp_path / "r.yaml"),
-                           "--out", str(tmp_path / "run"), "--no-progress", "--no-eval"],
-                          capture_output=True, text=True, timeout=300)
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert last.startswith("maskkit: error: a device-side assertion failed by step") and masker in last, last
-
-
-@pytest.mark.cuda
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_model_step_does_not_sync_on_cuda(builtin_registry, dense):
     model = _model(builtin_registry, dense=dense).cuda()
@@ -320,29 +298,6 @@ def test_pixel_targets_stay_float32_under_bf16_autocast(builtin_registry):
         out = model(images, generator=gen)
     assert out.target.dtype == torch.float32 and out.loss.dtype == torch.float32
     torch.testing.assert_close(out.target, model.target(images))
-
-
-@pytest.mark.cuda
-def test_train_compile_on_cuda(tmp_path, builtin_registry):
-    tree = tiny_tree()
-    tree["train"].update(max_steps=3, ckpt_every=0, compile=True, device="cuda")
-    result = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False).fit()
-    assert result.final_loss == result.final_loss
-
-
-@pytest.mark.cuda
-def test_bench_on_cuda_with_a_tiny_model(tmp_path):
-    from maskkit.bench.cli import BenchSettings, run_benchmark
-
-    settings = BenchSettings(device="cuda", models=("vit_tiny_patch16",), batch_size=4, steps=2, warmup=2,
-                             dtype="bf16", compile=False, variants=("mae", "dense", "official", "hf"), workers=2,
-                             data_images=64, data=True, overrides=("encoder.img_size=64", "decoder.depth=1"), seed=0)
-    results = run_benchmark(settings)
-    rows = {r["variant"]: r for r in results["steps"]}
-    assert rows["mae"]["flops"] < rows["dense"]["flops"] and rows["official"]["flops"] == rows["mae"]["flops"]
-    assert results["peak_flops_per_s"] > 1e12
-    for row in results["steps"]:  # each variant's own memory: at least its parameters, never all variants' sum
-        assert 4 * row["params"] < row["peak_memory"] < torch.cuda.max_memory_allocated()
 
 
 @pytest.mark.cuda
@@ -424,3 +379,52 @@ def test_nvjpeg_batches_decoded_ahead_are_not_overwritten_by_the_next_decode(tmp
     monkeypatch.setattr(transform, "apply", delayed_apply)
     got = [images.cpu() for images, _ in finish_ahead(batches, decoder, "cuda", depth=2)]
     assert all(torch.equal(g, e) for g, e in zip(got, expected))
+
+
+# -- CUDA only, the slowest last (a new process each, inductor's compilation, the data pipelines): under the
+# GPU check's timeout the quick tests of the paths that no other part runs (nvJPEG, decode-ahead) come first
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("masker", ["wrong_later", "wrong_later_looking"])
+def test_a_wrong_mask_after_the_checked_steps_stops_the_run_with_one_line(tmp_path, masker):
+    """After the host-checked micro-steps the count is asserted on the device; the failed assertion kills the
+    CUDA context, so this runs in its own process: ``maskkit train`` exits 2 with one line naming the masker."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    tree = tiny_tree(masker={"name": masker})
+    tree["train"].update(max_steps=6, log_every=6, ckpt_every=0, device="cuda")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tree))
+    worker = Path(__file__).parent / "context_masker_worker.py"
+    done = subprocess.run([sys.executable, str(worker), "train", str(tmp_path / "r.yaml"),
+                           "--out", str(tmp_path / "run"), "--no-progress", "--no-eval"],
+                          capture_output=True, text=True, timeout=300)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last.startswith("maskkit: error: a device-side assertion failed by step") and masker in last, last
+
+
+@pytest.mark.cuda
+def test_train_compile_on_cuda(tmp_path, builtin_registry):
+    tree = tiny_tree()
+    tree["train"].update(max_steps=3, ckpt_every=0, compile=True, device="cuda")
+    result = Trainer(maskkit.Recipe(tree), tmp_path, registry=builtin_registry, progress=False).fit()
+    assert result.final_loss == result.final_loss
+
+
+@pytest.mark.cuda
+def test_bench_on_cuda_with_a_tiny_model(tmp_path):
+    from maskkit.bench.cli import BenchSettings, run_benchmark
+
+    settings = BenchSettings(device="cuda", models=("vit_tiny_patch16",), batch_size=4, steps=2, warmup=2,
+                             dtype="bf16", compile=False, variants=("mae", "dense", "official", "hf"), workers=2,
+                             data_images=64, data=True, overrides=("encoder.img_size=64", "decoder.depth=1"), seed=0)
+    results = run_benchmark(settings)
+    rows = {r["variant"]: r for r in results["steps"]}
+    assert rows["mae"]["flops"] < rows["dense"]["flops"] and rows["official"]["flops"] == rows["mae"]["flops"]
+    assert results["peak_flops_per_s"] > 1e12
+    for row in results["steps"]:  # each variant's own memory: at least its parameters, never all variants' sum
+        assert 4 * row["params"] < row["peak_memory"] < torch.cuda.max_memory_allocated()
