@@ -381,6 +381,31 @@ def test_nvjpeg_batches_decoded_ahead_are_not_overwritten_by_the_next_decode(tmp
     assert all(torch.equal(g, e) for g, e in zip(got, expected))
 
 
+@pytest.mark.cuda
+def test_an_inline_nvjpeg_decode_leaves_memory_the_callers_queued_kernels_read(tmp_path):
+    """nvJPEG writes its outputs on its own stream, into memory allocated on the caller's: called inline (no
+    decode-ahead), a block freed while a queued kernel still has to read it must not be handed to the decoder
+    and overwritten first (torchvision's decode_jpegs_cuda waits for its own stream only)."""
+    from maskkit.bench.data import write_jpegs
+    from maskkit.data import ImageFolder, TrainTransform, sample_generator
+    from maskkit.data.encoded import DeviceDecoder, EncodedView
+    from maskkit.data.loading import stack_collate
+
+    base = ImageFolder(write_jpegs(tmp_path, 4) / "images")
+    transform = TrainTransform(224, mean=base.mean, std=base.std, output="uint8")
+    batch = stack_collate([(transform(EncodedView(base)[i][0], sample_generator(0, 0, i)), 0) for i in range(4)])
+    decoder = DeviceDecoder(transform, "cuda")
+    sizes = [3 * crop.image.height * crop.image.width for crop in batch[0]]  # the decoder's output buffers
+    sums = []
+    for _ in range(10):
+        ones = [torch.ones(n, dtype=torch.uint8, device="cuda") for n in sizes]
+        torch.cuda._sleep(20_000_000)  # the sums below queue behind a long kernel...
+        sums += [t.sum() for t in ones]
+        del ones  # ...and their memory is free for the next allocation on this stream: the decode's
+        decoder(batch)
+    assert [int(s) for s in sums] == sizes * 10
+
+
 # -- CUDA only, the slowest last (a new process each, inductor's compilation, the data pipelines): under the
 # GPU check's timeout the quick tests of the paths that no other part runs (nvJPEG, decode-ahead) come first
 

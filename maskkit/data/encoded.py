@@ -169,6 +169,12 @@ class DeviceDecoder:
         failed: dict[int, str] = {}
         if planned:
             data = [crops[j].image.data for j in planned]
+            if self.device.type == "cuda":
+                # nvJPEG writes its outputs on its own stream, without waiting for this one, into memory the allocator
+                # hands out on this one: memory freed here whose last reads are still queued (the training stream's,
+                # when called inline: Trainer.decode_ahead = 0) would be overwritten before they run. Drain this
+                # stream first; in decode-ahead's thread its work ended with the previous batch, so this costs nothing
+                torch.cuda.current_stream(self.device).synchronize()
             try:
                 pixels.update(zip(planned, decode_jpeg(data, mode=self.mode, device=self.device)))
             except RuntimeError as exc:  # one bad file fails the whole call: find it
