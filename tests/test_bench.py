@@ -109,6 +109,21 @@ def test_transformers_reference_has_the_same_sizes(builtin_registry):
     assert hf.config.decoder_hidden_size == 32 and hf.config.mask_ratio == 0.75 and hf.config.norm_pix_loss
 
 
+def test_the_transformers_reference_reads_its_sizes_off_a_model_never_initialised(monkeypatch, one_thread):
+    """The maskkit model ``build_hf_like`` copies the sizes of is built on the meta device: initialising ViT-L's
+    weights on the CPU (18 s on 2 cores) for a few integers cost the GPU check's ViT-L part its compile time."""
+    pytest.importorskip("transformers")
+    seen = []
+    build_hf_like = bench_steps.build_hf_like
+    monkeypatch.setattr(bench_steps, "build_hf_like", lambda model: seen.append(model) or build_hf_like(model))
+    settings = bench_cli.BenchSettings(device="cpu", models=("vit_small_patch16",), batch_size=2, steps=1, warmup=1,
+                                       dtype="fp32", compile=False, variants=("mae", "hf"), workers=0,
+                                       data_images=None, data=False, overrides=TINY, seed=0)
+    results = bench_cli.run_benchmark(settings)
+    assert [r["variant"] for r in results["steps"]] == ["mae", "hf"]
+    assert len(seen) == 1 and all(p.is_meta for p in seen[0].parameters())
+
+
 def test_registered_recipes_define_the_shipped_sizes(builtin_registry):
     spec = bench_steps.model_spec("vit_large_patch16", (), builtin_registry)
     assert spec.source == "mae_vit_large_patch16"

@@ -227,7 +227,9 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
     for kind in kinds:
         torch.manual_seed(settings.seed)
         if kind == "hf":
-            model = bench_steps.build_hf_like(bench_steps.build_maskkit(spec, False, registry))
+            with torch.device("meta"):  # only its sizes are read: no initialisation (18 s for ViT-L on 2 cores)
+                sizes = bench_steps.build_maskkit(spec, False, registry)
+            model = bench_steps.build_hf_like(sizes)
         elif kind == "official":
             model = OfficialStyleMAE.like(bench_steps.build_maskkit(spec, False, registry))
         else:
