@@ -97,6 +97,20 @@ def test_only_the_untimed_first_step_checks_the_mask_count_on_the_host(builtin_r
     assert host_checks[0] >= 1 and host_checks[1:] == [0, 0]
 
 
+def test_the_peak_is_the_gemm_rate_and_the_best_of_every_models_rounds(monkeypatch):
+    """A rate is 2 n^3 FLOPs per product over the seconds; the peak is the best rate of all the run's rounds, the
+    earlier models' included (``maskkit bench`` takes every model's MFU against it), the warm-ups not."""
+    peak = bench_steps.PeakProbe(CPU, torch.float32, size=8, repeats=3)
+    seconds = iter([0.5, 0.25, 0.5, 0.1, 2.0, 1.0])  # per model: the warm-up, then 2 rounds
+    monkeypatch.setattr(bench_steps, "time_call",
+                        lambda fn, device: next(seconds) if getattr(fn, "__self__", None) is peak else 1.0)
+    for model in ("first", "second"):
+        variant = bench_steps.Variant(model, "mae", torch.nn.Linear(1, 1), step=lambda: None, params=2)
+        assert bench_steps.benchmark_steps([variant], steps=2, warmup=1, device=CPU, peak=peak) == 2
+    assert peak.rates == [2 * 8**3 * 3 / s for s in (0.25, 0.5, 2.0, 1.0)]
+    assert peak.peak == 2 * 8**3 * 3 / 0.25  # the first model's second round
+
+
 def test_transformers_reference_has_the_same_sizes(builtin_registry):
     transformers = pytest.importorskip("transformers")
     spec = bench_steps.model_spec("vit_small_patch16", TINY, builtin_registry)

@@ -358,11 +358,11 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
             v.step()
         _sync(device)
         v.warmup_seconds = time.perf_counter() - started
-    if stop.requested:  # before the GEMM probe forgets the rates an earlier model's rounds measured
+    if stop.requested:
         say("stopped by SIGTERM before the rounds")
         return 0
-    peak.measure()  # warm-up of the GEMM
-    peak.rates.clear()
+    peak.measure()  # warm-up of the GEMM, not a rate of the run: dropped, the earlier models' rounds' rates kept
+    peak.rates.pop()
     members: list[Variant | PeakProbe] = [*variants, peak]
     for round_ in range(steps):
         if stop.requested:
