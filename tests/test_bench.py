@@ -97,6 +97,68 @@ def test_only_the_untimed_first_step_checks_the_mask_count_on_the_host(builtin_r
     assert host_checks[0] >= 1 and host_checks[1:] == [0, 0]
 
 
+def mae_step_flops(*, batch: int, patches: int, visible: int, patch_dim: int, dim: int, depth: int, dec_dim: int,
+                   dec_depth: int, mlp_ratio: int = 4) -> float:
+    """An MAE step's FLOPs counted by hand, as ``FlopCounterMode`` counts them: the encoder's blocks on the
+    ``visible`` tokens plus [CLS] (all ``patches`` for the mask-token encoder), the decoder's on all patches plus
+    [CLS], the patch embedding on all patches, the decoder's embedding and head; per token and block the four
+    projections (qkv, proj, fc1, fc2: ``2 x (3 + 1 + 2 x mlp_ratio) x dim^2``) and attention's ``q k^T`` and
+    ``attn v`` (``4 x tokens x dim``). Backward is twice the forward's matrix products, but the patch
+    embedding's (its input needs no gradient: weight gradient only) and attention's (2.5x: the fused kernels
+    recompute ``q k^T``)."""
+    enc_tokens, dec_tokens = visible + 1, patches + 1
+    block = (3 + 1 + 2 * mlp_ratio) * 2  # FLOPs per token per dim^2
+    linear = (depth * enc_tokens * block * dim**2 + 2 * enc_tokens * dim * dec_dim
+              + dec_depth * dec_tokens * block * dec_dim**2 + 2 * patches * dec_dim * patch_dim)
+    attention = depth * 4 * enc_tokens**2 * dim + dec_depth * 4 * dec_tokens**2 * dec_dim
+    patch_embed = 2 * patches * patch_dim * dim
+    return batch * (2 * patch_embed + 3 * linear + 3.5 * attention)
+
+
+def test_the_step_flops_are_the_hand_count(builtin_registry, one_thread):
+    """The bench's FLOPs of the sparse and the mask-token step equal an independent count (the ViT-S encoder at
+    32 px: 4 patches, 1 visible; decoder 1 x 32); at ViT-B/16 and ViT-L/16 the same count gives the 470.6 and
+    997.3 GFLOP per step at batch 8 that ``benchmarks/results/cpu-idle-vitb16-all.json`` and ``cpu-idle-vitl16.json``
+    hold (to the FLOP), and the issue's 32.3% MFU of ViT-L/16 at 1,991 images/s against a 768 TFLOP/s GEMM."""
+    spec = bench_steps.model_spec("vit_small_patch16", TINY, builtin_registry)
+    sizes = {"batch": 2, "patches": 4, "patch_dim": 3 * 16 * 16, "dim": 384, "depth": 2, "dec_dim": 32,
+             "dec_depth": 1}
+    for dense, visible in ((False, 1), (True, 4)):
+        torch.manual_seed(0)
+        model = bench_steps.build_maskkit(spec, dense, builtin_registry)
+        variant = bench_steps.make_variant("s", "dense" if dense else "mae", model, batch_size=2, device=CPU,
+                                           amp_dtype=None)
+        assert bench_steps.count_flops(variant.step) == mae_step_flops(visible=visible, **sizes)
+    vit = {"batch": 8, "patches": 196, "visible": 49, "patch_dim": 768, "dec_dim": 512, "dec_depth": 8}
+    cls_head = 8 * 3 * 2 * 512 * 768  # those runs' decoder also projected [CLS], as the official code does
+    assert mae_step_flops(dim=768, depth=12, **vit) + cls_head == 470556737536
+    assert mae_step_flops(dim=1024, depth=24, **vit) + cls_head == 997337792512
+    assert 1991 * mae_step_flops(dim=1024, depth=24, **vit) / 8 / 768e12 == pytest.approx(0.323, abs=5e-4)
+
+
+def test_summarize_takes_medians_and_mfu_over_the_peak():
+    """Seconds per step are the median round (not the mean a slow round would drag), images/s and FLOP/s follow
+    from it, MFU is FLOP/s over the peak, and "vs MAE" is a variant's median over MAE's."""
+    mae = bench_steps.Variant("m", "mae", torch.nn.Linear(1, 1), step=lambda: None, params=2, flops=6e9,
+                              times=[1.0, 3.0, 2.0, 100.0, 2.5])
+    dense = bench_steps.Variant("m", "dense", torch.nn.Linear(1, 1), step=lambda: None, params=2, flops=12e9,
+                                times=[5.0, 5.0, 6.0, 100.0, 4.0])
+    r_mae, r_dense = bench_steps.summarize([mae, dense], batch_size=8, peak=4e9)
+    assert (r_mae.seconds, r_mae.seconds_min, r_mae.images_per_s, r_mae.rounds) == (2.5, 1.0, 3.2, 5)
+    assert r_mae.flops_per_s == 6e9 / 2.5 and r_mae.mfu == pytest.approx(0.6) and r_mae.slowdown_vs_mae == 1.0
+    assert r_dense.seconds == 5.0 and r_dense.mfu == pytest.approx(0.6) and r_dense.slowdown_vs_mae == 2.0
+
+
+def test_a_timed_call_drains_the_device_before_and_after(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    bench_steps.time_call(lambda: events.append("step"), torch.device("cuda"))
+    assert events == ["sync", "step", "sync"]
+    events.clear()
+    bench_steps.time_call(lambda: events.append("step"), CPU)
+    assert events == ["step"]
+
+
 def test_the_peak_is_the_gemm_rate_and_the_best_of_every_models_rounds(monkeypatch):
     """A rate is 2 n^3 FLOPs per product over the seconds; the peak is the best rate of all the run's rounds, the
     earlier models' included (``maskkit bench`` takes every model's MFU against it), the warm-ups not."""
