@@ -7,8 +7,9 @@
 #                                                    # also cut to what is left of the call (GPU_CHECK_SECONDS=600)
 #                                                    # but 30 s, so that the goals table is printed within the call
 #                                                    # whatever the untimed steps (installs, version line) took
-#     GPU_CHECK_FULL=1 bash scripts/gpu-check.sh     # also ViT-L/16 eager with every variant and the installed
-#                                                    # context-aware maskers (bench --masker; minutes more)
+#     GPU_CHECK_FULL=1 bash scripts/gpu-check.sh     # also ViT-L/16 eager with every variant, the installed
+#                                                    # context-aware maskers (bench --masker) and the CPU parity
+#                                                    # bench (ViT-B/16 on the CPU; minutes more)
 #     GPU_CHECK_REHEARSAL=1 bash scripts/gpu-check.sh   # every command below on the CPU with one-block models and
 #                                                    # a few images (about a minute; tests/test_gpu_check.py):
 #                                                    # checks the script and the goals table, measures nothing
@@ -135,6 +136,10 @@ if [ "${GPU_CHECK_FULL:-0}" = "1" ]; then
   within 240 "${BENCH[@]}" --models vit_large_patch16 --batch-size "$BATCH" --no-compile --no-data "${SETS[@]}" \
     --json "$OUT/bench-L64-eager.json" >"$LOGS/bench-L64-eager.txt" 2>&1 \
     || failed "ViT-L/16 eager benchmark failed or timed out" "$LOGS/bench-L64-eager.txt"
+  # the CPU parity goal: maskkit's step against the official-style one on this machine's CPU, fp32
+  within 180 python3 -m maskkit bench --device cpu --models vit_base_patch16 --variants mae,official --no-data \
+    --steps 5 "${SETS[@]}" --json "$OUT/bench-cpu.json" >"$LOGS/bench-cpu.txt" 2>&1 \
+    || failed "CPU parity benchmark failed or timed out" "$LOGS/bench-cpu.txt"
 fi
 
 tail -22 "$LOGS/bench-L64.txt"

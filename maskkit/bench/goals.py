@@ -13,9 +13,13 @@ reads, each optional (a goal whose file is missing is *unmeasured*):
 * ``train-B64/metrics.jsonl``: ``maskkit train`` of ViT-B/16 at batch 64 on generated JPEGs, the same
   compile setting as ``bench-B64.json``;
 * ``train-B64-device/metrics.jsonl``: the same run with ``data.decode: device`` (nvJPEG, decoded ahead in a
-  thread).
+  thread);
+* ``bench-cpu.json``: ``maskkit bench --device cpu --variants mae,official``, ViT-B/16 at the CPU's defaults
+  (batch 8, fp32): the CPU parity goal, maskkit's step at least as fast as the official-style one while at
+  >= 80% of the same run's GEMM peak (``GPU_CHECK_FULL=1`` only: minutes on a small CPU).
 
-A benchmark that did not run on CUDA measures none of the goals: its file counts as missing.
+A benchmark that did not run on CUDA measures none of the GPU goals: its file counts as missing; the CPU parity
+goal, conversely, counts only a benchmark that ran on the CPU.
 ``--rehearsal`` (``GPU_CHECK_REHEARSAL=1 bash scripts/gpu-check.sh``, which runs every command on the CPU with
 tiny models) counts such files, to check that each goal finds its numbers; the table then says it is a rehearsal.
 """
@@ -109,6 +113,19 @@ def _step_rate_row(goal: str, data: dict | None, step: dict | None) -> GoalRow:
                    "pass" if value >= 1.0 else "fail", value)
 
 
+def _parity_row(bench: dict | None, model: str) -> GoalRow:
+    """The CPU parity goal: the official-style step's seconds over maskkit's (>= 1: maskkit as fast or
+    faster) and maskkit's MFU, which must also reach 80% of the run's GEMM peak; both or it fails."""
+    goal = "CPU: official-style / maskkit step time (ViT-B/16), maskkit at >= 80% of the GEMM peak"
+    a, b = _step(bench, model, "official"), _step(bench, model, "mae")
+    if a is None or b is None:
+        return GoalRow(goal, ">= 1.00x", "-", "unmeasured")
+    value = a["seconds"] / b["seconds"]
+    notes = ", ".join(n for n in (f"MFU {100 * b['mfu']:.1f}%", _stopped(bench, a) or _stopped(bench, b)) if n)
+    return GoalRow(goal, ">= 1.00x", f"{value:.2f}x ({notes})",
+                   "pass" if value >= 1.0 and b["mfu"] >= 0.8 else "fail", value)
+
+
 def train_images_per_s(metrics: list[dict]) -> float | None:
     """Steady-state images/s of a run: the median of its logged windows after the first (start-up, compilation)."""
     rates = [m["images_per_s"] for m in metrics if "images_per_s" in m]
@@ -131,9 +148,9 @@ def on_cuda(bench: dict) -> bool:
 
 
 def evaluate(results: dict[str, Any], *, rehearsal: bool = False) -> list[GoalRow]:
-    """The goals' rows from ``results``: ``{"L64", "L64-eager", "Lauto", "B64": bench JSON, "train-B64",
-    "train-B64-device": lists of metrics records}`` (any may be missing). A bench that did not run on CUDA is
-    left out unless ``rehearsal``."""
+    """The goals' rows from ``results``: ``{"L64", "L64-eager", "Lauto", "B64", "cpu": bench JSON,
+    "train-B64", "train-B64-device": lists of metrics records}`` (any may be missing). A bench that did not run
+    on CUDA is left out unless ``rehearsal``; ``"cpu"``, one that did."""
     L, B = "vit_large_patch16", "vit_base_patch16"
     l64, l64e, lauto, b64 = (results.get(k) if results.get(k) and (rehearsal or on_cuda(results[k])) else None
                              for k in ("L64", "L64-eager", "Lauto", "B64"))
@@ -162,13 +179,15 @@ def evaluate(results: dict[str, Any], *, rehearsal: bool = False) -> list[GoalRo
     on_device = next((d for d in (b64 or {}).get("data", []) if d["pipeline"] == "imagefolder-device"), None)
     rows.append(_step_rate_row("GPU decode path (nvJPEG, data.decode: device) / ViT-B/16 MAE step rate", on_device,
                                bench_b))
+    cpu = results.get("cpu")
+    rows.append(_parity_row(cpu if cpu and not on_cuda(cpu) else None, B))
     return rows
 
 
 def load_results(folder: Path) -> dict[str, Any]:
     """The JSON files of ``folder`` named in the module docstring (missing or unreadable ones left out)."""
     results: dict[str, Any] = {}
-    for key in ("L64", "L64-eager", "Lauto", "B64"):
+    for key in ("L64", "L64-eager", "Lauto", "B64", "cpu"):
         path = folder / f"bench-{key}.json"
         try:
             results[key] = json.loads(path.read_text())
