@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import random
 import shlex
@@ -677,6 +678,24 @@ def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, ima
                       resume=out / "checkpoint.pth").fit()
     assert resumed.trained_steps == 1 and resumed.bad_images == 4
     assert (out / "bad_images.txt").read_text().splitlines() == listed
+
+
+def test_a_runs_loader_workers_end_with_the_run_even_while_its_trainer_is_kept(tmp_path, image_folder,
+                                                                             builtin_registry):
+    """Persistent loader workers stop when ``fit`` returns or raises, not when the trainer is collected: a failed
+    run's exception keeps its trainer (and loader) alive, and the garbage collector would shut the workers down
+    whenever it next ran, stalling whatever ran then (once, in this suite, a test for 40 s)."""
+    tree = tiny_tree(data={"name": "image_folder", "root": str(image_folder), "in_chans": 1})
+    tree["train"].update(max_steps=6, num_workers=2)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(UnreadableImageError) as info:
+        Trainer(load_recipe(tree), tmp_path / "failed", registry=builtin_registry, progress=False).fit()
+    assert set(multiprocessing.active_children()) == before, "the failed run's workers outlived it"
+    tree["data"]["on_bad_image"] = "skip"
+    trainer = Trainer(load_recipe(tree), tmp_path / "run", registry=builtin_registry, progress=False)
+    assert trainer.fit().steps == 6
+    assert set(multiprocessing.active_children()) == before, "the finished run's workers outlived it"
+    assert info.value is not None and trainer.loader is not None  # both kept to the end on purpose
 
 
 class FailAtStep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -241,6 +242,14 @@ def test_partial_finetuning_trains_only_the_last_blocks_and_head(pretrained, tmp
     assert not torch.equal(after[f"blocks.{DEPTH - 1}.mlp.fc1.weight"], state[f"blocks.{DEPTH - 1}.mlp.fc1.weight"])
     with pytest.raises(ConfigError, match="tune_blocks: expected at most the encoder depth 3"):
         trainer(pretrained, tmp_path / "too_many", tune_blocks=4).fit()
+
+
+def test_the_loader_workers_end_with_the_fine_tuning_run(pretrained, tmp_path):
+    """Persistent loader workers stop when ``fit`` returns, not whenever the kept trainer is collected."""
+    before = set(multiprocessing.active_children())
+    run = trainer(pretrained, tmp_path / "run", num_workers=2, ema=False)
+    run.fit()
+    assert run.loader.num_workers == 2 and set(multiprocessing.active_children()) == before
 
 
 def crash_after_first_checkpoint(run: FinetuneTrainer, monkeypatch) -> None:

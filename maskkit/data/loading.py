@@ -25,7 +25,7 @@ from maskkit.data.encoded import PlannedCrop
 from maskkit.errors import UnreadableImageError
 
 __all__ = ["sample_generator", "stable_seed", "AugmentedDataset", "GlobalBatchSampler", "stack_collate",
-           "make_loader", "BadSample", "BadBatch", "BadImages"]
+           "make_loader", "stop_workers", "BadSample", "BadBatch", "BadImages"]
 
 
 def stable_seed(tag: str, *values: int) -> int:
@@ -297,6 +297,23 @@ def _leave_later(signum: int, frame: Any) -> None:
     down (torch's ``terminate()`` is a SIGTERM) cannot hang the process's exit."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.alarm(WORKER_GRACE_S)
+
+
+def stop_workers(loader: DataLoader) -> None:
+    """Shut ``loader``'s persistent worker processes down now, waiting for them (a few seconds at most).
+
+    Persistent workers otherwise live as long as the loader does: after a training loop ends (evaluation
+    runs next), or after it failed, while its exception, and so the trainer and its loader, is still
+    referenced (a caller that keeps it, a reference cycle left to the garbage collector, which would shut them
+    down whenever it next runs, stalling whatever runs then). A later iteration of ``loader`` starts new
+    workers. A loader without workers, or whose workers never started, is left as it is."""
+    iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps a persistent-workers iterator
+    if iterator is None:
+        return
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def make_loader(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int = 0,

@@ -26,7 +26,7 @@ from rich.console import Console
 from maskkit.builder import build_dataset, build_model, recipe_registry
 from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
-from maskkit.data.loading import AugmentedDataset, BadImages, make_loader
+from maskkit.data.loading import AugmentedDataset, BadImages, make_loader, stop_workers
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -375,6 +375,8 @@ class Trainer:
         finally:
             restore()
             try:
+                if getattr(self, "loader", None) is not None:  # its workers end with the run, not with the trainer
+                    stop_workers(self.loader)
                 dist = getattr(self, "dist", None)
                 if dist is not None and dist.is_main:
                     self._write_bad_images(quiet=failing)

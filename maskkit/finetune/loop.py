@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset
-from maskkit.data.loading import AugmentedDataset, make_loader
+from maskkit.data.loading import AugmentedDataset, make_loader, stop_workers
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -303,8 +303,12 @@ class FinetuneTrainer:
         try:
             return self._fit()
         finally:
-            if self.lock.held:
-                self.lock.release()
+            try:
+                if getattr(self, "loader", None) is not None:  # its workers end with the run, not with the trainer
+                    stop_workers(self.loader)
+            finally:
+                if self.lock.held:
+                    self.lock.release()
 
     def _fit(self) -> FinetuneResult:
         self._setup()
