@@ -5,6 +5,7 @@ with libjpeg-turbo, so the device route must give exactly the host route's batch
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -230,3 +231,34 @@ def test_device_decode_of_a_dataset_without_files_is_one_line(tmp_path: Path, bu
     tree["data"]["decode"] = "gpu"
     with pytest.raises(ConfigError, match=r"data\.decode: expected host or device, got 'gpu'"):
         load_recipe(tree)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX resource limits")
+def test_the_open_files_limit_is_lifted_for_the_images_in_flight() -> None:
+    """An image's bytes travel from a worker as a shared tensor holding an open file: the soft limit is raised
+    towards what is needed (never past the hard limit, never lowered)."""
+    import subprocess
+    import sys
+
+    script = ("import resource; from maskkit.data.loading import lift_open_files_limit as lift\n"
+              "N = resource.RLIMIT_NOFILE; soft, hard = resource.getrlimit(N); resource.setrlimit(N, (256, hard))\n"
+              "want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)\n"
+              "print(lift(4096) == want == resource.getrlimit(N)[0], lift(300) == want == resource.getrlimit(N)[0])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+
+
+def test_training_with_device_decode_and_workers_lifts_the_open_files_limit(fashion_jpegs: Path, tmp_path: Path,
+                                                                           builtin_registry, monkeypatch) -> None:
+    import maskkit.engine.trainer as trainer_module
+
+    asked = []
+    monkeypatch.setattr(trainer_module, "lift_open_files_limit", lambda needed: asked.append(needed) or needed)
+    tree = tiny_tree(data={"name": "image_folder", "root": str(fashion_jpegs), "in_chans": 1, "decode": "device"})
+    tree["train"].update(num_workers=2, max_steps=1)
+    Trainer(load_recipe(tree), tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    batch = tree["train"]["batch_size"]
+    assert asked == [2 * 4 * batch * 2 + 1024]  # 2 workers x 4 prefetched batches, twice over, and spare
+    tree["data"]["decode"] = "host"
+    Trainer(load_recipe(tree), tmp_path / "host", registry=builtin_registry, progress=False).fit()
+    assert len(asked) == 1  # the host route sends one uint8 batch tensor: nothing to lift

@@ -26,7 +26,7 @@ from rich.console import Console
 from maskkit.builder import build_dataset, build_model, recipe_registry
 from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
-from maskkit.data.loading import AugmentedDataset, BadImages, make_loader, stop_workers
+from maskkit.data.loading import AugmentedDataset, BadImages, lift_open_files_limit, make_loader, stop_workers
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -237,6 +237,8 @@ class Trainer:
             compile_model(self.model, cfg.compile_scope, skip=(self.model.masker,))
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
+        if self.device_decoder is not None and cfg.num_workers > 0:  # an open file per image in flight, and spare
+            lift_open_files_limit(cfg.num_workers * self.loader.prefetch_factor * cfg.batch_size * 2 + 1024)
         if self.dist.is_main:
             write_run_record(self.run_dir, recipe.dump(), self.registry)
 
