@@ -67,8 +67,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__,
             torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$LOGS/versions.txt"
 WORKERS=$(python3 -c "import os; print(min(16, os.cpu_count() or 1))")
-# data.decode: device sends each image's bytes as its own shared tensor, one open file each while it is in
-# flight (16 workers x 4 batches x 64 images: 4,096): lift the soft limit on open files to the hard one
+# every tensor a loader worker sends holds an open file while in flight (16 workers x 4 batches: 64 at least,
+# more for crops a worker decoded under data.decode: device): lift the soft limit on open files to the hard one
 ulimit -n "$(ulimit -Hn)" 2>/dev/null; echo "open files: soft $(ulimit -n), hard $(ulimit -Hn)" | tee -a "$LOGS/versions.txt"
 BENCH=(python3 -m maskkit bench --device "$DEVICE" --steps 5)
 

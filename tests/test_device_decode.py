@@ -262,3 +262,55 @@ def test_training_with_device_decode_and_workers_lifts_the_open_files_limit(fash
     tree["data"]["decode"] = "host"
     Trainer(load_recipe(tree), tmp_path / "host", registry=builtin_registry, progress=False).fit()
     assert len(asked) == 1  # the host route sends one uint8 batch tensor: nothing to lift
+
+
+def test_a_crop_batch_crosses_processes_as_one_tensor_of_bytes(photos: Path) -> None:
+    """Pickled as a loader worker sends it, a batch's JPEG bytes travel as one tensor: they come back equal, as
+    views of a single storage, with the worker-decoded crops and the draws unchanged; a shallow copy (the
+    loader's pin_memory makes one) repacks nothing."""
+    import copy
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 (registers the tensor reductions with ForkingPickler)
+
+    from maskkit.data.encoded import CropBatch
+    from maskkit.data.loading import stack_collate
+
+    base = ImageFolder(photos)
+    transform = TrainTransform(32, mean=base.mean, std=base.std, output="uint8")
+    items = [(transform(EncodedView(base)[i][0], sample_generator(0, 0, i)), i) for i in range(len(base))]
+    items.append((torch.full((base.in_chans, 32, 32), 7, dtype=torch.uint8), 9))  # a crop a worker decoded
+    crops, _ = stack_collate(items)
+    assert isinstance(crops, CropBatch) and sum(isinstance(c, PlannedCrop) for c in crops) >= 2
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(crops)
+    back = ForkingPickler.loads(buffer.getvalue())
+    assert isinstance(back, CropBatch) and len(back) == len(crops)
+    planned = [(a, b) for a, b in zip(crops, back) if isinstance(a, PlannedCrop)]
+    for a, b in planned:
+        assert torch.equal(a.image.data, b.image.data)
+        assert (a.box, a.flip, a.image.path) == (b.box, b.flip, b.image.path)
+    assert len({b.image.data.untyped_storage().data_ptr() for _, b in planned}) == 1  # one tensor for them all
+    assert torch.equal(back[-1], crops[-1])
+    shallow = copy.copy(back)
+    assert type(shallow) is CropBatch and all(x is y for x, y in zip(shallow, back))
+
+
+def test_loader_workers_send_a_batchs_bytes_with_one_open_file(fashion_jpegs: Path) -> None:
+    """Through real workers: a kept batch holds one shared storage for its JPEG bytes (before: one per image, each
+    an open file in the training process, about 64 per batch of 64)."""
+    base = ImageFolder(fashion_jpegs)
+    transform = TrainTransform(28, mean=base.mean, std=base.std, output="uint8")
+    data = AugmentedDataset(EncodedView(base), transform)
+    loader = make_loader(data, GlobalBatchSampler(len(data), 16, seed=0), num_workers=2)
+    open_files = lambda: len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0  # noqa: E731
+    before = open_files()
+    batches = iter(loader)
+    kept = [next(batches) for _ in range(3)]
+    storages = [{c.image.data.untyped_storage().data_ptr() for c in crops if isinstance(c, PlannedCrop)}
+                for crops, _ in kept]
+    assert [len(s) for s in storages] == [1, 1, 1] and all(len(crops) == 16 for crops, _ in kept)
+    if before:
+        assert open_files() - before < 30  # the workers' pipes (~14) and three batches (before: ~60 in all)
+    del batches

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from maskkit.errors import first_line
 
-__all__ = ["EncodedImage", "PlannedCrop", "EncodedView", "DeviceDecoder", "supports_encoded"]
+__all__ = ["EncodedImage", "PlannedCrop", "CropBatch", "EncodedView", "DeviceDecoder", "supports_encoded"]
 
 Box = tuple[int, int, int, int]
 
@@ -60,6 +60,35 @@ class PlannedCrop:
     image: EncodedImage
     box: Box | None
     flip: bool
+
+
+class CropBatch(list):
+    """The items of one ``data.decode: device`` batch, :class:`PlannedCrop` and uint8 crops ``[C, h, w]`` (files a
+    worker had to decode), as :func:`~maskkit.data.loading.stack_collate` makes it in a loader worker.
+
+    It is pickled (from the worker to the training process) with the JPEG bytes of all its crops in one uint8
+    tensor, and unpickles into views of that tensor. Every tensor crosses the process boundary with a file
+    descriptor of its own: receiving one per image cost the training process's main thread about 18x the CPU
+    time of receiving one per batch (``benchmarks/encoded_transfer.py``), and held an open file per image."""
+
+    def __copy__(self) -> CropBatch:  # a shallow copy (the loader's pin_memory makes one), not a repacking
+        return CropBatch(self)
+
+    def __reduce__(self):
+        planned = [c for c in self if isinstance(c, PlannedCrop)]
+        sizes = [c.image.data.numel() for c in planned]
+        packed = (torch.cat([c.image.data.reshape(-1) for c in planned]) if planned
+                  else torch.empty(0, dtype=torch.uint8))  # uint8 [sum of the files' sizes]
+        bare = [attrs.evolve(c, image=attrs.evolve(c.image, data=None)) if isinstance(c, PlannedCrop) else c
+                for c in self]
+        return _unpack_crop_batch, (bare, packed, sizes)
+
+
+def _unpack_crop_batch(bare: list[Any], packed: torch.Tensor, sizes: list[int]) -> CropBatch:
+    """A :class:`CropBatch` whose crops' bytes are views of ``packed``, in order (``CropBatch.__reduce__``)."""
+    views = iter(packed.split(sizes))
+    return CropBatch(attrs.evolve(c, image=attrs.evolve(c.image, data=next(views))) if isinstance(c, PlannedCrop)
+                     else c for c in bare)
 
 
 def supports_encoded(dataset: Any) -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
-from maskkit.data.encoded import PlannedCrop
+from maskkit.data.encoded import CropBatch, PlannedCrop
 from maskkit.errors import UnreadableImageError
 
 __all__ = ["sample_generator", "stable_seed", "AugmentedDataset", "GlobalBatchSampler", "stack_collate",
@@ -222,7 +222,7 @@ class BadBatch:
 
 def stack_collate(batch: Sequence[Any]) -> Any:
     """Collate ``(tensor [*S], label int)`` pairs into ``(tensor [B, *S], int64 [B])``, and
-    pairs some of which hold a ``PlannedCrop`` (``data.decode: device``) into ``(list, int64 [B])``.
+    pairs some of which hold a ``PlannedCrop`` (``data.decode: device``) into ``(CropBatch, int64 [B])``.
 
     A batch holding :class:`BadSample` items collates the others and adds a :class:`BadBatch`:
     ``(tensor [K, *S] or None, int64 [K] or None, BadBatch)``. Anything else goes to ``default_collate``.
@@ -237,7 +237,7 @@ def stack_collate(batch: Sequence[Any]) -> Any:
         if all(isinstance(item[0], torch.Tensor) for item in batch):
             return torch.stack([item[0] for item in batch]), labels
         if any(isinstance(item[0], PlannedCrop) for item in batch):  # data.decode: device, finished there
-            return [item[0] for item in batch], labels
+            return CropBatch(item[0] for item in batch), labels  # its bytes travel as one tensor
     return default_collate(batch)
 
 
@@ -301,10 +301,11 @@ def _leave_later(signum: int, frame: Any) -> None:
 
 def lift_open_files_limit(needed: int) -> int:
     """Raise this process's soft limit on open files to ``needed`` (at most the hard limit) if it is lower, and
-    return the soft limit in force. ``data.decode: device`` sends each image's bytes from a worker as its own
-    shared-memory tensor, which holds an open file while it is in flight or kept (about 64 for one kept batch of
-    64, measured): with 16 workers prefetching 4 batches of 64 that is 4,096, past the common soft limit of
-    1,024, where the loader fails with "Too many open files". POSIX only; elsewhere nothing changes (-1)."""
+    return the soft limit in force. Under ``data.decode: device`` a worker sends the crops it had to decode
+    (files that are not JPEG) one shared-memory tensor each, which holds an open file while in flight or kept
+    (the JPEGs' bytes travel packed, one per batch: :class:`~maskkit.data.encoded.CropBatch`): a folder of PNGs
+    with 16 workers prefetching 4 batches of 64 is 4,096, past the common soft limit of 1,024, where the
+    loader fails with "Too many open files". POSIX only; elsewhere nothing changes (-1)."""
     try:
         import resource
     except ImportError:  # not POSIX

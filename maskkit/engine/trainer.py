@@ -237,7 +237,7 @@ class Trainer:
             compile_model(self.model, cfg.compile_scope, skip=(self.model.masker,))
         self.loader = make_loader(self.train_set, self.sampler, num_workers=cfg.num_workers,
                                   pin_memory=self.device.type == "cuda")
-        if self.device_decoder is not None and cfg.num_workers > 0:  # an open file per image in flight, and spare
+        if self.device_decoder is not None and cfg.num_workers > 0:  # an open file per worker-decoded crop in flight
             lift_open_files_limit(cfg.num_workers * self.loader.prefetch_factor * cfg.batch_size * 2 + 1024)
         if self.dist.is_main:
             write_run_record(self.run_dir, recipe.dump(), self.registry)
