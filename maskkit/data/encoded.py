@@ -68,8 +68,9 @@ class CropBatch(list):
 
     It is pickled (from the worker to the training process) with the JPEG bytes of all its crops in one uint8
     tensor, and unpickles into views of that tensor. Every tensor crosses the process boundary with a file
-    descriptor of its own: receiving one per image cost the training process's main thread about 18x the CPU
-    time of receiving one per batch (``benchmarks/encoded_transfer.py``), and held an open file per image."""
+    descriptor of its own: receiving one per image cost the training process's main thread 10-15x the CPU
+    time of receiving one per batch (22-34 ms against 1.5-3.0 ms per batch of 64 on 2 cores,
+    ``benchmarks/encoded_transfer.py``), and held an open file per image."""
 
     def __copy__(self) -> CropBatch:  # a shallow copy (the loader's pin_memory makes one), not a repacking
         return CropBatch(self)
