@@ -221,7 +221,7 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
         shape = (batch_size, model.encoder.in_chans, *model.encoder.img_size)
     images = torch.randn(shape, generator=gen, device=device)
     num_visible = model.num_visible() if kind in ("mae", "dense") else None
-    host_checked = [False]  # whether a step has checked the mask count on the host (the first one does)
+    host_checked = False  # whether a step has checked the mask count on the host (the first one does)
 
     def autocast():
         if amp_dtype is None:
@@ -229,14 +229,15 @@ def make_variant(model_name: str, kind: str, model: torch.nn.Module, *, batch_si
         return torch.autocast(device.type, dtype=amp_dtype)
 
     def step() -> torch.Tensor:
+        nonlocal host_checked
         with autocast():
             if kind == "hf":
                 loss = model(pixel_values=images).loss
             elif kind == "official":
                 loss = model(images, generator=gen)[0]
             else:
-                mask = model.draw_mask(batch_size, gen, device, sync_checks=not host_checked[0])
-                host_checked[0] = True
+                mask = model.draw_mask(batch_size, gen, device, sync_checks=not host_checked)
+                host_checked = True
                 loss = model(images, mask=mask, num_visible=num_visible).loss
         loss.backward()
         optimizer.step()
