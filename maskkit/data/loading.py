@@ -318,14 +318,15 @@ def lift_open_files_limit(needed: int) -> int:
     return soft
 
 
-def stop_workers(loader: DataLoader) -> None:
+def stop_workers(loader: DataLoader | None) -> None:
     """Shut ``loader``'s persistent worker processes down now, waiting for them (a few seconds at most).
 
     Persistent workers otherwise live as long as the loader does: after a training loop ends (evaluation
     runs next), or after it failed, while its exception, and so the trainer and its loader, is still
     referenced (a caller that keeps it, a reference cycle left to the garbage collector, which would shut them
     down whenever it next runs, stalling whatever runs then). A later iteration of ``loader`` starts new
-    workers. A loader without workers, or whose workers never started, is left as it is."""
+    workers. A loader without workers, or whose workers never started, is left as it is, and ``None`` (a loop
+    that failed before building its loader) is nothing to stop."""
     iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps a persistent-workers iterator
     if iterator is None:
         return

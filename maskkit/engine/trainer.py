@@ -377,8 +377,7 @@ class Trainer:
         finally:
             restore()
             try:
-                if getattr(self, "loader", None) is not None:  # its workers end with the run, not with the trainer
-                    stop_workers(self.loader)
+                stop_workers(getattr(self, "loader", None))  # its workers end with the run, not with the trainer
                 dist = getattr(self, "dist", None)
                 if dist is not None and dist.is_main:
                     self._write_bad_images(quiet=failing)

@@ -304,8 +304,7 @@ class FinetuneTrainer:
             return self._fit()
         finally:
             try:
-                if getattr(self, "loader", None) is not None:  # its workers end with the run, not with the trainer
-                    stop_workers(self.loader)
+                stop_workers(getattr(self, "loader", None))  # its workers end with the run, not with the trainer
             finally:
                 if self.lock.held:
                     self.lock.release()
