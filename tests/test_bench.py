@@ -226,6 +226,26 @@ def test_round_robin_rotates_the_order_and_times_the_peak_each_round():
     assert results[0].slowdown_vs_mae == 1.0 and results[0].images_per_s == 2 / results[0].seconds
 
 
+def test_a_round_times_a_variants_consecutive_steps_between_two_syncs(monkeypatch):
+    """With ``steps_per_round`` k a variant's turn is k steps in a row between two device syncs (training never
+    waits for the device between steps), and its time is the turn's over k."""
+    events = []
+    monkeypatch.setattr(bench_steps, "_sync", lambda device: events.append("sync"))  # as on CUDA
+
+    def fake(kind):
+        return bench_steps.Variant("m", kind, torch.nn.Linear(2, 2), step=lambda: events.append(kind), params=6)
+
+    variants = [fake("mae"), fake("dense")]
+    peak = bench_steps.PeakProbe(CPU, torch.float32, size=8, repeats=1)
+    clock = iter(range(0, 10_000, 3))  # every perf_counter() reading 3 s after the previous one
+    monkeypatch.setattr(bench_steps.time, "perf_counter", lambda: next(clock))
+    bench_steps.benchmark_steps(variants, steps=2, warmup=1, device=CPU, peak=peak, steps_per_round=3)
+    timed = events[events.index("mae", events.index("dense") + 1):]  # after the FLOP-counted steps
+    turns = "".join("|" if e == "sync" else e[0] for e in timed).split("|")
+    assert [t for t in turns if t] == ["mmm", "ddd", "ddd", "mmm"]  # (the peak's product syncs between them)
+    assert all(v.times == [1.0, 1.0] for v in variants)  # 3 s between the syncs' readings, over 3 steps
+
+
 def test_data_pipelines_run_with_workers(tmp_path):
     quick = bench_data.quickstart_pipeline(workers=1, images=256)
     assert quick.images >= 256 and quick.images_per_s > 0 and quick.batch_size == 128
@@ -286,6 +306,10 @@ def test_cpu_defaults_and_argument_errors():
                                                                                      "fp32")
     assert settings.variants == ("mae", "dense", "official", "hf") and settings.warmup == 1
     assert not settings.device_decode  # the nvJPEG pipeline is CUDA's default, CPU's on request
+    assert settings.steps_per_round == 1 and bench_cli.CUDA_DEFAULTS["steps_per_round"] == 4
+    assert bench_cli.settings_from_args(parse("--device", "cpu", "--steps-per-round", "3")).steps_per_round == 3
+    with pytest.raises(ConfigError, match="--steps-per-round"):
+        bench_cli.settings_from_args(parse("--device", "cpu", "--steps-per-round", "0"))
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--device-decode")).device_decode
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--compile")).warmup == 3
     assert bench_cli.settings_from_args(parse("--device", "cpu", "--dtype", "bf16")).dtype == "bf16"

@@ -28,8 +28,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-CUDA_DEFAULTS = {"models": "vit_base_patch16,vit_large_patch16", "batch_size": 64, "steps": 10, "warmup": 3}
-CPU_DEFAULTS = {"models": "vit_base_patch16", "batch_size": 8, "steps": 3, "warmup": 1}
+CUDA_DEFAULTS = {"models": "vit_base_patch16,vit_large_patch16", "batch_size": 64, "steps": 10, "warmup": 3,
+                 "steps_per_round": 4}
+CPU_DEFAULTS = {"models": "vit_base_patch16", "batch_size": 8, "steps": 3, "warmup": 1, "steps_per_round": 1}
 WIDTH = 112  # the tables' least width (wider than an 80-column pipe: they would wrap there)
 SHORT_LABELS = {"mae": "MAE", "dense": "mask tokens", "official": "official-style", "hf": "HF ViTMAE"}
 
@@ -44,6 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                     "when there is one")
     p.add_argument("--batch-size", type=int, help="images per step (default 64 on CUDA, 8 on CPU)")
     p.add_argument("--steps", type=int, help="timed round-robin rounds (default 10 on CUDA, 3 on CPU)")
+    p.add_argument("--steps-per-round", type=int,
+                   help="consecutive steps of a variant in each round, timed between two device syncs (default 4 on "
+                        "CUDA, as training queues step after step without waiting; 1 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps per variant, the FLOP-counted one included "
                                               "(default 3 on CUDA, 1 on CPU; at least 3 with --compile)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
@@ -96,6 +100,7 @@ class BenchSettings:
     threads: int | None = None
     device_decode: bool = False  # the data.decode: device pipeline too
     compile_scope: str = "components"  # components | blocks (train.compile_scope), with compile
+    steps_per_round: int = 1  # a variant's consecutive steps per round, timed between two device syncs
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -117,7 +122,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     models = tuple(m.strip() for m in (args.models or defaults["models"]).split(",") if m.strip())
     if not models:
         raise ConfigError("--models", "expected at least one model name")
-    for name, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads", args.threads)):
+    for name, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads", args.threads),
+                        ("--steps-per-round", args.steps_per_round)):
         if value is not None and value < 1:
             raise ConfigError(name, f"expected a positive int, got {value}")
     if args.warmup is not None and args.warmup < 1:
@@ -132,7 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
                          args.steps or defaults["steps"], warmup, dtype, compile_, variants, workers,
                          args.data_images, not args.no_data, tuple(args.overrides), args.seed, args.threads,
                          device.type == "cuda" if args.device_decode is None else args.device_decode,
-                         args.compile_scope)
+                         args.compile_scope, args.steps_per_round or defaults["steps_per_round"])
 
 
 def run_benchmark(settings: BenchSettings, console: Console | None = None, registry=None) -> dict[str, Any]:
@@ -241,7 +247,8 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
     try:
         try:
             rounds = bench_steps.benchmark_steps(variants, steps=settings.steps, warmup=settings.warmup,
-                                                 device=device, peak=peak, progress=say, stop=stop)
+                                                 device=device, peak=peak, progress=say, stop=stop,
+                                                 steps_per_round=settings.steps_per_round)
         except Exception:  # noqa: BLE001
             if not stop.requested:
                 raise
@@ -255,6 +262,12 @@ def _benchmark_model(name: str, kinds: list[str], settings: BenchSettings, devic
         return bench_steps.summarize(variants, settings.batch_size, peak.peak) if rounds else []
     finally:
         bench_steps.free(variants)
+
+
+def _per_round(settings: dict) -> str:
+    """How many steps a round times per variant, when more than one (older JSON files have no such key)."""
+    k = settings.get("steps_per_round", 1)
+    return f" of {k} steps each, timed between two device syncs" if k > 1 else ""
 
 
 def _compiled(settings: dict) -> str:
@@ -378,7 +391,7 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     where = env.get("gpu") or f"CPU ({env['torch_threads']} threads, {env['cpu_count']} cores)"
     table = Table(title=f"one pretraining step (forward, backward, AdamW) on {where}, {s['dtype']}"
                         f"{_compiled(s)}, batch {s['batch_size']}, median of "
-                        f"{s['steps']} round-robin rounds"
+                        f"{s['steps']} round-robin rounds{_per_round(s)}"
                         f"{' (fewer where stopped early: see above)' if env.get('stopped') else ''}",
                   box=box.SIMPLE_HEAD)
     columns = ["model", "variant", "params", "s/step", "img/s", "GFLOP/step", "TFLOP/s", "MFU", "vs MAE"]

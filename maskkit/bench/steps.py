@@ -253,6 +253,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _repeated(step: Callable[[], Any], times: int) -> Callable[[], None]:
+    """``step`` run ``times`` times in a row, as one call."""
+    def run() -> None:
+        for _ in range(times):
+            step()
+    return run
+
+
 def time_call(fn: Callable[[], Any], device: torch.device) -> float:
     """Wall-clock seconds of ``fn()``, the device drained before and after."""
     _sync(device)
@@ -327,13 +335,17 @@ class SoftStop:
 
 def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device: torch.device,
                     peak: PeakProbe, progress: Callable[[str], None] | None = None,
-                    stop: SoftStop | None = None) -> int:
+                    stop: SoftStop | None = None, steps_per_round: int = 1) -> int:
     """Count each variant's FLOPs (one eager step, which is also the first warm-up step; on CUDA the peak
     memory of that step too, as this variant's own: its parameters plus what the step allocates at its peak,
     activations, gradients and the new AdamW state, not the other variants' weights), compile it if asked,
     warm up, then time ``steps`` rounds. Each round runs every variant once and the peak matrix product once,
-    starting one later each round, so that the drifts of a shared machine hit all alike. Returns the rounds
-    timed: fewer than ``steps`` when ``stop`` was requested (SIGTERM), none if before the first."""
+    starting one later each round, so that the drifts of a shared machine hit all alike. A variant's turn is
+    ``steps_per_round`` consecutive steps timed between two device syncs, and its time is their mean: training
+    queues step after step without waiting for the device, so a sync after every step would add, to every
+    step, the device's drain and the host's refill of its queue, which a launch-bound step never pays in
+    ``maskkit train``. Returns the rounds timed: fewer than ``steps`` when ``stop`` was requested (SIGTERM),
+    none if before the first."""
     say = progress or (lambda message: None)
     stop = stop or SoftStop()
     for v in variants:
@@ -375,7 +387,7 @@ def benchmark_steps(variants: list[Variant], *, steps: int, warmup: int, device:
             if isinstance(member, PeakProbe):
                 member.measure()
             else:
-                member.times.append(time_call(member.step, device))
+                member.times.append(time_call(_repeated(member.step, steps_per_round), device) / steps_per_round)
         stop.timing = True
     return steps
 
