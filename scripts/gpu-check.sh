@@ -85,14 +85,16 @@ within 90 "${BENCH[@]}" --models vit_base_patch16 --batch-size "$BATCH" --no-com
   "${DATA[@]}" "${SETS[@]}" --json "$OUT/bench-B64.json" >"$LOGS/bench-B64.txt" 2>&1 \
   || failed "ViT-B/16 benchmark failed or timed out" "$LOGS/bench-B64.txt"
 
-# 3. maskkit train end to end, ViT-B/16 at batch 64 on generated JPEGs, eager like the bench rows above
+# 3. maskkit train end to end, ViT-B/16 at batch 64 on generated JPEGs, eager like the bench rows above; one
+#    checkpoint half-way, in a logged window (metrics.jsonl's checkpoint_s): the goals table spreads its cost over
+#    the shipped recipe's images between checkpoints
 within 30 python3 -c "
 import sys; from pathlib import Path; from maskkit.bench.data import plain_pool, write_jpegs
 pool = plain_pool($WORKERS); write_jpegs(Path(sys.argv[1]), $JPEGS, pool=pool); pool.shutdown()" "$SCRATCH/jpegs" \
   >"$LOGS/jpegs.txt" 2>&1 || failed "writing the training JPEGs failed or timed out" "$LOGS/jpegs.txt"
 TRAIN=(python3 -m maskkit train recipes/mae_vit_base_patch16.yaml data.root="$SCRATCH/jpegs" train.batch_size="$BATCH"
        train.accum_steps=1 train.effective_batch="$BATCH" train.max_steps="$TRAIN_STEPS"
-       train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=0 train.warmup_epochs=0 train.num_workers="$WORKERS"
+       train.log_every=$((TRAIN_STEPS / 6)) train.ckpt_every=$((TRAIN_STEPS / 2)) train.warmup_epochs=0 train.num_workers="$WORKERS"
        train.compile=false eval.knn=false eval.reconstructions=0 "${TINY[@]}" train.device="$DEVICE")
 within 60 "${TRAIN[@]}" --out "$SCRATCH/train-B64" >"$LOGS/train-B64.txt" 2>&1 \
   || failed "maskkit train failed" "$LOGS/train-B64.txt"

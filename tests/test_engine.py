@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import time
 
 import pytest
 import torch
@@ -102,6 +103,25 @@ class SmallFashion:
             return data
 
         return {"small_fashion": small_fashion}
+
+
+def test_the_metrics_say_what_checkpoints_took_of_each_window(tmp_path, builtin_registry, monkeypatch):
+    """A checkpoint written between two records is part of the next record's wall time (its ``images_per_s``)
+    and is said apart as its ``checkpoint_s``, so that a reader can tell the steps' rate from the saving's cost
+    (the GPU check's train-versus-bench goal does)."""
+    save_atomic = ckpt.save_atomic
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.3)
+        return save_atomic(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_atomic", slow_save)
+    recipe = load_recipe(tiny_tree(), ["train.max_steps=6", "train.log_every=2", "train.ckpt_every=3"])
+    Trainer(recipe, tmp_path, registry=builtin_registry, progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert records[0]["checkpoint_s"] == 0.0 and records[2]["checkpoint_s"] == 0.0  # step 6's comes after its record
+    assert 0.3 <= records[1]["checkpoint_s"] <= records[1]["time"] - records[0]["time"]  # step 3's, in (2, 4]
 
 
 def test_run_folder_contents(tmp_path, builtin_registry):

@@ -275,6 +275,8 @@ def test_stop_and_resume_equals_an_uninterrupted_run(pretrained, tmp_path, monke
     result = resumed.fit()
     assert result.trained_steps == 2 and len(losses(tmp_path / "whole")) == 4
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["checkpoint_s"] > 0 for r in records] == [False, False, True, False]  # step 2's save, in (2, 3]
     a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
     for key in a["model"]:

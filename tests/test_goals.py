@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from maskkit.bench import goals
 
 L, B = "vit_large_patch16", "vit_base_patch16"
@@ -18,6 +20,18 @@ def _bench(model, batch, device="cuda:0", **variants):
                       for v, (s, mfu, *rest) in variants.items()], "data": []}
 
 
+def _windows(rates, checkpoints=(), images=640):
+    """Metrics records as ``StepLog`` writes them: windows of ``images`` trained at the steps' ``rates``, window
+    ``i`` also writing a checkpoint of ``checkpoints[i]`` seconds."""
+    records, now = [], 0.0
+    for i, rate in enumerate(rates):
+        saving = dict(checkpoints).get(i, 0.0)
+        seconds = images / rate + saving
+        now += seconds
+        records.append({"step": 10 * (i + 1), "images_per_s": images / seconds, "checkpoint_s": saving, "time": now})
+    return records
+
+
 def _write_folder(tmp_path):
     (tmp_path / "bench-L64.json").write_text(json.dumps(_bench(L, 64, mae=(0.04, 0.36), dense=(0.13, 0.4),
                                                                hf=(0.05, 0.3))))
@@ -30,8 +44,8 @@ def _write_folder(tmp_path):
                     "description": "JPEG decode + crop 224 on cuda"}]
     (tmp_path / "bench-B64.json").write_text(json.dumps(b64))
     (tmp_path / "train-B64").mkdir()
-    records = [{"step": 10 * i, "images_per_s": rate} for i, rate in enumerate([300.0, 1900.0, 1850.0, 1950.0])]
-    (tmp_path / "train-B64" / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    (tmp_path / "train-B64" / "metrics.jsonl").write_text("\n".join(map(json.dumps, _windows(
+        [300.0, 1900.0, 1850.0, 1950.0], checkpoints={2: 0.5}))) + "\n")
     (tmp_path / "train-B64-device").mkdir()  # data.decode: device
     records = [{"step": 10 * i, "images_per_s": rate} for i, rate in enumerate([200.0, 1700.0, 1750.0, 1720.0])]
     (tmp_path / "train-B64-device" / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
@@ -50,9 +64,12 @@ def test_goals_from_a_folder_of_results(tmp_path, capsys):
     assert status["ViT-L/16 sparse encoder vs mask-token encoder"] == "pass"  # 3.25x
     assert status["ViT-B/16 sparse encoder vs mask-token encoder"] == "fail"  # 2.0x
     train = rows["maskkit train / bench images/s (ViT-B/16, batch 64)"]
-    assert train["status"] == "pass" and abs(train["value"] - 1900 / 2000) < 1e-9  # median after the first window
+    # the steps' median after the first window (1900 img/s; the 1850 one minus its checkpoint), with the 0.5 s
+    # checkpoint spread over the shipped recipe's 2000 steps x 4096 images
+    assert train["status"] == "pass" and train["value"] == pytest.approx(1 / (1 / 1900 + 0.5 / 8_192_000) / 2000)
+    assert train["measured"] == "0.95 (1900 / 2000; checkpoint 0.5 s every 8.19M images: 0.01% of the time)"
     device = rows["maskkit train, data.decode: device / bench images/s (ViT-B/16, batch 64)"]
-    assert device["status"] == "fail" and device["measured"] == "0.86 (1720 / 2000)"
+    assert device["status"] == "fail" and device["measured"] == "0.86 (1720 / 2000; no checkpoint measured)"
     assert status["ImageFolder loader / plain decode + crop loop (same processes)"] == "pass"
     assert status["JPEG loader (CPU workers) / ViT-B/16 MAE step rate"] == "pass"  # 2500 / 2000
     on_device = rows["GPU decode path (nvJPEG, data.decode: device) / ViT-B/16 MAE step rate"]
@@ -64,11 +81,32 @@ def test_goals_from_a_folder_of_results(tmp_path, capsys):
     assert "1.25x" in out and "FAIL" in out and "UNMEASURED" in out
 
 
+def test_the_train_goal_counts_checkpoints_at_the_recipes_cadence_not_the_short_runs():
+    """The end-to-end goal names checkpoints: their measured cost counts, spread over as many images as the
+    shipped recipe trains between two of them. A window's wall rate (``images_per_s``) includes its checkpoint;
+    its steps' rate does not, and the 60-step run itself saves far more often than any recipe."""
+    b64 = _bench(B, 64, mae=(0.032, 0.2))  # 2000 img/s
+    metrics = _windows([500.0, 2000.0, 2000.0, 2000.0, 2000.0], checkpoints={2: 3.0})
+    assert metrics[2]["images_per_s"] < 200  # 640 images in 3.32 s
+    assert goals.train_images_per_s(metrics) == pytest.approx(2000.0)
+    assert goals.checkpoint_seconds(metrics) == 3.0
+    goal = "maskkit train / bench images/s (ViT-B/16, batch 64)"
+
+    def row(checkpoint_images):
+        return {r.goal: r for r in goals.evaluate({"B64": b64, "train-B64": metrics,
+                                                   "checkpoint_images": checkpoint_images})}[goal]
+
+    assert row(8_192_000).status == "pass" and row(8_192_000).value == pytest.approx(1 / (1 + 3.0 * 2000 / 8_192_000))
+    slow = row(20_000)  # a checkpoint every 20k images: 3 s for every 10 s of steps
+    assert slow.status == "fail" and slow.value == pytest.approx(1 / (1 + 3.0 * 2000 / 20_000))
+    assert goals.recipe_checkpoint_images() == 2000 * 4096  # recipes/mae_vit_base_patch16.yaml
+
+
 def test_an_empty_folder_is_all_unmeasured(tmp_path):
     rows = goals.evaluate(goals.load_results(tmp_path))
     assert rows and all(r.status == "unmeasured" and r.measured == "-" for r in rows)
     (tmp_path / "bench-B64.json").write_text("{not json")  # a crashed benchmark leaves a broken file
-    assert goals.load_results(tmp_path) == {}
+    assert goals.load_results(tmp_path) == {"checkpoint_images": 2000 * 4096}  # the shipped recipe's, not a file
 
 
 def test_a_benchmark_on_the_cpu_measures_no_goal_unless_rehearsing():

@@ -55,6 +55,7 @@ def test_the_rehearsal_runs_every_step_and_each_goal_finds_its_numbers(tmp_path)
     for run in ("train-B64", "train-B64-device"):  # data.decode: host, then device
         metrics = [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics] == list(range(1, 7)), run
+        assert [m["checkpoint_s"] > 0 for m in metrics] == [False] * 3 + [True] + [False] * 2, run  # step 3's
     # $OUT keeps a few small files, as a device tool sends back (at most 8 of 16 MiB on the lent GPU machine):
     # the JPEGs and the training runs' checkpoints stay in a scratch folder, the logs go into one archive
     files = [path for path in out.rglob("*") if path.is_file()]
@@ -67,6 +68,8 @@ def test_the_rehearsal_runs_every_step_and_each_goal_finds_its_numbers(tmp_path)
     unmeasured = {goal for goal, r in rows.items() if r["measured"] == "-"}
     assert unmeasured == {"ViT-L/16 vs transformers' ViTMAE (eager vs eager, batch 64)",  # GPU_CHECK_FULL only
                           "CPU: official-style / maskkit step time (ViT-B/16), maskkit at >= 80% of the GEMM peak"}
+    assert "checkpoint" in rows["maskkit train / bench images/s (ViT-B/16, batch 64)"]["measured"]
+    assert "no checkpoint measured" not in rows["maskkit train / bench images/s (ViT-B/16, batch 64)"]["measured"]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == f"rehearsal: {len(rows) - 2} of {len(rows)} goals found their numbers; none is measured"
     assert any(line.startswith("REHEARSAL: ") for line in lines)

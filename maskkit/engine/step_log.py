@@ -2,7 +2,8 @@
 trainer.Trainer`) and fine-tuning (:class:`~maskkit.finetune.FinetuneTrainer`).
 
 Between two records the loss of every step is summed on the device (no host sync per step); a record takes the
-window's mean over all processes (one collective), its images/s, appends a line to ``metrics.jsonl`` (the main
+window's mean over all processes (one collective), its images/s (wall clock, checkpoints written in the window
+included; ``checkpoint_s`` says how much of the window they took), appends a line to ``metrics.jsonl`` (the main
 process only) and moves the progress bar.
 """
 
@@ -38,6 +39,7 @@ class StepLog:
         self.window_loss = torch.tensor(float(loss_sum), device=device)  # the window's step losses, summed on device
         self.window_steps = int(steps)
         self.timed_steps = 0  # the window's steps that this session trained (and timed)
+        self.checkpoint_seconds = 0.0  # of the window's wall time, what writing checkpoints took
         self.start_time = self.window_start = time.perf_counter()
         self._file: IO[str] | None = None
         self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
@@ -69,6 +71,11 @@ class StepLog:
         self.window_steps += 1
         self.timed_steps += 1
 
+    def add_checkpoint_time(self, seconds: float) -> None:
+        """A checkpoint written in this window took ``seconds`` (part of its wall time, logged apart as
+        ``checkpoint_s``, so that a reader can tell the steps' rate from the cost of saving)."""
+        self.checkpoint_seconds += seconds
+
     def record(self, step: int, *, loss: float, lr: float, parts: dict[str, float] | None = None) -> dict:
         """Close the window at ``step`` (collective: every process calls it): ``loss`` is the step's loss
         (already averaged over processes), ``parts`` named loss terms (``loss_main``, ``aux/...``), logged and
@@ -78,7 +85,7 @@ class StepLog:
         record = {"step": step, "epoch": step / self.steps_per_epoch, "loss": loss, **parts,
                   "loss_avg": float(self.dist.mean(self.window_loss)) / max(self.window_steps, 1), "lr": lr,
                   "images_per_s": self.timed_steps * self.effective_batch / max(now - self.window_start, 1e-9),
-                  "time": now - self.start_time}
+                  "checkpoint_s": self.checkpoint_seconds, "time": now - self.start_time}
         if self._file is not None:
             try:
                 self._file.write(json.dumps(record) + "\n")
@@ -88,5 +95,5 @@ class StepLog:
         aux = "".join(f"  {k.removeprefix('aux/')} {v:.4f}" for k, v in parts.items() if k.startswith("aux/"))
         self.progress.update(self.task, completed=step, loss=loss, lr=lr, ips=record["images_per_s"], aux=aux)
         self.window_loss.zero_()
-        self.window_steps, self.timed_steps, self.window_start = 0, 0, now
+        self.window_steps, self.timed_steps, self.window_start, self.checkpoint_seconds = 0, 0, now, 0.0
         return record

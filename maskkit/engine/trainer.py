@@ -488,6 +488,7 @@ class Trainer:
         """Write the checkpoint of the current step, if every weight and optimizer state is finite (else a
         :class:`~maskkit.errors.TrainingError`, the previous checkpoint kept). The new file replaces the old
         one only once written, flushed and read back."""
+        started = time.perf_counter()
         gathered = gather_state(self.model, self.optimizer, self.dist)  # whole state; collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))  # every rank's (collective)
         window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
@@ -502,6 +503,8 @@ class Trainer:
             self.hook.maskkit_checkpoint_saved(trainer=self, path=path, step=self.step)
         self._saved_step = self.step  # on every rank: they decide together whether a stop needs a save
         self.dist.barrier()
+        if self._log is not None:  # the window's images/s includes it; its checkpoint_s says how much
+            self._log.add_checkpoint_time(time.perf_counter() - started)
 
     def _last_good(self, path: Path) -> str:
         return last_good(path, self._saved_step)

@@ -392,6 +392,7 @@ class FinetuneTrainer:
     def save_checkpoint(self, path: Path) -> None:
         """Write the checkpoint of the current step, if every weight, optimizer and EMA state is finite (else a
         :class:`~maskkit.errors.TrainingError` naming the step, the previous checkpoint kept), atomically."""
+        started = time.perf_counter()
         gathered = gather_state(self.model, self.optimizer, self.dist)  # collective under FSDP
         rng = self.dist.gather_objects(ckpt.rng_state(self.device))
         window = self.dist.gather_objects(self._log.window_state() if self._log is not None else (0.0, 0))
@@ -408,6 +409,8 @@ class FinetuneTrainer:
             ckpt.save_atomic(state, path)
         self._saved_step = self.step
         self.dist.barrier()
+        if self._log is not None:  # the window's images/s includes it; its checkpoint_s says how much
+            self._log.add_checkpoint_time(time.perf_counter() - started)
 
 
 
