@@ -322,6 +322,27 @@ def test_uint8_output_normalised_later_equals_the_float_output(source: str, embe
         TrainTransform(8, output="float16")
 
 
+def test_a_batch_normalised_on_another_device_copies_mean_and_std_there_once(monkeypatch) -> None:
+    """The trainer normalises every batch on the training device: mean and std go there with the first batch
+    and are reused (a copy from pageable memory per batch may wait for the device's queue); the transform
+    pickled into loader workers carries no device copy."""
+    import pickle
+
+    transform = TrainTransform(8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), output="uint8")
+    from_host = []  # tensors copied off the CPU
+    to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: (from_host.append(tuple(self.shape))
+                                                                   if self.device.type == "cpu" else None)
+                        or to(self, *a, **k))
+    batch = torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="meta")  # any device but the CPU
+    for _ in range(3):
+        out = transform.normalize_batch(batch)
+        assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == batch.shape
+    assert from_host == [(3, 1, 1), (3, 1, 1)]  # mean and std, with the first batch only
+    assert list(transform._normalize._on_device) == [torch.device("meta")]
+    assert pickle.loads(pickle.dumps(transform))._normalize._on_device == {}
+
+
 @FAST
 @given(height=st.integers(8, 1000), width=st.integers(8, 1000), size=st.sampled_from([28, 32, 224, 384]))
 def test_eval_resize_size_is_torchvisions(height: int, width: int, size: int) -> None:

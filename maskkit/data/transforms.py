@@ -80,6 +80,12 @@ class _Normalize:
         self.std = None if std is None else tuple(float(s) for s in std)
         self._mean_t = None if mean is None else torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
         self._std_t = None if std is None else torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copies made once per device
+
+    def __getstate__(self) -> dict:
+        """Pickled (into loader workers) without the device copies: a worker needs none, and CUDA tensors
+        cannot cross into a forked worker."""
+        return {**self.__dict__, "_on_device": {}}
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """``[..., C, H, W]`` (one image or a batch, on any device) -> float32, same shape and device."""
@@ -91,8 +97,10 @@ class _Normalize:
         if self._mean_t.shape[0] not in (1, x.shape[-3]):
             raise ValueError(f"mean/std have {self._mean_t.shape[0]} channels, image has {x.shape[-3]}")
         mean, std = self._mean_t, self._std_t
-        if x.device != mean.device:  # a few floats, copied without waiting for the device
-            mean, std = mean.to(x.device, non_blocking=True), std.to(x.device, non_blocking=True)
+        if x.device != mean.device:  # copied once per device: a copy from pageable memory every batch may wait
+            if x.device not in self._on_device:  # for the device's queue (CUDA does not promise it will not)
+                self._on_device[x.device] = (mean.to(x.device), std.to(x.device))
+            mean, std = self._on_device[x.device]
         return x.sub_(mean).div_(std)
 
 
