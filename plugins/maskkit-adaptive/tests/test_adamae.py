@@ -82,3 +82,28 @@ def test_an_encoder_without_patch_embeddings_is_refused_when_the_model_is_built(
     with pytest.raises(ConfigError, match=r"^masker: adamae's sampler reads the encoder's patch embeddings "
                                           r"\(encoder.patch_embed\), but TimmViTEncoder has none; use a ViT"):
         MaskedModel(AdaMAEMasker(in_dim=32), model.encoder, model.decoder, model.target, model.loss)
+
+
+def test_a_patch_embedding_with_another_token_count_is_refused_when_the_model_is_built():
+    """The sampler scores one token per patch of the encoder's grid: an encoder whose ``patch_embed`` gives a
+    different number (a coarser stride, say) is refused when the model is composed, naming both counts, rather
+    than at the first step."""
+    import pytest
+
+    from maskkit import ConfigError, MaskedModel
+
+    class Coarse(torch.nn.Module):  # twice the encoder's patch size: a quarter of its tokens
+        def __init__(self, in_chans: int, dim: int, patch: int):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(in_chans, dim, kernel_size=2 * patch, stride=2 * patch)
+
+        def forward(self, x):
+            return self.proj(x).flatten(2).transpose(1, 2)  # [B, N / 4, D]
+
+    model = tiny_model("{name: adamae}")
+    enc = model.encoder
+    enc.patch_embed = Coarse(enc.in_chans, 32, enc.patch_size[0])
+    grid = f"{GRID[0]}x{GRID[1]}"
+    with pytest.raises(ConfigError, match=rf"^masker: adamae samples one token per patch, but the encoder's "
+                                          rf"patch_embed gives {GRID[0] * GRID[1] // 4} tokens for its {grid} grid"):
+        MaskedModel(AdaMAEMasker(in_dim=32), enc, model.decoder, model.target, model.loss)

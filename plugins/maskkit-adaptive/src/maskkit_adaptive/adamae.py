@@ -87,10 +87,22 @@ class AdaMAEMasker(nn.Module, Masker):
 
     def check_model(self, model) -> None:
         """Refuse, when the model is built, an encoder without the patch embedding the sampler reads
-        (``patch_embed``, as timm's ViTs have): a one-line :class:`maskkit.ConfigError` on ``masker``."""
-        if not callable(getattr(model.encoder, "patch_embed", None)):
+        (``patch_embed``, as timm's ViTs have), or one that gives another number of tokens than the encoder's
+        grid has patches (found by embedding one blank image of the encoder's size): a one-line
+        :class:`maskkit.ConfigError` on ``masker``."""
+        encoder = model.encoder
+        patch_embed = getattr(encoder, "patch_embed", None)
+        if not callable(patch_embed):
             raise ConfigError("", f"adamae's sampler reads the encoder's patch embeddings (encoder.patch_embed), but "
-                                  f"{type(model.encoder).__name__} has none; use a ViT encoder or another masker")
+                                  f"{type(encoder).__name__} has none; use a ViT encoder or another masker")
+        weight = next(iter(patch_embed.parameters()), None) if isinstance(patch_embed, nn.Module) else None
+        device = weight.device if weight is not None else None  # the meta device too: shapes only
+        with torch.no_grad():
+            tokens = patch_embed(torch.zeros(1, encoder.in_chans, *encoder.img_size, device=device))
+        count = tokens.shape[1] * tokens.shape[2] if tokens.dim() == 4 else tokens.shape[1]
+        if count != encoder.grid[0] * encoder.grid[1]:
+            raise ConfigError("", f"adamae samples one token per patch, but the encoder's patch_embed gives {count} "
+                                  f"tokens for its {encoder.grid[0]}x{encoder.grid[1]} grid of patches")
 
     def forward(self, batch_size: int, grid: Grid, *, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, images: torch.Tensor | None = None, model=None,
