@@ -227,6 +227,27 @@ def test_official_checkpoint_heads_and_target_by_override(builtin_registry, tmp_
         assert not torch.allclose(guessed.encoder.forward_features(images), source.encoder.forward_features(images))
 
 
+def test_a_vitmae_config_with_dropout_maps_it_and_says_where_it_differs(builtin_registry):
+    """transformers' ``hidden_dropout_prob`` drops after the attention's projection and the MLP's fc2 of every
+    layer, the decoder's too; timm's ``proj_drop_rate`` drops there and after the MLP's GELU, and maskkit's MAE
+    decoder (the official one's structure) has no dropout: the conversion maps the rates and says both."""
+    from maskkit.interop.pretrained import recipe_from_vitmae_config
+
+    config = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 256,
+              "decoder_hidden_size": 32, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 1,
+              "decoder_intermediate_size": 128, "image_size": 32, "patch_size": 8, "layer_norm_eps": 1e-6,
+              "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.05}
+    tree, notes = recipe_from_vitmae_config(config)
+    assert tree["encoder"]["proj_drop_rate"] == 0.1 and tree["encoder"]["attn_drop_rate"] == 0.05
+    block = maskkit.build_model(maskkit.Recipe(tree), builtin_registry).encoder.blocks[0]
+    assert (block.attn.proj_drop.p, block.mlp.drop2.p, block.mlp.drop1.p, block.attn.attn_drop.p) == (
+        0.1, 0.1, 0.1, 0.05)  # drop1 (after the GELU) is the one transformers has not
+    assert any("also after the MLP's GELU" in note for note in notes), notes
+    assert any("decoder, as the official one, has none" in note for note in notes), notes
+    no_dropout = {**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    assert recipe_from_vitmae_config(no_dropout)[1] == ()
+
+
 def test_official_vit_h_checkpoint_of_another_size_gets_vit_hs_16_heads(builtin_registry, tmp_path):
     """ViT-H's heads are 80 wide, not 64: an encoder-only ViT-H/14 checkpoint at 448 (no shipped recipe has its
     shapes; one block here, to stay small) reads with 16 heads, and so computes the source's features."""

@@ -241,8 +241,14 @@ def recipe_from_vitmae_config(config: Mapping[str, Any], has_decoder: bool = Tru
         encoder["qkv_bias"] = False
     if c["hidden_dropout_prob"]:
         encoder["proj_drop_rate"] = float(c["hidden_dropout_prob"])
+        notes.append(f"hidden_dropout_prob {c['hidden_dropout_prob']:g} is the encoder's proj_drop_rate: timm drops "
+                     "where transformers does (after the attention's projection and the MLP's fc2) and also after "
+                     "the MLP's GELU")
     if c["attention_probs_dropout_prob"]:
         encoder["attn_drop_rate"] = float(c["attention_probs_dropout_prob"])
+    if c["hidden_dropout_prob"] or c["attention_probs_dropout_prob"]:
+        notes.append("transformers applies the dropouts in its decoder too; maskkit's MAE decoder, as the official "
+                     "one, has none")
     decoder = {"name": "mae", "embed_dim": dec_dim, "depth": int(c["decoder_num_hidden_layers"]),
                "num_heads": int(c["decoder_num_attention_heads"]),
                "mlp_ratio": mlp_ratio_for(dec_dim, int(c["decoder_intermediate_size"]))}
