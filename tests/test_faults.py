@@ -463,6 +463,13 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained):
     assert_one_line(capsys, "foreign.pth: refused to load: it holds a Python object (print)")
 
 
+def test_a_device_torch_does_not_know_is_one_line_naming_the_option(capsys, trained):
+    assert cli.main(["eval", "knn", str(trained / "checkpoint.pth"), "--device", "gpu0"]) == 2
+    assert_one_line(capsys, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu0'")
+    assert cli.main(["bench", "--device", "gpu0", "--no-data"]) == 2
+    assert_one_line(capsys, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu0'")
+
+
 def train_until_it_fails(tmp_path, monkeypatch, registry) -> Path:
     """``maskkit train`` of the fault recipe into ``tmp_path/run`` through the CLI, which must fail with exit
     status 2; returns the run folder."""

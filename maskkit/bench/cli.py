@@ -104,16 +104,12 @@ class BenchSettings:
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    import torch
-
     from maskkit.bench.steps import VARIANTS
     from maskkit.engine.compiling import compile_enabled
     from maskkit.engine.trainer import pick_device
     from maskkit.errors import ConfigError
 
-    device = pick_device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device", "CUDA was asked for but torch.cuda.is_available() is False")
+    device = pick_device(args.device, key="--device")
     defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = [v for v in variants if v not in VARIANTS]
