@@ -92,6 +92,12 @@ def aspect_ratio(inst, attribute, value):
 
 def device(inst, attribute, value):
     """``auto`` or a torch device string (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    check_device(value, attribute.name)
+
+
+def check_device(value, key: str, file: str | None = None) -> None:
+    """A one-line :class:`ConfigError` on ``key`` (of ``file``) unless ``value`` is ``auto`` or a torch device
+    string (``cpu``, ``cuda``, ``cuda:1``, ...)."""
     import torch
 
     if value == "auto":
@@ -101,4 +107,4 @@ def device(inst, attribute, value):
             raise TypeError(value)
         torch.device(value)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(attribute.name, expected("auto, cpu, cuda or cuda:N", value)) from None
+        raise ConfigError(key, expected("auto, cpu, cuda or cuda:N", value), file=file) from None

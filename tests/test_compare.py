@@ -13,6 +13,7 @@ from helpers import SmallFashion, tiny_tree
 from rich.console import Console
 
 import maskkit
+from maskkit import cli
 from maskkit.compare import load_spec, make_plan, run_comparison
 from maskkit.compare.cli import add_parser
 from maskkit.compare.runner import training_time
@@ -95,6 +96,7 @@ def losses(out, run_id):
     ({"eval": {"knn": False}}, "eval: measure something"),
     ({"seeds": 0}, "seeds: expected a positive count"),
     ({"base": "nothere.yaml"}, "base: 'nothere.yaml': no such recipe file"),
+    ({"device": "gpu"}, "device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
 ])
 def test_spec_errors_are_one_line_naming_the_file_and_key(tmp_path, registry, changes, message):
     path = write_spec(tmp_path, **changes)
@@ -102,6 +104,14 @@ def test_spec_errors_are_one_line_naming_the_file_and_key(tmp_path, registry, ch
         load_spec(path, registry=registry)
     text = str(info.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_a_device_torch_does_not_know_stops_the_comparison_before_any_run(tmp_path, capsys):
+    path = write_spec(tmp_path)
+    assert cli.main(["compare", str(path), "--device", "gpu", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == "maskkit: error: --device: expected auto, cpu, cuda or cuda:N, got 'gpu'\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_spec_forms_resolve_to_recipes(tmp_path, registry):

@@ -67,12 +67,15 @@ def plan_table(plan, statuses=None) -> Table:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from maskkit._validators import check_device
     from maskkit.compare.plan import Plan, make_plan
     from maskkit.compare.report import rich_table, write_report
     from maskkit.compare.runner import PLAN_FILE, run_comparison, run_status
     from maskkit.compare.spec import load_spec
     from maskkit.registry import registry_for
 
+    if args.device is not None:
+        check_device(args.device, "--device")
     spec_path = resolve_spec(args.spec)
     out = Path(args.out) if args.out else default_out(spec_path)
     if args.report_only:
