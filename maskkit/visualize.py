@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from maskkit.errors import NoPixelFormError
+from maskkit.errors import MaskkitError, NoPixelFormError
 from maskkit.masking import MaskStats
 from maskkit.model import MaskedModel
 from maskkit.patches import unpatchify, upsample_mask
@@ -103,22 +103,45 @@ def reconstruction_figure(pictures: torch.Tensor, *, columns: Sequence[str] = RE
     return fig
 
 
+def picture_path(path: str | Path) -> Path:
+    """The file a figure saved to ``path`` lands in: ``path`` itself, or ``path.png`` when it has no suffix (as
+    matplotlib names it). A folder, or a suffix matplotlib cannot write, is a one-line
+    :class:`~maskkit.errors.MaskkitError` naming the path."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if path.is_dir():
+        raise MaskkitError(f"{path}: is a folder, expected a picture file such as {path / 'picture.png'}")
+    if not path.suffix:
+        return path.with_name(f"{path.name.rstrip('.')}.png")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.suffix[1:].lower() not in formats:
+        raise MaskkitError(f"{path}: cannot write a {path.suffix} picture; expected one of "
+                           f"{', '.join('.' + f for f in formats)}")
+    return path
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Save ``fig`` to ``path`` (its folders made), close it, and return ``path``."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | Path, *, mean: Sequence[float],
                          std: Sequence[float], seed: int = 0) -> Path:
     """Draw masks from the model's masker (seeded) and save the four-column reconstruction grid, its columns
-    titled (:data:`RECONSTRUCTION_COLUMNS`)."""
-    import matplotlib.pyplot as plt
-
+    titled (:data:`RECONSTRUCTION_COLUMNS`). Returns the file written (see :func:`picture_path`)."""
+    path = picture_path(path)
     gen = torch.Generator(device=images.device).manual_seed(seed)
     mask = model.draw_mask(images.shape[0], gen, images.device, images=images)
     hidden = 100 * mask.float().mean().item()
     fig = reconstruction_figure(reconstruction_rows(model, images, mask, mean, std),
                                 title=f"{images.shape[0]} images, masks seed {seed} ({hidden:.0f}% hidden)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, title: str | None = None,
@@ -128,13 +151,16 @@ def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, tit
     which shade is hidden, the figure title with the min/mean/max hidden over all drawn samples.
 
     ``images [count, C, H, W]`` in [0, 1]: panels show the image with its hidden patches greyed out (for a
-    masker that looks at the images); otherwise the bare masks. Drawn with matplotlib.
+    masker that looks at the images); otherwise the bare masks. Drawn with matplotlib. Returns the file written
+    (see :func:`picture_path`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    path = picture_path(path)
 
     grid = stats.grid
     n = grid[0] * grid[1]
@@ -173,8 +199,4 @@ def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, tit
               f"max {int(h.max())} of {n}; declared {stats.declared if stats.declared is not None else 'varying'}")
     fig.suptitle(f"{title}\n{counts}" if title else counts, fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
