@@ -455,6 +455,28 @@ def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and "transformers package" in err and "pip install transformers" in err
 
 
+@pytest.mark.parametrize("export_format", ["timm", "transformers"])
+def test_export_of_weights_that_do_not_fit_their_recipe_or_of_no_recipe_is_one_line(tmp_path, capsys, export_format):
+    if export_format == "transformers":
+        pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, _ = _checkpoint(tmp_path, QUICKSTART_GEOMETRY, "model.pth")
+    state = torch.load(ckpt, weights_only=True)
+    state["recipe"]["decoder"]["embed_dim"] = 24  # the weights no longer fit the recipe stored with them
+    torch.save(state, tmp_path / "misfit.pth")
+    del state["recipe"]
+    torch.save(state, tmp_path / "norecipe.pth")
+    for name, fragment in (("misfit.pth", "misfit.pth: its weights do not fit the model its recipe builds: size "
+                                          "mismatch"),
+                           ("norecipe.pth", "norecipe.pth: holds no recipe to rebuild its model from")):
+        out = tmp_path / f"out-{name}"
+        assert main(["export", str(tmp_path / name), "--format", export_format, "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err and "internal error" not in err, err
+        assert not out.exists()
+
+
 def test_export_without_mae_decoder_writes_the_encoder(tmp_path, capsys):
     """A model whose decoder side ViTMAE cannot hold (here an L1 loss) exports its encoder as ViTMAEModel."""
     transformers = pytest.importorskip("transformers")

@@ -191,6 +191,16 @@ def load_resumable_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     return obj
 
 
+def checkpoint_recipe(state: dict, path: str | Path) -> dict:
+    """The recipe tree stored in the training checkpoint ``state`` (read from ``path``); a one-line
+    :class:`CheckpointError` when it holds none to rebuild its model from."""
+    tree = state.get("recipe")
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{path}: holds no recipe to rebuild its model from (expected a 'recipe' mapping, "
+                              f"got {type(tree).__name__})")
+    return tree
+
+
 def load_model(path: str | Path, overrides: Iterable[str] = (), registry=None) -> tuple[nn.Module, Any]:
     """``(model, recipe)`` of a maskkit training checkpoint: the recipe stored in it (with ``overrides``, e.g.
     ``eval.k=10``, validated), the :class:`~maskkit.MaskedModel` it describes (its ``plugins`` loaded into
@@ -199,7 +209,7 @@ def load_model(path: str | Path, overrides: Iterable[str] = (), registry=None) -
     from maskkit.recipe import Recipe
 
     state = load_training_checkpoint(path)
-    recipe = Recipe(state["recipe"], f"{path}:recipe").with_overrides(overrides)
+    recipe = Recipe(checkpoint_recipe(state, path), f"{path}:recipe").with_overrides(overrides)
     recipe.validate()
     model = build_model(recipe, registry)
     load_model_state(model, state["model"], path)  # a one-line error when the recipe no longer builds it

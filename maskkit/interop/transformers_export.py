@@ -90,12 +90,13 @@ def export_transformers(checkpoint: Mapping[str, Any], out: str | Path, registry
 
 def _pretraining(transformers, checkpoint: Mapping[str, Any], registry, source: str):
     from maskkit.builder import build_model
+    from maskkit.engine.checkpoint import checkpoint_recipe, load_model_state
     from maskkit.recipe import Recipe
 
-    recipe = Recipe(checkpoint["recipe"], f"{source}:recipe")
+    recipe = Recipe(checkpoint_recipe(checkpoint, source), f"{source}:recipe")
     recipe.validate()
     model = build_model(recipe, registry)
-    model.load_state_dict(checkpoint["model"])
+    load_model_state(model, checkpoint["model"], source)  # a one-line error when the recipe no longer builds it
     model.eval()
     config, decoder_reason, notes = vitmae_config(model, source)
     if decoder_reason is None:
