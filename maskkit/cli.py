@@ -171,7 +171,8 @@ def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"note: {note}", highlight=False)
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else
                                            _default_run_dir(f"finetune-{Path(args.checkpoint).parent.name}"))
-    if args.resume is None and any((out / name).exists() for name in (CHECKPOINT_NAME, "metrics.jsonl")):
+    # a folder whose run died before its first checkpoint (metrics.jsonl alone) is reused: the trainer clears it
+    if args.resume is None and (out / CHECKPOINT_NAME).exists():
         raise MaskkitError(f"{out} already holds a run; continue it with --resume {out / CHECKPOINT_NAME}, or "
                            "give another --out (nothing was overwritten)")
     trainer = FinetuneTrainer(recipe, out, pretrained=pretrained, registry=registry, resume=args.resume,

@@ -3,6 +3,7 @@ paper says, exact resume, checkpoints, errors, the progress bar, and DDP equal t
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import multiprocessing
@@ -495,6 +496,25 @@ def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):
     assert yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]["max_steps"] == 2
     assert main(["finetune", str(pretrained), "--out", str(out), "--no-progress"]) == 2  # holds a run
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_folder_whose_fine_tuning_died_before_its_first_checkpoint_is_fine_tuned_into_again(pretrained, tmp_path,
+                                                                                              capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["finetune", str(pretrained), "--recipe", "finetune_quickstart", "finetune.max_steps=2",
+            "finetune.batch_size=8", "finetune.log_every=1", "finetune.device=cpu", "--out", str(out), "--no-progress"]
+
+    def full_disk(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FinetuneTrainer, "save_checkpoint", full_disk)
+        assert main(argv) == 2
+    assert "no space left on device" in capsys.readouterr().err
+    assert losses(out) and not (out / "checkpoint.pth").exists()  # steps logged, no checkpoint
+    assert main(argv) == 0, capsys.readouterr().err
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (out / "checkpoint.pth").is_file() and (out / "finetune.json").is_file()
 
 
 def test_export_of_a_fine_tuned_checkpoint_prints_a_timm_line_that_loads_it(pretrained, tmp_path, capsys):
