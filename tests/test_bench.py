@@ -317,6 +317,11 @@ def test_cpu_defaults_and_argument_errors():
         bench_cli.settings_from_args(parse("--device", "cpu", "--variants", "mae,timm"))
     with pytest.raises(ConfigError, match="--batch-size"):
         bench_cli.settings_from_args(parse("--device", "cpu", "--batch-size", "0"))
+    with pytest.raises(ConfigError, match="--data-images: expected a positive int, got 0"):
+        bench_cli.settings_from_args(parse("--device", "cpu", "--data-images", "0"))  # was the default, silently
+    with pytest.raises(ConfigError, match="--workers: expected an int >= 0"):
+        bench_cli.settings_from_args(parse("--device", "cpu", "--workers", "-1"))
+    assert bench_cli.settings_from_args(parse("--device", "cpu", "--workers", "0")).workers == 0
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             bench_cli.settings_from_args(parse("--device", "cuda"))

@@ -119,9 +119,11 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     if not models:
         raise ConfigError("--models", "expected at least one model name")
     for name, value in (("--batch-size", args.batch_size), ("--steps", args.steps), ("--threads", args.threads),
-                        ("--steps-per-round", args.steps_per_round)):
+                        ("--steps-per-round", args.steps_per_round), ("--data-images", args.data_images)):
         if value is not None and value < 1:
             raise ConfigError(name, f"expected a positive int, got {value}")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers", f"expected an int >= 0 (0: load in the main process), got {args.workers}")
     if args.warmup is not None and args.warmup < 1:
         raise ConfigError("--warmup", f"expected a positive int (the FLOP-counted step), got {args.warmup}")
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
