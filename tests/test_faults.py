@@ -463,6 +463,14 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained):
     assert_one_line(capsys, "foreign.pth: refused to load: it holds a Python object (print)")
 
 
+def test_a_run_folder_given_as_a_checkpoint_is_one_line_naming_its_checkpoint(capsys, trained):
+    for command in (["eval", "knn", str(trained)], ["export", str(trained), "--out", str(trained / "e.pth")],
+                    ["train", "--resume", str(trained)]):
+        assert cli.main(command) == 2, command
+        assert_one_line(capsys, f"{trained}: is a folder, expected a checkpoint file (a run folder's is "
+                                f"{trained / 'checkpoint.pth'})")
+
+
 def test_a_device_torch_does_not_know_is_one_line_naming_the_option(capsys, trained):
     assert cli.main(["eval", "knn", str(trained / "checkpoint.pth"), "--device", "gpu0"]) == 2
     assert_one_line(capsys, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu0'")

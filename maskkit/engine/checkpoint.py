@@ -120,6 +120,9 @@ def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     checkpoint's plain data (its recipe, its step) that costs the zip directory and the pickle, not gigabytes
     of weights. A file older than torch's zip format cannot be mapped; it is then read whole."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file (a run folder's is "
+                              f"{path / 'checkpoint.pth'})")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
