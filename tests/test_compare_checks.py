@@ -249,3 +249,21 @@ def test_the_95_percent_t_quantile_matches_the_published_values(dof):
 
 def test_the_t_quantile_tends_to_the_normal():
     assert abs(t95(10**6) - 1.959966) < 1e-5 and t95(31) > t95(32) > t95(1000) > 1.96
+
+
+# -- quick mode -------------------------------------------------------------------------------------------------
+
+
+def test_quick_mode_drops_fine_tuning_as_its_label_says(tmp_path, registry):
+    """--quick is labelled "a subset, kNN only": a spec that fine-tunes does not fine-tune in quick mode (the
+    slowest evaluation there is, on the whole split), and the report has no fine-tune column."""
+    from maskkit.compare.report import table_columns
+    from maskkit.compare.results import accuracy_keys
+    from maskkit.compare.spec import EvalSpec
+
+    quick = EvalSpec(knn=True, linear=True, finetune={"max_steps": 2}).as_quick()
+    assert (quick.knn, quick.linear, quick.finetune, quick.quick) == (True, False, None, True)
+    plan = make_plan(load_spec(write_spec(tmp_path), registry=registry), registry)
+    plan = attrs.evolve(plan, eval=attrs.evolve(plan.eval, finetune={"max_steps": 2}).as_quick())
+    assert [k for k, _ in accuracy_keys(plan)] == ["knn_top1"]
+    assert "fine-tune top-1 (%)" not in table_columns(plan)

@@ -101,7 +101,7 @@ class EvalSpec:
     """What is measured after training, the same for every run. ``k``, ``temperature``, ``pool`` and
     ``batch_size`` default to the base recipe's ``eval`` section (MAE/DINO: k=20, cosine, T=0.07). The
     random-init ``baseline`` is scored by default: a variant below it learned nothing usable. ``quick``
-    scores kNN on ``train_images`` / ``test_images`` of the splits and skips the linear probe."""
+    scores kNN on ``train_images`` / ``test_images`` of the splits and skips the linear probe and fine-tuning."""
 
     knn: bool = True
     linear: bool = False
@@ -119,8 +119,8 @@ class EvalSpec:
 
     def as_quick(self) -> "EvalSpec":
         """This evaluation in quick mode: kNN only, on a fixed subset (:data:`QUICK_TRAIN_IMAGES` /
-        :data:`QUICK_TEST_IMAGES` images)."""
-        return attrs.evolve(self, quick=True, knn=True, linear=False, train_images=QUICK_TRAIN_IMAGES,
+        :data:`QUICK_TEST_IMAGES` images); no linear probe and no fine-tuning (the report says "kNN only")."""
+        return attrs.evolve(self, quick=True, knn=True, linear=False, finetune=None, train_images=QUICK_TRAIN_IMAGES,
                             test_images=QUICK_TEST_IMAGES)
 
     def recipe_overrides(self) -> dict:
