@@ -267,3 +267,44 @@ def test_quick_mode_drops_fine_tuning_as_its_label_says(tmp_path, registry):
     plan = attrs.evolve(plan, eval=attrs.evolve(plan.eval, finetune={"max_steps": 2}).as_quick())
     assert [k for k, _ in accuracy_keys(plan)] == ["knn_top1"]
     assert "fine-tune top-1 (%)" not in table_columns(plan)
+
+
+# -- the per-GPU workers ----------------------------------------------------------------------------------------
+
+
+def test_interrupted_workers_have_every_log_closed(tmp_path, monkeypatch):
+    """Ctrl-C while two workers run: both are stopped and each one's worker.log is closed (not the last one
+    opened, twice)."""
+    from maskkit.compare import runner
+    from maskkit.compare.plan import RunPlan
+
+    opened, stopped = [], []
+
+    class Worker:
+        def __init__(self, cmd, **kwargs):
+            self.cmd = cmd
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            stopped.append(self.cmd[-1])
+
+        def wait(self, timeout=None):
+            return 0
+
+    def logged_open(path, mode="r"):
+        opened.append(open(path, mode))
+        return opened[-1]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Worker)
+    monkeypatch.setattr(runner, "open", logged_open, raising=False)
+    monkeypatch.setattr(runner.time, "sleep", interrupt)
+    runs = [RunPlan(v, 0, 4, {}) for v in ("a", "b")]
+    with pytest.raises(KeyboardInterrupt):
+        runner._run_workers(runs, tmp_path, ["0", "1"], quiet(), False)
+    assert stopped == ["a/seed0", "b/seed0"] and len(opened) == 2
+    assert all(handle.closed for handle in opened)

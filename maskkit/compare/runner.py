@@ -388,12 +388,12 @@ def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: 
     finally:
         for proc, _, _log in active.values():  # interrupted: stop the workers (their checkpoints stay)
             proc.terminate()
-        for proc, _, _log in active.values():
+        for proc, _, worker_log in active.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            log.close()
+            worker_log.close()
     return codes
 
 
