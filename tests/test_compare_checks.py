@@ -308,3 +308,28 @@ def test_interrupted_workers_have_every_log_closed(tmp_path, monkeypatch):
         runner._run_workers(runs, tmp_path, ["0", "1"], quiet(), False)
     assert stopped == ["a/seed0", "b/seed0"] and len(opened) == 2
     assert all(handle.closed for handle in opened)
+
+
+# -- the loss curves --------------------------------------------------------------------------------------------
+
+
+def test_loss_curves_draw_the_finished_runs_only(tmp_path, registry, monkeypatch):
+    """A seed that failed at step 2 of 4 (or is still training) is left out of its variant's mean curve, which
+    would otherwise stop at step 2 (the steps every seed logged) and average in a diverging run."""
+    from maskkit.compare import report
+
+    plan = make_plan(load_spec(write_spec(tmp_path, seeds=2), registry=registry), registry)
+    out = tmp_path / "out"
+    for run in plan.runs:
+        _fake_run(out, run, plan, settings=eval_settings(plan), knn=0.5)
+        steps = range(1, run.steps + 1)
+        if run.run_id == "r50/seed1":
+            steps = range(1, 3)
+            (run.run_dir(out) / STATUS_FILE).write_text(json.dumps({"status": "failed", "error": "diverged"}))
+        (run.run_dir(out) / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": 1.0 / s, "loss_avg": 1.0 / s}) + "\n" for s in steps))
+    drawn = {}
+    monkeypatch.setattr(report, "plot_loss_curves", lambda plan, curves, path: drawn.update(curves))
+    report.write_report(out, plan)
+    assert sorted(drawn) == ["r50/seed0", "r75/seed0", "r75/seed1"]
+    assert [r["step"] for r in drawn["r50/seed0"]] == [1, 2, 3, 4]

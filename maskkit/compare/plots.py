@@ -32,6 +32,9 @@ def _colors(plan: Plan) -> dict[str, Any]:
 
 
 def plot_loss_curves(plan: Plan, curves: dict[str, list[dict]], path: Path) -> Path:
+    """Each variant's training loss (``loss_avg``), mean over the seeds in ``curves`` (``{run_id: metrics
+    records}``: the report passes its finished runs) at the steps they all logged, against steps and against
+    encoder tokens."""
     plt = _plt()
     colors = _colors(plan)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -62,7 +65,7 @@ def plot_loss_curves(plan: Plan, curves: dict[str, list[dict]], path: Path) -> P
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         axes[0].legend(fontsize=8)
-    fig.suptitle("training loss, mean over seeds (band: min to max)", fontsize=10)
+    fig.suptitle("training loss of the finished runs, mean over seeds (band: min to max)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

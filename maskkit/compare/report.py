@@ -344,6 +344,9 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
 
     pictures: dict[str, str] = {}
     samples = _load_samples(plan, out_dir)
+    # the runs the table counts: a failed or unfinished run would cut its variant's mean curve to the steps it reached
+    finished = {f"{r['variant']}/seed{r['seed']}" for r in rows if r["status"] == "done"}
+    curves = {run_id: records for run_id, records in curves.items() if run_id in finished}
     for filename, draw in (("loss_curves.png", lambda p: plot_loss_curves(plan, curves, p)),
                            ("accuracy.png", lambda p: plot_accuracy(plan, rows, summary, p)),
                            ("accuracy_vs_compute.png", lambda p: plot_accuracy_vs_compute(plan, summary, p)),
