@@ -333,3 +333,23 @@ def test_loss_curves_draw_the_finished_runs_only(tmp_path, registry, monkeypatch
     report.write_report(out, plan)
     assert sorted(drawn) == ["r50/seed0", "r75/seed0", "r75/seed1"]
     assert [r["step"] for r in drawn["r50/seed0"]] == [1, 2, 3, 4]
+
+
+def test_accuracy_plots_of_a_quick_evaluation_say_so(tmp_path, registry, monkeypatch):
+    """accuracy.png and accuracy_vs_compute.png are read on their own (pasted into slides): under --quick their
+    titles say the scores are kNN on a subset, as the report's heading does."""
+    import matplotlib.pyplot as plt
+
+    from maskkit.compare.plots import plot_accuracy, plot_accuracy_vs_compute
+
+    plan = make_plan(load_spec(write_spec(tmp_path), registry=registry), registry)
+    rows = [_row("r75", 0, 0.50), _row("r50", 0, 0.55)]
+    titles = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (titles.append([ax.get_title() for ax in fig.axes]), close(fig)))
+    for evaluation in (plan.eval, plan.eval.as_quick()):
+        quick = attrs.evolve(plan, eval=evaluation)
+        plot_accuracy(quick, rows, summarize(quick, rows), tmp_path / "a.png")
+        plot_accuracy_vs_compute(quick, summarize(quick, rows), tmp_path / "b.png")
+    assert not any("QUICK" in t for t in titles[0] + titles[1])
+    assert all("; QUICK: kNN on 2000/1000 images" in t for t in titles[2] + titles[3]), titles

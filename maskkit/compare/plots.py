@@ -25,6 +25,12 @@ def _plt():
     return plt
 
 
+def _quick(plan: Plan) -> str:
+    """The label an accuracy plot's title carries under ``--quick`` (scores on a subset of the splits)."""
+    ev = plan.eval
+    return f"; QUICK: kNN on {ev.train_images}/{ev.test_images} images" if ev.quick else ""
+
+
 def _colors(plan: Plan) -> dict[str, Any]:
     plt = _plt()
     cmap = plt.get_cmap("tab10")
@@ -115,7 +121,7 @@ def plot_accuracy(plan: Plan, rows: list[dict], summary: list[dict], path: Path)
     ax.set_xticks(range(len(summary)), [s["variant"] for s in summary])
     ax.set_ylabel("top-1 accuracy (%)")
     budget = "encoder tokens" if plan.match == "tokens" else "epochs"
-    title = f"frozen-feature accuracy, mean ± std over seeds (dots: seeds); budget: equal {budget}"
+    title = f"frozen-feature accuracy, mean ± std over seeds (dots: seeds); budget: equal {budget}{_quick(plan)}"
     if shown:
         bottom, top = accuracy_axis(shown)
         ax.set_ylim(bottom, top)
@@ -147,7 +153,7 @@ def plot_accuracy_vs_compute(plan: Plan, summary: list[dict], path: Path) -> Pat
         ax.set_xlabel("encoder tokens processed per run")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{label.split(' (')[0]} against compute", fontsize=10)
+        ax.set_title(f"{label.split(' (')[0]} against compute{_quick(plan)}", fontsize=10)
         xs = [s["encoder_tokens"] for s in summary]
         if xs and max(xs) > 0:
             ax.set_xlim(0, max(xs) * 1.15)
