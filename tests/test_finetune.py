@@ -8,6 +8,7 @@ import io
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -264,6 +265,38 @@ def crash_after_first_checkpoint(run: FinetuneTrainer, monkeypatch) -> None:
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
         patched.setattr(FinetuneTrainer, "save_checkpoint", save_then_crash)
         run.fit()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_fine_tuning_with_a_checkpoint_and_the_resume_command(pretrained, tmp_path, monkeypatch, sig):
+    """SIGINT or SIGTERM during a step (Ctrl-C, a cluster's preemption): the step finishes, a checkpoint of it is
+    saved, RunInterrupted names the command that resumes (exit 128 + N from the CLI), the lock and the signal
+    handlers go with the run, and the resumed run ends as the uninterrupted one."""
+    from maskkit.errors import RunInterrupted, describe_failure
+    from maskkit.finetune import loop
+
+    trainer(pretrained, tmp_path / "whole").fit()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    set_lr, calls = loop.set_lr, []
+
+    def set_lr_then_signal(optimizer, lr):  # the signal arrives during step 2 (the third)
+        calls.append(lr)
+        if len(calls) == 3:
+            os.kill(os.getpid(), sig)
+        set_lr(optimizer, lr)
+
+    monkeypatch.setattr(loop, "set_lr", set_lr_then_signal)
+    with pytest.raises(RunInterrupted) as stopped:
+        trainer(pretrained, tmp_path / "cut").fit()
+    monkeypatch.undo()
+    checkpoint = tmp_path / "cut" / "checkpoint.pth"
+    assert stopped.value.step == 3 and stopped.value.checkpoint == checkpoint  # not the step-2 checkpoint alone
+    assert torch.load(checkpoint, weights_only=True)["step"] == 3
+    assert stopped.value.resume == f"maskkit finetune --resume {checkpoint}"
+    assert describe_failure(stopped.value)[0] == 128 + sig
+    assert {s: signal.getsignal(s) for s in handlers} == handlers and not (tmp_path / "cut" / "run.lock").exists()
+    trainer(pretrained, tmp_path / "cut", resume=checkpoint).fit()
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
 
 
 def test_stop_and_resume_equals_an_uninterrupted_run(pretrained, tmp_path, monkeypatch):

@@ -14,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import torch
@@ -54,6 +53,7 @@ from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, v
     write_run_record,
 )
 from maskkit.engine.step_log import StepLog
+from maskkit.engine.stopping import SignalStop
 from maskkit.errors import CheckpointError, ConfigError, MaskError, MaskkitError, RunInterrupted
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry
@@ -161,8 +161,7 @@ class Trainer:
         self.model: torch.nn.Module | None = None
         self.lock = run_folder.RunLock(self.run_dir)
         self.bad_images = BadImages(recipe.on_bad_image)
-        self._stop_signal: int | None = None
-        self._pending_stop: Callable[[], int] | None = None  # the ranks' stop request started at the last step
+        self.signals = SignalStop()  # SIGINT/SIGTERM stop the loop at a step boundary
         self._saved_step: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------
@@ -367,7 +366,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to ``total_steps``. SIGINT/SIGTERM stop at the next step boundary with a checkpoint and raise
         :class:`~maskkit.errors.RunInterrupted` (saying how to resume); the run folder's lock is held meanwhile."""
-        restore = self._catch_signals()
+        self.signals.install()
         failing = False  # whether the run stops on an exception, which the cleanup must not replace
         try:
             return self._fit()
@@ -375,7 +374,7 @@ class Trainer:
             failing = True
             raise
         finally:
-            restore()
+            self.signals.restore()
             try:
                 stop_workers(getattr(self, "loader", None))  # its workers end with the run, not with the trainer
                 dist = getattr(self, "dist", None)
@@ -403,7 +402,7 @@ class Trainer:
         try:
             with log:
                 while self.step < self.total_steps:
-                    if self._stop_requested():  # at a step boundary: nothing half-done
+                    if self.signals.requested(self.dist):  # at a step boundary: nothing half-done
                         self._stop(checkpoint_path)
                     lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
                                warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
@@ -459,9 +458,7 @@ class Trainer:
             raise
         finally:
             batches.close()  # stops the decode-ahead thread, if any, before anything else runs
-        if self._pending_stop is not None:  # the last boundary's stop request: every rank started it
-            self._pending_stop()
-            self._pending_stop = None
+        self.signals.settle()  # the last boundary's stop request: every rank started it
         if is_sharded(model):  # evaluation, export and plugins get the whole model (collective)
             self.model = model = unsharded_copy(model, lambda: build_model(self.recipe, self.registry).to(self.device))
         self.hook.maskkit_train_end(trainer=self, model=model, run_dir=self.run_dir)
@@ -511,40 +508,6 @@ class Trainer:
 
     # -- signals and unreadable images ----------------------------------------------------------------------
 
-    def _catch_signals(self):
-        """On SIGINT/SIGTERM, ask the loop to stop at the next step boundary (a second signal acts at once).
-        Returns the function that puts the previous handlers back. Only the main thread can catch signals."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():  # None: a handler set from C, which Python cannot put back
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-
-        def on_signal(signum, frame) -> None:
-            self._stop_signal = signum
-            restore()
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-        return restore
-
-    def _stop_requested(self) -> bool:
-        """Whether to stop at this step boundary. Under torchrun every rank must stop at the same step, within
-        torchrun's 30 s between its SIGTERM and SIGKILL: each boundary reads the max of the ranks' signals
-        started at the previous boundary (it ran during the step: no wait) and starts the next one, so a signal
-        stops every rank at the second boundary after it arrives."""
-        if not self.dist.enabled:
-            return self._stop_signal is not None
-        signum = self._pending_stop() if self._pending_stop is not None else 0
-        self._pending_stop = None
-        if signum:
-            self._stop_signal = signum
-            return True
-        self._pending_stop = self.dist.start_max(self._stop_signal or 0)
-        return False
-
     def _stop(self, checkpoint_path: Path) -> None:
         """Save a checkpoint of the current step (unless there is one) and raise :class:`RunInterrupted`."""
         if self._saved_step != self.step and self.step > 0:
@@ -553,7 +516,7 @@ class Trainer:
         saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
         resume = f"maskkit train --resume {shlex.quote(str(saved))}" if saved is not None else None
         self._gather_bad_images()  # every rank stops at this boundary: rank 0 lists them all as it leaves
-        raise RunInterrupted(self._stop_signal or signal.SIGINT, self.step, saved, resume)
+        raise RunInterrupted(self.signals.signum or signal.SIGINT, self.step, saved, resume)
 
     def _gather_bad_images(self) -> dict[str, str]:
         """Every rank's unreadable images, added to rank 0's (a collective: every rank must call it). A run

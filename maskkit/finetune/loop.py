@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,8 @@ from maskkit.engine.runtime import (
     write_run_record,
 )
 from maskkit.engine.step_log import StepLog
-from maskkit.errors import CheckpointError, ConfigError
+from maskkit.engine.stopping import SignalStop
+from maskkit.errors import CheckpointError, ConfigError, RunInterrupted
 from maskkit.finetune.config import FinetuneRecipe
 from maskkit.finetune.data import (
     FinetuneTrainTransform,
@@ -173,6 +176,7 @@ class FinetuneTrainer:
         self.resume_path = Path(resume) if resume else None
         self.step = 0
         self._saved_step: int | None = None  # the step of the checkpoint this session wrote or resumed from
+        self.signals = SignalStop()  # SIGINT/SIGTERM stop the loop at a step boundary
         self._log: StepLog | None = None  # the loop's, while it runs (its open window goes into checkpoints)
         self._resume_window: tuple[float, int] | None = None
         self.dist: DistContext | None = None
@@ -300,9 +304,14 @@ class FinetuneTrainer:
             epoch += 1
 
     def fit(self) -> FinetuneResult:
+        """Fine-tune to ``total_steps``, then evaluate. SIGINT/SIGTERM stop at the next step boundary with a
+        checkpoint and raise :class:`~maskkit.errors.RunInterrupted` (saying how to resume); the run folder's lock
+        is held meanwhile."""
+        self.signals.install()
         try:
             return self._fit()
         finally:
+            self.signals.restore()
             try:
                 stop_workers(getattr(self, "loader", None))  # its workers end with the run, not with the trainer
             finally:
@@ -324,6 +333,8 @@ class FinetuneTrainer:
         self.model.train()
         with log:
             while self.step < self.total_steps:
+                if self.signals.requested(self.dist):  # at a step boundary: nothing half-done
+                    self._stop(checkpoint_path)
                 lr = lr_at(self.step, base=self.base_lr, total_steps=self.total_steps,
                            warmup_steps=self.warmup_steps, min_lr=cfg.min_lr)
                 set_lr(self.optimizer, lr)
@@ -360,6 +371,7 @@ class FinetuneTrainer:
                     log.record(self.step, loss=last_loss, lr=lr)
                 if must_ckpt:
                     self.save_checkpoint(checkpoint_path)
+        self.signals.settle()  # the last boundary's stop request: every rank started it
         if is_sharded(self.model):
             self.model = unsharded_copy(self.model, lambda: build_classifier(
                 self.encoder_spec, self.num_classes, drop_path=cfg.drop_path, global_pool=cfg.global_pool
@@ -388,6 +400,16 @@ class FinetuneTrainer:
         path = self.run_dir / "metrics.jsonl"
         lines = path.read_text().splitlines() if path.exists() else []
         return json.loads(lines[-1])["loss"] if lines else None
+
+    def _stop(self, checkpoint_path: Path) -> None:
+        """Save a checkpoint of the current step (unless there is one) and raise :class:`RunInterrupted` with
+        the command that resumes the run."""
+        if self._saved_step != self.step and self.step > 0:
+            self.guard.check_loss(last_good(checkpoint_path, self._saved_step))
+            self.save_checkpoint(checkpoint_path)
+        saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
+        resume = f"maskkit finetune --resume {shlex.quote(str(saved))}" if saved is not None else None
+        raise RunInterrupted(self.signals.signum or signal.SIGINT, self.step, saved, resume)
 
     def save_checkpoint(self, path: Path) -> None:
         """Write the checkpoint of the current step, if every weight, optimizer and EMA state is finite (else a

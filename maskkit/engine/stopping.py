@@ -1,0 +1,69 @@
+"""Stopping a training loop on SIGINT/SIGTERM at a step boundary, every process at the same one.
+
+Both loops (pretraining, :class:`~maskkit.engine.trainer.Trainer`; fine-tuning,
+:class:`~maskkit.finetune.FinetuneTrainer`) use one :class:`SignalStop`: ``install`` before the loop,
+``requested(dist)`` at every step boundary (then the loop saves a checkpoint and raises
+:class:`~maskkit.errors.RunInterrupted`), ``settle()`` after the last step, ``restore()`` when the run ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Callable
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class SignalStop:
+    """The first SIGINT/SIGTERM asks the loop to stop at its next step boundary; the handlers are then put back,
+    so a second signal acts at once (Ctrl-C twice). Only the main thread can catch signals: elsewhere
+    :meth:`install` does nothing.
+
+    Under torchrun every rank must stop at the same step, within torchrun's 30 s between its SIGTERM and SIGKILL:
+    each boundary reads the max of the ranks' signals started at the previous boundary (it ran during the step:
+    no wait) and starts the next one, so a signal stops every rank at the second boundary after it arrives."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the signal that asked for the stop
+        self._pending: Callable[[], int] | None = None  # the ranks' max started at the last boundary
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Catch SIGINT and SIGTERM (in the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        """Put the handlers found by :meth:`install` back (the default for one set from C, which Python cannot
+        put back: ``getsignal`` answers None for it)."""
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self.restore()
+
+    def requested(self, dist: Any) -> bool:
+        """Whether to stop at this step boundary (``dist``: the run's :class:`~maskkit.engine.distributed.
+        DistContext`; a collective under torchrun, which every rank must call at every boundary)."""
+        if not dist.enabled:
+            return self.signum is not None
+        signum = self._pending() if self._pending is not None else 0
+        self._pending = None
+        if signum:
+            self.signum = signum
+            return True
+        self._pending = dist.start_max(self.signum or 0)
+        return False
+
+    def settle(self) -> None:
+        """Finish the ranks' stop request started at the last boundary (every rank started it) once the loop
+        has ended without stopping."""
+        if self._pending is not None:
+            self._pending()
+            self._pending = None
