@@ -657,6 +657,24 @@ def test_a_checkpoint_replaces_the_old_one_only_once_verified(tmp_path, full):
     assert mode == (full / "recipe.yaml").stat().st_mode & 0o777 == (full / "metrics.jsonl").stat().st_mode & 0o777
 
 
+def test_a_checkpoint_that_cannot_be_created_is_named_not_its_temporary_file(tmp_path, monkeypatch):
+    """A folder that refuses new files (permissions, a read-only mount, ``/proc``) fails on the temporary file
+    ``save_atomic`` creates first; the error names the file that was asked for (``--out``), which the user knows."""
+    real_open = os.open
+
+    def refuse_new_files(file, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_new_files)
+    path = tmp_path / "enc.pth"
+    with pytest.raises(PermissionError) as info:
+        ckpt.save_atomic({"step": 1}, path)
+    assert info.value.filename == str(path) and info.value.errno == errno.EACCES
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- unreadable images ------------------------------------------------------------------------------------------
 
 

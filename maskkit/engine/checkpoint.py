@@ -63,7 +63,8 @@ def save_atomic(obj: Any, path: str | Path, *, verify: Callable[[Path], None] | 
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.filename is None:  # torch.save's writes name no file: say which one could not be written
+        # torch.save's writes name no file, the temporary file's creation names that one: say the file asked for
+        if exc.filename is None or exc.filename == str(tmp):
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     except BaseException:
