@@ -227,6 +227,23 @@ def test_official_checkpoint_heads_and_target_by_override(builtin_registry, tmp_
         assert not torch.allclose(guessed.encoder.forward_features(images), source.encoder.forward_features(images))
 
 
+def test_an_export_folder_that_cannot_be_created_is_named_not_its_temporary_folder(tmp_path, monkeypatch):
+    """The export writes into a temporary folder beside ``--out`` first; when the parent refuses it
+    (permissions, a read-only mount), the error names ``--out``, not the random temporary name."""
+    import errno
+    import tempfile
+
+    from maskkit.interop import transformers_export
+
+    def refuse(prefix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x1y2z3")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(PermissionError) as info:
+        transformers_export._write_folder(tmp_path / "hf", None, {}, None, None)
+    assert info.value.filename == str(tmp_path / "hf")
+
+
 def test_a_vitmae_config_with_dropout_maps_it_and_says_where_it_differs(builtin_registry):
     """transformers' ``hidden_dropout_prob`` drops after the attention's projection and the MLP's fc2 of every
     layer, the decoder's too; timm's ``proj_drop_rate`` drops there and after the MLP's GELU, and maskkit's MAE

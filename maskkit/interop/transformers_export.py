@@ -351,7 +351,10 @@ def _write_folder(out: Path, hf: nn.Module, recipe_tree: Mapping[str, Any], mean
         raise MaskkitError(f"{out} exists and is not an empty folder or an earlier export (only the files an "
                            "export writes, a ViT or ViTMAE config.json); give another --out (nothing was written)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:  # it names its own random folder: say the one asked for
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
     try:
