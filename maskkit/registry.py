@@ -22,6 +22,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import traceback
 import types
@@ -148,6 +149,19 @@ class LoadedPlugins:
     specs: tuple[str, ...] = ()
 
 
+def _unknown_hook_text(plugin: str, pluggy_text: str) -> str:
+    """One line for a plugin implementing a hook maskkit does not have (a misspelling, mostly): the plugin's
+    name (its file for a one-file plugin), the hook, and the closest hook name of :mod:`maskkit.hookspecs`."""
+    found = re.search(r"unknown hook '([^']+)'", pluggy_text)
+    if found is None:  # another validation failure (a wrong signature, say): pluggy's own words
+        return f"plugin {plugin!r}: {pluggy_text}"
+    hook = found.group(1)
+    hooks = [n for n in dir(hookspecs) if n.startswith("maskkit_")]
+    close = difflib.get_close_matches(hook, hooks, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else " (see maskkit/hookspecs.py for the hooks)"
+    return f"plugin {plugin!r} implements a hook maskkit does not have: {hook}{hint}"
+
+
 def _failure_text(exc: BaseException) -> str:
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
@@ -208,10 +222,10 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
             pm.check_pending()
             break
         except pluggy.PluginValidationError as exc:
-            error = PluginError(f"plugin {exc.plugin!r} implements a hook that does not exist: {exc}")
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            error = PluginError(_unknown_hook_text(name, str(exc)))
             if strict:
                 raise error from None
-            name = pm.get_name(exc.plugin) or repr(exc.plugin)
             pm.unregister(exc.plugin)
             failures.append(PluginFailure(name, str(error)))
     return LoadedPlugins(pm, tuple(failures), versions, sources, autoload, dict(plugins or {}), specs)
