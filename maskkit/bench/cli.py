@@ -2,12 +2,14 @@
 baseline, an official-style MAE and transformers' ViTMAE, plus the throughput of the data pipeline alone.
 
     maskkit bench [--device auto|cpu|cuda] [--models vit_base_patch16,vit_large_patch16] [--batch-size B]
-                  [--steps N] [--dtype auto|bf16|fp32] [--[no-]compile] [--variants mae,dense,official,hf]
+                  [--steps N] [--steps-per-round K] [--dtype auto|bf16|fp32] [--[no-]compile]
+                  [--variants mae,dense,official,hf]
                   [--workers W] [--no-data] [--set encoder.depth=2 ...] [--json results.json]
     maskkit bench --masker NAME[,key=value,...] [--models quickstart] [...]   the extra cost of a masker
 
-Defaults depend on the device: on CUDA ViT-B/16 and ViT-L/16, batch 64, 10 timed rounds, bf16 autocast; on the
-CPU ViT-B/16 only, batch 8, 3 timed rounds, fp32 (a few minutes on 2 cores). Models are compiled on CUDA (as
+Defaults depend on the device: on CUDA ViT-B/16 and ViT-L/16, batch 64, 10 timed rounds of 4 steps per variant
+between two syncs, bf16 autocast; on the CPU ViT-B/16 only, batch 8, 3 timed rounds of one step, fp32 (a few
+minutes on 2 cores). Models are compiled on CUDA (as
 ``train.compile: auto`` trains them) and eager on the CPU. The table is printed last.
 """
 
