@@ -14,10 +14,11 @@ from typing import Any
 import attrs
 import torch
 
+from maskkit._validators import check_device
 from maskkit.data.loading import GlobalBatchSampler
 from maskkit.engine.checkpoint import non_finite
 from maskkit.engine.distributed import DistContext
-from maskkit.errors import ConfigError, TrainingError, expected
+from maskkit.errors import ConfigError, TrainingError
 from maskkit.registry import Registry
 
 
@@ -31,7 +32,8 @@ def pick_device(spec: str, dist: DistContext | None = None, *, key: str = "train
     """``auto``: CUDA when present (this rank's local GPU: ``LOCAL_RANK`` under torchrun), else CPU. A device
     string torch does not know, or a CUDA device on a machine without one, is a one-line :class:`ConfigError`
     on ``key`` (of ``file``)."""
-    if spec != "auto" and _torch_device(spec, key, file).type == "cuda" and not torch.cuda.is_available():
+    check_device(spec, key, file)
+    if spec != "auto" and torch.device(spec).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(key, f"{spec} was asked for, but torch sees no CUDA device here (use auto or cpu)",
                           file=file)
     if spec == "auto":
@@ -42,14 +44,6 @@ def pick_device(spec: str, dist: DistContext | None = None, *, key: str = "train
             return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
         return torch.device("cpu")
     return torch.device(spec)
-
-
-def _torch_device(spec: str, key: str, file: str | None) -> torch.device:
-    """``torch.device(spec)``, or a one-line :class:`ConfigError` on ``key`` for a string torch refuses."""
-    try:
-        return torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(key, expected("auto, cpu, cuda or cuda:N", spec), file=file) from None
 
 
 def versions(registry: Registry) -> dict[str, str]:
