@@ -3,14 +3,19 @@
 Both loops (pretraining, :class:`~maskkit.engine.trainer.Trainer`; fine-tuning,
 :class:`~maskkit.finetune.FinetuneTrainer`) use one :class:`SignalStop`: ``install`` before the loop,
 ``requested(dist)`` at every step boundary (then the loop saves a checkpoint and raises
-:class:`~maskkit.errors.RunInterrupted`), ``settle()`` after the last step, ``restore()`` when the run ends.
+``interrupted(...)``, a :class:`~maskkit.errors.RunInterrupted`), ``settle()`` after the last step,
+``restore()`` when the run ends.
 """
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
+from pathlib import Path
 from typing import Any, Callable
+
+from maskkit.errors import RunInterrupted
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -67,3 +72,9 @@ class SignalStop:
         if self._pending is not None:
             self._pending()
             self._pending = None
+
+    def interrupted(self, step: int, checkpoint: Path | None, command: str) -> RunInterrupted:
+        """The error a loop stopped at ``step`` raises: the signal, the ``checkpoint`` saved (None if there is
+        none) and the command that resumes from it (``maskkit COMMAND --resume CHECKPOINT``)."""
+        resume = f"maskkit {command} --resume {shlex.quote(str(checkpoint))}" if checkpoint is not None else None
+        return RunInterrupted(self.signum or signal.SIGINT, step, checkpoint, resume)

@@ -12,8 +12,6 @@ initialised (the same on every rank), and checkpoints keep every rank's state, s
 from __future__ import annotations
 
 import contextlib
-import shlex
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,7 @@ from maskkit.engine.runtime import (  # noqa: F401 (pick_device, runtime_seed, v
 )
 from maskkit.engine.step_log import StepLog
 from maskkit.engine.stopping import SignalStop
-from maskkit.errors import CheckpointError, ConfigError, MaskError, MaskkitError, RunInterrupted
+from maskkit.errors import CheckpointError, ConfigError, MaskError, MaskkitError
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry
 
@@ -514,9 +512,8 @@ class Trainer:
             self.guard.check_loss(self._last_good(checkpoint_path))
             self.save_checkpoint(checkpoint_path)
         saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
-        resume = f"maskkit train --resume {shlex.quote(str(saved))}" if saved is not None else None
         self._gather_bad_images()  # every rank stops at this boundary: rank 0 lists them all as it leaves
-        raise RunInterrupted(self.signals.signum or signal.SIGINT, self.step, saved, resume)
+        raise self.signals.interrupted(self.step, saved, "train")
 
     def _gather_bad_images(self) -> dict[str, str]:
         """Every rank's unreadable images, added to rank 0's (a collective: every rank must call it). A run

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +59,7 @@ from maskkit.engine.runtime import (
 )
 from maskkit.engine.step_log import StepLog
 from maskkit.engine.stopping import SignalStop
-from maskkit.errors import CheckpointError, ConfigError, RunInterrupted
+from maskkit.errors import CheckpointError, ConfigError
 from maskkit.finetune.config import FinetuneRecipe
 from maskkit.finetune.data import (
     FinetuneTrainTransform,
@@ -402,14 +400,13 @@ class FinetuneTrainer:
         return json.loads(lines[-1])["loss"] if lines else None
 
     def _stop(self, checkpoint_path: Path) -> None:
-        """Save a checkpoint of the current step (unless there is one) and raise :class:`RunInterrupted` with
-        the command that resumes the run."""
+        """Save a checkpoint of the current step (unless there is one) and raise
+        :class:`~maskkit.errors.RunInterrupted` with the command that resumes the run."""
         if self._saved_step != self.step and self.step > 0:
             self.guard.check_loss(last_good(checkpoint_path, self._saved_step))
             self.save_checkpoint(checkpoint_path)
         saved = checkpoint_path if self._saved_step is not None and checkpoint_path.exists() else None
-        resume = f"maskkit finetune --resume {shlex.quote(str(saved))}" if saved is not None else None
-        raise RunInterrupted(self.signals.signum or signal.SIGINT, self.step, saved, resume)
+        raise self.signals.interrupted(self.step, saved, "finetune")
 
     def save_checkpoint(self, path: Path) -> None:
         """Write the checkpoint of the current step, if every weight, optimizer and EMA state is finite (else a
