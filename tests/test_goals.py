@@ -100,6 +100,9 @@ def test_the_train_goal_counts_checkpoints_at_the_recipes_cadence_not_the_short_
     slow = row(20_000)  # a checkpoint every 20k images: 3 s for every 10 s of steps
     assert slow.status == "fail" and slow.value == pytest.approx(1 / (1 + 3.0 * 2000 / 20_000))
     assert goals.recipe_checkpoint_images() == 2000 * 4096  # recipes/mae_vit_base_patch16.yaml
+    # a checkpoint measured while the recipe's cadence is unknown is not counted, and the row says so
+    assert row(None).measured == ("1.00 (2000 / 2000; checkpoint 3.0 s not counted: the recipe's checkpoint "
+                                  "cadence could not be read)")
 
 
 def test_an_empty_folder_is_all_unmeasured(tmp_path):

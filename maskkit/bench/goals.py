@@ -165,8 +165,10 @@ def _train_row(goal: str, metrics: list[dict] | None, step: dict | None,
     if step is None or train is None:
         return GoalRow(goal, ">= 0.90", "-", "unmeasured")
     saving = checkpoint_seconds(metrics or [])
-    if saving is None or not checkpoint_images:
+    if saving is None:
         note = "no checkpoint measured"
+    elif not checkpoint_images:
+        note = f"checkpoint {saving:.1f} s not counted: the recipe's checkpoint cadence could not be read"
     else:
         per_image = 1 / train + saving / checkpoint_images
         note = (f"checkpoint {saving:.1f} s every {checkpoint_images / 1e6:.3g}M images: "
