@@ -2,6 +2,7 @@
 the plan's evaluation settings, warnings on seeds and unequal compute, a failed run retrained once its recipe
 changes, spec errors naming the file, variant and key, and the exact t-quantile of the paired intervals."""
 
+import csv
 import json
 
 import attrs
@@ -75,6 +76,55 @@ def test_scores_made_with_other_evaluation_settings_are_not_reported(tmp_path, r
     summary = summarize(loaded, rows)
     assert summary[1]["knn_top1"]["n"] == 0 and summary[1]["delta_knn_top1"]["n"] == 0
     assert [r["status"] for r in collect(out, old)[0]] == ["needs re-evaluation", "done"]
+
+
+# -- non-finite scores ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad, shown", [(float("nan"), "nan"), (float("inf"), "inf")])
+def test_a_non_finite_score_leaves_its_seed_out_of_every_count_and_the_report_says_which(tmp_path, registry, bad,
+                                                                                          shown):
+    """r50's seed 1 scored a NaN (or inf) kNN top-1: that seed is not finished. Its variant's seeds column,
+    means (of every number, not only the kNN's), paired differences and counts all rest on seed 0 alone, and
+    the report names the variant, the seed and the score, in its runs table and under "Read before ranking"."""
+    from maskkit.compare.report import write_report
+
+    plan = make_plan(load_spec(write_spec(tmp_path, seeds=2), registry=registry), registry)
+    out = tmp_path / "out"
+    knn = {"r75/seed0": 0.50, "r75/seed1": 0.55, "r50/seed0": 0.60, "r50/seed1": bad}
+    for run in plan.runs:
+        _fake_run(out, run, plan, settings=eval_settings(plan), knn=0.5)
+        scores = json.loads((run.run_dir(out) / EVAL_FILE).read_text())
+        (run.run_dir(out) / EVAL_FILE).write_text(json.dumps({**scores, "knn_top1": knn[run.run_id],
+                                                                   "linear_top1": 0.7}))
+    plan.save(out / "plan.json")
+    rows, _ = collect(out, plan)
+    r50_1 = next(r for r in rows if (r["variant"], r["seed"]) == ("r50", 1))
+    assert (r50_1["variant"], r50_1["seed"], r50_1["status"]) == ("r50", 1, "non-finite score")
+    assert r50_1["knn_top1"] is None and r50_1["linear_top1"] is None
+    assert r50_1["non_finite"] == [f"knn_top1={shown}"]
+    r50 = summarize(plan, rows)[1]
+    assert (r50["finished"], r50["seeds_finished"]) == (1, [0])
+    assert r50["knn_top1"] == {"mean": 0.60, "std": None, "n": 1}
+    assert r50["linear_top1"]["n"] == 1  # its finite linear score is left out too: one seed count for the row
+    assert r50["delta_knn_top1"]["n"] == 1 and r50["delta_knn_top1"]["mean"] == pytest.approx(0.10)
+    assert r50["delta_linear_top1"]["n"] == 1 and r50["non_finite"] == {1: [f"knn_top1={shown}"]}
+    report = write_report(out, plan)
+    text = (report / "report.md").read_text()
+    warnings = text.split("## Read before ranking\n\n")[1].split("\n\n")[0]
+    assert f"r50/seed1 gave a non-finite score (knn_top1={shown})" in warnings, warnings
+    assert "left out of r50's means, seed count and paired differences" in warnings
+    assert "The variants' means cover different seeds (r75: seeds 0, 1; r50: seed 0)" in warnings
+    assert "| r50/seed1 | non-finite score |" in text
+    assert [line for line in text.splitlines() if line.startswith("| r50 |")][0].endswith("| 1/2 |")
+    with (report / "results.csv").open() as handle:
+        csv_rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(handle)}
+    assert (csv_rows["r50", "1"]["status"], csv_rows["r50", "1"]["non_finite"], csv_rows["r50", "1"]["knn_top1_pct"]) \
+        == ("non-finite score", f"knn_top1={shown}", "")
+    assert csv_rows["r50", "0"]["non_finite"] == ""
+    text = (report / "results.json").read_text()
+    assert any("r50/seed1 gave a non-finite score" in note for note in json.loads(text)["findings"])
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: the value is named as text only
 
 
 # -- warnings on seeds ------------------------------------------------------------------------------------------

@@ -231,13 +231,15 @@ def _csv_name(key: str) -> str:
 
 
 def _run_csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
-    """results.csv: one row per run; accuracies in percent (``*_pct``), auxiliary losses as ``aux/...``."""
+    """results.csv: one row per run; accuracies in percent (``*_pct``), auxiliary losses as ``aux/...``;
+    ``non_finite``: the NaN or infinite numbers that keep a finished run out of its variant's counts."""
     aux = sorted({k for r in rows for k in r.get("aux", {})})
     columns = [_csv_name(c) for c in RUN_COLUMNS] + aux
     flat = []
     for r in rows:
         out = {_csv_name(k): (100 * v if k in PERCENT_KEYS and v is not None else v) for k, v in r.items()
                if k != "aux"}
+        out["non_finite"] = "; ".join(r.get("non_finite") or []) or None  # knn_top1=nan: what left the seed out
         flat.append({**out, **r.get("aux", {})})
     return columns, flat
 

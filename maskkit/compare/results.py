@@ -21,7 +21,7 @@ ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)")
 RUN_COLUMNS = ("variant", "seed", "status", "steps", "epochs", "tokens_per_step", "encoder_tokens", "knn_top1",
                "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
                "random_init_finetune_top1", "final_loss",
-               "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s", "error", "run_dir")
+               "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s", "error", "non_finite", "run_dir")
 NUMBERS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
            "random_init_finetune_top1", "final_loss",
            "images_per_s", "masker_ms_per_batch", "train_time_s", "eval_time_s")
@@ -29,6 +29,7 @@ AUX_PREFIX = "aux/"  # metrics.jsonl keys of auxiliary losses: aux/<component>.<
 WARMUP_MOST = 0.5  # a warm-up longer than this share of the steps trained is called out
 UNEQUAL = 1.1  # variants whose steps or encoder tokens differ by more than this factor are called out
 STALE = "needs re-evaluation"  # a trained run whose eval.json was made with other evaluation settings
+NON_FINITE = "non-finite score"  # a finished run with a NaN or infinite number: counted nowhere, named in the report
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -86,8 +87,28 @@ def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]
         # auxiliary losses: their mean over the last logging window, like final_loss
         row["aux"] = {k: v for k, v in metrics[-1].items() if k.startswith(AUX_PREFIX)} if metrics and finished \
             else {}
-        rows.append(row)
+        rows.append(drop_non_finite(row))
     return rows, curves
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def non_finite_numbers(row: dict) -> list[str]:
+    """``key=value`` for each number of a run row (and auxiliary loss) that is NaN or infinite, in column order."""
+    numbers = {**{key: row.get(key) for key in NUMBERS}, **row.get("aux", {})}
+    return [f"{key}={value}" for key, value in numbers.items() if _is_number(value) and not math.isfinite(value)]
+
+
+def drop_non_finite(row: dict) -> dict:
+    """``row`` with ``non_finite`` set (see :func:`non_finite_numbers`); a row with any is no finished seed: its
+    status becomes :data:`NON_FINITE` and all its numbers ``None``, so that its variant's seed count, means and
+    paired differences all leave that seed out alike (one NaN score would otherwise leave only its own mean)."""
+    row["non_finite"] = non_finite_numbers(row)
+    if row["non_finite"]:
+        row.update({key: None for key in NUMBERS}, status=NON_FINITE, aux={})
+    return row
 
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (the published table).
@@ -109,7 +130,7 @@ def t95(dof: int) -> float:
 def seed_stats(values: list[float], interval: bool = False) -> dict:
     """Mean, sample std (n - 1) and count of the finite ``values``; with ``interval`` also ``ci95``, the 95%
     t-interval of the mean (two values or more), e.g. of paired differences over seeds."""
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    values = [v for v in values if _is_number(v) and math.isfinite(v)]
     if not values:
         return {"mean": None, "std": None, "n": 0, **({"ci95": None} if interval else {})}
     mean = statistics.fmean(values)
@@ -140,6 +161,7 @@ def summarize(plan: Plan, rows: list[dict]) -> list[dict]:
             "epochs": round(v.epochs, 4), "encoder_tokens": v.encoder_tokens,
             "runs": len(mine), "finished": sum(r["status"] == "done" for r in mine),
             "seeds_finished": [r["seed"] for r in mine if r["status"] == "done"],
+            "non_finite": {r["seed"]: r["non_finite"] for r in mine if r.get("non_finite")},
         }
         for key in NUMBERS:
             entry[key] = seed_stats([r[key] for r in mine])
@@ -157,10 +179,24 @@ def _seeds_text(seeds: list[int]) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds)) if seeds else "no seed"
 
 
-def _seed_findings(plan: Plan, summary: list[dict], keys: list[tuple[str, str]]) -> list[str]:
-    """Notes on the seeds behind the numbers: one seed (planned, or the only one finished), each paired
-    difference (its interval, or that it rests on one paired seed), and means over different sets of seeds."""
+def _non_finite_findings(summary: list[dict]) -> list[str]:
+    """One note per run that gave a NaN or infinite number: which variant, seed and number, and that the seed
+    counts nowhere (see :func:`drop_non_finite`)."""
     notes = []
+    for s in summary:
+        for seed, numbers in (s.get("non_finite") or {}).items():
+            run = f"{s['variant']}/seed{seed}"
+            notes.append(f"{run} gave a non-finite score ({', '.join(numbers)}): that seed is left out of "
+                         f"{s['variant']}'s means, seed count and paired differences; look into runs/{run} "
+                         "(deleting its eval.json and rerunning evaluates it again).")
+    return notes
+
+
+def _seed_findings(plan: Plan, summary: list[dict], keys: list[tuple[str, str]]) -> list[str]:
+    """Notes on the seeds behind the numbers: a run with a non-finite score, one seed (planned, or the only one
+    finished), each paired difference (its interval, or that it rests on one paired seed), and means over
+    different sets of seeds."""
+    notes = _non_finite_findings(summary)
     ref = reference_variant(plan)
     planned = len(plan.seeds)
     # the seeds each variant finished (``seeds_finished``; a summary without it: its accuracies' counts)
@@ -235,7 +271,8 @@ def _compute_findings(plan: Plan) -> list[str]:
 
 
 def findings(plan: Plan, summary: list[dict]) -> list[str]:
-    """What a reader must know before ranking the variants, in words: a single seed (planned or finished),
+    """What a reader must know before ranking the variants, in words: a run that gave a non-finite score (its
+    seed counts nowhere), a single seed (planned or finished),
     differences within the seeds' spread (the paired interval holds 0) or resting on one paired seed, means over
     different seeds, a variant below the random-init encoder, a warm-up taking most of the budget, compute the
     budget leaves unequal, a quick evaluation. Empty when none applies."""
