@@ -385,6 +385,25 @@ def test_loss_curves_draw_the_finished_runs_only(tmp_path, registry, monkeypatch
     assert [r["step"] for r in drawn["r50/seed0"]] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_both_csv_files_say_whether_the_evaluation_was_quick(tmp_path, registry, quick):
+    """results.csv and summary.csv are read without the report (a spreadsheet, a pandas frame): each row carries
+    `quick`, as results.json's comparison.quick does, so subset kNN scores are never mistaken for full ones."""
+    from maskkit.compare.report import write_report
+
+    plan = make_plan(load_spec(write_spec(tmp_path), registry=registry), registry)
+    plan = attrs.evolve(plan, eval=plan.eval.as_quick()) if quick else plan
+    out = tmp_path / "out"
+    for run in plan.runs:
+        _fake_run(out, run, plan, settings=eval_settings(plan), knn=0.5)
+    report = write_report(out, plan)
+    assert json.loads((report / "results.json").read_text())["comparison"]["quick"] is quick
+    for name in ("results.csv", "summary.csv"):
+        with (report / name).open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert [r["quick"] for r in rows] == [json.dumps(quick)] * 2, name  # true / false, as in results.json
+
+
 def test_accuracy_plots_of_a_quick_evaluation_say_so(tmp_path, registry, monkeypatch):
     """accuracy.png and accuracy_vs_compute.png are read on their own (pasted into slides): under --quick their
     titles say the scores are kNN on a subset, as the report's heading does."""

@@ -4,7 +4,8 @@ Written to ``OUT/report/``:
 
 * ``results.csv`` / ``results.json``: one row per run (variant, seed, steps, encoder tokens, kNN and linear
   top-1, final loss, images/s, wall time...); ``results.json`` also holds one entry per variant with the mean
-  and standard deviation over seeds, the paired difference to the reference variant, and the settings.
+  and standard deviation over seeds, the paired difference to the reference variant, and the settings
+  (``comparison.quick``: quick mode; both CSV files carry it as a ``quick`` column, ``true`` or ``false``).
 * ``summary.csv``: one row per variant, mean and std (sample std, n - 1) of every number over its seeds.
 * ``report.md`` and ``report.html``: the table and the pictures, with the budget and the protocol spelled out.
 * the pictures of :mod:`maskkit.compare.plots`.
@@ -224,32 +225,50 @@ PERCENT_KEYS = ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top
                 "random_init_finetune_top1")
 
 
+QUICK_COLUMN = "quick"  # both CSV files, every row: results.json's comparison.quick, written true or false
+
+
 def _csv_name(key: str) -> str:
     if key.startswith("delta_"):
         return f"{key}_points"
     return f"{key}_pct" if key in PERCENT_KEYS else key
 
 
-def _run_csv_rows(rows: list[dict]) -> tuple[list[str], list[dict]]:
-    """results.csv: one row per run; accuracies in percent (``*_pct``), auxiliary losses as ``aux/...``;
-    ``non_finite``: the NaN or infinite numbers that keep a finished run out of its variant's counts."""
+def _with_quick(columns: list[str], after: str) -> list[str]:
+    """``columns`` with ``quick`` (results.json's ``comparison.quick``, per row) right after ``after``."""
+    at = columns.index(after) + 1
+    return columns[:at] + [QUICK_COLUMN] + columns[at:]
+
+
+def _quick_text(quick: bool) -> str:
+    """``true`` or ``false``, as results.json writes ``comparison.quick``."""
+    return json.dumps(bool(quick))
+
+
+def _run_csv_rows(rows: list[dict], quick: bool = False) -> tuple[list[str], list[dict]]:
+    """results.csv: one row per run; ``quick`` (whether the scores are quick mode's subset kNN); accuracies in
+    percent (``*_pct``), auxiliary losses as ``aux/...``; ``non_finite``: the NaN or infinite numbers that keep a
+    finished run out of its variant's counts."""
     aux = sorted({k for r in rows for k in r.get("aux", {})})
-    columns = [_csv_name(c) for c in RUN_COLUMNS] + aux
+    columns = _with_quick([_csv_name(c) for c in RUN_COLUMNS], after="status") + aux
     flat = []
     for r in rows:
         out = {_csv_name(k): (100 * v if k in PERCENT_KEYS and v is not None else v) for k, v in r.items()
                if k != "aux"}
         out["non_finite"] = "; ".join(r.get("non_finite") or []) or None  # knn_top1=nan: what left the seed out
-        flat.append({**out, **r.get("aux", {})})
+        flat.append({**out, QUICK_COLUMN: _quick_text(quick), **r.get("aux", {})})
     return columns, flat
 
 
-def _summary_csv_rows(summary: list[dict]) -> tuple[list[str], list[dict]]:
+def _summary_csv_rows(summary: list[dict], quick: bool = False) -> tuple[list[str], list[dict]]:
+    """summary.csv: one row per variant; ``quick`` as in results.csv; mean and std of every number over its
+    seeds, and the paired differences to the reference variant with their 95% interval."""
     columns = ["variant", "changes", "runs", "finished", "steps", "epochs", "tokens_per_step", "encoder_tokens"]
     keys = NUMBERS + tuple(f"delta_{k}" for k, _ in ACCURACIES)
     flat_rows = []
     for s in summary:
         flat = {k: s[k] for k in columns}
+        flat[QUICK_COLUMN] = _quick_text(quick)
         for key in keys:
             stat = s.get(key) or {}
             scale = 100 if key in PERCENT_KEYS or key.startswith("delta_") else 1
@@ -264,7 +283,7 @@ def _summary_csv_rows(summary: list[dict]) -> tuple[list[str], list[dict]]:
         columns += [f"{_csv_name(key)}_mean", f"{_csv_name(key)}_std"]
         if key.startswith("delta_"):
             columns += [f"{_csv_name(key)}_ci95_low", f"{_csv_name(key)}_ci95_high"]
-    return columns, flat_rows
+    return _with_quick(columns, after="finished"), flat_rows
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -326,8 +345,8 @@ def write_report(out_dir: str | Path, plan: Plan | None = None) -> Path:
     meta = _meta(out_dir, plan)
     versions = _versions(out_dir, plan)
 
-    _csv(report / "results.csv", *_run_csv_rows(rows))
-    columns, flat = _summary_csv_rows(summary)
+    _csv(report / "results.csv", *_run_csv_rows(rows, plan.eval.quick))
+    columns, flat = _summary_csv_rows(summary, plan.eval.quick)
     _csv(report / "summary.csv", columns, flat)
     name = Path(plan.spec_file).stem
     comparison = {
