@@ -327,15 +327,16 @@ def apply_overrides(tree: dict, overrides: Iterable[str], file: str = "<recipe>"
     return tree
 
 
-def resolve_plugins(tree: dict, base_dir: str | Path, file: str) -> dict:
+def resolve_plugins(tree: dict, base_dir: str | Path | None, file: str) -> dict:
     """``tree`` with the plugin files of its ``plugins`` section made absolute (relative to ``base_dir``, the
-    folder of the file it was read from), so the resolved recipe of a run names them wherever it is read."""
-    from maskkit.registry import resolve_plugin_spec
+    folder of the file it was read from, else the working directory), so the resolved recipe of a run names
+    them wherever it is read; a file found in neither is a one-line error on ``plugins`` naming both."""
+    from maskkit.registry import resolve_plugin_files
 
     if not tree.get("plugins"):
         return tree
     plugins = Recipe(tree, file).plugins
-    return {**tree, "plugins": [resolve_plugin_spec(item, base_dir) for item in plugins]}
+    return {**tree, "plugins": list(resolve_plugin_files(plugins, base_dir, whose="recipe's", file=file))}
 
 
 def find_recipe_file(source: str | Path, registry=None, what: str = "recipe") -> Path:
@@ -358,7 +359,7 @@ def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, reg
 
     Raises :class:`~maskkit.errors.ConfigError` naming the file and key on any problem. The recipe's
     ``plugins`` are not imported here: :meth:`maskkit.Registry.with_plugins` loads them where components are
-    built.
+    built; a plugin file found neither in the recipe's folder nor in the working directory is refused here.
     """
     if isinstance(source, dict):
         recipe = Recipe(copy.deepcopy(source), None)
@@ -366,7 +367,7 @@ def load_recipe(source: str | Path | dict, overrides: Iterable[str] = (), *, reg
         path = find_recipe_file(source, registry)
         recipe = Recipe(parse_yaml(read_text_file(path), str(path)), str(path))
     recipe = recipe.with_overrides(overrides)
-    base_dir = Path(recipe.path).parent if recipe.path else Path.cwd()
+    base_dir = Path(recipe.path).parent if recipe.path else None  # None: the working directory
     recipe = Recipe(resolve_plugins(recipe.tree, base_dir, recipe.file), recipe.path)
     recipe.validate()
     return recipe

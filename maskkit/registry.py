@@ -102,6 +102,30 @@ def resolve_plugin_spec(spec: str, base_dir: str | Path | None = None) -> str:
     return str(path.absolute())
 
 
+def resolve_plugin_files(items: Iterable[str], base_dir: str | Path | None, *, whose: str, file: str | None,
+                         key: str = "plugins") -> tuple[str, ...]:
+    """``items`` resolved (:func:`resolve_plugin_spec`); a plugin file that exists nowhere is a one-line
+    :class:`ConfigError` on ``key`` of ``file`` naming where it was looked for: a relative path in ``whose``
+    folder (``base_dir``, ``whose`` is "recipe's" or "spec's") and the working directory."""
+    resolved = tuple(resolve_plugin_spec(item, base_dir) for item in items)
+    for item, spec in zip(items, resolved):
+        if is_plugin_file(spec) and not Path(spec).is_file():
+            raise ConfigError(key, f"{item.strip()}: no such plugin file{_looked_in(item, base_dir, whose)}",
+                              file=file)
+    return resolved
+
+
+def _looked_in(item: str, base_dir: str | Path | None, whose: str) -> str:
+    """`` (looked in the recipe's folder, A, and the working directory, B)`` for a relative plugin file;
+    nothing for an absolute one (looked for there only)."""
+    if Path(item.strip()).expanduser().is_absolute():
+        return ""
+    cwd = Path.cwd()
+    if base_dir is None or Path(base_dir).absolute() == cwd:
+        return f" (looked in the working directory, {cwd})"
+    return f" (looked in the {whose} folder, {Path(base_dir).absolute()}, and the working directory, {cwd})"
+
+
 def plugin_specs_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The plugins named by ``MASKKIT_PLUGINS`` (``os.pathsep``-separated files or modules), resolved."""
     raw = (os.environ if environ is None else environ).get(PLUGINS_ENV, "")

@@ -4,6 +4,7 @@ changes, spec errors naming the file, variant and key, and the exact t-quantile 
 
 import csv
 import json
+from pathlib import Path
 
 import attrs
 import pytest
@@ -274,7 +275,7 @@ def test_a_spec_plugin_that_is_missing_or_fails_is_an_error_naming_plugins(tmp_p
     with pytest.raises(ConfigError) as info:
         load_spec(path, registry=registry)
     assert str(info.value) == (f"{path}: plugins: nothere.py: no such plugin file (looked in the spec's folder, "
-                               f"{tmp_path}, and the working directory)")
+                               f"{tmp_path}, and the working directory, {Path.cwd()})")
     (tmp_path / "broken.py").write_text("raise ImportError('needs a package that is not installed')\n")
     path = write_spec(tmp_path, plugins=["broken.py"])
     with pytest.raises(ConfigError) as info:

@@ -145,6 +145,34 @@ def test_a_recipe_names_its_plugin_and_the_run_records_it(stripes, tmp_path, cap
     assert "plugins: expected a list of plugin files" in capsys.readouterr().err
 
 
+def test_a_recipe_plugin_file_found_nowhere_names_both_places_it_looked(tmp_path, monkeypatch, capsys):
+    """A relative plugin file is looked for in the recipe's folder, then the working directory: the one-line
+    error names the recipe file, the key, the entry as written and both folders (not only the working
+    directory's path), when the recipe is loaded, before anything trains."""
+    folder, work = tmp_path / "recipes", tmp_path / "work"
+    folder.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    tree = tiny_tree(plugins=["nothere.py"])
+    tree["train"].update(max_steps=1, ckpt_every=0)
+    (folder / "r.yaml").write_text(yaml.safe_dump(tree))
+    line = (f"{folder / 'r.yaml'}: plugins: nothere.py: no such plugin file (looked in the recipe's folder, "
+            f"{folder}, and the working directory, {work})")
+    with pytest.raises(maskkit.ConfigError) as info:
+        maskkit.load_recipe(folder / "r.yaml")
+    assert str(info.value) == line
+    assert main(["train", str(folder / "r.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"maskkit: error: {line}" and not (tmp_path / "run").exists()
+    with pytest.raises(maskkit.ConfigError) as info:  # an override's file is looked for the same way
+        maskkit.load_recipe(folder / "r.yaml", ["plugins=[sub/other.py]"])
+    assert str(info.value) == line.replace("nothere.py", "sub/other.py")
+    missing = tmp_path / "gone.py"  # an absolute path: looked for there only
+    with pytest.raises(maskkit.ConfigError) as info:
+        maskkit.load_recipe(folder / "r.yaml", [f"plugins=[{missing}]"])
+    assert str(info.value) == f"{folder / 'r.yaml'}: plugins: {missing}: no such plugin file"
+
+
 def test_a_spec_plugin_reaches_the_plan_and_its_worker(stripes, tmp_path):
     from maskkit.compare import load_spec, make_plan
     from maskkit.compare.runner import PLAN_FILE

@@ -336,7 +336,7 @@ def _parse_eval(raw: Any, base: Recipe, file: str, registry=None) -> EvalSpec:
 def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...]:
     """The spec's ``plugins``, resolved as a recipe's are (:func:`maskkit.registry.resolve_plugin_spec`: files
     relative to the spec's folder); a plugin file that does not exist is refused here, naming the key."""
-    from maskkit.registry import is_plugin_file, resolve_plugin_spec
+    from maskkit.registry import resolve_plugin_files
 
     if raw is None:
         return ()
@@ -345,14 +345,7 @@ def _parse_plugins(raw: Any, spec_dir: Path | None, file: str) -> tuple[str, ...
     # the same check as a recipe's plugins section (Recipe.plugins), worded for the spec
     if not isinstance(raw, list) or not all(isinstance(item, str) and item.strip() for item in raw):
         raise ConfigError("plugins", expected("a list of plugin files (x.py) or module names", raw), file=file)
-    resolved = tuple(resolve_plugin_spec(item, spec_dir) for item in raw)
-    for item, spec in zip(raw, resolved):
-        if is_plugin_file(spec) and not Path(spec).is_file():
-            path = Path(item.strip()).expanduser()
-            tried = f" (looked in the spec's folder, {spec_dir}, and the working directory)" \
-                if spec_dir is not None and not path.is_absolute() else ""
-            raise ConfigError("plugins", f"{item}: no such plugin file{tried}", file=file)
-    return resolved
+    return resolve_plugin_files(raw, spec_dir, whose="spec's", file=file)
 
 
 def _resolve_base(base: Any, spec_dir: Path | None, file: str, registry) -> Recipe:
