@@ -458,6 +458,62 @@ def test_malformed_recipe_values_name_file_key_and_what_was_expected(tmp_path, k
     assert str(info.value) == f"{path}: finetune.{key}: {message}"
 
 
+AA = ("null or timm's augmentation string: rand-KEYvalue... (m, n, p, mstd, mmax, inc, tNAME), augmix-... (m, w, "
+      "d, a, b, mstd), or original, originalr, v0, v0r, 3a (-mstd), e.g. rand-m9-mstd0.5-inc1")
+SKIPPED = "(timm would silently skip this part)"
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("rand-m9-mstdX", f"part 'mstdX': no value {SKIPPED}"),  # timm: RandAugment m9 without magnitude noise
+    ("rand-m9--inc1", f"part '': no value {SKIPPED}"),
+    ("augmix-m5-wX", f"part 'wX': no value {SKIPPED}"),
+    ("original-mstd", f"part 'mstd': no value {SKIPPED}"),
+    ("rand-m9-tfoo", "part 'tfoo': t names an operation set, one of weights, 3aw, 3a (timm would silently use its "
+                     "default set)"),
+    ("rand-m9-mstd0.5-m7", "part 'm7': m is given twice (timm would use only one of them)"),
+    ("rand-m9.5", "part 'm9.5': m takes an integer"),
+    ("rand-p0.5x", "part 'p0.5x': p takes a number"),
+    ("rand-w3", "part 'w3': unknown key 'w' for rand; expected one of m, n, p, mstd, mmax, inc"),
+    ("augmix-m5-inc1", "part 'inc1': unknown key 'inc' for augmix; expected one of m, w, d, a, b, mstd"),
+    ("v0-m9", "part 'm9': unknown key 'm' for v0; expected one of mstd"),
+    ("random-m9", "unknown head 'random'"),
+    ("Rand-m9", "unknown head 'Rand'"),
+    ("bogus-m9", "unknown head 'bogus'"),
+    (7, "not a string"),
+])
+def test_an_augmentation_string_timm_would_refuse_or_partly_skip_is_refused_when_loaded(tmp_path, value, problem):
+    """timm skips a part it cannot read (``mstdX``, an empty part) or an unknown ``-tNAME`` without a word, and
+    keeps one of two ``m`` parts: the recipe would train with another augmentation than it says. Such strings,
+    and those timm refuses while building, are one line naming the file, the key and what timm reads."""
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({"finetune": {"auto_augment": value}}))
+    with pytest.raises(ConfigError) as info:
+        load_finetune_recipe(path)
+    assert str(info.value) == f"{path}: finetune.auto_augment: expected {AA}, got {value!r}: {problem}"
+
+
+def test_timm_really_skips_what_the_recipe_check_refuses():
+    """The refusals above are no stricter than needed: timm builds these strings, as if the part were absent."""
+    from timm.data import create_transform
+
+    def built(text):
+        return repr(create_transform(input_size=(3, 32, 32), is_training=True, auto_augment=text))
+
+    assert built("rand-m9-mstdX") == built("rand-m9") != built("rand-m9-mstd0.5")
+    assert built("rand-m9-tfoo") == built("rand-m9") != built("rand-m9-tweights")
+
+
+@pytest.mark.parametrize("value", [None, "", "rand-m9-mstd0.5-inc1", "rand", "rand-m9-n3-mstd0.5",
+                                   "rand-mstd1-tweights", "rand-t3a-mmax10-p0.3", "rand-mstd101-t3aw",
+                                   "augmix-m5-w4-d2-a0.5-b1-mstd0.2", "original-mstd0.5", "originalr", "v0", "v0r",
+                                   "3a"])
+def test_every_augmentation_string_timm_reads_whole_is_accepted(value):
+    from timm.data import create_transform
+
+    assert FinetuneConfig(auto_augment=value).auto_augment == value
+    create_transform(input_size=(3, 32, 32), is_training=True, auto_augment=value)  # and timm builds it
+
+
 def test_well_formed_pairs_are_tuples():
     cfg = FinetuneConfig(scale=[0.2, 1], betas=[0.9, 0.95], cutmix_minmax=[0.2, 0.8])
     assert (cfg.scale, cfg.betas, cfg.cutmix_minmax) == ((0.2, 1), (0.9, 0.95), (0.2, 0.8))
@@ -474,6 +530,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
         (["--resume", str(pretrained)], "a pretraining checkpoint, not a fine-tuning one"),
         ([str(pretrained), "finetune.batch_size=7", "finetune.device=cpu", "--out", str(tmp_path / "odd")],
          "expected an even batch size, got 7"),
+        ([str(pretrained), "finetune.auto_augment=rand-m9-mstdX", "--out", str(tmp_path / "aa")],  # before training
+         "finetune.auto_augment: expected null or timm's augmentation string: "),
     ]
     for args, fragment in cases:
         assert main(["finetune", *args, "--no-progress"]) == 2, args
@@ -485,7 +543,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("tune_blocks", 9, "finetune.tune_blocks: expected at most the encoder depth 3, got 9"),
-    ("auto_augment", "bogus-m9", "finetune.auto_augment: timm rejected 'bogus-m9': "),
 ])
 def test_errors_found_while_building_name_the_recipe_file(pretrained, tmp_path, capsys, key, value, message):
     """Values only the model or timm can judge are refused like every recipe value: file, key, expectation."""

@@ -41,11 +41,6 @@ def _probability(inst, attribute, value):
         raise ConfigError(attribute.name, expected("a probability in [0, 1]", value))
 
 
-def _optional_str(inst, attribute, value):
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(attribute.name, expected("a string or null", value))
-
-
 def _minmax(inst, attribute, value):
     if value is not None and not (v.number_pair(value) and 0 < value[0] < value[1] <= 1):
         raise ConfigError(attribute.name, expected("null or [min, max] with 0 < min < max <= 1", v.shown(value)))
@@ -84,9 +79,11 @@ class FinetuneConfig:
     Regularisation: Mixup (``mixup`` alpha) and CutMix (``cutmix`` alpha, ``cutmix_minmax``), applied to a
     batch with probability ``mixup_prob``, CutMix instead of Mixup with ``mixup_switch_prob`` (0 for both
     alphas turns them off); label smoothing ``smoothing``; RandAugment ``auto_augment`` (timm's string,
-    ``null`` for none), random erasing with probability ``reprob`` (``remode``, ``recount``), random resized
-    crop ``scale``, horizontal flip probability ``hflip``, ``color_jitter`` (MAE: off, ``null``). ``ema``: also
-    keep an exponential moving average of the weights (decay ``ema_decay``) and score it.
+    ``null`` for none; checked when the recipe is loaded: a head or part timm refuses, or one it would silently
+    skip, such as ``mstdX``, is refused, see :func:`maskkit._validators.auto_augment`), random erasing with
+    probability ``reprob`` (``remode``, ``recount``), random resized crop ``scale``, horizontal flip probability
+    ``hflip``, ``color_jitter`` (MAE: off, ``null``). ``ema``: also keep an exponential moving average of the
+    weights (decay ``ema_decay``) and score it.
     """
 
     epochs: int = attrs.field(default=100, validator=v.positive_int)
@@ -113,7 +110,7 @@ class FinetuneConfig:
     mixup_prob: float = attrs.field(default=1.0, validator=_probability)
     mixup_switch_prob: float = attrs.field(default=0.5, validator=_probability)
     smoothing: float = attrs.field(default=0.1, validator=_probability)
-    auto_augment: str | None = attrs.field(default="rand-m9-mstd0.5-inc1", validator=_optional_str)
+    auto_augment: str | None = attrs.field(default="rand-m9-mstd0.5-inc1", validator=v.auto_augment)
     color_jitter: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     reprob: float = attrs.field(default=0.25, validator=_probability)
     remode: str = attrs.field(default="pixel", validator=v.one_of("pixel", "rand", "const"))
