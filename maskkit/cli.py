@@ -260,7 +260,7 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from maskkit.engine.checkpoint import load_training_checkpoint, save_atomic
+    from maskkit.engine.checkpoint import load_training_checkpoint, require_finite, save_atomic
 
     state = load_training_checkpoint(args.checkpoint)
     if state.get("kind") == "finetune":
@@ -268,6 +268,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     model, recipe = _model_from_checkpoint(args.checkpoint, registry=_registry(args))
     encoder = model.encoder
     state = encoder.export_state_dict()  # the encoder decides: pretraining-only weights (mask tokens) stay out
+    require_finite(state, args.checkpoint, "encoder weights")  # a hand-edited or foreign checkpoint may hold NaN
     save_atomic(state, args.out)
     name = getattr(encoder, "model_name", type(encoder).__name__)
     console.print(f"wrote {args.out}: {len(state)} tensors of {name} under timm's names")
@@ -283,11 +284,12 @@ def _export_finetuned(state: dict, args: argparse.Namespace, console: Console) -
     """A fine-tuned classifier is already timm's ViT under timm's names: write its weights (the EMA's when the
     run kept one) and the matching ``timm.create_model`` line (its ``num_classes`` also in the overlay: timm drops
     a pretrained head whose class count differs from the config's)."""
-    from maskkit.engine.checkpoint import save_atomic
+    from maskkit.engine.checkpoint import require_finite, save_atomic
     from maskkit.finetune.loop import finetuned_weights
     from maskkit.finetune.model import timm_classifier_arguments
 
     weights, which = finetuned_weights(state)
+    require_finite(weights, args.checkpoint, which)
     save_atomic(weights, args.out)
     name, kwargs = timm_classifier_arguments(state["encoder"])
     global_pool = (state.get("recipe", {}).get("finetune") or {}).get("global_pool", "avg")

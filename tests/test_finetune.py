@@ -808,6 +808,27 @@ def test_ema_weights_are_saved_and_exported_under_the_classifiers_own_keys(pretr
         assert torch.equal(value, state["ema"][key]), key
 
 
+def test_export_refuses_non_finite_fine_tuned_weights_naming_the_checkpoint_and_tensor(pretrained, tmp_path, capsys):
+    """The weights an export writes (the EMA's when the run kept one) are checked: a NaN in them, from a
+    hand-edited checkpoint, is one line naming the checkpoint and the tensor, and nothing is written; a NaN in
+    the trained weights the export leaves out does not matter."""
+    trainer(pretrained, tmp_path / "run", max_steps=1).fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    state["ema"]["head.weight"][1, 2] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    out = tmp_path / "classifier.pth"
+    for export_format in ("timm", "transformers"):
+        assert main(["export", str(tmp_path / "nan.pth"), "--format", export_format, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"maskkit: error: {tmp_path / 'nan.pth'}: non-finite EMA "
+                                                         "weights: head.weight holds a NaN or inf;"), err
+        assert not out.exists()
+    state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    state["model"]["head.weight"][1, 2] = float("nan")  # the export writes the EMA's, which are finite
+    torch.save(state, tmp_path / "model_nan.pth")
+    assert main(["export", str(tmp_path / "model_nan.pth"), "--out", str(out)]) == 0 and out.is_file()
+
+
 def test_a_checkpoint_with_module_prefixed_ema_keys_resumes_exactly_and_exports_plain_keys(pretrained, tmp_path,
                                                                                           monkeypatch):
     """Checkpoints of earlier versions saved ``ModelEmaV3.state_dict()`` (``module.blocks.0...``): resumed, the run

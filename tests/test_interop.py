@@ -494,6 +494,39 @@ def test_export_of_weights_that_do_not_fit_their_recipe_or_of_no_recipe_is_one_l
         assert not out.exists()
 
 
+@pytest.mark.parametrize("export_format", ["timm", "transformers"])
+def test_export_refuses_non_finite_weights_naming_the_checkpoint_and_the_first_bad_tensor(tmp_path, capsys,
+                                                                                         export_format):
+    """A checkpoint edited by hand or saved by another tool may hold NaN/inf: the export writes nothing and
+    says, in one line, which checkpoint and which tensor (the first, in the order of the weights written)."""
+    if export_format == "transformers":
+        pytest.importorskip("transformers")
+    from maskkit.cli import main
+
+    ckpt, _ = _checkpoint(tmp_path, QUICKSTART_GEOMETRY, "model.pth")
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["blocks.0.attn.qkv.weight"][3, 1] = float("nan")
+    state["model"]["blocks.1.mlp.fc2.bias"][0] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "nan.pth"), "--format", export_format, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    what = "encoder weights" if export_format == "timm" else "weights"
+    assert err == (f"maskkit: error: {tmp_path / 'nan.pth'}: non-finite {what}: blocks.0.attn.qkv.weight holds a "
+                   "NaN or inf (and 1 more tensor); expected finite weights, nothing was written\n"), err
+    assert not out.exists()
+    state = torch.load(ckpt, weights_only=True)  # the decoder goes into a transformers folder, not timm's file
+    state["model"]["decoder_pred.weight"][0, 0] = float("-inf")
+    torch.save(state, tmp_path / "decoder.pth")
+    code = main(["export", str(tmp_path / "decoder.pth"), "--format", export_format, "--out", str(out)])
+    err = capsys.readouterr().err
+    if export_format == "timm":
+        assert code == 0 and out.is_file() and not err
+    else:
+        assert code == 2 and "decoder.pth: non-finite weights: decoder_pred.weight holds a NaN or inf;" in err, err
+        assert not out.exists()
+
+
 def test_export_without_mae_decoder_writes_the_encoder(tmp_path, capsys):
     """A model whose decoder side ViTMAE cannot hold (here an L1 loss) exports its encoder as ViTMAEModel."""
     transformers = pytest.importorskip("transformers")

@@ -101,6 +101,17 @@ def non_finite(tensors: Any, prefix: str = "") -> list[str]:
     return [name for key, value in items for name in non_finite(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
+def require_finite(tensors: Any, source: str | Path, what: str = "weights") -> None:
+    """A one-line :class:`CheckpointError` naming ``source`` (the checkpoint) and the first tensor of ``tensors``
+    (:func:`non_finite`: a nested dict/list, in its order) that holds a NaN or an inf: for what is about to be
+    written from a checkpoint (an export) and must not carry them silently."""
+    bad = non_finite(tensors)
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: non-finite {what}: {bad[0]} holds a NaN or inf{more}; expected finite "
+                              "weights, nothing was written")
+
+
 def verify_training_checkpoint(path: str | Path, step: int) -> None:
     """Check that a just-written training checkpoint reads back (memory-mapped: the zip directory and the
     pickle, not every byte of every tensor) and is the one of ``step``."""

@@ -74,7 +74,7 @@ def export_transformers(checkpoint: Mapping[str, Any], out: str | Path, registry
         hf, difference, notes, recipe_tree, weights = _classifier(transformers, checkpoint, source)
     else:
         hf, difference, notes, recipe_tree = _pretraining(transformers, checkpoint, registry, source)
-    if difference > VERIFY_TOLERANCE:
+    if not difference <= VERIFY_TOLERANCE:  # NaN too
         raise MaskkitError(f"{source}: the transformers model disagrees with maskkit's by {difference:.2e} "
                            f"(relative; tolerance {VERIFY_TOLERANCE:g}), so nothing was written")
     mean_std = _normalization(recipe_tree, registry)
@@ -90,7 +90,7 @@ def export_transformers(checkpoint: Mapping[str, Any], out: str | Path, registry
 
 def _pretraining(transformers, checkpoint: Mapping[str, Any], registry, source: str):
     from maskkit.builder import build_model
-    from maskkit.engine.checkpoint import checkpoint_recipe, load_model_state
+    from maskkit.engine.checkpoint import checkpoint_recipe, load_model_state, require_finite
     from maskkit.recipe import Recipe
 
     recipe = Recipe(checkpoint_recipe(checkpoint, source), f"{source}:recipe")
@@ -108,6 +108,7 @@ def _pretraining(transformers, checkpoint: Mapping[str, Any], registry, source: 
         hf = hf_class(transformers.ViTMAEConfig(**config)).eval()
     wanted = ("encoder",) if decoder_reason is not None else ("encoder", "decoder")
     state = {k: v for k, v in model.state_dict().items() if model._flat_owner.get(k) in wanted}
+    require_finite(state, source, "weights")  # what goes into the folder: the encoder, the decoder if it goes too
     prefix = "vit." if hf_class is transformers.ViTMAEForPreTraining else ""
     _load(hf, official_to_transformers(state, layout_of(hf.state_dict()), prefix), source)
     difference = _verify_vitmae(model, hf, config["mask_ratio"], with_decoder=decoder_reason is None)
@@ -235,6 +236,7 @@ def _classifier(transformers, checkpoint: Mapping[str, Any], source: str):
     The classifier is rebuilt by :func:`maskkit.finetune.model.build_classifier`, the constructor fine-tuning
     trained it with, so the model the export is checked against is the trained one, encoder options included
     (``norm_eps``: 1e-12 for a model fine-tuned from a transformers ViTMAE folder)."""
+    from maskkit.engine.checkpoint import require_finite
     from maskkit.finetune.loop import finetuned_weights
     from maskkit.finetune.model import build_classifier
 
@@ -243,6 +245,7 @@ def _classifier(transformers, checkpoint: Mapping[str, Any], source: str):
         raise CheckpointError(f"{source}: a fine-tuning checkpoint without the classifier state dict and its "
                               "encoder section")
     state, which = finetuned_weights(dict(checkpoint))
+    require_finite(state, source, which)
     if "fc_norm.weight" in state:
         raise MaskkitError(f"{source}: the classifier pools the mean of the patch tokens through fc_norm (MAE's "
                            "head, global_pool: avg); transformers' ViTForImageClassification classifies the [CLS] "
