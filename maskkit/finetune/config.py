@@ -18,6 +18,7 @@ import attrs
 
 from maskkit import _validators as v
 from maskkit.errors import ConfigError, expected
+from maskkit.finetune.auto_augment import check_auto_augment
 from maskkit.recipe import (
     DATA_ENGINE_KEYS,
     Recipe,
@@ -80,7 +81,7 @@ class FinetuneConfig:
     batch with probability ``mixup_prob``, CutMix instead of Mixup with ``mixup_switch_prob`` (0 for both
     alphas turns them off); label smoothing ``smoothing``; RandAugment ``auto_augment`` (timm's string,
     ``null`` for none; checked when the recipe is loaded: a head or part timm refuses, or one it would silently
-    skip, such as ``mstdX``, is refused, see :func:`maskkit._validators.auto_augment`), random erasing with
+    skip, such as ``mstdX``, is refused, see :mod:`maskkit.finetune.auto_augment`), random erasing with
     probability ``reprob`` (``remode``, ``recount``), random resized crop ``scale``, horizontal flip probability
     ``hflip``, ``color_jitter`` (MAE: off, ``null``). ``ema``: also keep an exponential moving average of the
     weights (decay ``ema_decay``) and score it.
@@ -110,7 +111,7 @@ class FinetuneConfig:
     mixup_prob: float = attrs.field(default=1.0, validator=_probability)
     mixup_switch_prob: float = attrs.field(default=0.5, validator=_probability)
     smoothing: float = attrs.field(default=0.1, validator=_probability)
-    auto_augment: str | None = attrs.field(default="rand-m9-mstd0.5-inc1", validator=v.auto_augment)
+    auto_augment: str | None = attrs.field(default="rand-m9-mstd0.5-inc1", validator=check_auto_augment)
     color_jitter: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     reprob: float = attrs.field(default=0.25, validator=_probability)
     remode: str = attrs.field(default="pixel", validator=v.one_of("pixel", "rand", "const"))
