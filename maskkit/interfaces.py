@@ -160,7 +160,8 @@ class Masker(ABC):
     A masker may look at the batch, the model and the schedule by naming keyword-only parameters of
     ``__call__`` from :data:`MASKER_CONTEXT` (``images``, ``step``, ``epoch``, ``progress``, ``model``,
     ``rows``); it
-    receives exactly those. It may be an ``nn.Module`` too (subclass both): its parameters train with the
+    receives exactly those. It may be an ``nn.Module`` too (subclass both, in either order, and define
+    ``forward`` or ``__call__``): its parameters train with the
     model's optimizer (``lr_scale`` attribute for their own learning rate), its parameters and buffers are
     saved in checkpoints and left out of exports. It may return a :class:`MaskDraw` to hand tensors to its
     ``aux_losses``, and define ``aux_losses(**named) -> {name: scalar}`` taking names from
@@ -175,6 +176,16 @@ class Masker(ABC):
     A masker that needs something of the model it is composed with (a [CLS] token, a teacher target) says so in
     :meth:`check_model`, called when the model is built.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """An ``nn.Module`` masker that defines ``forward`` and not ``__call__`` is called through
+        ``nn.Module.__call__`` whichever base comes first (``class M(Masker, nn.Module)`` as well as
+        ``class M(nn.Module, Masker)``): otherwise the abstract ``Masker.__call__`` would shadow it when
+        ``Masker`` is listed first, and the class could not be instantiated."""
+        super().__init_subclass__(**kwargs)
+        if (issubclass(cls, nn.Module) and cls.__call__ is Masker.__call__
+                and cls.forward is not nn.Module.forward):
+            cls.__call__ = nn.Module.__call__
 
     @abstractmethod
     def __call__(

@@ -54,6 +54,23 @@ def test_context_is_what_the_masker_names():
     assert not is_blind(HighVariance()) and not is_blind(Learned()) and is_blind(Recording.__mro__[1]())
 
 
+@pytest.mark.parametrize("masker_first", [True, False])
+def test_a_module_masker_with_forward_works_whichever_base_comes_first(masker_first):
+    """``class M(maskkit.Masker, nn.Module)`` with a ``forward`` is instantiable and called through it, as
+    ``class M(nn.Module, maskkit.Masker)`` is (the abstract ``Masker.__call__`` used to shadow it)."""
+    from torch import nn
+
+    def forward(self, batch_size, grid, *, generator=None, device=None, rows):
+        return noise(batch_size, grid[0] * grid[1], generator=generator, device=device, rows=rows) < 2  # all hidden
+
+    bases = (maskkit.Masker, nn.Module) if masker_first else (nn.Module, maskkit.Masker)
+    cls = type("Everything", bases, {"__init__": lambda self: nn.Module.__init__(self), "forward": forward,
+                                     "num_hidden": lambda self, grid: grid[0] * grid[1]})
+    masker = cls()
+    assert masker_context(masker) == ("rows",)
+    assert masker(2, (3, 3), rows=slice(0, 2)).all()
+
+
 def test_an_unknown_context_name_is_refused_at_build(registry):
     with pytest.raises(ConfigError) as info:
         maskkit.build_model(recipe("asks_for_labels"), registry)
