@@ -21,7 +21,7 @@ from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
 
 WIRING = {
-    "masker": ("in_dim",),
+    "masker": ("in_dim", "grid"),
     "decoder": ("in_dim", "out_dim", "grid", "num_prefix_tokens", "patch_size", "in_chans", "img_size", "sparse"),
     "target": ("patch_size", "in_chans", "grid", "img_size", "encoder"),
     "dataset": ("split",),
@@ -171,14 +171,15 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
 
 def build_masker(recipe: Recipe, registry: Registry | None = None, encoder: Any = None) -> Any:
     """The recipe's masker, wired to ``encoder`` (``in_dim``: its width, for maskers with a head on its
-    features). Without ``encoder``, the recipe's encoder is built for its width (the global RNG is left as it
-    was), so a masker can be built and checked alone."""
+    features; ``grid``: its patch grid, for maskers whose state is sized by it). Without ``encoder``, the
+    recipe's encoder is built for its wiring (the global RNG is left as it was), so a masker can be built and
+    checked alone."""
     registry = recipe_registry(recipe, registry)
     if encoder is None:
         with torch.random.fork_rng(devices=[]):
             encoder = build_component(registry, "encoder", recipe.component("encoder"), file=recipe.file)
     return build_component(registry, "masker", recipe.component("masker"), file=recipe.file,
-                           wiring={"in_dim": encoder.embed_dim})
+                           wiring={"in_dim": encoder.embed_dim, "grid": encoder.grid})
 
 
 def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, *,

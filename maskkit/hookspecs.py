@@ -60,6 +60,8 @@ for by name, as pluggy hook implementations take the arguments they name:
   of ``maskkit export``; its trainable parameters get their own AdamW group, learning rate = base x
   ``lr_scale`` (an attribute, 1.0 by default; any component may set one). Under DDP, buffers follow rank 0's;
   under FSDP each process updates its own buffers, so keep buffer updates independent of the local batch.
+  Create buffers with their final shape in the constructor (a buffer sized by the patch grid takes the
+  ``grid`` wiring argument), so that the checkpoint's state loads into them on ``--resume``.
 * **Auxiliary losses.** After the main loss, ``aux_losses(**named) -> {name: scalar}`` is called on every
   component that defines it (masker, encoder, decoder, target, loss) with the :data:`maskkit.AUX_CONTEXT`
   names it declares: ``images``, ``mask``, ``pred``, ``target``, ``patch_loss`` (``[B, N]``, detached:
@@ -119,8 +121,8 @@ def maskkit_add_maskers() -> Mapping[str, Factory]:
     a masker may ask for the images, the model, the step, and train its own parameters).
 
     The builder passes the wiring arguments the factory accepts, listed on :class:`maskkit.Masker` (the
-    encoder's width, ``in_dim``); recipes must not set them. Built-in: ``random`` (MAE's argsort-of-noise
-    masking).
+    encoder's width ``in_dim``, its patch grid ``grid``); recipes must not set them. Built-in: ``random``
+    (MAE's argsort-of-noise masking).
     """
 
 

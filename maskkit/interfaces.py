@@ -171,7 +171,9 @@ class Masker(ABC):
     ``num_hidden(grid)`` patches in every sample when that is an ``int``.
 
     The builder passes the wiring arguments the constructor accepts (a recipe may not set them): ``in_dim``
-    (the encoder's width D, for a masker with a head on the encoder's features).
+    (the encoder's width D, for a masker with a head on the encoder's features) and ``grid`` (the encoder's
+    patch grid ``(h, w)``, for a masker whose state is sized by it, e.g. a buffer ``[h * w]`` of per-patch
+    statistics: created in the constructor, it loads from a checkpoint on ``--resume``).
 
     A masker that needs something of the model it is composed with (a [CLS] token, a teacher target) says so in
     :meth:`check_model`, called when the model is built.

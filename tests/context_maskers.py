@@ -114,14 +114,16 @@ class Learned(RandomMasker, nn.Module):
     scores to the (detached) per-patch loss, so the parameter trains and the encoder gets nothing through it.
 
     ``__call__`` comes from this class (not ``nn.Module``'s); ``lr_scale`` gives it half the learning rate.
+    ``grid`` (a wiring argument, the encoder's patch grid) sizes its parameter, so that a resumed run finds it
+    with the checkpoint's shape.
     """
 
     lr_scale = 0.5
 
-    def __init__(self, ratio: float = 0.75, grid_size: int = 49):
+    def __init__(self, ratio: float = 0.75, *, grid: tuple[int, int]):
         nn.Module.__init__(self)
         RandomMasker.__init__(self, ratio)
-        self.scores = nn.Parameter(torch.zeros(grid_size))
+        self.scores = nn.Parameter(torch.zeros(grid[0] * grid[1]))  # [N]
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
 
     def __call__(self, batch_size, grid, *, generator=None, device=None, rows, images):

@@ -50,8 +50,8 @@ def test_context_is_what_the_masker_names():
     assert masker_context(HighVariance()) == ("images",)
     assert masker_context(Recording()) == ("images", "step", "epoch", "progress", "model", "rows")
     assert masker_context(Predictor()) == ("images", "model")  # nn.Module: its forward
-    assert masker_context(Learned()) == ("rows", "images")
-    assert not is_blind(HighVariance()) and not is_blind(Learned()) and is_blind(Recording.__mro__[1]())
+    assert masker_context(Learned(grid=(7, 7))) == ("rows", "images")
+    assert not is_blind(HighVariance()) and not is_blind(Learned(grid=(7, 7))) and is_blind(Recording.__mro__[1]())
 
 
 @pytest.mark.parametrize("masker_first", [True, False])
@@ -87,7 +87,7 @@ def test_aux_losses_asking_for_an_unknown_name_are_refused_at_build(registry):
 
     with pytest.raises(ConfigError, match=r"masker: Bad.aux_losses asks for 'labels'.*may ask for: images, mask"):
         model = maskkit.build_model(recipe("random"), registry)
-        maskkit.MaskedModel(Bad(), model.encoder, model.decoder, model.target, model.loss)
+        maskkit.MaskedModel(Bad(grid=(7, 7)), model.encoder, model.decoder, model.target, model.loss)
 
 
 def test_check_model_sees_the_built_model_and_its_refusal_names_the_file_and_key(registry, tmp_path):
@@ -357,14 +357,16 @@ def test_aux_losses_must_be_scalars(registry):
             return {"bad": patch_loss.mean(0)}
 
     model = maskkit.build_model(recipe("random"), registry)
-    model = maskkit.MaskedModel(Vector(), model.encoder, model.decoder, model.target, model.loss,
+    model = maskkit.MaskedModel(Vector(grid=(7, 7)), model.encoder, model.decoder, model.target, model.loss,
                                 masker_name="vector")
     with pytest.raises(PluginError, match=r"masker vector: aux_losses\(\)\['bad'\] is \[49\], expected a scalar"):
         model(fashion_images(2), generator=torch.Generator().manual_seed(0))
 
 
 def test_resume_is_exact_with_a_learnable_masker(registry, tmp_path):
-    rec = recipe("learned", "train.max_steps=6", "train.ckpt_every=3")
+    """The masker's parameter is sized by the ``grid`` the builder wires in (14x14 here), so the resumed run
+    loads the checkpoint's."""
+    rec = recipe("learned", "train.max_steps=6", "train.ckpt_every=3", "encoder.patch_size=2")
     Trainer(rec, tmp_path / "full", registry=registry, progress=False).fit()
     crashing = maskkit.Registry.from_plugins(autoload=False, plugins={"context": ContextMaskersPlugin(),
                                                                       "crash": CrashAfterCheckpoint(3)})

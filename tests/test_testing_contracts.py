@@ -23,7 +23,7 @@ class TestRecording(ContextMaskerContract):
 
 class TestLearned(LearnableMaskerContract):
     def make_masker(self):
-        return Learned(0.75, grid_size=49)
+        return Learned(0.75, grid=(7, 7))
 
 
 class TestPredictor(LearnableMaskerContract):
@@ -104,7 +104,7 @@ def test_a_learnable_masker_without_aux_losses_is_told_why():
 
     class Contract(LearnableMaskerContract):
         def make_masker(self):
-            return Untrained(0.75)
+            return Untrained(0.75, grid=(7, 7))
 
     assert failure(Contract().test_aux_losses_are_named_finite_scalars) == (
         "the masker's auxiliary losses (out.aux['masker.*']): expected at least one (its parameters train only "
@@ -114,7 +114,7 @@ def test_a_learnable_masker_without_aux_losses_is_told_why():
 def test_a_masker_trained_by_the_reconstruction_loss_is_refused():
     class Leaky(Learned):
         def __init__(self, ratio):
-            super().__init__(ratio)
+            super().__init__(ratio, grid=(7, 7))
             self.scores.data.fill_(1.0)
 
         def aux_losses(self, *, patch_loss, mask, extras, pred):

@@ -36,7 +36,7 @@ class Recorder:
 
     @maskkit.hookimpl
     def maskkit_add_maskers(self):
-        def recording_masker(in_dim, ratio: float = 0.75):
+        def recording_masker(in_dim, grid, ratio: float = 0.75):
             self.got["masker"] = set(locals()) - {"self", "ratio"}
             from maskkit.builtin.masking import RandomMasker
 
