@@ -111,8 +111,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         state = load_resumable_checkpoint(args.resume, mmap=True)
         recipe = Recipe(state["recipe"], f"{args.resume}:recipe").with_overrides(args.overrides)
         recipe.validate()
-    else:
-        recipe = load_recipe(args.recipe, args.overrides, registry=registry)
+    else:  # a new run records its --plugin files, so its checkpoint is resumed or evaluated without them
+        recipe = load_recipe(args.recipe, args.overrides, registry=registry).with_plugins(args.plugins or ())
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else _default_run_dir(args.recipe))
     # the trainer locks `out`, refuses one that holds a run (unless resumed) and reuses one left by a crash
     trainer = Trainer(recipe, out, registry=registry, resume=args.resume, console=console,

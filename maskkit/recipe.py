@@ -235,6 +235,17 @@ class Recipe:
     def with_overrides(self, overrides: Iterable[str]) -> "Recipe":
         return Recipe(apply_overrides(self.tree, overrides, self.file), self.path)
 
+    def with_plugins(self, specs: Iterable[str]) -> "Recipe":
+        """This recipe with ``specs`` (plugin files or modules: a command line's ``--plugin``) added to its
+        ``plugins`` section after its own, each once, files made absolute (relative ones from the working
+        directory, as ``--plugin`` reads them): a run's resolved recipe then names every plugin it was trained
+        with, and ``--resume``, ``eval`` or ``visualize`` of its checkpoint load them without ``--plugin``."""
+        from maskkit.registry import resolve_plugin_spec
+
+        added = [resolve_plugin_spec(spec) for spec in specs]
+        plugins = list(dict.fromkeys([*self.plugins, *added]))
+        return Recipe({**self.tree, "plugins": plugins}, self.path) if plugins != list(self.plugins) else self
+
     def validate(self) -> None:
         """Check the engine's sections and the top-level keys (component arguments are checked at build)."""
         if "finetune" in self.tree:

@@ -173,6 +173,21 @@ def test_a_recipe_plugin_file_found_nowhere_names_both_places_it_looked(tmp_path
     assert str(info.value) == f"{folder / 'r.yaml'}: plugins: {missing}: no such plugin file"
 
 
+def test_a_run_trained_with_plugin_option_records_it_for_its_checkpoint(stripes, tmp_path, monkeypatch, capsys):
+    """``maskkit train R --plugin x.py`` writes x.py (absolute) into the run's recipe: its checkpoint is resumed
+    and evaluated without ``--plugin`` (it used to be "unknown masker 'stripes'")."""
+    monkeypatch.chdir(stripes.parent)
+    tree = tiny_tree(masker={"name": "stripes", "rows": 3})
+    tree["train"].update(max_steps=2, ckpt_every=0)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tree))
+    assert main(["train", "r.yaml", "--plugin", "stripes.py", "--out", "run", "--no-progress"]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["plugins"] == [str(stripes)]
+    capsys.readouterr()
+    assert main(["train", "--resume", "run/checkpoint.pth", "train.max_steps=3", "--no-progress"]) == 0
+    assert main(["eval", "knn", "run/checkpoint.pth", "eval.k=3", "--device", "cpu"]) == 0
+    assert "kNN" in capsys.readouterr().out
+
+
 def test_a_spec_plugin_reaches_the_plan_and_its_worker(stripes, tmp_path):
     from maskkit.compare import load_spec, make_plan
     from maskkit.compare.runner import PLAN_FILE
