@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -173,12 +174,29 @@ class LoadedPlugins:
     specs: tuple[str, ...] = ()
 
 
+def _hook_arguments_text(pluggy_text: str) -> str | None:
+    """One line for a hook implementation taking an argument its hook does not give (a misspelling, mostly):
+    the hook, the argument, the closest argument the hook gives and all of them; None for another text."""
+    hook = re.search(r"for hook '([^']+)'", pluggy_text)
+    args = re.search(r"Argument\(s\) \{([^}]*)\} are declared in the hookimpl", pluggy_text)
+    spec = getattr(hookspecs, hook.group(1), None) if hook else None
+    if spec is None or args is None:
+        return None
+    given = list(inspect.signature(spec).parameters)
+    wrong = [name.strip().strip("'\"") for name in args.group(1).split(",")]
+    close = difflib.get_close_matches(wrong[0], given, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return (f"{hook.group(1)} takes {', '.join(map(repr, wrong))}, which the hook does not give{hint}; it gives: "
+            f"{', '.join(given) or 'nothing'} (take any of them)")
+
+
 def _unknown_hook_text(plugin: str, pluggy_text: str) -> str:
-    """One line for a plugin implementing a hook maskkit does not have (a misspelling, mostly): the plugin's
-    name (its file for a one-file plugin), the hook, and the closest hook name of :mod:`maskkit.hookspecs`."""
+    """One line for a plugin that fails pluggy's validation: a hook maskkit does not have (a misspelling,
+    mostly: the plugin's name, its file for a one-file plugin, the hook, and the closest hook name of
+    :mod:`maskkit.hookspecs`), or an argument its hook does not give (:func:`_hook_arguments_text`)."""
     found = re.search(r"unknown hook '([^']+)'", pluggy_text)
-    if found is None:  # another validation failure (a wrong signature, say): pluggy's own words
-        return f"plugin {plugin!r}: {pluggy_text}"
+    if found is None:  # another validation failure: a wrong argument, else pluggy's own words on one line
+        return f"plugin {plugin!r}: {_hook_arguments_text(pluggy_text) or '; '.join(pluggy_text.splitlines())}"
     hook = found.group(1)
     hooks = [n for n in dir(hookspecs) if n.startswith("maskkit_")]
     close = difflib.get_close_matches(hook, hooks, n=1)
@@ -186,7 +204,11 @@ def _unknown_hook_text(plugin: str, pluggy_text: str) -> str:
     return f"plugin {plugin!r} implements a hook maskkit does not have: {hook}{hint}"
 
 
-def _failure_text(exc: BaseException) -> str:
+def _failure_text(exc: BaseException, plugin: str) -> str:
+    """One line for why ``plugin`` failed to load: pluggy's validation errors in maskkit's words, else the
+    exception's type and first line."""
+    if isinstance(exc, pluggy.PluginValidationError):  # named by the failure already: the reason alone
+        return _hook_arguments_text(str(exc)) or _unknown_hook_text(plugin, str(exc))
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 
@@ -219,8 +241,7 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not take the others down
-                last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-                failures.append(PluginFailure(ep.name, last, ep.module))
+                failures.append(PluginFailure(ep.name, _failure_text(exc, ep.name), ep.module))
                 continue
             versions[ep.name] = ep.dist.version if ep.dist is not None else "-"
     sources: dict[str, PluginSource] = {}
@@ -234,12 +255,15 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
                 continue
             pm.register(module, name=source.name)
         except Exception as exc:  # the same rule as entry points: recorded, the others keep working
-            failures.append(PluginFailure(spec, _failure_text(exc)))
+            failures.append(PluginFailure(spec, _failure_text(exc, spec)))
             continue
         sources[source.name] = source
         versions[source.name] = source.version if source.file else str(getattr(module, "__version__", "-"))
     for name, plugin in (plugins or {}).items():
-        pm.register(plugin, name=name)
+        try:
+            pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # a notebook's or a test's own hooks: the same one line
+            raise PluginError(_unknown_hook_text(name, str(exc))) from None
         versions.setdefault(name, "-")
     while True:
         try:

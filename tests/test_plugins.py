@@ -69,6 +69,27 @@ def test_misspelled_hook_is_caught():
                                "(did you mean maskkit_add_maskers?)")
 
 
+class MisspelledArgument:
+    @maskkit.hookimpl
+    def maskkit_step_end(self, trainer, step, losses):
+        pass
+
+
+def test_a_hook_argument_the_hook_does_not_give_is_one_line(tmp_path):
+    """A hook implementation taking an argument its hook does not give: one line naming the hook, the argument,
+    the closest one the hook gives and all of them (pluggy's first line named none of them), whether the plugin
+    is an object or a file."""
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(autoload=False, plugins={"typo": MisspelledArgument()})
+    assert str(info.value) == ("plugin 'typo': maskkit_step_end takes 'losses', which the hook does not give (did "
+                               "you mean loss?); it gives: trainer, model, step, loss (take any of them)")
+    path = tmp_path / "typo.py"
+    path.write_text("import maskkit\n\n@maskkit.hookimpl\ndef maskkit_train_start(trainer, modle):\n    pass\n")
+    loaded = make_plugin_manager(autoload=False, files=[str(path)])
+    assert [f.error for f in loaded.failures] == ["maskkit_train_start takes 'modle', which the hook does not give "
+                                                  "(did you mean model?); it gives: trainer, model (take any of them)"]
+
+
 class WrongReturn:
     @maskkit.hookimpl
     def maskkit_add_losses(self):
