@@ -9,6 +9,7 @@ keeps those docs and this list equal, and the builder refuses to pass anything n
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from typing import Any, Callable, Mapping
@@ -103,7 +104,9 @@ def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, s
                               file=file)
         if sig is not None and key not in params and not var_kw:
             user_args = [a for a in accepted if a not in WIRING.get(kind, ())]
-            raise ConfigError(f"{section}.{key}", f"{name} has no argument {key!r}; it takes: "
+            close = difflib.get_close_matches(str(key), user_args, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{section}.{key}", f"{name} has no argument {key!r}{hint}; it takes: "
                               f"{', '.join(user_args) or 'no arguments'}", file=file)
         if key in hints and not _matches(value, hints[key]):
             raise ConfigError(f"{section}.{key}", expected(_describe(hints[key]), value), file=file)

@@ -77,7 +77,21 @@ def test_an_unknown_context_name_is_refused_at_build(registry):
     message = str(info.value)
     assert "\n" not in message
     assert "masker: asks_for_labels asks for 'labels'" in message
+    assert "(did you mean" not in message  # nothing close to 'labels'
     assert "images, step, epoch, progress, model, rows" in message
+
+
+def test_a_misspelled_context_name_gets_the_closest_real_one():
+    class AsksForImage(maskkit.Masker):
+        def num_hidden(self, grid):
+            return 1
+
+        def __call__(self, batch_size, grid, *, generator=None, device=None, image):
+            raise AssertionError("never drawn")
+
+    with pytest.raises(ConfigError, match=r"asks for 'image', which maskkit does not give a masker \(did you mean "
+                                          r"images\?\); a masker may ask for: images, step"):
+        masker_context(AsksForImage())
 
 
 def test_aux_losses_asking_for_an_unknown_name_are_refused_at_build(registry):

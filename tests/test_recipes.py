@@ -45,7 +45,7 @@ def test_bad_overrides(override, message):
     (["masker.name=randon"], "masker.name", "did you mean random"),
     (["masker.ratio=1.5"], "masker.ratio", "expected a float in (0, 1), got 1.5"),
     (["masker.ratio=0"], "masker.ratio", "expected a float in (0, 1)"),
-    (["masker.rate=0.5"], "masker.rate", "random has no argument 'rate'; it takes: ratio"),
+    (["masker.rate=0.5"], "masker.rate", "random has no argument 'rate' (did you mean ratio?); it takes: ratio"),
     (["decoder.depth=two"], "decoder.depth", "expected int, got 'two'"),
     (["decoder.in_dim=3"], "decoder.in_dim", "is set by the builder"),
     (["encoder.img_size=30"], "encoder.img_size", "expected a multiple of patch_size 4"),
