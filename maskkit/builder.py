@@ -9,14 +9,13 @@ keeps those docs and this list equal, and the builder refuses to pass anything n
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 from typing import Any, Callable, Mapping
 
 import torch
 
-from maskkit.errors import ConfigError, expected, first_line
+from maskkit.errors import ConfigError, did_you_mean, expected, first_line
 from maskkit.model import MaskedModel
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
@@ -104,9 +103,8 @@ def build_component(registry: Registry, kind: str, spec: Mapping[str, Any], *, s
                               file=file)
         if sig is not None and key not in params and not var_kw:
             user_args = [a for a in accepted if a not in WIRING.get(kind, ())]
-            close = difflib.get_close_matches(str(key), user_args, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{section}.{key}", f"{name} has no argument {key!r}{hint}; it takes: "
+            raise ConfigError(f"{section}.{key}", f"{name} has no argument {key!r}{did_you_mean(key, user_args)}; "
+                              "it takes: "
                               f"{', '.join(user_args) or 'no arguments'}", file=file)
         if key in hints and not _matches(value, hints[key]):
             raise ConfigError(f"{section}.{key}", expected(_describe(hints[key]), value), file=file)
@@ -172,17 +170,18 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
         raise exc.within(None, file) from None
 
 
-def build_masker(recipe: Recipe, registry: Registry | None = None, encoder: Any = None) -> Any:
+def build_masker(recipe: Recipe, registry: Registry | None = None, encoder: Any = None,
+                 grid: tuple[int, int] | None = None) -> Any:
     """The recipe's masker, wired to ``encoder`` (``in_dim``: its width, for maskers with a head on its
-    features; ``grid``: its patch grid, for maskers whose state is sized by it). Without ``encoder``, the
-    recipe's encoder is built for its wiring (the global RNG is left as it was), so a masker can be built and
-    checked alone."""
+    features; ``grid``: its patch grid, for maskers whose state is sized by it, unless ``grid`` is given, as
+    ``maskkit masks show --grid`` does). Without ``encoder``, the recipe's encoder is built for its wiring (the
+    global RNG is left as it was), so a masker can be built and checked alone."""
     registry = recipe_registry(recipe, registry)
     if encoder is None:
         with torch.random.fork_rng(devices=[]):
             encoder = build_component(registry, "encoder", recipe.component("encoder"), file=recipe.file)
     return build_component(registry, "masker", recipe.component("masker"), file=recipe.file,
-                           wiring={"in_dim": encoder.embed_dim, "grid": encoder.grid})
+                           wiring={"in_dim": encoder.embed_dim, "grid": tuple(grid or encoder.grid)})
 
 
 def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, *,

@@ -380,6 +380,7 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
         where = f" on {images.shape[0]} test images of recipe {args.recipe or 'quickstart'} (grid {grid[0]}x{grid[1]})"
     else:
         grid = _parse_grid(args.grid)
+        masker = build_masker(recipe, registry, grid=grid)  # a masker sized by its grid gets this one
         stats = check_masker(masker, grid, name=args.name, batch_size=args.count, seeds=seeds, strict=False)
         where = f" on a {grid[0]}x{grid[1]} grid"
     path = save_mask_samples(stats, args.out, count=args.count, images=pictures,

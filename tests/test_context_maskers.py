@@ -425,6 +425,30 @@ def test_masks_show_prints_what_the_masks_hide(registry, tmp_path, monkeypatch, 
     assert (tmp_path / "m.png").stat().st_size > 0
 
 
+def test_masks_show_wires_its_grid_into_a_blind_masker_sized_by_it(tmp_path, monkeypatch, capsys):
+    """A blind masker whose state is sized by the ``grid`` wiring is drawn by ``masks show --grid 5x7`` at
+    that grid, not at the default recipe's encoder's (14x14)."""
+    from maskkit.builtin.masking import RandomMasker
+
+    class PerPosition(RandomMasker):
+        def __init__(self, ratio: float = 0.75, *, grid: tuple[int, int]):
+            super().__init__(ratio)
+            self.bias = torch.zeros(grid[0] * grid[1])  # [N]: one score per patch position
+
+        def __call__(self, batch_size, grid, *, generator=None, device=None):
+            assert self.bias.numel() == grid[0] * grid[1], f"sized for {self.bias.numel()} patches, drawn on {grid}"
+            return super().__call__(batch_size, grid, generator=generator, device=device)
+
+    class Plugin:
+        @maskkit.hookimpl
+        def maskkit_add_maskers(self):
+            return {"per_position": PerPosition}
+
+    sized = maskkit.Registry.from_plugins(autoload=False, plugins={"sized": Plugin()})
+    assert show(sized, monkeypatch, tmp_path, "per_position", "ratio=0.5", "--grid", "5x7", "--count", "2") == 0
+    assert "declares 18 of 35 patches hidden per sample" in capsys.readouterr().out
+
+
 def test_masks_show_draws_a_context_aware_masker_on_real_images(registry, tmp_path, monkeypatch, capsys):
     assert show(registry, monkeypatch, tmp_path, "predictor", "--count", "4") == 0  # asks for images and model
     out = capsys.readouterr().out
