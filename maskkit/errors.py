@@ -9,6 +9,7 @@ status: expected failures (maskkit's errors, the OS's, a plugin's) exit 2, anyth
 
 from __future__ import annotations
 
+import difflib
 import errno
 import re
 import signal
@@ -70,6 +71,13 @@ class TrainingError(MaskkitError):
 def expected(what: str, got: Any) -> str:
     """The standard phrase ``expected WHAT, got VALUE``."""
     return f"expected {what}, got {got!r}"
+
+
+def did_you_mean(word: Any, choices: Any) -> str:
+    """`` (did you mean X?)`` naming the closest of ``choices`` to a misspelled ``word``, else ``""``: the hint
+    every "unknown key / argument / hook" line carries."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class NoPixelFormError(MaskkitError, ValueError):

@@ -27,7 +27,6 @@ Conventions (never broken):
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from abc import ABC, abstractmethod
 from typing import Any, Callable
@@ -36,7 +35,7 @@ import attrs
 import torch
 from torch import nn
 
-from maskkit.errors import ConfigError
+from maskkit.errors import ConfigError, did_you_mean
 
 Grid = tuple[int, int]
 
@@ -87,12 +86,6 @@ def _masker_call(masker: Any) -> Callable:
     return masker.__call__ if not inspect.isfunction(masker) else masker
 
 
-def _did_you_mean(name: str, choices: Any) -> str:
-    """`` (did you mean X?)`` for the closest of ``choices`` to a misspelled ``name``, else ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def masker_context(masker: Any, name: str | None = None) -> tuple[str, ...]:
     """The :data:`MASKER_CONTEXT` names ``masker`` asks for: the keyword-only parameters of its ``__call__``
     (``forward`` for an ``nn.Module`` masker that does not override ``__call__``), in declaration order.
@@ -111,7 +104,7 @@ def masker_context(masker: Any, name: str | None = None) -> tuple[str, ...]:
             names.append(arg)
         elif param.default is inspect.Parameter.empty:
             raise ConfigError("masker", f"{name or type(masker).__name__} asks for {arg!r}, which maskkit "
-                              f"does not give a masker{_did_you_mean(arg, MASKER_CONTEXT)}; a masker may ask for: "
+                              f"does not give a masker{did_you_mean(arg, MASKER_CONTEXT)}; a masker may ask for: "
                               f"{', '.join(MASKER_CONTEXT)}")
     return tuple(names)
 
@@ -132,7 +125,7 @@ def aux_context(component: Any, name: str | None = None) -> tuple[str, ...] | No
             names.append(arg)
         elif param.default is inspect.Parameter.empty:
             raise ConfigError("", f"{name or type(component).__name__}.aux_losses asks for {arg!r}, which maskkit does "
-                              f"not give{_did_you_mean(arg, AUX_CONTEXT)}; aux_losses may ask for: "
+                              f"not give{did_you_mean(arg, AUX_CONTEXT)}; aux_losses may ask for: "
                               f"{', '.join(AUX_CONTEXT)}")
     return tuple(names)
 

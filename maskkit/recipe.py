@@ -10,7 +10,6 @@ the model is built (:mod:`maskkit.builder`). Every error names the file and the 
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from pathlib import Path
 from typing import Iterable
@@ -19,7 +18,7 @@ import attrs
 import yaml
 
 from maskkit import _validators as v
-from maskkit.errors import ConfigError, expected
+from maskkit.errors import ConfigError, did_you_mean, expected
 
 COMPONENT_SECTIONS = ("masker", "encoder", "decoder", "target", "loss", "data")
 # Keys of the ``data`` section that the engine reads itself; the others are the dataset factory's arguments.
@@ -132,10 +131,8 @@ def _section_config(cls, tree: dict, section: str, file: str | None):
     fields = {f.name for f in attrs.fields(cls)}
     for key in raw:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{section}.{key}", f"unknown key{hint}; expected one of {', '.join(sorted(fields))}",
-                              file=file)
+            raise ConfigError(f"{section}.{key}", f"unknown key{did_you_mean(key, fields)}; expected one of "
+                              f"{', '.join(sorted(fields))}", file=file)
     try:
         return cls(**raw)
     except ConfigError as exc:
@@ -253,10 +250,8 @@ class Recipe:
                               "RECIPE`", file=self.file)
         for key in self.tree:
             if key not in SECTIONS:
-                close = difflib.get_close_matches(str(key), SECTIONS, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(str(key), f"unknown section{hint}; expected one of {', '.join(SECTIONS)}",
-                                  file=self.file)
+                raise ConfigError(str(key), f"unknown section{did_you_mean(key, SECTIONS)}; expected one of "
+                                  f"{', '.join(SECTIONS)}", file=self.file)
         for section in ("masker", "encoder", "decoder", "target", "loss"):
             self.component(section)
         _ = (self.plugins, self.seed, self.data_seed, self.train, self.augment, self.eval, self.on_bad_image,

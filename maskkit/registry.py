@@ -35,7 +35,7 @@ import attrs
 import pluggy
 
 from maskkit import hookspecs
-from maskkit.errors import ConfigError, PluginError, UnknownComponentError
+from maskkit.errors import ConfigError, PluginError, UnknownComponentError, did_you_mean
 
 ENTRY_POINT_GROUP = "maskkit"
 DISABLE_AUTOLOAD_ENV = "MASKKIT_DISABLE_PLUGIN_AUTOLOAD"
@@ -184,9 +184,8 @@ def _hook_arguments_text(pluggy_text: str) -> str | None:
         return None
     given = list(inspect.signature(spec).parameters)
     wrong = [name.strip().strip("'\"") for name in args.group(1).split(",")]
-    close = difflib.get_close_matches(wrong[0], given, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return (f"{hook.group(1)} takes {', '.join(map(repr, wrong))}, which the hook does not give{hint}; it gives: "
+    return (f"{hook.group(1)} takes {', '.join(map(repr, wrong))}, which the hook does not give"
+            f"{did_you_mean(wrong[0], given)}; it gives: "
             f"{', '.join(given) or 'nothing'} (take any of them)")
 
 
@@ -199,8 +198,7 @@ def _unknown_hook_text(plugin: str, pluggy_text: str) -> str:
         return f"plugin {plugin!r}: {_hook_arguments_text(pluggy_text) or '; '.join(pluggy_text.splitlines())}"
     hook = found.group(1)
     hooks = [n for n in dir(hookspecs) if n.startswith("maskkit_")]
-    close = difflib.get_close_matches(hook, hooks, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else " (see maskkit/hookspecs.py for the hooks)"
+    hint = did_you_mean(hook, hooks) or " (see maskkit/hookspecs.py for the hooks)"
     return f"plugin {plugin!r} implements a hook maskkit does not have: {hook}{hint}"
 
 

@@ -24,7 +24,6 @@ error is one line naming the spec file and the key (``spec.yaml: variants.block5
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import attrs
 import yaml
 
 from maskkit._validators import check_device
-from maskkit.errors import ConfigError, expected
+from maskkit.errors import ConfigError, did_you_mean, expected
 from maskkit.recipe import SECTIONS, Recipe, load_recipe, parse_yaml, read_text_file, safe_load
 
 SPEC_KEYS = ("description", "plugins", "base", "overrides", "variants", "seeds", "data_seed", "budget", "eval",
@@ -162,11 +161,6 @@ def _inline(value: Any) -> str:
     return text.removesuffix("...\n").strip()
 
 
-def _hint(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def _get(tree: dict, path: tuple) -> Any:
     node: Any = tree
     for part in path:
@@ -194,7 +188,7 @@ def _check_key(key: Any, where: str, file: str) -> str:
                                  "masker.ratio", file=file)
     head = key.split(".")[0]
     if head not in SECTIONS:
-        raise ConfigError(f"{where}.{key}", f"unknown key{_hint(head, SECTIONS)}; a variant changes recipe "
+        raise ConfigError(f"{where}.{key}", f"unknown key{did_you_mean(head, SECTIONS)}; a variant changes recipe "
                           f"sections ({', '.join(SECTIONS)}) or dotted keys inside them", file=file)
     return key
 
@@ -246,7 +240,7 @@ def _mapping(raw: Any, key: str, allowed: tuple[str, ...], file: str) -> dict:
         raise ConfigError(key, expected("a mapping", raw), file=file)
     for name in raw:
         if name not in allowed:
-            raise ConfigError(f"{key}.{name}", f"unknown key{_hint(name, allowed)}; expected one of "
+            raise ConfigError(f"{key}.{name}", f"unknown key{did_you_mean(name, allowed)}; expected one of "
                                                f"{', '.join(allowed)}", file=file)
     return raw
 
@@ -299,7 +293,7 @@ def _parse_budget(raw: Any, variants: list[str], file: str) -> BudgetSpec:
             raise ConfigError("budget.reference", "not used with budget.tokens (the budget is given in tokens)",
                               file=file)
         if reference not in variants:
-            raise ConfigError("budget.reference", f"no variant named {reference!r}{_hint(reference, variants)}; "
+            raise ConfigError("budget.reference", f"no variant named {reference!r}{did_you_mean(reference, variants)}; "
                                                   f"variants: {', '.join(variants)}", file=file)
     return BudgetSpec(match=match, epochs=epochs, steps=steps, tokens=tokens, reference=reference)
 
@@ -442,7 +436,7 @@ def parse_spec(tree: dict, file: str = "<spec>", *, spec_dir: Path | None = None
         raise ConfigError("", expected("a mapping at the top level", type(tree).__name__), file=file)
     for key in tree:
         if key not in SPEC_KEYS:
-            raise ConfigError(str(key), f"unknown key{_hint(key, SPEC_KEYS)}; expected one of "
+            raise ConfigError(str(key), f"unknown key{did_you_mean(key, SPEC_KEYS)}; expected one of "
                                         f"{', '.join(SPEC_KEYS)}", file=file)
     if "base" not in tree:
         raise ConfigError("base", "missing: name the base recipe (a path or a registered name)", file=file)

@@ -10,14 +10,13 @@ and the key, like every recipe error (``finetune_quickstart.yaml: finetune.layer
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Iterable
 
 import attrs
 
 from maskkit import _validators as v
-from maskkit.errors import ConfigError, expected
+from maskkit.errors import ConfigError, did_you_mean, expected
 from maskkit.finetune.auto_augment import check_auto_augment
 from maskkit.recipe import (
     DATA_ENGINE_KEYS,
@@ -146,9 +145,8 @@ class FinetuneRecipe(Recipe):
     def validate(self) -> None:
         for key in self.tree:
             if key not in SECTIONS:
-                close = difflib.get_close_matches(str(key), SECTIONS, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(str(key), f"unknown section of a fine-tuning recipe{hint}; expected one of "
+                raise ConfigError(str(key), f"unknown section of a fine-tuning recipe{did_you_mean(key, SECTIONS)}; "
+                                  "expected one of "
                                   f"{', '.join(SECTIONS)} (the encoder comes from the checkpoint)", file=self.file)
         _ = self.seed, self.data_seed, self.finetune, self.distributed
         self.component("data")
