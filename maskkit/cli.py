@@ -584,9 +584,9 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
-def _blame_plugin(exc: BaseException, args: argparse.Namespace | None = None) -> str | None:
-    """The plugin whose code raised ``exc`` (a plugin's frame in the traceback), if any; the invocation's
-    registry, so a ``--plugin`` file is named too."""
+def _blame_plugin(exc: BaseException, args: argparse.Namespace | None = None) -> tuple[str, str] | None:
+    """The plugin whose code raised ``exc`` and the ``file:line`` of that code (its innermost frame in the
+    traceback), if any; the invocation's registry, so a ``--plugin`` file is named too."""
     try:
         return _registry(args).plugin_of(exc)
     except Exception:  # pragma: no cover - blaming must never hide the original error

@@ -143,12 +143,13 @@ def describe_os_error(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {what}" if paths else what
 
 
-def describe_failure(exc: BaseException, blame: Callable[[BaseException], str | None] | None = None
+def describe_failure(exc: BaseException, blame: Callable[[BaseException], tuple[str, str] | None] | None = None
                      ) -> tuple[int, str]:
     """The exit status and the one line a user sees for ``exc`` (without the ``maskkit: error:`` prefix).
 
     * maskkit's own errors (bad recipes, checkpoints, data...) and OS errors: status 2;
-    * an exception raised inside a plugin's code (``blame(exc)`` names the plugin): status 2, naming it;
+    * an exception raised inside a plugin's code (``blame(exc)`` gives the plugin's name and the ``file:line``
+      of its code that raised, :meth:`maskkit.Registry.plugin_of`): status 2, naming both;
     * a run stopped by a signal: ``128 + signum`` (130 for Ctrl-C);
     * anything else is a bug of maskkit: "internal error", status 1, and a hint to rerun with ``--debug``.
     """
@@ -161,9 +162,11 @@ def describe_failure(exc: BaseException, blame: Callable[[BaseException], str | 
     if isinstance(exc, OSError):
         return 2, describe_os_error(exc)
     what = f"{type(exc).__name__}: {first_line(str(exc))}".rstrip(": ")
-    plugin = blame(exc) if blame is not None else None
-    if plugin is not None:
-        return 2, f"plugin {plugin!r} failed: {what}"
+    blamed = blame(exc) if blame is not None else None
+    if blamed is not None:
+        plugin, place = blamed
+        where = f"line {place.removeprefix(f'{plugin}:')}" if place.startswith(f"{plugin}:") else place
+        return 2, f"plugin {plugin!r} failed: {what} ({where})"
     if type(exc).__name__ == "OutOfMemoryError":
         return 2, f"out of memory: {first_line(str(exc), 200)}; try a smaller train.batch_size"
     return 1, f"internal error: {what} (rerun with --debug for the traceback, and please report it)"

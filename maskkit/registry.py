@@ -29,7 +29,7 @@ import traceback
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import attrs
 import pluggy
@@ -202,12 +202,61 @@ def _unknown_hook_text(plugin: str, pluggy_text: str) -> str:
     return f"plugin {plugin!r} implements a hook maskkit does not have: {hook}{hint}"
 
 
-def _failure_text(exc: BaseException, plugin: str) -> str:
+def _failure_text(exc: BaseException, plugin: str, roots: Iterable[str] = ()) -> str:
     """One line for why ``plugin`` failed to load: pluggy's validation errors in maskkit's words, else the
-    exception's type and first line."""
+    exception's type and first line, and where in the plugin's own code (``roots``: its file or package folder)
+    it was raised, ``(file:line)``."""
     if isinstance(exc, pluggy.PluginValidationError):  # named by the failure already: the reason alone
         return _hook_arguments_text(str(exc)) or _unknown_hook_text(plugin, str(exc))
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    text = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    where = place_in(exc, roots)
+    if where and where.startswith(f"{plugin}:"):  # the plugin file, named by the failure already
+        where = f"line {where.removeprefix(f'{plugin}:')}"
+    return f"{text} ({where})" if where else text
+
+
+class PluginBlame(NamedTuple):
+    """Which plugin's code raised an exception (its registered name) and where (``file:line``)."""
+
+    name: str
+    place: str
+
+
+def _inside(filename: str, root: str) -> bool:
+    return filename == root or filename.startswith(root + os.sep)
+
+
+def _frames_innermost_first(exc: BaseException) -> list[tuple[str, int]]:
+    """``(file, line)`` of each frame of ``exc``'s traceback, innermost first; a SyntaxError's own place first
+    (the file that could not be compiled has no frame)."""
+    frames = [(frame.f_code.co_filename, line) for frame, line in traceback.walk_tb(exc.__traceback__)][::-1]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        frames.insert(0, (str(Path(exc.filename).absolute()), exc.lineno or 0))
+    return frames
+
+
+def place_in(exc: BaseException, roots: Iterable[str]) -> str | None:
+    """``file:line`` of the innermost place in ``exc``'s traceback inside one of ``roots`` (files or package
+    folders), e.g. the line of a plugin file that raised while it was imported; None if none is."""
+    roots = [str(root) for root in roots]
+    return next((f"{filename}:{line}" for filename, line in _frames_innermost_first(exc)
+                 if any(_inside(filename, root) for root in roots)), None)
+
+
+def _spec_root(spec: str) -> list[str]:
+    """Where a ``--plugin`` / ``MASKKIT_PLUGINS`` plugin's code is: the file itself, or a module's package."""
+    return [spec] if is_plugin_file(spec) else _entry_point_root(spec)
+
+
+def _entry_point_root(module: str) -> list[str]:
+    """The package folder (or module file) of an entry point's top-level module, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module.split(".")[0])
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    return list(spec.submodule_search_locations or []) or ([spec.origin] if spec.origin else [])
 
 
 def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, object] | None = None,
@@ -239,7 +288,8 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not take the others down
-                failures.append(PluginFailure(ep.name, _failure_text(exc, ep.name), ep.module))
+                failures.append(PluginFailure(ep.name, _failure_text(exc, ep.name, _entry_point_root(ep.module)),
+                                              ep.module))
                 continue
             versions[ep.name] = ep.dist.version if ep.dist is not None else "-"
     sources: dict[str, PluginSource] = {}
@@ -253,7 +303,7 @@ def make_plugin_manager(autoload: bool | None = None, plugins: Mapping[str, obje
                 continue
             pm.register(module, name=source.name)
         except Exception as exc:  # the same rule as entry points: recorded, the others keep working
-            failures.append(PluginFailure(spec, _failure_text(exc, spec)))
+            failures.append(PluginFailure(spec, _failure_text(exc, spec, _spec_root(spec))))
             continue
         sources[source.name] = source
         versions[source.name] = source.version if source.file else str(getattr(module, "__version__", "-"))
@@ -389,22 +439,20 @@ class Registry:
                                   f"and by plugin {plugin_name!r}")
             into[name] = Entry(kind, name, factory, plugin_name, self._versions.get(plugin_name, "-"))
 
-    def plugin_of(self, exc: BaseException) -> str | None:
-        """The name of the plugin whose code raised ``exc`` (the innermost traceback frame inside a plugin's
-        package, maskkit's built-ins excepted), or None when no plugin code is involved."""
-        places = {}
+    def plugin_of(self, exc: BaseException) -> PluginBlame | None:
+        """The plugin whose code raised ``exc``, and where: the innermost traceback frame inside a plugin's
+        package (maskkit's built-ins excepted), as ``PluginBlame(name, "file:line")``; None when no plugin code
+        is involved."""
+        roots = {}
         for plugin in self.plugin_manager.get_plugins():
             name = self.plugin_manager.get_name(plugin)
-            place = _source_root(plugin)
-            if name != "maskkit" and place is not None:
-                places[place] = name
-        if not places:
-            return None
-        frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__)]
-        for filename in reversed(frames):
-            for place, name in places.items():
-                if filename == place or filename.startswith(place + os.sep):
-                    return name
+            root = _source_root(plugin)
+            if name != "maskkit" and root is not None:
+                roots[root] = name
+        for filename, line in _frames_innermost_first(exc):
+            for root, name in roots.items():
+                if _inside(filename, root):
+                    return PluginBlame(name, f"{filename}:{line}")
         return None
 
     # -- queries ------------------------------------------------------------------------------------------

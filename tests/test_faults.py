@@ -9,6 +9,7 @@ Child processes run tests/fault_driver.py (``maskkit train`` with faults injecte
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import multiprocessing
 import os
@@ -412,6 +413,12 @@ def test_out_naming_a_file_and_export_to_a_folder_are_one_line(tmp_path, capsys,
 # -- the failure contract: one line, exit 2 (1 for internal errors) ----------------------------------------
 
 
+def line_of(function, text: str) -> int:
+    """The line number of the first line of ``function``'s source that holds ``text``."""
+    lines, start = inspect.getsourcelines(function)
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
 def assert_one_line(capsys, fragment, code_line="maskkit: error: "):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(code_line) and fragment in err, err
@@ -575,7 +582,9 @@ def test_plugin_errors_name_the_plugin_and_leave_it_out(tmp_path, capsys, monkey
     recipe.write_text(yaml.safe_dump(tiny_tree()))
     out = tmp_path / "run"
     assert cli.main(["train", str(recipe), "--out", str(out), "--no-progress", "--no-eval"]) == 2
-    assert_one_line(capsys, "plugin 'boom' failed: ValueError: plugin bug")
+    # with the place in the plugin's code that raised (a plugin object's code: this file)
+    where = f"{__file__}:{line_of(RaiseAtStep.maskkit_step_start, 'raise ValueError')}"
+    assert_one_line(capsys, f"plugin 'boom' failed: ValueError: plugin bug ({where})\n")
     assert not (out / LOCK_NAME).exists()
 
     from maskkit.registry import Registry
@@ -806,7 +815,9 @@ def test_compare_records_a_failing_run_and_goes_on(tmp_path):
     outcome = run_comparison(make_plan(spec, registry), tmp_path / "out", registry=registry, console=quiet(),
                              progress=False, report=False)
     assert outcome.failed == ("r75/seed0",) and outcome.trained == ("r50/seed0",)
-    assert outcome.errors["r75/seed0"] == "plugin 'buggy' failed: ZeroDivisionError: division by zero in the plugin"
+    where = f"{__file__}:{line_of(RaiseInVariant.maskkit_step_start, 'raise ZeroDivisionError')}"
+    assert outcome.errors["r75/seed0"] == ("plugin 'buggy' failed: ZeroDivisionError: division by zero in the plugin "
+                                           f"({where})")
     status = json.loads((tmp_path / "out" / "runs" / "r75" / "seed0" / "compare.json").read_text())
     assert status["status"] == "failed" and status["error"] == outcome.errors["r75/seed0"]
 

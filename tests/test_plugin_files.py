@@ -235,6 +235,52 @@ def test_a_file_plugin_that_raises_is_named_in_the_one_line_error(tmp_path, caps
     assert len(err.splitlines()) == 1 and "buggy.py" in err and "index out of range in my masker" in err, err
 
 
+def test_a_plugin_error_names_the_line_of_the_plugin_that_raised(tmp_path, monkeypatch, capsys):
+    """Where in the plugin's own code it failed: a syntax error or an exception while the file is imported
+    (``(line N)`` of that file), an exception in a module plugin's package (``(file:line)``), and a masker's
+    bug while it runs; each still one line."""
+    syntax = write_plugin(tmp_path / "syntax.py", """
+        import maskkit
+
+        x = (
+    """)
+    name = write_plugin(tmp_path / "name.py", """
+        import maskkit
+
+
+        y = undefined_name + 1
+    """)
+    package = tmp_path / "pkg_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg_plugin import parts\n")
+    (package / "parts.py").write_text("import maskkit\n\nraise RuntimeError('missing weights file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = [(syntax, "SyntaxError: '(' was never closed (line 4)"),
+             (name, "NameError: name 'undefined_name' is not defined (line 5)"),
+             ("pkg_plugin", f"RuntimeError: missing weights file ({package / 'parts.py'}:3)")]
+    for plugin, end in cases:
+        assert main(["list", "masker", "--plugin", str(plugin)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"maskkit: error: --plugin: {plugin}: failed to load: {end}\n", err
+    buggy = write_plugin(tmp_path / "buggy.py", """
+        import maskkit
+
+        class Buggy(maskkit.Masker):
+            def __call__(self, batch_size, grid, *, generator=None, device=None):
+                return [][batch_size]
+
+            def num_hidden(self, grid):
+                return 1
+
+        @maskkit.hookimpl
+        def maskkit_add_maskers():
+            return {"buggy": Buggy}
+    """)
+    assert main(["masks", "show", "buggy", "--plugin", str(buggy), "--out", str(tmp_path / "m.png")]) == 2
+    assert capsys.readouterr().err == (f"maskkit: error: plugin '{buggy}' failed: IndexError: list index out of "
+                                       "range (line 6)\n")
+
+
 def test_a_plugin_asked_for_by_name_that_does_not_load_stops_the_command(tmp_path, monkeypatch, capsys):
     """Installed plugins that fail are left out with a note; one asked for by name (``--plugin``,
     ``MASKKIT_PLUGINS``, a recipe's ``plugins``) is needed, hooks-only ones included: one line, exit 2, naming
