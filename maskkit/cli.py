@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from maskkit.console import make_console
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 
 Command = Callable[[argparse.Namespace, Console], int]
@@ -607,7 +608,7 @@ def report_failure(exc: BaseException, debug: bool, args: argparse.Namespace | N
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
-    console = Console(stderr=False)
+    console = make_console()
     try:
         return args.func(args, console)
     except (Exception, KeyboardInterrupt) as exc:

@@ -176,7 +176,8 @@ def test_a_torchrun_process_ends_with_its_output_and_status(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
     listed = subprocess.run([sys.executable, "-m", "maskkit", "recipes"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0 and "quickstart" in listed.stdout, listed.stderr
-    plain = subprocess.run([sys.executable, "-m", "maskkit", "recipes"], capture_output=True, text=True)
+    plain = subprocess.run([sys.executable, "-m", "maskkit", "recipes"], capture_output=True, text=True,
+                           env=dict(os.environ))  # the same COLUMNS (something under pytest sets one in C only)
     assert listed.stdout == plain.stdout
     missing = subprocess.run([sys.executable, "-m", "maskkit", "train", str(tmp_path / "none.yaml")],
                              capture_output=True, text=True, env=env)
@@ -195,6 +196,24 @@ def test_plugins_and_list(capsys):
     assert "random" in out and "mae" in out and "norm_pixels" in out and "quickstart" in out
     assert main(["list", "encoder", "vit_large_patch16_2*"]) == 0
     assert "vit_large_patch16_224" in capsys.readouterr().out
+
+
+def test_a_table_printed_to_a_log_is_not_folded_at_80_columns(tmp_path, capsys, monkeypatch):
+    """Off a terminal (a log file, a pipe) rich assumed 80 columns and folded wider tables cell by cell; the
+    console is now LOG_WIDTH wide there, unless COLUMNS says otherwise."""
+    from maskkit.console import LOG_WIDTH, make_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.chdir(tmp_path)  # the table names the file as given: 95 columns, on a line of about 170
+    plugin = tmp_path / f"a_plugin_file_whose_name_alone_is_wider_than_eighty_columns_{'x' * 30}.py"
+    plugin.write_text("import maskkit\n\n\n@maskkit.hookimpl\ndef maskkit_add_maskers():\n"
+                      "    from maskkit.builtin.masking import RandomMasker\n\n    return {'wide': RandomMasker}\n")
+    assert main(["plugins", "--plugin", plugin.name]) == 0
+    out = capsys.readouterr().out
+    assert any(" wide " in line and plugin.name in line for line in out.splitlines()), out  # one row, unfolded
+    assert make_console().width == LOG_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")
+    assert make_console().width == 100
 
 
 def test_visualize_a_target_without_pixels_is_a_one_line_error(trained, tmp_path, capsys, monkeypatch):

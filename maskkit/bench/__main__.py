@@ -3,9 +3,8 @@
 import argparse
 import sys
 
-from rich.console import Console
-
 from maskkit.bench.cli import add_parser
+from maskkit.console import make_console
 from maskkit.errors import MaskkitError
 
 
@@ -15,7 +14,7 @@ def main(argv=None) -> int:
     add_parser(sub)
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return args.func(args, Console())
+        return args.func(args, make_console())
     except MaskkitError as exc:
         print(f"maskkit bench: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset, build_model, recipe_registry
+from maskkit.console import make_console
 from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
 from maskkit.data.loading import AugmentedDataset, BadImages, lift_open_files_limit, make_loader, stop_workers
@@ -147,7 +148,7 @@ class Trainer:
         self.recipe = recipe
         self.cfg = recipe.train
         self.registry = recipe_registry(recipe, registry, require=True)  # the recipe's plugins, all loaded
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.show_progress = progress
         self.run_dir = Path(out_dir)
         self.resume_path = Path(resume) if resume else None

@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 
 from maskkit.builder import build_dataset
+from maskkit.console import make_console
 from maskkit.data.loading import AugmentedDataset, make_loader, stop_workers
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine import checkpoint as ckpt
@@ -168,7 +169,7 @@ class FinetuneTrainer:
         self.cfg = recipe.finetune
         self.pretrained = pretrained
         self.registry = registry or default_registry()
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.show_progress = progress
         self.run_dir = Path(out_dir)
         self.resume_path = Path(resume) if resume else None
