@@ -101,17 +101,21 @@ class RunInterrupted(MaskkitError):
     """Training stopped on a signal (SIGINT, SIGTERM) at a step boundary, after saving a checkpoint.
 
     ``resume`` is the command that continues the run; the CLI exits with ``128 + signum`` like a shell.
+    ``during``: what the signal stopped when that was not a training loop at a step boundary (``while evaluating
+    r75/seed0, trained to step 4``: said instead of ``after step 4``).
     """
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, resume: str | None):
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, resume: str | None,
+                 during: str | None = None):
         self.signum = signum
         self.step = step
         self.checkpoint = checkpoint
         self.resume = resume
+        self.during = during
         name = signal.Signals(signum).name
         saved = (f"checkpoint of step {step} saved in {checkpoint}; resume with: {resume}" if resume
                  else "nothing was saved (no step trained yet); the run folder can be reused as it is")
-        super().__init__(f"interrupted by {name} after step {step}; {saved}")
+        super().__init__(f"interrupted by {name} {during or f'after step {step}'}; {saved}")
 
 
 _OS_HINTS = {

@@ -136,6 +136,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="rebuild the report from --out; train nothing")
     p.add_argument("--quick", action="store_true", help="evaluate quickly, for iterating: kNN on a fixed subset of "
                                                         "the splits, no linear probe (the report says so)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for a log file); every run still "
+                                                              "prints a line when it starts and one when it ends")
     p.set_defaults(func=cmd_compare)
     return p

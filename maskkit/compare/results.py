@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from maskkit.compare.files import DONE, EVAL_FILE, STATUS_FILE, TIMING_FILE, checkpoint_step, read_json, training_time
-from maskkit.compare.plan import Plan
+from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.trainer import CHECKPOINT_NAME
 
 ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"),
@@ -50,45 +50,51 @@ def collect(out_dir: Path, plan: Plan) -> tuple[list[dict], dict[str, list[dict]
     """Per-run rows (see :data:`RUN_COLUMNS`) and per-run loss curves (``{run_id: metrics records}``)."""
     rows, curves = [], {}
     for run in plan.runs:
-        vplan = plan.variant(run.variant)
-        run_dir = run.run_dir(out_dir)
-        status = read_json(run_dir / STATUS_FILE) or {}
-        found = read_json(run_dir / EVAL_FILE)
-        current = plan.evaluated_with(found)  # the runner's test: scores of other evaluation settings never count
-        scores = found if current else {}
-        step = checkpoint_step(run_dir / CHECKPOINT_NAME) or 0
-        finished = status.get("status") == DONE and current and step >= run.steps
-        if finished:
-            state = "done"
-        elif status.get("status") == "failed":
-            state = "failed"
-        elif step == 0:
-            state = "missing"
-        elif step < run.steps:
-            state = f"at step {step}"
-        else:
-            state = STALE if found else "not evaluated"
-        metrics = read_metrics(run_dir / "metrics.jsonl")
-        curves[run.run_id] = metrics
-        train_time = training_time(read_json(run_dir / TIMING_FILE), final_step=run.steps) if finished else None
-        row: dict[str, Any] = {
-            "variant": run.variant, "seed": run.seed, "status": state, "steps": run.steps,
-            "epochs": round(run.steps / plan.steps_per_epoch, 4), "tokens_per_step": vplan.tokens_per_step,
-            "encoder_tokens": run.steps * vplan.tokens_per_step,
-            "final_loss": metrics[-1].get("loss_avg", metrics[-1].get("loss")) if metrics and finished else None,
-            "images_per_s": (run.steps * plan.effective_batch / train_time) if train_time else None,
-            "train_time_s": train_time, "eval_time_s": scores.get("eval_time_s") if finished else None,
-            "error": status.get("error") if status.get("status") == "failed" else None,
-            "run_dir": str(run_dir.relative_to(out_dir)),
-        }
-        for key in ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
-                    "random_init_finetune_top1", "masker_ms_per_batch"):
-            row[key] = scores.get(key) if finished else None
-        # auxiliary losses: their mean over the last logging window, like final_loss
-        row["aux"] = {k: v for k, v in metrics[-1].items() if k.startswith(AUX_PREFIX)} if metrics and finished \
-            else {}
-        rows.append(drop_non_finite(row))
+        row, curves[run.run_id] = run_row(out_dir, plan, run)
+        rows.append(row)
     return rows, curves
+
+
+def run_row(out_dir: Path, plan: Plan, run: RunPlan) -> tuple[dict, list[dict]]:
+    """The row of ``run`` (see :data:`RUN_COLUMNS`; its numbers only when it is finished) and its loss curve
+    (its ``metrics.jsonl`` records), as read from its folder in ``out_dir``."""
+    vplan = plan.variant(run.variant)
+    run_dir = run.run_dir(out_dir)
+    status = read_json(run_dir / STATUS_FILE) or {}
+    found = read_json(run_dir / EVAL_FILE)
+    current = plan.evaluated_with(found)  # the runner's test: scores of other evaluation settings never count
+    scores = found if current else {}
+    step = checkpoint_step(run_dir / CHECKPOINT_NAME) or 0
+    finished = status.get("status") == DONE and current and step >= run.steps
+    if finished:
+        state = "done"
+    elif status.get("status") == "failed":
+        state = "failed"
+    elif step == 0:
+        state = "missing"
+    elif step < run.steps:
+        state = f"at step {step}"
+    else:
+        state = STALE if found else "not evaluated"
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    train_time = training_time(read_json(run_dir / TIMING_FILE), final_step=run.steps) if finished else None
+    row: dict[str, Any] = {
+        "variant": run.variant, "seed": run.seed, "status": state, "steps": run.steps,
+        "epochs": round(run.steps / plan.steps_per_epoch, 4), "tokens_per_step": vplan.tokens_per_step,
+        "encoder_tokens": run.steps * vplan.tokens_per_step,
+        "final_loss": metrics[-1].get("loss_avg", metrics[-1].get("loss")) if metrics and finished else None,
+        "images_per_s": (run.steps * plan.effective_batch / train_time) if train_time else None,
+        "train_time_s": train_time, "eval_time_s": scores.get("eval_time_s") if finished else None,
+        "error": status.get("error") if status.get("status") == "failed" else None,
+        "run_dir": str(run_dir.relative_to(out_dir)),
+    }
+    for key in ("knn_top1", "linear_top1", "finetune_top1", "random_init_knn_top1", "random_init_linear_top1",
+                "random_init_finetune_top1", "masker_ms_per_batch"):
+        row[key] = scores.get(key) if finished else None
+    # auxiliary losses: their mean over the last logging window, like final_loss
+    row["aux"] = {k: v for k, v in metrics[-1].items() if k.startswith(AUX_PREFIX)} if metrics and finished \
+        else {}
+    return drop_non_finite(row), metrics
 
 
 def _is_number(value: Any) -> bool:

@@ -38,6 +38,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from maskkit.compare.events import WORKER_LOG, ended_line, position, run_log, say, started_line
 from maskkit.compare.files import (  # noqa: F401
     DONE,
     EVAL_FILE,
@@ -64,6 +65,7 @@ from maskkit.compare.measure import (
     timing_images,
 )
 from maskkit.compare.plan import Plan, RunPlan
+from maskkit.engine.stopping import SignalReceived, raise_on_signal
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
 from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
 from maskkit.recipe import Recipe, safe_load
@@ -271,8 +273,9 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
                 progress: bool = True, retry_failed: bool = False) -> RunStatus:
     """Bring ``run`` to finished: train (from scratch or from its checkpoint), then evaluate. Any error (a
     diverged loss, a bad component argument, a plugin's exception, a full disk) marks the run failed with its
-    one-line reason, returned in the status; only a signal (:class:`~maskkit.errors.RunInterrupted`) and
-    Ctrl-C propagate (the checkpoint stays for a resume)."""
+    one-line reason, returned in the status; only a signal propagates, as a :class:`~maskkit.errors.
+    RunInterrupted` naming the command that continues (the checkpoint stays for a resume): training stops at
+    its next step boundary, anything else (loading, evaluating) at once."""
     from maskkit.registry import default_registry
 
     out_dir = Path(out_dir)
@@ -291,23 +294,31 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
             (run_dir / name).unlink(missing_ok=True)
     write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": "running", "started": time.time(),
                                        "pid": os.getpid()})
+    again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
+    trained = False  # whether a signal stops the evaluation, or the training
     try:
-        recipe = Recipe(run.recipe, plan.spec_file)
-        if step < run.steps:
-            clocked = registry.with_objects({"maskkit-compare-clock": TrainingClock(run_dir)})  # timing.json
-            trainer = Trainer(recipe, run_dir, registry=clocked, console=console, progress=progress,
-                                     resume=run_dir / CHECKPOINT_NAME if resume else None)
-            trainer.fit()
-            model, device = trainer.model, trainer.device
-        else:
-            from maskkit.engine.checkpoint import load_model
+        with raise_on_signal():  # a signal outside the training loop stops at once, with what to do next
+            recipe = Recipe(run.recipe, plan.spec_file)
+            if step < run.steps:
+                clocked = registry.with_objects({"maskkit-compare-clock": TrainingClock(run_dir)})  # timing.json
+                trainer = Trainer(recipe, run_dir, registry=clocked, console=console, progress=progress,
+                                  resume=run_dir / CHECKPOINT_NAME if resume else None)
+                trainer.fit()
+                trained = True
+                if trainer.signals.signum is not None:  # it came after the last step boundary
+                    raise SignalReceived(trainer.signals.signum)
+                model, device = trainer.model, trainer.device
+            else:
+                from maskkit.engine.checkpoint import load_model
 
-            device = pick_device(recipe.train.device)
-            model = load_model(run_dir / CHECKPOINT_NAME, registry=registry)[0].to(device)
-        evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
+                trained = True
+                device = pick_device(recipe.train.device)
+                model = load_model(run_dir / CHECKPOINT_NAME, registry=registry)[0].to(device)
+            evaluate_run(model, run, plan, out_dir, registry=registry, device=device)
     except RunInterrupted as exc:  # Ctrl-C / SIGTERM: the comparison stops (the checkpoint stays for a resume)
-        again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
         raise RunInterrupted(exc.signum, exc.step, exc.checkpoint, again if exc.resume else None) from None
+    except SignalReceived as exc:  # the same, outside the training loop's step boundaries
+        raise _stopped(run, out_dir, exc.signum, again, trained) from None
     except Exception as exc:  # any other failure is this run's: recorded, and the comparison goes on
         _, reason = describe_failure(exc, registry.plugin_of)
         write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": FAILED, "error": reason,
@@ -315,6 +326,16 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
         return RunStatus(run, FAILED, checkpoint_step(run_dir / CHECKPOINT_NAME) or 0, reason)
     write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": DONE, "time": time.time()})
     return RunStatus(run, DONE, run.steps)
+
+
+def _stopped(run: RunPlan, out_dir: Path, signum: int, again: str, trained: bool) -> RunInterrupted:
+    """The error of ``run`` stopped by signal ``signum`` outside its training loop's step boundaries (while
+    evaluating, once ``trained``; else while loading or setting up): its checkpoint is the last one saved, and
+    ``again`` continues the comparison."""
+    checkpoint = run.run_dir(out_dir) / CHECKPOINT_NAME
+    step = checkpoint_step(checkpoint) or 0
+    during = f"while evaluating {run.run_id}, trained to step {step}" if trained else f"while training {run.run_id}"
+    return RunInterrupted(signum, step, checkpoint if step else None, again if step else None, during=during)
 
 
 # -- many runs ------------------------------------------------------------------------------------------------
@@ -353,10 +374,49 @@ def gpu_slots(gpus: str | Sequence[str] | None) -> list[str]:
     return slots
 
 
+@attrs.frozen
+class RunLines:
+    """Prints one plain line per run event of one invocation (see :mod:`maskkit.compare.events`): ``[i/n]``
+    numbers ``todo``, the runs to do, in their order; a run in a worker process is prefixed with its GPU."""
+
+    plan: Plan
+    out_dir: Path
+    console: Console
+    todo: tuple[RunStatus, ...]
+
+    def _where(self, run: RunPlan, slot: str | None) -> str:
+        index = next(i for i, s in enumerate(self.todo) if s.run.run_id == run.run_id)
+        return position(index, len(self.todo), slot)
+
+    def started(self, run: RunPlan, slot: str | None = None) -> None:
+        """``run`` is about to go (in the worker process of ``slot``, if given)."""
+        status = next(s for s in self.todo if s.run.run_id == run.run_id)
+        log = run_log(run, self.out_dir, worker=True) if slot is not None else None
+        say(self.console, started_line(self._where(run, slot), run, status.state, status.step, log))
+
+    def ended(self, status: RunStatus, slot: str | None = None) -> None:
+        """``status.run`` has ended as ``status`` says (in the worker process of ``slot``, if given)."""
+        log = run_log(status.run, self.out_dir, worker=slot is not None)
+        say(self.console, ended_line(self._where(status.run, slot), status.run, self.plan, self.out_dir,
+                                     status.state, status.error, log))
+
+
+def worker_status(run: RunPlan, plan: Plan, out_dir: Path, code: int | None, log: Path | None = None) -> RunStatus:
+    """Where ``run`` stands after its worker process exited with ``code``: its recorded failure, or the exit
+    status and the step it reached when the worker recorded none (killed, stopped by a signal); ``log``, when
+    given, is named in that reason."""
+    status = run_status(run, plan, out_dir)
+    if status.state == DONE or status.error is not None:
+        return status
+    see = f"; see {log}" if log is not None else ""
+    return attrs.evolve(status, error=f"worker exited with status {code} at step {status.step}{see}")
+
+
 def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: Console,
-                 retry_failed: bool) -> dict[str, int]:
+                 retry_failed: bool, *, lines: RunLines | None = None) -> dict[str, int]:
     """One worker process per slot (``CUDA_VISIBLE_DEVICES=slot``), each taking the next run when free. Each
-    worker's output goes to its run folder's ``worker.log``. Returns each run's exit status."""
+    worker's output goes to its run folder's ``worker.log``; ``lines`` prints when a run starts and how it ended
+    (this process learns it). Returns each run's exit status."""
     codes: dict[str, int] = {}
     queue = collections.deque(runs)
     active: dict[str, tuple[subprocess.Popen, RunPlan, Any]] = {}
@@ -367,13 +427,14 @@ def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: 
                     run = queue.popleft()
                     run_dir = run.run_dir(out_dir)
                     run_dir.mkdir(parents=True, exist_ok=True)
-                    log = open(run_dir / "worker.log", "a")
+                    log = open(run_dir / WORKER_LOG, "a")
                     env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
                     cmd = [sys.executable, "-m", "maskkit.compare.worker", str(out_dir), run.run_id]
                     if retry_failed:
                         cmd.append("--retry-failed")
                     active[slot] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run, log)
-                    console.print(escape(f"[gpu {slot}] {run.run_id}: started (log: {run_dir / 'worker.log'})"))
+                    if lines is not None:
+                        lines.started(run, slot)
             time.sleep(0.5)
             for slot, (proc, run, log) in list(active.items()):
                 code = proc.poll()
@@ -382,9 +443,8 @@ def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: 
                 log.close()
                 del active[slot]
                 codes[run.run_id] = code
-                state = (read_json(run.run_dir(out_dir) / STATUS_FILE) or {}).get("status")
-                word = "finished" if code == 0 and state == DONE else f"ended with exit status {code} ({state})"
-                console.print(escape(f"[gpu {slot}] {run.run_id}: {word}"))
+                if lines is not None:
+                    lines.ended(worker_status(run, lines.plan, out_dir, code), slot)
     finally:
         for proc, _, _log in active.values():  # interrupted: stop the workers (their checkpoints stay)
             proc.terminate()
@@ -417,23 +477,18 @@ def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: C
                   + (f", {len(groups[FAILED])} failed earlier" + ("" if retry_failed else " (--retry-failed)")
                      if groups[FAILED] else ""))
     slots = gpu_slots(gpus) if todo else []
+    lines = RunLines(plan, out_dir, console, tuple(todo))
     if len(slots) > 1 and len(todo) > 1:
-        codes = _run_workers([s.run for s in todo], out_dir, slots, console, retry_failed)
-        results = []
-        for s in todo:
-            status = run_status(s.run, plan, out_dir)
-            if status.state != DONE and status.error is None:
-                log = s.run.run_dir(out_dir) / "worker.log"
-                status = attrs.evolve(status, error=f"worker exited with status {codes.get(s.run.run_id)} at "
-                                                    f"step {status.step}; see {log}")
-            results.append(status)
+        codes = _run_workers([s.run for s in todo], out_dir, slots, console, retry_failed, lines=lines)
+        results = [worker_status(s.run, plan, out_dir, codes.get(s.run.run_id),
+                                 log=run_log(s.run, out_dir, worker=True)) for s in todo]
     else:
         results = []
-        for i, s in enumerate(todo):
-            what = {PARTIAL: f"resuming at step {s.step}", TRAINED: "evaluating"}.get(s.state, "training")
-            console.print(escape(f"[{i + 1}/{len(todo)}] {s.run.run_id}: {what} ({s.run.steps} steps)"))
+        for s in todo:
+            lines.started(s.run)
             results.append(execute_run(s.run, plan, out_dir, registry=registry, console=console,
                                        progress=progress, retry_failed=retry_failed))
+            lines.ended(results[-1])
     final = {r.run.run_id: r for r in results}
     failed = [s.run.run_id for s in statuses if s.state == FAILED and s.run.run_id not in final]
     failed += [rid for rid, r in final.items() if r.state != DONE]

@@ -5,19 +5,63 @@ Both loops (pretraining, :class:`~maskkit.engine.trainer.Trainer`; fine-tuning,
 ``requested(dist)`` at every step boundary (then the loop saves a checkpoint and raises
 ``interrupted(...)``, a :class:`~maskkit.errors.RunInterrupted`), ``settle()`` after the last step,
 ``restore()`` when the run ends.
+
+Work that has no step boundary (a comparison's evaluation of a trained run) runs under :func:`raise_on_signal`:
+the first SIGINT/SIGTERM raises :class:`SignalReceived` where the work is, so the caller can say how to
+continue instead of the process ending without a word (SIGTERM's default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from maskkit.errors import RunInterrupted
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def put_back(handlers: dict[int, Any]) -> None:
+    """Set each signal's handler in ``handlers`` (from ``signal.getsignal``) again; the default for one set from
+    C, which Python cannot put back (``getsignal`` answers None for it)."""
+    for sig, handler in handlers.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class SignalReceived(BaseException):
+    """Raised by :func:`raise_on_signal`'s handler. A ``BaseException``, like ``KeyboardInterrupt``: no ``except
+    Exception`` of the interrupted work takes it for that work's own failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def raise_on_signal() -> Iterator[None]:
+    """Within: the first SIGINT or SIGTERM raises :class:`SignalReceived` in the main thread, wherever it is
+    (the handlers found on entry are put back first, so a second signal acts as it did before). A loop's
+    :class:`SignalStop` installed within takes the signals over while it runs and gives them back. Outside the
+    main thread (which alone can catch signals) nothing is caught."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        put_back(previous)
+        raise SignalReceived(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        put_back(previous)
 
 
 class SignalStop:
@@ -43,11 +87,9 @@ class SignalStop:
             signal.signal(sig, self._on_signal)
 
     def restore(self) -> None:
-        """Put the handlers found by :meth:`install` back (the default for one set from C, which Python cannot
-        put back: ``getsignal`` answers None for it)."""
+        """Put the handlers found by :meth:`install` back (see :func:`put_back`)."""
         previous, self._previous = self._previous, {}
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        put_back(previous)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signum = signum
