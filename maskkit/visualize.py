@@ -144,6 +144,45 @@ def save_reconstructions(model: MaskedModel, images: torch.Tensor, path: str | P
     return _save_figure(fig, path)
 
 
+def mask_shades(over_images: bool) -> tuple[str, str]:
+    """The colours of hidden and visible patches in a mask panel: over an image, hidden patches are painted a
+    colour no grey-scale picture has (visible ones show the image); a bare mask is dark where hidden."""
+    return ("#3b6fb6", "#9a9a9a") if over_images else ("#4d4d4d", "#f0f0f0")
+
+
+def show_mask(ax, mask: torch.Tensor, grid: Sequence[int], image: torch.Tensor | None = None) -> None:
+    """One mask (bool ``[N]`` on ``grid``) on matplotlib's ``ax``, without axes: over ``image [C, H, W]`` (values
+    in [0, 1]; grey unless it has 3 channels) with its hidden patches painted over it, else the bare grid
+    (colours: :func:`mask_shades`)."""
+    import matplotlib
+
+    hidden_shade, visible_shade = mask_shades(over_images=image is not None)
+    mask = mask.reshape(-1).cpu()
+    if image is not None:
+        picture = image.float().cpu()
+        patch = (picture.shape[-2] // grid[0], picture.shape[-1] // grid[1])
+        pixels = upsample_mask(mask.reshape(1, -1), tuple(grid), patch)[0, 0]  # [H, W] bool
+        shown = picture.mean(0) if picture.shape[0] != 3 else picture.permute(1, 2, 0)
+        ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(pixels.numpy(), cmap=matplotlib.colors.ListedColormap([(0, 0, 0, 0), hidden_shade]),
+                  vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(mask.reshape(*grid).numpy(), cmap=matplotlib.colors.ListedColormap([visible_shade, hidden_shade]),
+                  vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def mask_legend(over_images: bool) -> list:
+    """The legend handles of :func:`show_mask`'s panels: which shade is hidden, which visible."""
+    from matplotlib.patches import Patch
+
+    hidden_shade, visible_shade = mask_shades(over_images)
+    visible_label = "visible (the image shows)" if over_images else "visible"
+    return [Patch(facecolor=hidden_shade, edgecolor="black", label="hidden (to predict)"),
+            Patch(facecolor=visible_shade, edgecolor="black", label=visible_label)]
+
+
 def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, title: str | None = None,
                       columns: int = 8, images: torch.Tensor | None = None) -> Path:
     """Render the first ``count`` masks of ``stats`` (:func:`maskkit.masking.check_masker`) as one PNG: each
@@ -158,42 +197,26 @@ def save_mask_samples(stats: MaskStats, path: str | Path, *, count: int = 8, tit
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     path = picture_path(path)
 
     grid = stats.grid
     n = grid[0] * grid[1]
     count = min(count, stats.masks.shape[0])
-    masks = stats.masks[:count].reshape(count, *grid)
     columns = min(columns, count)
     rows = -(-count // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.9), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    # over an image, hidden patches are painted a colour no grey-scale picture has
-    hidden_shade, visible_shade = ("#3b6fb6", "#9a9a9a") if images is not None else ("#4d4d4d", "#f0f0f0")
-    for i, (ax, mask) in enumerate(zip(axes.flat, masks)):
-        if images is not None:
-            picture = images[i].float().cpu()
-            patch = (picture.shape[-2] // grid[0], picture.shape[-1] // grid[1])
-            pixels = upsample_mask(mask.reshape(1, n), grid, patch)[0, 0]  # [H, W] bool
-            shown = picture.mean(0) if picture.shape[0] != 3 else picture.permute(1, 2, 0)
-            ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.imshow(pixels.numpy(), cmap=matplotlib.colors.ListedColormap([(0, 0, 0, 0), hidden_shade]),
-                      vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax.imshow(mask.numpy(), cmap=matplotlib.colors.ListedColormap([visible_shade, hidden_shade]),
-                      vmin=0, vmax=1, interpolation="nearest")
+    for i, ax in enumerate(axes.flat[:count]):
+        show_mask(ax, stats.masks[i], grid, None if images is None else images[i])
         hidden = int(stats.hidden[i])
         label = f"{hidden}/{n} hidden"
         if stats.declared is not None and hidden != stats.declared:
             label += f"\n(declared {stats.declared})"
         ax.set_title(label, fontsize=8, color="black" if stats.declared in (None, hidden) else "red")
-    visible_label = "visible (the image shows)" if images is not None else "visible"
-    fig.legend(handles=[Patch(facecolor=hidden_shade, edgecolor="black", label="hidden (to predict)"),
-                        Patch(facecolor=visible_shade, edgecolor="black", label=visible_label)],
-               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.legend(handles=mask_legend(over_images=images is not None), loc="lower center", ncol=2, fontsize=8,
+               frameon=False)
     h = stats.hidden.float()
     counts = (f"hidden per sample over {len(h)} draws: min {int(h.min())}, mean {float(h.mean()):.1f}, "
               f"max {int(h.max())} of {n}; declared {stats.declared if stats.declared is not None else 'varying'}")

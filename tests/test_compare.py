@@ -254,6 +254,7 @@ def test_comparison_end_to_end_writes_every_report_file(full):
     samples = torch.load(out / "runs" / "r50" / "seed0" / "samples.pt", weights_only=True)
     assert samples["pictures"].shape == (3, 4, 1, 28, 28) and samples["masks"].shape == (4, 49)
     assert samples["masks"].sum(1).tolist() == [25] * 4
+    assert samples["mask_images"].shape == (4, 1, 28, 28)  # the test images masks.png draws the masks on
 
 
 def test_resume_a_half_finished_comparison(full, tmp_path, registry):

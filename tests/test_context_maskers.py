@@ -525,6 +525,48 @@ def test_comparison_samples_draw_a_context_aware_masker_on_test_images(registry)
     assert torch.equal(samples["masks"], model.draw_mask(4, images=images))
 
 
+def test_the_comparisons_masks_picture_shows_every_variant_on_the_same_test_images(registry, tmp_path, monkeypatch):
+    """masks.png: a masker that looks at the images (high_variance) is judged on them, and a blind one (random)
+    is drawn over the same test images, so each column compares the strategies on one image. Every panel
+    draws its test image, then the hidden patches over it."""
+    from types import SimpleNamespace
+
+    import matplotlib.axes
+
+    from maskkit.builder import build_dataset
+    from maskkit.compare.plots import plot_masks
+    from maskkit.compare.runner import make_samples
+    from maskkit.evaluate import eval_loader
+    from maskkit.patches import upsample_mask
+    from maskkit.visualize import _denormalize
+
+    samples = {}
+    for name in ("high_variance", "random"):
+        rec = recipe(name)
+        model = maskkit.build_model(rec, registry).eval()
+        samples[name] = {**make_samples(model, rec, registry, images=0, masks=3, seed=0, device=torch.device("cpu")),
+                         "seed": 0}
+    test = build_dataset(recipe("random"), "test", registry)
+    first = _denormalize(next(iter(eval_loader(test, 28, 3)))[0], test.mean, test.std)  # [3, 1, 28, 28]
+    for name, sample in samples.items():  # the same test images kept with every variant's masks
+        assert sample["mask_images"].dtype == torch.uint8 and sample["mask_images"].shape == (3, 1, 28, 28)
+        assert torch.equal(sample["mask_images"], (first * 255).round().to(torch.uint8)), name
+    assert not torch.equal(samples["high_variance"]["masks"], samples["random"]["masks"])
+
+    drawn = []  # what each imshow got: [28, 28] test images and hidden pixels, or a bare 7x7 grid
+    real_imshow = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda ax, data, *a, **k: drawn.append(torch.as_tensor(data)) or real_imshow(ax, data, *a, **k))
+    plan = SimpleNamespace(variants=[SimpleNamespace(name=name) for name in samples])
+    assert plot_masks(plan, samples, tmp_path / "masks.png") == tmp_path / "masks.png"
+    assert len(drawn) == 2 * 2 * 3  # variants x panels x (image, hidden patches)
+    for row, sample in enumerate(samples.values()):
+        for col in range(3):
+            image, hidden = drawn[6 * row + 2 * col], drawn[6 * row + 2 * col + 1]
+            assert torch.allclose(image.float(), sample["mask_images"][col, 0].float() / 255)
+            assert torch.equal(hidden.bool(), upsample_mask(sample["masks"][col:col + 1], (7, 7), (4, 4))[0, 0])
+
+
 def test_a_given_mask_leaves_the_maskers_aux_losses_out(registry):
     """``model(images, mask=...)`` (reconstruction pictures, a fixed mask): the masker did not draw it, so its
     auxiliary losses, which may need its extras, are not called; the loss is the main loss."""

@@ -11,7 +11,7 @@ import torch
 from maskkit.compare.files import SAMPLES_FILE
 from maskkit.compare.plan import Plan
 from maskkit.compare.results import accuracy_keys, seed_stats
-from maskkit.visualize import show_picture
+from maskkit.visualize import mask_legend, show_mask, show_picture
 
 PLOTS = ("loss_curves.png", "accuracy.png", "accuracy_vs_compute.png", "reconstructions.png", "masks.png")
 
@@ -221,27 +221,44 @@ def plot_reconstructions(plan: Plan, samples: dict[str, dict], path: Path) -> Pa
     return path
 
 
+def _mask_images(sample: dict, count: int) -> torch.Tensor | None:
+    """The test images a variant's first ``count`` masks are drawn on, in [0, 1] (None: a ``samples.pt`` made
+    before they were kept, or with fewer images than masks)."""
+    images = sample.get("mask_images")
+    if images is None or images.shape[0] < count:
+        return None
+    return images[:count].float() / 255
+
+
 def plot_masks(plan: Plan, samples: dict[str, dict], path: Path) -> Path | None:
+    """Each variant's mask samples (rows) on the same test images (columns): a masker that looks at the images
+    drew them on those, a blind one drew them alone; either way every row shows the same images, so the
+    strategies compare on them. A variant whose samples keep no images shows its bare masks."""
     plt = _plt()
     variants = [v for v in plan.variants if samples.get(v.name, {}).get("masks") is not None
                 and samples[v.name]["masks"].shape[0] > 0]
     if not variants:
         return None
     m = min(samples[v.name]["masks"].shape[0] for v in variants)
-    fig, axes = plt.subplots(len(variants), m, figsize=(1.2 * m + 2.4, 1.3 * len(variants) + 0.5), squeeze=False)
+    images = {v.name: _mask_images(samples[v.name], m) for v in variants}
+    fig, axes = plt.subplots(len(variants), m, figsize=(1.2 * m + 2.4, 1.3 * len(variants) + 0.9), squeeze=False)
     for i, v in enumerate(variants):
         masks = samples[v.name]["masks"]
         grid = samples[v.name]["grid"]
+        shown = images[v.name]
         for col in range(m):
-            ax = axes[i][col]
-            ax.imshow(masks[col].reshape(*grid).float().numpy(), cmap="Greys", vmin=0, vmax=1.4,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            show_mask(axes[i][col], masks[col], grid, None if shown is None else shown[col])
+            if i == 0 and shown is not None:
+                axes[i][col].set_title(f"test image {col + 1}", fontsize=8)
         hidden = 100 * masks[:m].float().mean().item()
-        _row_label(axes[i][0], f"{v.name}\n{hidden:.0f}% hidden")
-    fig.suptitle(f"mask samples per variant (dark: hidden; {grid[0]}x{grid[1]} patch grid)", fontsize=9)
-    fig.tight_layout()
+        _row_label(axes[i][0], f"{v.name}\n{hidden:.0f}% hidden" + ("" if shown is not None else "\n(no images)"))
+    kinds = sorted({shown is not None for shown in images.values()}, reverse=True)
+    handles = [h for over in kinds for h in mask_legend(over_images=over)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    on = "the same test images (columns)" if any(shown is not None for shown in images.values()) else "bare grids"
+    fig.suptitle(f"mask samples per variant on {on}; {grid[0]}x{grid[1]} patch grid; seed "
+                 f"{samples[variants[0].name]['seed']}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

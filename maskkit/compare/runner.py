@@ -7,7 +7,7 @@ Layout of the output folder::
     OUT/runs/VARIANT/seedS/          a trainer run folder (checkpoint.pth, metrics.jsonl, recipe.yaml, versions.json)
         timing.json                  training wall time of every session (kept across resumes)
         eval.json                    scores on frozen features, and the evaluation settings they used
-        samples.pt                   test reconstructions under this variant's masks, and mask samples
+        samples.pt                   test reconstructions under this variant's masks, mask samples on test images
         compare.json                 status: running / done / failed (with the error)
     OUT/baselines/KEY.json           random-init scores, made by the first run of a seed and encoder, shared
     OUT/report/                      see :mod:`maskkit.compare.report`
@@ -167,46 +167,60 @@ def _eval_recipe(run: RunPlan, plan: Plan) -> Recipe:
     return Recipe(tree, plan.spec_file)
 
 
+def _first_test_images(recipe: Recipe, registry, model, count: int, device: torch.device):
+    """The first ``count`` test images (fewer in a smaller split), normalised, on ``device``, and the split."""
+    from maskkit.builder import build_dataset
+    from maskkit.evaluate import eval_loader
+
+    test_set = build_dataset(recipe, "test", registry)
+    batch = next(iter(eval_loader(test_set, model.encoder.img_size, min(count, len(test_set)))))[0].to(device)
+    return batch, test_set
+
+
+def _uint8(pictures: torch.Tensor) -> torch.Tensor:
+    """Pictures in [0, 1] as uint8 on the CPU (what ``samples.pt`` keeps)."""
+    return (pictures.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
 @torch.no_grad()
 def make_samples(model, recipe: Recipe, registry, *, images: int, masks: int, seed: int,
                  device: torch.device) -> dict:
     """Pictures for the report: the first ``images`` test images under this model's masks, reconstructed
     (``pictures`` uint8 ``[K, 4, C, H, W]``: original, masked, reconstruction, reconstruction + visible; only the
-    first two when the target has no pixel form), and ``masks`` mask samples (bool ``[M, N]``)."""
-    from maskkit.builder import build_dataset
-    from maskkit.evaluate import eval_loader
+    first two when the target has no pixel form), and ``masks`` mask samples (bool ``[M, N]``) with the first
+    ``M`` test images (``mask_images``, uint8 ``[M, C, H, W]``), the same in every variant, to draw them on. A
+    masker that looks at the images or the model draws its masks on those images; a blind one draws them from
+    ``seed`` alone."""
     from maskkit.patches import upsample_mask
-    from maskkit.visualize import reconstruction_rows
+    from maskkit.visualize import _denormalize, reconstruction_rows
 
     grid = tuple(model.grid)
     out: dict[str, Any] = {"grid": list(grid)}
     gen = torch.Generator().manual_seed(seed)
     if not masks:
         out["masks"] = torch.zeros(0, grid[0] * grid[1], dtype=torch.bool)
-    elif {"images", "model"} & set(model.masker_context()):  # drawn on the first test images, on the device
-        samples = build_dataset(recipe, "test", registry)
-        batch = next(iter(eval_loader(samples, model.encoder.img_size, masks)))[0].to(device)
-        out["masks"] = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device,
-                                       images=batch).cpu()
     else:
-        out["masks"] = model.draw_mask(masks, gen, "cpu").cpu()  # checked against what the masker declares
+        batch, test_set = _first_test_images(recipe, registry, model, masks, device)
+        if {"images", "model"} & set(model.masker_context()):  # drawn on those images, on the device
+            out["masks"] = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device,
+                                           images=batch).cpu()
+        else:
+            out["masks"] = model.draw_mask(masks, gen, "cpu").cpu()  # checked against what the masker declares
+        out["mask_images"] = _uint8(_denormalize(batch, test_set.mean, test_set.std))[:out["masks"].shape[0]]
     if not images:
         return out
-    test_set = build_dataset(recipe, "test", registry)
-    batch = next(iter(eval_loader(test_set, model.encoder.img_size, min(images, len(test_set)))))[0].to(device)
+    batch, test_set = _first_test_images(recipe, registry, model, images, device)
     mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device, images=batch)
     k = batch.shape[0]
     try:
         rows = reconstruction_rows(model, batch, mask, test_set.mean, test_set.std)  # [K * 4, C, H, W]
         pictures = rows.reshape(k, 4, *rows.shape[1:])
     except ValueError:  # a target without pixel form: original and masked only
-        mean = torch.tensor(test_set.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(test_set.std, device=device).view(1, -1, 1, 1)
-        original = (batch * std + mean).clamp(0, 1)
+        original = _denormalize(batch, test_set.mean, test_set.std)
         pixel_mask = upsample_mask(mask, grid, model.encoder.patch_size).to(original.dtype)
         masked = original * (1 - pixel_mask) + 0.5 * pixel_mask
         pictures = torch.stack([original, masked], dim=1)
-    out["pictures"] = (pictures.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    out["pictures"] = _uint8(pictures)
     out["image_masks"] = mask.cpu()
     return out
 
