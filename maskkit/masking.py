@@ -1,5 +1,6 @@
 """Public helpers for writing maskers: noise that is independent of how the batch is split over processes,
-the score-to-mask step that gives an exact hidden count, and the checks every mask passes before an encoder sees
+the score-to-mask steps that give an exact hidden count (the highest scores, :func:`mask_from_scores`, or a draw
+weighted by them, :func:`sample_from_scores`), and the checks every mask passes before an encoder sees
 it (:func:`check_mask`, :func:`draw_checked`, :func:`check_masker`).
 
 A masker that wants the masks of a run not to depend on the number of processes draws its randomness with
@@ -10,6 +11,7 @@ so two processes with batch B draw what one process with batch 2B draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +50,26 @@ def mask_from_scores(scores: torch.Tensor, num_hidden: int) -> torch.Tensor:
     order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [B, N], hardest first
     mask = torch.zeros(b, n, dtype=torch.bool, device=scores.device)
     return mask.scatter_(1, order[:, :num_hidden], True)
+
+
+def sample_from_scores(scores: torch.Tensor, num_hidden: int, *, temperature: float = 1.0,
+                       generator: torch.Generator | None = None, rows: slice | None = None) -> torch.Tensor:
+    """``scores [B, N] -> mask [B, N]`` hiding ``num_hidden`` patches per sample drawn at random without
+    replacement: each draw picks one of the patches left with probability ``softmax(scores / temperature)``
+    over them (Gumbel-top-k, Kool et al. 2019: the ``num_hidden`` highest of ``scores / temperature`` plus
+    Gumbel noise, so the count is exact).
+
+    A low ``temperature`` hides the highest scores (:func:`mask_from_scores`); a high one, uniformly at random.
+    The noise is :func:`noise` for ``rows``, so a run's masks do not depend on how its batch is split over
+    processes. The scores are detached: a learned masker that needs its draw's log-probability computes it
+    from its own scores (AdaMAE in maskkit-adaptive draws its visible patches this way and does).
+    """
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    b, n = scores.shape
+    u = noise(b, n, generator=generator, device=scores.device, rows=rows).clamp(1e-12, 1 - 1e-7)  # [B, N]
+    gumbel = -torch.log(-torch.log(u))  # standard Gumbel
+    return mask_from_scores(scores.detach().float() / temperature + gumbel, num_hidden)
 
 
 def as_draw(result: Any) -> MaskDraw:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from context_maskers import ContextMaskersPlugin, HighVariance, Learned, Predictor, Recording
 from helpers import tiny_tree
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_engine import Crash, CrashAfterCheckpoint
 
 import maskkit
@@ -16,7 +18,7 @@ from maskkit.engine import checkpoint as ckpt
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import ConfigError, MaskError, PluginError
 from maskkit.interfaces import is_blind, masker_context
-from maskkit.masking import check_mask, noise
+from maskkit.masking import check_mask, mask_from_scores, noise, sample_from_scores
 from maskkit.recipe import load_recipe
 
 
@@ -195,6 +197,62 @@ def test_noise_for_rows_is_the_global_batch_split():
     assert torch.equal(torch.cat([first, second]), whole)
     with pytest.raises(ValueError, match="hold 3 samples, not batch_size=4"):
         noise(4, 49, rows=slice(1, 4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 6), h=st.integers(1, 6), w=st.integers(1, 6), data=st.data(),
+       temperature=st.floats(0.01, 100.0), seed=st.integers(0, 2**31 - 1))
+def test_sample_from_scores_hides_the_count_deterministically_and_splits_like_the_global_batch(
+        b, h, w, data, temperature, seed):
+    """Any scores (ties and NaNs included), any count: exactly ``num_hidden`` per sample, the same mask for the
+    same generator, and two halves of the batch (``rows``) draw what the whole batch draws."""
+    n = h * w
+    hidden = data.draw(st.integers(0, n))
+    scores = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 1.0, -2.5, 3.0, float("nan")]),
+                                             min_size=2 * b * n, max_size=2 * b * n))).view(2 * b, n)
+
+    def draw(rows=None):
+        part = scores if rows is None else scores[rows]
+        return sample_from_scores(part, hidden, temperature=temperature, rows=rows,
+                                  generator=torch.Generator().manual_seed(seed))
+
+    mask = draw()
+    assert mask.dtype == torch.bool and mask.sum(1).tolist() == [hidden] * (2 * b)
+    assert torch.equal(mask, draw())
+    assert torch.equal(torch.cat([draw(slice(0, b)), draw(slice(b, 2 * b))]), mask)
+
+
+def test_sample_from_scores_draws_by_the_softmax_of_the_scores_over_the_temperature():
+    """One hidden patch of four: how often each is hidden is softmax(scores / T) (20,000 samples, within 6
+    standard errors); a tiny temperature hides the highest scores, a huge one is uniform."""
+    scores = torch.tensor([0.0, 1.0, 2.0, 3.0]).expand(20_000, 4)
+    for temperature in (1.0, 2.0):
+        freq = sample_from_scores(scores, 1, temperature=temperature,
+                                  generator=torch.Generator().manual_seed(0)).float().mean(0)
+        assert torch.allclose(freq, torch.softmax(scores[0] / temperature, 0), atol=0.02), (temperature, freq)
+    cold = sample_from_scores(scores, 2, temperature=1e-4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cold, mask_from_scores(scores, 2))
+    hot = sample_from_scores(scores, 1, temperature=1e6, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(hot.float().mean(0), torch.full((4,), 0.25), atol=0.02)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+        sample_from_scores(scores, 1, temperature=0)
+
+
+def test_sample_from_scores_on_real_images_hides_busier_patches_the_colder_it_is():
+    """Scores = the patch variance of real images: the hidden patches' mean variance falls as the temperature
+    rises, from the top-k's at a low temperature towards the image's mean."""
+    images = fashion_images(16)
+    var = images.unfold(2, 4, 4).unfold(3, 4, 4).reshape(16, 49, 16).var(dim=-1)  # [16, 49]
+    var = var / var.std()
+
+    def hidden_variance(temperature):
+        mask = sample_from_scores(var, 24, temperature=temperature, generator=torch.Generator().manual_seed(0))
+        return float((var * mask).sum() / mask.sum())
+
+    top, cold, warm, hot = (float((var * mask_from_scores(var, 24)).sum() / (16 * 24)), hidden_variance(0.01),
+                            hidden_variance(1.0), hidden_variance(100.0))
+    assert top == pytest.approx(cold, rel=1e-3) and cold > warm > hot  # (ties among blank patches aside)
+    assert hot == pytest.approx(float(var.mean()), rel=0.2)
 
 
 def test_a_content_aware_masker_hides_the_busiest_patches_of_real_images(registry):

@@ -9,7 +9,7 @@ from torch import nn
 
 from maskkit import ConfigError, MaskDraw, Masker
 from maskkit.interfaces import Grid
-from maskkit.masking import mask_from_scores, noise
+from maskkit.masking import sample_from_scores
 from maskkit_adaptive._common import check_positive, check_ratio, mae_num_hidden, need
 
 
@@ -34,8 +34,9 @@ class AdaMAEMasker(nn.Module, Masker):
     detached) plus fixed 2-D sin-cos positions, maps them to ``dim`` channels, runs ``depth`` transformer
     blocks (``heads`` heads) and a linear layer to one logit per patch; ``p = softmax(logits)`` over the
     ``N`` patches. ``N - num_hidden`` visible patches are drawn from ``p`` without replacement (as the paper's
-    ``torch.multinomial(p, N_v, replacement=False)``, here by the equivalent Gumbel-top-k on noise from the
-    generator, so masks are reproducible); the rest are hidden. ``aux_losses`` returns
+    ``torch.multinomial(p, N_v, replacement=False)``, here by the equivalent Gumbel-top-k of
+    :func:`maskkit.masking.sample_from_scores` on noise from the generator, so masks are reproducible); the
+    rest are hidden. ``aux_losses`` returns
     ``{"sampling": -loss_weight * mean_b mean_{i hidden} log p_i * err_i}`` with ``err`` the detached
     per-patch reconstruction loss, the official sampling loss (weight 1e-4 there and here): it raises the
     probability of the hidden patches that were reconstructed worst, so those are shown more often.
@@ -120,12 +121,9 @@ class AdaMAEMasker(nn.Module, Masker):
         if tokens.shape[1] != n:
             raise ValueError(f"adamae: the patch embedding gave {tokens.shape[1]} tokens for grid {tuple(grid)}")
         log_p = self.log_probs(tokens.detach(), grid)  # [B, N], with gradients
-        device = images.device if device is None else device
-        u = noise(batch_size, n, generator=generator, device=device, rows=rows).clamp(1e-12, 1 - 1e-7)
-        gumbel = -torch.log(-torch.log(u))  # [B, N]
-        # visible = top (N - num_hidden) of log p + Gumbel: a draw without replacement from p
-        mask = mask_from_scores(-(log_p.detach() + gumbel), self.num_hidden(grid))
-        return MaskDraw(mask, {"log_probs": log_p})
+        # visible: N - num_hidden patches drawn from p without replacement (Gumbel-top-k on log p); hidden: the rest
+        visible = sample_from_scores(log_p, n - self.num_hidden(grid), generator=generator, rows=rows)
+        return MaskDraw(~visible, {"log_probs": log_p})
 
     def aux_losses(self, *, mask: torch.Tensor, patch_loss: torch.Tensor, extras: dict) -> dict[str, torch.Tensor]:
         """AdaMAE's sampling loss over the hidden patches: ``-loss_weight * mean(log p_hidden * err_hidden)``."""
