@@ -510,15 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. eval.k=10")
     p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data overrides, e.g. source=auto")
     p.add_argument("--baseline", action="store_true", help="also score the random-init encoder")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("visualize", help="reconstruction grid of a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--images", help="folder of images (default: the recipe's test split)")
-    p.add_argument("--out", default="recon.png")
-    p.add_argument("--count", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="recon.png", help="picture to write (default recon.png; .png, .pdf, .svg...)")
+    p.add_argument("--count", type=int, default=8, help="images to reconstruct (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks drawn on them (default 0)")
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("export", help="write the encoder alone under timm's names, or a transformers folder")
@@ -543,9 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="masker name (see `maskkit list masker`)")
     p.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="masker arguments, e.g. ratio=0.5")
     p.add_argument("--grid", default="14x14", help="patch grid HxW (default 14x14, ViT-B/16 at 224)")
-    p.add_argument("--count", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="masks.png")
+    p.add_argument("--count", type=int, default=8, help="samples to draw (default 8)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the masks pictured (default 0; the printed counts also cover the next 3 seeds)")
+    p.add_argument("--out", default="masks.png", help="picture to write (default masks.png)")
     p.add_argument("--recipe", default=None, help="draw on this recipe's test images with its model (default for "
                    "a masker that looks at the images or the model: quickstart)")
     p.set_defaults(func=cmd_masks_show)
