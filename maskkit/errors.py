@@ -118,6 +118,18 @@ class RunInterrupted(MaskkitError):
         super().__init__(f"interrupted by {name} {during or f'after step {step}'}; {saved}")
 
 
+class WorkersInterrupted(RunInterrupted):
+    """A comparison running its runs in worker processes (``--gpus``) stopped on a signal: the workers were
+    stopped too (each saving its checkpoint at its next step boundary), and ``resume`` continues every run."""
+
+    def __init__(self, signum: int, runs: tuple[str, ...], resume: str):
+        self.signum, self.step, self.checkpoint, self.resume, self.during, self.runs = (signum, 0, None, resume,
+                                                                                       None, runs)
+        MaskkitError.__init__(self, f"interrupted by {signal.Signals(signum).name} while {len(runs)} worker(s) ran "
+                                    f"{', '.join(runs)}; each was stopped and keeps its last checkpoint (its "
+                                    f"worker.log says which); resume with: {resume}")
+
+
 _OS_HINTS = {
     errno.ENOSPC: "no space left on device (disk full); free some space and resume",
     errno.EDQUOT: "disk quota exceeded; free some space and resume",

@@ -4,6 +4,7 @@ changes, spec errors naming the file, variant and key, and the exact t-quantile 
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import attrs
@@ -323,11 +324,16 @@ def test_quick_mode_drops_fine_tuning_as_its_label_says(tmp_path, registry):
 # -- the per-GPU workers ----------------------------------------------------------------------------------------
 
 
-def test_interrupted_workers_have_every_log_closed(tmp_path, monkeypatch):
-    """Ctrl-C while two workers run: both are stopped and each one's worker.log is closed (not the last one
-    opened, twice)."""
+@pytest.mark.parametrize("how", ["ctrl-c", "SIGTERM"])
+def test_interrupted_workers_are_stopped_and_have_every_log_closed(tmp_path, monkeypatch, registry, how):
+    """Ctrl-C or a SIGTERM to the comparison while two workers run: both are stopped and each one's worker.log
+    is closed (not the last one opened, twice). A SIGTERM used to kill the comparison alone, leaving its workers
+    training on; it now stops them and says how to continue, in one line."""
+    import signal
+
     from maskkit.compare import runner
     from maskkit.compare.plan import RunPlan
+    from maskkit.errors import WorkersInterrupted, describe_failure
 
     opened, stopped = [], []
 
@@ -349,16 +355,26 @@ def test_interrupted_workers_have_every_log_closed(tmp_path, monkeypatch):
         return opened[-1]
 
     def interrupt(seconds):
-        raise KeyboardInterrupt
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, in the main thread
 
     monkeypatch.setattr(runner.subprocess, "Popen", Worker)
     monkeypatch.setattr(runner, "open", logged_open, raising=False)
     monkeypatch.setattr(runner.time, "sleep", interrupt)
+    plan = make_plan(load_spec(write_spec(tmp_path), registry=registry), registry)
     runs = [RunPlan(v, 0, 4, {}) for v in ("a", "b")]
-    with pytest.raises(KeyboardInterrupt):
-        runner._run_workers(runs, tmp_path, ["0", "1"], quiet(), False)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else WorkersInterrupted) as info:
+        runner._run_workers(runs, tmp_path / "out", ["0", "1"], quiet(), False, plan=plan)
     assert stopped == ["a/seed0", "b/seed0"] and len(opened) == 2
     assert all(handle.closed for handle in opened)
+    assert signal.getsignal(signal.SIGTERM) == before
+    if how == "SIGTERM":
+        assert describe_failure(info.value) == (128 + signal.SIGTERM, (
+            "interrupted by SIGTERM while 2 worker(s) ran a/seed0, b/seed0; each was stopped and keeps its last "
+            f"checkpoint (its worker.log says which); resume with: maskkit compare {plan.spec_file} --out "
+            f"{tmp_path / 'out'}"))
 
 
 # -- the loss curves --------------------------------------------------------------------------------------------

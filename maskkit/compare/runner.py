@@ -67,7 +67,7 @@ from maskkit.compare.measure import (
 from maskkit.compare.plan import Plan, RunPlan
 from maskkit.engine.stopping import SignalReceived, raise_on_signal
 from maskkit.engine.trainer import CHECKPOINT_NAME, Trainer, pick_device
-from maskkit.errors import MaskkitError, RunInterrupted, describe_failure
+from maskkit.errors import MaskkitError, RunInterrupted, WorkersInterrupted, describe_failure
 from maskkit.recipe import Recipe, safe_load
 
 # Recipe keys that may differ between a run folder and the plan without changing what the run computes.
@@ -308,7 +308,7 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
             (run_dir / name).unlink(missing_ok=True)
     write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": "running", "started": time.time(),
                                        "pid": os.getpid()})
-    again = f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
+    again = continue_command(plan, out_dir)
     trained = False  # whether a signal stops the evaluation, or the training
     try:
         with raise_on_signal():  # a signal outside the training loop stops at once, with what to do next
@@ -340,6 +340,11 @@ def execute_run(run: RunPlan, plan: Plan, out_dir: str | Path, *, registry=None,
         return RunStatus(run, FAILED, checkpoint_step(run_dir / CHECKPOINT_NAME) or 0, reason)
     write_json(run_dir / STATUS_FILE, {"run": run.run_id, "status": DONE, "time": time.time()})
     return RunStatus(run, DONE, run.steps)
+
+
+def continue_command(plan: Plan, out_dir: Path) -> str:
+    """The command that continues this comparison where a stop left it."""
+    return f"maskkit compare {shlex.quote(str(plan.spec_file))} --out {shlex.quote(str(out_dir))}"
 
 
 def _stopped(run: RunPlan, out_dir: Path, signum: int, again: str, trained: bool) -> RunInterrupted:
@@ -427,38 +432,20 @@ def worker_status(run: RunPlan, plan: Plan, out_dir: Path, code: int | None, log
 
 
 def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: Console,
-                 retry_failed: bool, *, lines: RunLines | None = None) -> dict[str, int]:
+                 retry_failed: bool, *, plan: Plan, lines: RunLines | None = None) -> dict[str, int]:
     """One worker process per slot (``CUDA_VISIBLE_DEVICES=slot``), each taking the next run when free. Each
     worker's output goes to its run folder's ``worker.log``; ``lines`` prints when a run starts and how it ended
-    (this process learns it). Returns each run's exit status."""
+    (this process learns it). Returns each run's exit status. A SIGINT or SIGTERM stops the workers (each saves
+    its checkpoint) and raises :class:`~maskkit.errors.WorkersInterrupted` with the command that continues."""
     codes: dict[str, int] = {}
     queue = collections.deque(runs)
     active: dict[str, tuple[subprocess.Popen, RunPlan, Any]] = {}
     try:
-        while queue or active:
-            for slot in slots:
-                if slot not in active and queue:
-                    run = queue.popleft()
-                    run_dir = run.run_dir(out_dir)
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    log = open(run_dir / WORKER_LOG, "a")
-                    env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
-                    cmd = [sys.executable, "-m", "maskkit.compare.worker", str(out_dir), run.run_id]
-                    if retry_failed:
-                        cmd.append("--retry-failed")
-                    active[slot] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run, log)
-                    if lines is not None:
-                        lines.started(run, slot)
-            time.sleep(0.5)
-            for slot, (proc, run, log) in list(active.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                log.close()
-                del active[slot]
-                codes[run.run_id] = code
-                if lines is not None:
-                    lines.ended(worker_status(run, lines.plan, out_dir, code), slot)
+        with raise_on_signal():  # SIGTERM too (its default would orphan the workers): the finally stops them
+            _schedule(queue, active, codes, out_dir, slots, retry_failed, lines)
+    except SignalReceived as exc:
+        running = tuple(run.run_id for _, run, _ in active.values())
+        raise WorkersInterrupted(exc.signum, running, continue_command(plan, out_dir)) from None
     finally:
         for proc, _, _log in active.values():  # interrupted: stop the workers (their checkpoints stay)
             proc.terminate()
@@ -469,6 +456,36 @@ def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: 
                 proc.kill()
             worker_log.close()
     return codes
+
+
+def _schedule(queue: collections.deque, active: dict, codes: dict[str, int], out_dir: Path, slots: list[str],
+              retry_failed: bool, lines: RunLines | None) -> None:
+    """Start the next run of ``queue`` on each free slot, and record each worker's exit status as it ends, until
+    every run is done (``active``: the workers running, by slot)."""
+    while queue or active:
+        for slot in slots:
+            if slot not in active and queue:
+                run = queue.popleft()
+                run_dir = run.run_dir(out_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir / WORKER_LOG, "a")
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
+                cmd = [sys.executable, "-m", "maskkit.compare.worker", str(out_dir), run.run_id]
+                if retry_failed:
+                    cmd.append("--retry-failed")
+                active[slot] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run, log)
+                if lines is not None:
+                    lines.started(run, slot)
+        time.sleep(0.5)
+        for slot, (proc, run, log) in list(active.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            log.close()
+            del active[slot]
+            codes[run.run_id] = code
+            if lines is not None:
+                lines.ended(worker_status(run, lines.plan, out_dir, code), slot)
 
 
 def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: Console | None = None,
@@ -493,7 +510,7 @@ def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: C
     slots = gpu_slots(gpus) if todo else []
     lines = RunLines(plan, out_dir, console, tuple(todo))
     if len(slots) > 1 and len(todo) > 1:
-        codes = _run_workers([s.run for s in todo], out_dir, slots, console, retry_failed, lines=lines)
+        codes = _run_workers([s.run for s in todo], out_dir, slots, console, retry_failed, plan=plan, lines=lines)
         results = [worker_status(s.run, plan, out_dir, codes.get(s.run.run_id),
                                  log=run_log(s.run, out_dir, worker=True)) for s in todo]
     else:
