@@ -108,4 +108,3 @@ def check_device(value, key: str, file: str | None = None) -> None:
         torch.device(value)
     except (RuntimeError, TypeError, ValueError):
         raise ConfigError(key, expected("auto, cpu, cuda or cuda:N", value), file=file) from None
-

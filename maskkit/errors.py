@@ -159,6 +159,12 @@ def describe_os_error(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {what}" if paths else what
 
 
+def plugin_place(plugin: str, place: str) -> str:
+    """``place`` (``file:line``) as a plugin's failure names it: ``line N`` when the file is the plugin itself (a
+    one-file plugin, already named by the failure), else ``file:line``."""
+    return f"line {place.removeprefix(f'{plugin}:')}" if place.startswith(f"{plugin}:") else place
+
+
 def describe_failure(exc: BaseException, blame: Callable[[BaseException], tuple[str, str] | None] | None = None
                      ) -> tuple[int, str]:
     """The exit status and the one line a user sees for ``exc`` (without the ``maskkit: error:`` prefix).
@@ -181,8 +187,7 @@ def describe_failure(exc: BaseException, blame: Callable[[BaseException], tuple[
     blamed = blame(exc) if blame is not None else None
     if blamed is not None:
         plugin, place = blamed
-        where = f"line {place.removeprefix(f'{plugin}:')}" if place.startswith(f"{plugin}:") else place
-        return 2, f"plugin {plugin!r} failed: {what} ({where})"
+        return 2, f"plugin {plugin!r} failed: {what} ({plugin_place(plugin, place)})"
     if type(exc).__name__ == "OutOfMemoryError":
         return 2, f"out of memory: {first_line(str(exc), 200)}; try a smaller train.batch_size"
     return 1, f"internal error: {what} (rerun with --debug for the traceback, and please report it)"

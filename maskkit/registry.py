@@ -35,7 +35,7 @@ import attrs
 import pluggy
 
 from maskkit import hookspecs
-from maskkit.errors import ConfigError, PluginError, UnknownComponentError, did_you_mean
+from maskkit.errors import ConfigError, PluginError, UnknownComponentError, did_you_mean, plugin_place
 
 ENTRY_POINT_GROUP = "maskkit"
 DISABLE_AUTOLOAD_ENV = "MASKKIT_DISABLE_PLUGIN_AUTOLOAD"
@@ -210,9 +210,7 @@ def _failure_text(exc: BaseException, plugin: str, roots: Iterable[str] = ()) ->
         return _hook_arguments_text(str(exc)) or _unknown_hook_text(plugin, str(exc))
     text = traceback.format_exception_only(type(exc), exc)[-1].strip()
     where = place_in(exc, roots)
-    if where and where.startswith(f"{plugin}:"):  # the plugin file, named by the failure already
-        where = f"line {where.removeprefix(f'{plugin}:')}"
-    return f"{text} ({where})" if where else text
+    return f"{text} ({plugin_place(plugin, where)})" if where else text
 
 
 class PluginBlame(NamedTuple):
