@@ -32,6 +32,17 @@ def put_back(handlers: dict[int, Any]) -> None:
         signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
+def catch(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """Set ``handler`` for SIGINT and SIGTERM and return the handlers it replaced (for :func:`put_back`); outside
+    the main thread, which alone can catch signals, nothing is set and ``{}`` is returned."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    return previous
+
+
 class SignalReceived(BaseException):
     """Raised by :func:`raise_on_signal`'s handler. A ``BaseException``, like ``KeyboardInterrupt``: no ``except
     Exception`` of the interrupted work takes it for that work's own failure."""
@@ -47,17 +58,12 @@ def raise_on_signal() -> Iterator[None]:
     (the handlers found on entry are put back first, so a second signal acts as it did before). A loop's
     :class:`SignalStop` installed within takes the signals over while it runs and gives them back. Outside the
     main thread (which alone can catch signals) nothing is caught."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def on_signal(signum: int, frame: Any) -> None:
         put_back(previous)
         raise SignalReceived(signum)
 
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_signal)
+    previous = catch(on_signal)
     try:
         yield
     finally:
@@ -80,11 +86,7 @@ class SignalStop:
 
     def install(self) -> None:
         """Catch SIGINT and SIGTERM (in the main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
+        self._previous = catch(self._on_signal)
 
     def restore(self) -> None:
         """Put the handlers found by :meth:`install` back (see :func:`put_back`)."""
