@@ -366,7 +366,7 @@ def test_interrupted_workers_are_stopped_and_have_every_log_closed(tmp_path, mon
     runs = [RunPlan(v, 0, 4, {}) for v in ("a", "b")]
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else WorkersInterrupted) as info:
-        runner._run_workers(runs, tmp_path / "out", ["0", "1"], quiet(), False, plan=plan)
+        runner._run_workers(runs, tmp_path / "out", ["0", "1"], False, plan=plan)
     assert stopped == ["a/seed0", "b/seed0"] and len(opened) == 2
     assert all(handle.closed for handle in opened)
     assert signal.getsignal(signal.SIGTERM) == before

@@ -197,10 +197,12 @@ def make_samples(model, recipe: Recipe, registry, *, images: int, masks: int, se
     grid = tuple(model.grid)
     out: dict[str, Any] = {"grid": list(grid)}
     gen = torch.Generator().manual_seed(seed)
+    if masks or images:  # the first test images, loaded once for both
+        first, test_set = _first_test_images(recipe, registry, model, max(masks, images), device)
     if not masks:
         out["masks"] = torch.zeros(0, grid[0] * grid[1], dtype=torch.bool)
     else:
-        batch, test_set = _first_test_images(recipe, registry, model, masks, device)
+        batch = first[:masks]
         if {"images", "model"} & set(model.masker_context()):  # drawn on those images, on the device
             out["masks"] = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device,
                                            images=batch).cpu()
@@ -209,7 +211,7 @@ def make_samples(model, recipe: Recipe, registry, *, images: int, masks: int, se
         out["mask_images"] = _uint8(_denormalize(batch, test_set.mean, test_set.std))[:out["masks"].shape[0]]
     if not images:
         return out
-    batch, test_set = _first_test_images(recipe, registry, model, images, device)
+    batch = first[:images]
     mask = model.draw_mask(batch.shape[0], torch.Generator(device=device).manual_seed(seed), device, images=batch)
     k = batch.shape[0]
     try:
@@ -431,8 +433,8 @@ def worker_status(run: RunPlan, plan: Plan, out_dir: Path, code: int | None, log
     return attrs.evolve(status, error=f"worker exited with status {code} at step {status.step}{see}")
 
 
-def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], console: Console,
-                 retry_failed: bool, *, plan: Plan, lines: RunLines | None = None) -> dict[str, int]:
+def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], retry_failed: bool, *, plan: Plan,
+                 lines: RunLines | None = None) -> dict[str, int]:
     """One worker process per slot (``CUDA_VISIBLE_DEVICES=slot``), each taking the next run when free. Each
     worker's output goes to its run folder's ``worker.log``; ``lines`` prints when a run starts and how it ended
     (this process learns it). Returns each run's exit status. A SIGINT or SIGTERM stops the workers (each saves
@@ -510,7 +512,7 @@ def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: C
     slots = gpu_slots(gpus) if todo else []
     lines = RunLines(plan, out_dir, console, tuple(todo))
     if len(slots) > 1 and len(todo) > 1:
-        codes = _run_workers([s.run for s in todo], out_dir, slots, console, retry_failed, plan=plan, lines=lines)
+        codes = _run_workers([s.run for s in todo], out_dir, slots, retry_failed, plan=plan, lines=lines)
         results = [worker_status(s.run, plan, out_dir, codes.get(s.run.run_id),
                                  log=run_log(s.run, out_dir, worker=True)) for s in todo]
     else:
