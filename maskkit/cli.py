@@ -362,7 +362,8 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
                            file="command line")["masker"]
     base = load_recipe(args.recipe or "quickstart", registry=registry)  # the encoder a masker is wired to
     recipe = Recipe({**copy.deepcopy(base.tree), "masker": spec}, "command line")
-    masker = build_masker(recipe, registry)
+    grid = _parse_grid(args.grid)
+    masker = build_masker(recipe, registry, grid=grid)  # a blind masker sized by its grid gets --grid's
     label = " ".join([args.name, *args.arguments])
     seeds = [args.seed + i for i in range(4)]  # the picture shows the first seed's; the counts cover all four
     pictures = None
@@ -380,8 +381,6 @@ def cmd_masks_show(args: argparse.Namespace, console: Console) -> int:
                                  context={"images": images, "model": model}, strict=False)
         where = f" on {images.shape[0]} test images of recipe {args.recipe or 'quickstart'} (grid {grid[0]}x{grid[1]})"
     else:
-        grid = _parse_grid(args.grid)
-        masker = build_masker(recipe, registry, grid=grid)  # a masker sized by its grid gets this one
         stats = check_masker(masker, grid, name=args.name, batch_size=args.count, seeds=seeds, strict=False)
         where = f" on a {grid[0]}x{grid[1]} grid"
     path = save_mask_samples(stats, args.out, count=args.count, images=pictures,
