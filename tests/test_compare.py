@@ -348,10 +348,10 @@ def test_accuracy_axis_zooms_on_the_values_from_a_multiple_of_five():
 
 
 def test_paired_differences_are_signed_and_their_spread_is_not():
-    from maskkit.compare.report import _pm
+    from maskkit.compare.formats import plus_minus
 
-    assert _pm({"mean": -0.022, "std": 0.0192}, lambda x: f"{x:+.2f}", 100) == "-2.20 ± 1.92"
-    assert _pm({"mean": 0.0028, "std": None}, lambda x: f"{x:+.2f}", 100) == "+0.28"
+    assert plus_minus({"mean": -0.022, "std": 0.0192}, lambda x: f"{x:+.2f}", 100) == "-2.20 ± 1.92"
+    assert plus_minus({"mean": 0.0028, "std": None}, lambda x: f"{x:+.2f}", 100) == "+0.28"
 
 
 def test_the_schedule_is_planned_over_the_steps_trained(tmp_path, registry):

@@ -14,8 +14,8 @@ from pathlib import Path
 from rich.console import Console
 
 from maskkit.compare.files import DONE, PARTIAL, STATUS_FILE, TRAINED
+from maskkit.compare.formats import loss, pct, rate, secs
 from maskkit.compare.plan import Plan, RunPlan
-from maskkit.compare.report import _loss, _pct, _rate, _secs
 from maskkit.compare.results import accuracy_keys, run_row
 
 WORKER_LOG = "worker.log"  # a worker process's output, in its run's folder
@@ -35,12 +35,12 @@ def started_line(where: str, run: RunPlan, state: str, step: int, log: Path | No
 
 def scores_text(row: dict, plan: Plan) -> str:
     """A finished run's numbers (a row of :func:`~maskkit.compare.results.run_row`), those it has."""
-    parts = [f"{label.split(' (')[0]} {_pct(100 * row[key])}%" for key, label in accuracy_keys(plan)
+    parts = [f"{label.split(' (')[0]} {pct(100 * row[key])}%" for key, label in accuracy_keys(plan)
              if row.get(key) is not None]
-    for key, text in (("final_loss", lambda x: f"final loss {_loss(x)}"),
-                      ("images_per_s", lambda x: f"{_rate(x)} images/s"),
-                      ("train_time_s", lambda x: f"training {_secs(x)}"),
-                      ("eval_time_s", lambda x: f"evaluation {_secs(x)}")):
+    for key, text in (("final_loss", lambda x: f"final loss {loss(x)}"),
+                      ("images_per_s", lambda x: f"{rate(x)} images/s"),
+                      ("train_time_s", lambda x: f"training {secs(x)}"),
+                      ("eval_time_s", lambda x: f"evaluation {secs(x)}")):
         if row.get(key) is not None:
             parts.append(text(row[key]))
     return ", ".join(parts)

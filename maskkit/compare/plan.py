@@ -31,6 +31,7 @@ import attrs
 import torch
 
 from maskkit.builder import masker_hidden
+from maskkit.compare.formats import si
 from maskkit.compare.spec import BUILD_ERRORS, CompareSpec, EvalSpec, component_error
 from maskkit.errors import ConfigError
 from maskkit.recipe import Recipe
@@ -157,7 +158,7 @@ class Plan:
         ref = f"the {self.reference} variant's {self.variant(self.reference).steps} steps" if self.reference else \
             "the spec's budget"
         steps = ", ".join(f"{v.name} {v.steps}" for v in self.variants)
-        return (f"equal encoder tokens: every variant processes about {_si(self.budget_tokens or 0)} encoder tokens "
+        return (f"equal encoder tokens: every variant processes about {si(self.budget_tokens or 0)} encoder tokens "
                 f"(as many as {ref}, batch {self.effective_batch}); steps per variant: {steps}. Data order is the "
                 "same; a variant with fewer steps sees a prefix of it.")
 
@@ -212,13 +213,6 @@ def _known(cls, tree: dict) -> dict:
     """The keys of ``tree`` that are fields of ``cls`` (a plan.json written by another version loads)."""
     names = {f.name for f in attrs.fields(cls)}
     return {k: v for k, v in tree.items() if k in names}
-
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 def tokens_per_image(sparse: bool, num_patches: int, num_prefix_tokens: int, hidden: int | None) -> int:

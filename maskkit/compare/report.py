@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from maskkit.compare.files import EVAL_FILE, PLAN_FILE, read_json
+from maskkit.compare.formats import loss, ms, pct, plus_minus, rate, secs, si
 from maskkit.compare.plan import Plan
 from maskkit.compare.plots import (  # noqa: F401
     PLOTS,
@@ -55,42 +56,6 @@ REPORT_DIR = "report"
 # -- formatting ---------------------------------------------------------------------------------------------
 
 
-def _pm(stat: dict | None, fmt, scale: float = 1.0) -> str:
-    if not stat or stat.get("mean") is None:
-        return "-"
-    text = fmt(stat["mean"] * scale)
-    if stat.get("std") is not None:
-        text += f" ± {fmt(stat['std'] * scale).lstrip('+')}"  # a spread has no sign
-    return text
-
-
-def _pct(x: float) -> str:
-    return f"{x:.2f}"
-
-
-def _loss(x: float) -> str:
-    return f"{x:.4f}"
-
-
-def _rate(x: float) -> str:
-    return f"{x:,.0f}"
-
-
-def _ms(x: float) -> str:
-    return f"{x:.3g}"
-
-
-def _secs(x: float) -> str:
-    return f"{x:.1f} s" if abs(x) < 120 else f"{x / 60:.1f} min"
-
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def _show_other_changes(plan: Plan) -> bool:
     return any(v.other_changes for v in plan.variants)
 
@@ -115,14 +80,15 @@ def table_rows(plan: Plan, summary: list[dict]) -> list[list[str]]:
         v = plan.variant(s["variant"])
         row = [s["variant"], v.masker_text()] + ([v.other_changes or "-"] if others else [])
         if plan.eval.knn:
-            row.append(_pm(s["knn_top1"], _pct, 100))
+            row.append(plus_minus(s["knn_top1"], pct, 100))
         if plan.eval.linear:
-            row.append(_pm(s["linear_top1"], _pct, 100))
+            row.append(plus_minus(s["linear_top1"], pct, 100))
         if plan.eval.finetune is not None:
-            row.append(_pm(s["finetune_top1"], _pct, 100))
-        row += [_pm(s["final_loss"], _loss), _pm(s["images_per_s"], _rate), _pm(s["masker_ms_per_batch"], _ms),
-                f"{s['tokens_per_step']:,}", f"{s['steps']} ({s['epochs']:.3g} ep)", _si(s["encoder_tokens"]),
-                _pm(s["train_time_s"], _secs), f"{s['finished']}/{s['runs']}"]
+            row.append(plus_minus(s["finetune_top1"], pct, 100))
+        row += [plus_minus(s["final_loss"], loss), plus_minus(s["images_per_s"], rate),
+                plus_minus(s["masker_ms_per_batch"], ms),
+                f"{s['tokens_per_step']:,}", f"{s['steps']} ({s['epochs']:.3g} ep)", si(s["encoder_tokens"]),
+                plus_minus(s["train_time_s"], secs), f"{s['finished']}/{s['runs']}"]
         rows.append(row)
     baseline = random_init_row(plan, summary)
     if baseline is not None:
@@ -139,13 +105,13 @@ def random_init_row(plan: Plan, summary: list[dict]) -> list[str] | None:
         return None
     row = ["(random init)", f"{ref['variant']}'s encoder, untrained"] + \
         (["-"] if _show_other_changes(plan) else [])
-    row += [_pm(ref.get(f"random_init_{k}"), _pct, 100) for k, _ in keys]
+    row += [plus_minus(ref.get(f"random_init_{k}"), pct, 100) for k, _ in keys]
     return row + ["-"] * (len(table_columns(plan)) - len(row))
 
 
 def delta_interval(stat: dict | None) -> str:
     """``+1.20 [-0.40, +2.80]``: a paired difference in points with its 95% interval (when there is one)."""
-    text = _pm(stat, lambda x: f"{x:+.2f}", 100)
+    text = plus_minus(stat, lambda x: f"{x:+.2f}", 100)
     if stat and stat.get("ci95"):
         lo, hi = (100 * x for x in stat["ci95"])
         text += f" [{lo:+.2f}, {hi:+.2f}]"
@@ -168,7 +134,7 @@ def aux_rows(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
     last logging window; no rows when no run logged any."""
     keys = sorted({k for s in summary for k in s.get("aux", {})})
     header = ["variant"] + [k.removeprefix("aux/") for k in keys]
-    rows = [[s["variant"]] + [_pm(s["aux"].get(k), _loss) for k in keys] for s in summary if s.get("aux")]
+    rows = [[s["variant"]] + [plus_minus(s["aux"].get(k), loss) for k in keys] for s in summary if s.get("aux")]
     return header, rows
 
 
@@ -309,10 +275,10 @@ def _run_table(plan: Plan, rows: list[dict]) -> tuple[list[str], list[list[str]]
     for r in rows:
         line = [f"{r['variant']}/seed{r['seed']}", r["status"], str(r["steps"])]
         for key, _ in accuracy_keys(plan):
-            line.append("-" if r[key] is None else f"{100 * r[key]:.2f}")
-        line += ["-" if r["final_loss"] is None else f"{r['final_loss']:.4f}",
-                 "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}",
-                 "-" if r["train_time_s"] is None else _secs(r["train_time_s"])]
+            line.append("-" if r[key] is None else pct(100 * r[key]))
+        line += ["-" if r["final_loss"] is None else loss(r["final_loss"]),
+                 "-" if r["images_per_s"] is None else rate(r["images_per_s"]),
+                 "-" if r["train_time_s"] is None else secs(r["train_time_s"])]
         out.append(line)
     return header, out
 
