@@ -112,22 +112,28 @@ class RunInterrupted(MaskkitError):
         self.checkpoint = checkpoint
         self.resume = resume
         self.during = during
-        name = signal.Signals(signum).name
-        saved = (f"checkpoint of step {step} saved in {checkpoint}; resume with: {resume}" if resume
-                 else "nothing was saved (no step trained yet); the run folder can be reused as it is")
-        super().__init__(f"interrupted by {name} {during or f'after step {step}'}; {saved}")
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """The one line the CLI prints: the signal, what it stopped, what was saved and how to resume."""
+        saved = (f"checkpoint of step {self.step} saved in {self.checkpoint}; resume with: {self.resume}"
+                 if self.resume else "nothing was saved (no step trained yet); the run folder can be reused as it is")
+        return f"interrupted by {signal.Signals(self.signum).name} {self.during or f'after step {self.step}'}; {saved}"
 
 
 class WorkersInterrupted(RunInterrupted):
     """A comparison running its runs in worker processes (``--gpus``) stopped on a signal: the workers were
-    stopped too (each saving its checkpoint at its next step boundary), and ``resume`` continues every run."""
+    stopped too (each saving its checkpoint at its next step boundary), and ``resume`` continues every run;
+    ``runs``: the ids of the runs the workers were running."""
 
     def __init__(self, signum: int, runs: tuple[str, ...], resume: str):
-        self.signum, self.step, self.checkpoint, self.resume, self.during, self.runs = (signum, 0, None, resume,
-                                                                                       None, runs)
-        MaskkitError.__init__(self, f"interrupted by {signal.Signals(signum).name} while {len(runs)} worker(s) ran "
-                                    f"{', '.join(runs)}; each was stopped and keeps its last checkpoint (its "
-                                    f"worker.log says which); resume with: {resume}")
+        self.runs = runs
+        super().__init__(signum, 0, None, resume)
+
+    def describe(self) -> str:
+        return (f"interrupted by {signal.Signals(self.signum).name} while {len(self.runs)} worker(s) ran "
+                f"{', '.join(self.runs)}; each was stopped and keeps its last checkpoint (its worker.log says which); "
+                f"resume with: {self.resume}")
 
 
 _OS_HINTS = {
