@@ -98,7 +98,8 @@ def test_a_worker_process_run_is_told_by_the_runner(tmp_path, monkeypatch):
     assert f"[gpu 1] [2/2] r50/seed0: training (2 steps; log: {logs['r50/seed0']})" in lines
     failed = [line for line in lines if line.startswith("[gpu 0] [1/2] r75/seed0: failed: ")]
     assert len(failed) == 1 and "non-finite loss at step 0" in failed[0]
-    assert failed[0].endswith(f"; log: {logs['r75/seed0']}")
+    assert failed[0].endswith(f"; log: {logs['r75/seed0']}") and failed[0].count("worker.log") == 1
+    assert outcome.errors["r75/seed0"].endswith(f"; see {logs['r75/seed0']}")  # the summary names the log too
     assert sum(bool(re.match(done_line("[gpu 1] [2/2]", out, "r50/seed0"), line)) for line in lines) == 1, lines
 
 

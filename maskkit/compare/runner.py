@@ -422,29 +422,35 @@ class RunLines:
                                      status.state, status.error, log))
 
 
-def worker_status(run: RunPlan, plan: Plan, out_dir: Path, code: int | None, log: Path | None = None) -> RunStatus:
+def worker_status(run: RunPlan, plan: Plan, out_dir: Path, code: int | None) -> RunStatus:
     """Where ``run`` stands after its worker process exited with ``code``: its recorded failure, or the exit
-    status and the step it reached when the worker recorded none (killed, stopped by a signal); ``log``, when
-    given, is named in that reason."""
+    status and the step it reached when the worker recorded none (killed, stopped by a signal)."""
     status = run_status(run, plan, out_dir)
     if status.state == DONE or status.error is not None:
         return status
-    see = f"; see {log}" if log is not None else ""
-    return attrs.evolve(status, error=f"worker exited with status {code} at step {status.step}{see}")
+    return attrs.evolve(status, error=f"worker exited with status {code} at step {status.step}")
+
+
+def _naming_log(status: RunStatus, out_dir: Path) -> RunStatus:
+    """A worker's failed run, its reason followed by where its worker's whole output is."""
+    if status.error is None:
+        return status
+    return attrs.evolve(status, error=f"{status.error}; see {run_log(status.run, out_dir, worker=True)}")
 
 
 def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], retry_failed: bool, *, plan: Plan,
-                 lines: RunLines | None = None) -> dict[str, int]:
+                 lines: RunLines | None = None) -> dict[str, RunStatus]:
     """One worker process per slot (``CUDA_VISIBLE_DEVICES=slot``), each taking the next run when free. Each
     worker's output goes to its run folder's ``worker.log``; ``lines`` prints when a run starts and how it ended
-    (this process learns it). Returns each run's exit status. A SIGINT or SIGTERM stops the workers (each saves
-    its checkpoint) and raises :class:`~maskkit.errors.WorkersInterrupted` with the command that continues."""
-    codes: dict[str, int] = {}
+    (this process learns it). Returns where each run stands once its worker ended (:func:`worker_status`). A
+    SIGINT or SIGTERM stops the workers (each saves its checkpoint) and raises
+    :class:`~maskkit.errors.WorkersInterrupted` with the command that continues."""
+    ended: dict[str, RunStatus] = {}
     queue = collections.deque(runs)
     active: dict[str, tuple[subprocess.Popen, RunPlan, Any]] = {}
     try:
         with raise_on_signal():  # SIGTERM too (its default would orphan the workers): the finally stops them
-            _schedule(queue, active, codes, out_dir, slots, retry_failed, lines)
+            _schedule(queue, active, ended, out_dir, slots, retry_failed, plan, lines)
     except SignalReceived as exc:
         running = tuple(run.run_id for _, run, _ in active.values())
         raise WorkersInterrupted(exc.signum, running, continue_command(plan, out_dir)) from None
@@ -457,13 +463,13 @@ def _run_workers(runs: list[RunPlan], out_dir: Path, slots: list[str], retry_fai
             except subprocess.TimeoutExpired:
                 proc.kill()
             worker_log.close()
-    return codes
+    return ended
 
 
-def _schedule(queue: collections.deque, active: dict, codes: dict[str, int], out_dir: Path, slots: list[str],
-              retry_failed: bool, lines: RunLines | None) -> None:
-    """Start the next run of ``queue`` on each free slot, and record each worker's exit status as it ends, until
-    every run is done (``active``: the workers running, by slot)."""
+def _schedule(queue: collections.deque, active: dict, ended: dict[str, RunStatus], out_dir: Path, slots: list[str],
+              retry_failed: bool, plan: Plan, lines: RunLines | None) -> None:
+    """Start the next run of ``queue`` on each free slot, and record where each run stands as its worker ends,
+    until every run is done (``active``: the workers running, by slot)."""
     while queue or active:
         for slot in slots:
             if slot not in active and queue:
@@ -485,9 +491,9 @@ def _schedule(queue: collections.deque, active: dict, codes: dict[str, int], out
                 continue
             log.close()
             del active[slot]
-            codes[run.run_id] = code
+            ended[run.run_id] = worker_status(run, plan, out_dir, code)
             if lines is not None:
-                lines.ended(worker_status(run, lines.plan, out_dir, code), slot)
+                lines.ended(ended[run.run_id], slot)
 
 
 def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: Console | None = None,
@@ -512,9 +518,8 @@ def run_comparison(plan: Plan, out_dir: str | Path, *, registry=None, console: C
     slots = gpu_slots(gpus) if todo else []
     lines = RunLines(plan, out_dir, console, tuple(todo))
     if len(slots) > 1 and len(todo) > 1:
-        codes = _run_workers([s.run for s in todo], out_dir, slots, retry_failed, plan=plan, lines=lines)
-        results = [worker_status(s.run, plan, out_dir, codes.get(s.run.run_id),
-                                 log=run_log(s.run, out_dir, worker=True)) for s in todo]
+        ended = _run_workers([s.run for s in todo], out_dir, slots, retry_failed, plan=plan, lines=lines)
+        results = [_naming_log(ended[s.run.run_id], out_dir) for s in todo]
     else:
         results = []
         for s in todo:
