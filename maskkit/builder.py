@@ -165,7 +165,10 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MaskedModel
                                       "num_prefix_tokens": encoder.num_prefix_tokens, "sparse": encoder.sparse})
     loss = build_component(registry, "loss", recipe.component("loss"), file=file)
     try:
-        return MaskedModel(masker, encoder, decoder, target, loss, masker_name=recipe.component("masker")["name"])
+        name = recipe.component("masker")["name"]
+        plugin = registry.get("masker", name).plugin
+        return MaskedModel(masker, encoder, decoder, target, loss, masker_name=name,
+                           masker_plugin=None if plugin == "maskkit" else plugin)
     except ConfigError as exc:
         raise exc.within(None, file) from None
 

@@ -81,9 +81,9 @@ for by name, as pluggy hook implementations take the arguments they name:
   shape ``[B, N]`` on the device, hiding exactly ``num_hidden(grid)`` patches in every sample when that is an
   ``int``. On the CPU the count is checked on the host at every step; on a GPU on the host for the first
   micro-steps of a run, then by a device-side assertion (no sync). A wrong mask is a one-line
-  :class:`maskkit.errors.MaskError` naming the masker, what it declared and what came back (the CLI exits
-  2). ``maskkit masks show NAME`` prints what the masks really hide; ``maskkit.masking.check_masker`` is the
-  same check for scripts and ``compare``.
+  :class:`maskkit.errors.MaskError` naming the masker (and the plugin that registered it), what it declared
+  and what came back (the CLI exits 2). ``maskkit masks show NAME`` prints what the masks really hide;
+  ``maskkit.masking.check_masker`` is the same check for scripts and ``compare``.
 * **Determinism.** Same seed and data, same masks; ``--resume`` is exact (state is in the checkpoint); two
   processes draw what one draws when randomness comes from ``noise(rows=...)``. A masker whose masks of a
   sample depend on the rest of the batch cannot promise the last: say so in its docstring and set

@@ -43,13 +43,15 @@ class MaskedModel(nn.Module):
 
     ``forward(images, mask=None, generator=None)``: without ``mask`` the masker draws one (from ``generator``,
     with the context it asks for); with ``mask`` that exact masking is used, which reproduces any given mask.
-    ``masker_name`` is how errors name the masker (the builder passes its registry name).
+    ``masker_name`` is how errors name the masker (the builder passes its registry name); ``masker_plugin``, the
+    plugin that registered it when that is not maskkit, so a bad mask's error names the file to look at.
     """
 
     def __init__(self, masker: Masker, encoder: Encoder, decoder: Decoder, target: Target, loss: Loss, *,
-                 masker_name: str | None = None):
+                 masker_name: str | None = None, masker_plugin: str | None = None):
         super().__init__()
         self.masker_name = masker_name or type(masker).__name__
+        self.masker_plugin = masker_plugin
         if encoder.sparse and masker.num_hidden(encoder.grid) is None:
             raise ConfigError("masker", f"{type(masker).__name__} hides a varying number of patches per sample, "
                                         "which a sparse encoder cannot batch; use a dense encoder "
@@ -102,6 +104,11 @@ class MaskedModel(nn.Module):
             seen = self._masker_seen = (self.masker, names, aux)
         return seen[1], seen[2]
 
+    @property
+    def masker_label(self) -> str:
+        """The masker as errors name it: ``half``, or ``half (plugin /path/to/half.py)`` for a plugin's."""
+        return f"{self.masker_name} (plugin {self.masker_plugin})" if self.masker_plugin else self.masker_name
+
     def masker_is_blind(self) -> bool:
         """Whether the engine may draw the masks outside the forward, for the global batch at once
         (:func:`maskkit.interfaces.is_blind`); otherwise they are drawn inside :meth:`forward`."""
@@ -124,7 +131,7 @@ class MaskedModel(nn.Module):
         return draw_checked(self.masker, batch_size, self.grid, generator=generator, device=device,
                             context={"images": images, "step": step, "epoch": epoch, "progress": progress,
                                      "model": self, "rows": rows},
-                            name=self.masker_name, sync=sync_checks, names=names)
+                            name=self.masker_label, sync=sync_checks, names=names)
 
     def draw_mask(self, batch_size: int, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None, **context: Any) -> torch.Tensor:
@@ -203,7 +210,7 @@ class MaskedModel(nn.Module):
                 continue
             kwargs = {name: per_patch() if name == "patch_loss" else context[name] for name in wanted}
             result = getattr(self, component).aux_losses(**kwargs)
-            label = self.masker_name if component == "masker" else type(getattr(self, component)).__name__
+            label = self.masker_label if component == "masker" else type(getattr(self, component)).__name__
             if not isinstance(result, Mapping):
                 raise PluginError(f"{component} {label}: aux_losses returned {type(result).__name__}, expected "
                                   "{name: scalar tensor}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -272,10 +273,11 @@ def test_a_content_aware_masker_hides_the_busiest_patches_of_real_images(registr
 
 
 WRONG = {
-    "off_by_one": "masker off_by_one: declared 37 hidden patches per sample, sample 0 hides 38",
-    "inverted": "masker inverted: declared 37 hidden patches per sample, sample 0 hides 12",
-    "float_mask": "masker float_mask: returned a float32 mask, expected torch.bool (True = hidden)",
-    "off_by_one_looking": "masker off_by_one_looking: declared 37 hidden patches per sample, sample 0 hides 38",
+    "off_by_one": "masker off_by_one (plugin context): declared 37 hidden patches per sample, sample 0 hides 38",
+    "inverted": "masker inverted (plugin context): declared 37 hidden patches per sample, sample 0 hides 12",
+    "float_mask": "masker float_mask (plugin context): returned a float32 mask, expected torch.bool (True = hidden)",
+    "off_by_one_looking": "masker off_by_one_looking (plugin context): declared 37 hidden patches per sample, "
+                          "sample 0 hides 38",
 }
 
 
@@ -297,7 +299,7 @@ def test_a_wrong_mask_is_refused_before_the_encoder_sees_it(registry, name):
 def test_training_with_a_wrong_mask_stops_at_the_first_step(registry, tmp_path, name):
     """The blind one is drawn by the loop, the other inside the forward: both are checked."""
     trainer = Trainer(recipe(name), tmp_path, registry=registry, progress=False)
-    with pytest.raises(MaskError, match=f"masker {name}: declared 37 hidden patches per sample, sample 0 hides 38"):
+    with pytest.raises(MaskError, match=re.escape(WRONG[name])):  # the plugin that registered it is named
         trainer.fit()
     assert trainer.step == 0
 
@@ -562,7 +564,8 @@ def test_every_micro_step_is_checked_on_the_cpu(registry, tmp_path):
     asserts it on the device after its first micro-steps: tests/test_cuda.py)."""
     trainer = Trainer(recipe("wrong_later", "train.max_steps=6", "train.accum_steps=2"), tmp_path, registry=registry,
                       progress=False)
-    with pytest.raises(MaskError, match="masker wrong_later: declared 37 hidden patches per sample, sample 0 hides 38"):
+    with pytest.raises(MaskError, match=re.escape("masker wrong_later (plugin context): declared 37 hidden patches per "
+                                                  "sample, sample 0 hides 38")):
         trainer.fit()
     assert trainer.step == 2  # micro-steps 0-3 (steps 0 and 1) were right, the 5th draw was not
 

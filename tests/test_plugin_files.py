@@ -235,6 +235,37 @@ def test_a_file_plugin_that_raises_is_named_in_the_one_line_error(tmp_path, caps
     assert len(err.splitlines()) == 1 and "buggy.py" in err and "index out of range in my masker" in err, err
 
 
+def test_a_wrong_mask_from_a_file_plugin_names_the_file(tmp_path, capsys):
+    """Training with a ``--plugin`` masker whose masks miss its declared count stops at once, one line naming
+    the masker and the file that registered it."""
+    plugin = write_plugin(tmp_path / "greedy.py", """
+        import torch
+
+        import maskkit
+
+        class Greedy(maskkit.Masker):
+            def __call__(self, batch_size, grid, *, generator=None, device=None):
+                mask = torch.zeros(batch_size, grid[0] * grid[1], dtype=torch.bool, device=device)
+                mask[:, : self.num_hidden(grid) + 1] = True  # one patch more than declared
+                return mask
+
+            def num_hidden(self, grid):
+                return grid[0] * grid[1] // 2
+
+        @maskkit.hookimpl
+        def maskkit_add_maskers():
+            return {"greedy": Greedy}
+    """)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_tree(masker={"name": "greedy"})))
+    code = main(["train", str(recipe), "--plugin", str(plugin), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--no-eval"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err == (f"maskkit: error: masker greedy (plugin {plugin}): declared 24 hidden patches per sample, "
+                   "sample 0 hides 25"), err
+
+
 def test_a_plugin_error_names_the_line_of_the_plugin_that_raised(tmp_path, monkeypatch, capsys):
     """Where in the plugin's own code it failed: a syntax error or an exception while the file is imported
     (``(line N)`` of that file), an exception in a module plugin's package (``(file:line)``), and a masker's

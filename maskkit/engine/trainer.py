@@ -477,7 +477,7 @@ class Trainer:
         first = str(exc).strip().splitlines()[0]
         hidden = self.model.masker.num_hidden(self.grid)
         return MaskError(f"a device-side assertion failed by step {self.step} ({first}); the engine asserts there "
-                         f"that masker {self.model.masker_name} hides its declared {hidden} patches in every sample: "
+                         f"that masker {self.model.masker_label} hides its declared {hidden} patches in every sample: "
                          f"check its masks with `maskkit masks show {self.model.masker_name}`")
 
     def save_checkpoint(self, path: Path) -> None:
