@@ -448,6 +448,8 @@ MINMAX = "null or [min, max] with 0 < min < max <= 1"
     ("cutmix_minmax", [0.1, 0.5, 0.9], f"expected {MINMAX}, got [0.1, 0.5, 0.9]"),
     ("cutmix_minmax", [0.3, 0.2], f"expected {MINMAX}, got [0.3, 0.2]"),
     ("device", 3, "expected auto, cpu, cuda or cuda:N, got 3"),
+    ("smoothing", 1.0, "expected a number in [0, 1), got 1.0"),  # timm's LabelSmoothingCrossEntropy asserts < 1
+    ("smoothing", -0.1, "expected a number in [0, 1), got -0.1"),
 ])
 def test_malformed_recipe_values_name_file_key_and_what_was_expected(tmp_path, key, value, message):
     path = tmp_path / "ft.yaml"

@@ -41,6 +41,13 @@ def _probability(inst, attribute, value):
         raise ConfigError(attribute.name, expected("a probability in [0, 1]", value))
 
 
+def _smoothing(inst, attribute, value):
+    """Label smoothing in [0, 1): at 1 every target is uniform, nothing is learnt (and timm's
+    ``LabelSmoothingCrossEntropy`` asserts ``smoothing < 1``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(attribute.name, expected("a number in [0, 1)", value))
+
+
 def _minmax(inst, attribute, value):
     if value is not None and not (v.number_pair(value) and 0 < value[0] < value[1] <= 1):
         raise ConfigError(attribute.name, expected("null or [min, max] with 0 < min < max <= 1", v.shown(value)))
@@ -109,7 +116,7 @@ class FinetuneConfig:
                                                             converter=v.sequence_to_tuple)
     mixup_prob: float = attrs.field(default=1.0, validator=_probability)
     mixup_switch_prob: float = attrs.field(default=0.5, validator=_probability)
-    smoothing: float = attrs.field(default=0.1, validator=_probability)
+    smoothing: float = attrs.field(default=0.1, validator=_smoothing)
     auto_augment: str | None = attrs.field(default="rand-m9-mstd0.5-inc1", validator=check_auto_augment)
     color_jitter: float | None = attrs.field(default=None, validator=v.optional(v.non_negative_float))
     reprob: float = attrs.field(default=0.25, validator=_probability)
