@@ -309,7 +309,7 @@ def _export_finetuned(state: dict, args: argparse.Namespace, console: Console) -
 
 def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
     """``export --format``: timm (:func:`cmd_export`) or a transformers folder."""
-    from maskkit.engine.checkpoint import load_training_checkpoint
+    from maskkit.engine.checkpoint import load_training_checkpoint, refuse_replacing_a_run
 
     if args.format == "transformers":
         from maskkit.interop.transformers_export import export_transformers, write_summary
@@ -318,6 +318,7 @@ def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
                                      source=args.checkpoint)
         console.print(write_summary(result), highlight=False, soft_wrap=True)
         return 0
+    refuse_replacing_a_run(args.out, args.checkpoint)
     status = cmd_export(args, console)
     eps = (load_training_checkpoint(args.checkpoint)["recipe"].get("encoder") or {}).get("norm_eps", 1e-6)
     if eps != 1e-6:  # a converted transformers model (their default eps is 1e-12)
@@ -327,8 +328,10 @@ def cmd_export_format(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_convert(args: argparse.Namespace, console: Console) -> int:
+    from maskkit.engine.checkpoint import refuse_replacing_a_run
     from maskkit.interop import load_pretrained, write_checkpoint
 
+    refuse_replacing_a_run(args.out, args.source)
     registry = _registry(args)
     loaded = load_pretrained(args.source, args.overrides, registry=registry)
     write_checkpoint(loaded, args.out, registry=registry, origin=str(args.source))

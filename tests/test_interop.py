@@ -437,6 +437,35 @@ def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path, capsys):
         assert "is not an empty folder or an earlier export" in capsys.readouterr().err
 
 
+def test_export_and_convert_never_replace_the_checkpoint_they_read_or_a_runs(tmp_path, capsys):
+    """``--out`` naming the checkpoint being read (or another run's) would replace a run's only checkpoint with
+    an encoder-only file or a weights-only conversion: refused in one line, exit 2, the file unchanged. An
+    earlier export or conversion at ``--out`` is replaced, as before."""
+    from maskkit.cli import main
+    from maskkit.engine.trainer import Trainer
+
+    tree = tiny_tree()
+    tree["train"].update(max_steps=1, ckpt_every=0)
+    Trainer(Recipe(tree), tmp_path / "run", progress=False).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pth"
+    other = tmp_path / "other.pth"
+    other.write_bytes(ckpt.read_bytes())
+    before = ckpt.read_bytes()
+    for command in ("export", "convert"):
+        assert main([command, str(ckpt), "--out", str(ckpt)]) == 2
+        assert capsys.readouterr().err == (f"maskkit: error: {ckpt}: --out is the checkpoint being read, which it "
+                                           "would replace; give another --out (nothing was written)\n")
+        assert main([command, str(ckpt), "--out", str(other)]) == 2
+        assert capsys.readouterr().err == (f"maskkit: error: {other}: holds a run's checkpoint (step 1), which --out "
+                                           "would replace; give another --out (nothing was written)\n")
+        assert ckpt.read_bytes() == before and other.read_bytes() == before
+        for _ in range(2):  # the second replaces the first
+            assert main([command, str(ckpt), "--out", str(tmp_path / f"{command}.pth")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "convert.pth"), "--out", str(tmp_path / "convert.pth")]) == 2
+    assert "--out is the checkpoint being read" in capsys.readouterr().err
+
+
 def test_converted_checkpoint_works_with_the_checkpoint_commands(tmp_path, capsys):
     """``maskkit convert`` output is a maskkit checkpoint: visualize and export (timm) take it."""
     from maskkit.cli import main

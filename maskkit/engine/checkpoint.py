@@ -112,6 +112,26 @@ def require_finite(tensors: Any, source: str | Path, what: str = "weights") -> N
                               "weights, nothing was written")
 
 
+def refuse_replacing_a_run(out: str | Path, source: str | Path) -> None:
+    """Refuse (one-line :class:`CheckpointError`, before anything is written) an output file ``out`` that would
+    replace what cannot be made again: the checkpoint ``source`` being read, or a run's training checkpoint
+    (``maskkit train`` / ``finetune`` output: its optimizer and random states make ``--resume`` possible). An
+    earlier export or conversion there is replaced, as before."""
+    out = Path(out)
+    if not out.is_file():
+        return
+    if Path(source).exists() and out.samefile(source):
+        raise CheckpointError(f"{out}: --out is the checkpoint being read, which it would replace; give another "
+                              "--out (nothing was written)")
+    try:
+        obj = torch.load(out, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file: not a run's checkpoint
+        return
+    if isinstance(obj, dict) and obj.get("format") == FORMAT and "converted_from" not in obj:
+        raise CheckpointError(f"{out}: holds a run's checkpoint (step {obj.get('step')}), which --out would replace; "
+                              "give another --out (nothing was written)")
+
+
 def verify_training_checkpoint(path: str | Path, step: int) -> None:
     """Check that a just-written training checkpoint reads back (memory-mapped: the zip directory and the
     pickle, not every byte of every tensor) and is the one of ``step``."""
