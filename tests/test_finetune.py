@@ -810,6 +810,21 @@ def test_ema_weights_are_saved_and_exported_under_the_classifiers_own_keys(pretr
         assert torch.equal(value, state["ema"][key]), key
 
 
+def test_commands_for_pretraining_checkpoints_refuse_a_fine_tuned_one_saying_what_it_is(pretrained, tmp_path,
+                                                                                         capsys):
+    """``eval`` and ``visualize`` score a pretraining checkpoint's encoder: a fine-tuned checkpoint is one line
+    saying it is a classifier and where its scores are (it said its recipe was one to run with ``finetune``)."""
+    trainer(pretrained, tmp_path / "run", max_steps=1, ema=False).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pth"
+    for args in (["eval", "knn", str(ckpt)], ["visualize", str(ckpt), "--out", str(tmp_path / "r.png")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"maskkit: error: {ckpt}: a fine-tuning checkpoint (a "
+                                                         "classifier), not a pretraining one;"), err
+        assert "finetune.json" in err and "maskkit export" in err
+    assert not (tmp_path / "r.png").exists()
+
+
 def test_export_refuses_non_finite_fine_tuned_weights_naming_the_checkpoint_and_tensor(pretrained, tmp_path, capsys):
     """The weights an export writes (the EMA's when the run kept one) are checked: a NaN in them, from a
     hand-edited checkpoint, is one line naming the checkpoint and the tensor, and nothing is written; a NaN in

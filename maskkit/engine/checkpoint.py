@@ -244,6 +244,11 @@ def load_model(path: str | Path, overrides: Iterable[str] = (), registry=None) -
     from maskkit.recipe import Recipe
 
     state = load_training_checkpoint(path)
+    if state.get("kind") == "finetune":
+        raise CheckpointError(f"{path}: a fine-tuning checkpoint (a classifier), not a pretraining one; this command "
+                              "takes the pretraining checkpoint it was fine-tuned from. The classifier's test "
+                              "top-1 is in its run folder's finetune.json; `maskkit export` writes it for timm or "
+                              "transformers")
     recipe = Recipe(checkpoint_recipe(state, path), f"{path}:recipe").with_overrides(overrides)
     recipe.validate()
     model = build_model(recipe, registry)
