@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Hashable, Iterable
 
 import attrs
 import yaml
@@ -262,7 +262,23 @@ class Recipe:
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.2 does; PyYAML's 1.1 rules need ``1.0e-3``)."""
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.2 does; PyYAML's 1.1 rules need ``1.0e-3``)
+    and refuses a key given twice in one mapping (YAML requires unique keys; PyYAML keeps the last one silently,
+    so ``layer_decay`` written twice would train with whichever came last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first_line[key]}; YAML would keep the "
+                    "last one silently)", key_node.start_mark)
+            if isinstance(key, Hashable):
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _RecipeLoader.add_implicit_resolver(

@@ -11,7 +11,7 @@ import maskkit
 from maskkit.builder import build_dataset
 from maskkit.engine.trainer import Trainer
 from maskkit.errors import ConfigError
-from maskkit.recipe import apply_overrides, load_recipe
+from maskkit.recipe import apply_overrides, load_recipe, safe_load
 
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml")  # compare/ holds comparison specs
                  if not p.stem.startswith("finetune_"))  # fine-tuning recipes: tests/test_finetune.py
@@ -79,6 +79,19 @@ def test_yaml_syntax_error_names_line(tmp_path):
     path.write_text("masker:\n  name: random\n  ratio: [0.5\ntrain: {}\n")
     with pytest.raises(ConfigError, match=r"broken.yaml:\d+: YAML syntax error"):
         load_recipe(path)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    """YAML requires unique keys; PyYAML would keep the second ``ratio`` silently. A merge (``<<``) may still be
+    overridden."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("masker:\n  name: random\n  ratio: 0.5\n  ratio: 0.9\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert str(info.value) == (f"{path}:4: YAML syntax error: duplicate key 'ratio' (first on line 3; YAML would "
+                               "keep the last one silently)")
+    assert safe_load("base: &b {ratio: 0.5, name: random}\nmasker: {<<: *b, ratio: 0.9}\n")["masker"] == {
+        "ratio": 0.9, "name": "random"}
 
 
 def test_missing_recipe_file(tmp_path):
