@@ -437,6 +437,22 @@ def test_exported_folder_converts_back_to_the_same_checkpoint(tmp_path, capsys):
         assert "is not an empty folder or an earlier export" in capsys.readouterr().err
 
 
+def test_a_transformers_folder_given_where_a_checkpoint_file_is_expected_points_to_convert(tmp_path, capsys):
+    """``eval``, ``visualize`` and ``export`` take a maskkit checkpoint file: a transformers folder is one line
+    saying so and naming ``maskkit convert`` (it said to look for a run folder's checkpoint.pth inside it)."""
+    from maskkit.cli import main
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "vit_mae"}')
+    for args in (["eval", "knn", str(folder)], ["visualize", str(folder)], ["export", str(folder), "--out",
+                                                                           str(tmp_path / "x.pth")]):
+        assert main(args) == 2, args
+        assert capsys.readouterr().err == (f"maskkit: error: {folder}: a transformers folder, expected a maskkit "
+                                           f"checkpoint file; `maskkit convert {folder} --out CKPT` makes one of a "
+                                           "ViTMAE folder\n")
+
+
 def test_export_and_convert_never_replace_the_checkpoint_they_read_or_a_runs(tmp_path, capsys):
     """``--out`` naming the checkpoint being read (or another run's) would replace a run's only checkpoint with
     an encoder-only file or a weights-only conversion: refused in one line, exit 2, the file unchanged. An

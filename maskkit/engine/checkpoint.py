@@ -153,6 +153,9 @@ def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     of weights. A file older than torch's zip format cannot be mapped; it is then read whole."""
     path = Path(path)
     if path.is_dir():
+        if (path / "config.json").is_file():  # a transformers save_pretrained folder
+            raise CheckpointError(f"{path}: a transformers folder, expected a maskkit checkpoint file; `maskkit "
+                                  f"convert {path} --out CKPT` makes one of a ViTMAE folder")
         raise CheckpointError(f"{path}: is a folder, expected a checkpoint file (a run folder's is "
                               f"{path / 'checkpoint.pth'})")
     if not path.is_file():
