@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
     from maskkit.finetune import FinetuneTrainer, load_finetune_checkpoint, load_finetune_recipe, load_pretrained
     from maskkit.finetune.config import FinetuneRecipe
-    from maskkit.finetune.loop import CHECKPOINT_NAME
+    from maskkit.finetune.loop import CHECKPOINT_NAME, RESULT_NAME
 
     registry = _registry(args)
     if args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).exists():
@@ -183,8 +183,10 @@ def cmd_finetune(args: argparse.Namespace, console: Console) -> int:
         scores = result.scores
         top5 = f", top-5 {100 * scores['top5']:.2f}%" if "top5" in scores else ""
         ema = f"; EMA top-1 {100 * scores['ema_top1']:.2f}%" if "ema_top1" in scores else ""
-        console.print(f"fine-tuned {result.steps} steps ({scores['init']} init) in {result.wall_time:.1f} s; test "
-                      f"top-1 {100 * scores['top1']:.2f}%{top5}{ema} on {scores['test_images']} images; "
+        done = (f"nothing to fine-tune: the run is already at step {result.steps}; its scores ({RESULT_NAME}):"
+                if result.trained_steps == 0 else
+                f"fine-tuned {result.steps} steps ({scores['init']} init) in {result.wall_time:.1f} s;")
+        console.print(f"{done} test top-1 {100 * scores['top1']:.2f}%{top5}{ema} on {scores['test_images']} images; "
                       f"run folder: {out}", highlight=False)
     trainer.dist.shutdown()
     return 0

@@ -588,6 +588,17 @@ def test_cli_finetunes_and_prints_the_scores(pretrained, tmp_path, capsys):
     assert yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]["max_steps"] == 2
     assert main(["finetune", str(pretrained), "--out", str(out), "--no-progress"]) == 2  # holds a run
     assert "already holds a run" in capsys.readouterr().err
+    # a finished run resumed: its scores and wall time are kept, not measured again
+    written = (out / "finetune.json").read_bytes()
+    assert main(["finetune", "--resume", str(out / "checkpoint.pth"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("nothing to fine-tune: the run is already at step 2; its scores (finetune.json): test "
+                              f"top-1 {100 * scores['top1']:.2f}%"), printed
+    assert (out / "finetune.json").read_bytes() == written
+    (out / "finetune.json").unlink()  # stopped after its last checkpoint, before its evaluation: evaluated now
+    assert main(["finetune", "--resume", str(out / "checkpoint.pth"), "--no-progress"]) == 0
+    again = json.loads((out / "finetune.json").read_text())
+    assert again["top1"] == scores["top1"] and again["steps"] == 2
 
 
 def test_a_folder_whose_fine_tuning_died_before_its_first_checkpoint_is_fine_tuned_into_again(pretrained, tmp_path,

@@ -376,9 +376,22 @@ class FinetuneTrainer:
                 self.encoder_spec, self.num_classes, drop_path=cfg.drop_path, global_pool=cfg.global_pool
             ).to(self.device))
         wall = time.perf_counter() - start_time
-        scores = self._evaluate(wall) if self.dist.is_main else None
+        kept = self._recorded_scores() if self.step == start_step else None  # a finished run resumed
+        if not self.dist.is_main:
+            scores = None
+        else:
+            scores = kept if kept is not None else self._evaluate(wall)
         self.dist.barrier()
         return FinetuneResult(self.run_dir, self.step, last_loss, wall, self.step - start_step, scores)
+
+    def _recorded_scores(self) -> dict | None:
+        """The scores the run folder's ``finetune.json`` holds for this very step, or None: a finished run resumed
+        keeps them (and their wall time) instead of evaluating again; a run stopped before its evaluation has none."""
+        try:
+            scores = json.loads((self.run_dir / RESULT_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        return scores if isinstance(scores, dict) and scores.get("steps") == self.step else None
 
     def _evaluate(self, wall: float) -> dict:
         kwargs = dict(img_size=self.img_size, device=self.device, batch_size=self.cfg.eval_batch_size,
