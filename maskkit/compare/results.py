@@ -14,7 +14,7 @@ from typing import Any
 
 from maskkit.compare.files import DONE, EVAL_FILE, STATUS_FILE, TIMING_FILE, checkpoint_step, read_json, training_time
 from maskkit.compare.plan import Plan, RunPlan
-from maskkit.engine.trainer import CHECKPOINT_NAME
+from maskkit.engine.run_folder import CHECKPOINT_NAME
 
 ACCURACIES = (("knn_top1", "kNN top-1 (%)"), ("linear_top1", "linear top-1 (%)"),
               ("finetune_top1", "fine-tune top-1 (%)"))  # each shown when plan.eval.<first word> is set
