@@ -450,6 +450,7 @@ MINMAX = "null or [min, max] with 0 < min < max <= 1"
     ("device", 3, "expected auto, cpu, cuda or cuda:N, got 3"),
     ("smoothing", 1.0, "expected a number in [0, 1), got 1.0"),  # timm's LabelSmoothingCrossEntropy asserts < 1
     ("smoothing", -0.1, "expected a number in [0, 1), got -0.1"),
+    ("ema_decay", 1.0, "expected a number in (0, 1), got 1.0"),  # the average would never move
 ])
 def test_malformed_recipe_values_name_file_key_and_what_was_expected(tmp_path, key, value, message):
     path = tmp_path / "ft.yaml"

@@ -36,6 +36,12 @@ def _unit_interval(inst, attribute, value):
         raise ConfigError(attribute.name, expected("a number in (0, 1]", value))
 
 
+def _ema_decay(inst, attribute, value):
+    """An EMA decay in (0, 1): at 1 the average never leaves the weights it started from."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(attribute.name, expected("a number in (0, 1)", value))
+
+
 def _probability(inst, attribute, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ConfigError(attribute.name, expected("a probability in [0, 1]", value))
@@ -125,7 +131,7 @@ class FinetuneConfig:
     scale: tuple[float, float] = attrs.field(default=(0.08, 1.0), validator=v.crop_scale, converter=v.sequence_to_tuple)
     hflip: float = attrs.field(default=0.5, validator=_probability)
     ema: bool = attrs.field(default=False, validator=v.boolean)
-    ema_decay: float = attrs.field(default=0.9999, validator=_unit_interval)
+    ema_decay: float = attrs.field(default=0.9999, validator=_ema_decay)
     precision: str = attrs.field(default="auto", validator=v.one_of("auto", "fp32", "bf16"))
     device: str = attrs.field(default="auto", validator=v.device)
     num_workers: int = attrs.field(default=0, validator=v.non_negative_int)
