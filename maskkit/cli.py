@@ -209,6 +209,8 @@ def _print_eval(console: Console, scores: dict) -> None:
         table.add_row("random init", fmt(scores["random_init_knn_top1"]),
                       *([fmt(scores.get("random_init_linear_top1"))] if has_linear else []))
     console.print(table)
+    if scores.get("unreadable_images"):
+        console.print(f"left out {scores['unreadable_images']} unreadable image(s) (data.on_bad_image: skip)")
 
 
 # -- checkpoints: eval, visualize, export -------------------------------------------------------------------
@@ -255,7 +257,8 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
         dataset = ImageFolder(args.images, in_chans=model.encoder.in_chans)
     else:
         dataset = build_dataset(recipe, "test", _registry(args), in_chans=model.encoder.in_chans)
-    images = next(iter(eval_loader(dataset, model.encoder.img_size, args.count)))[0]
+    skipped = {} if recipe.on_bad_image == "skip" else None  # unreadable images left out, as in training
+    images = next(iter(eval_loader(dataset, model.encoder.img_size, args.count, skipped=skipped)))[0]
     with torch.no_grad():
         path = save_reconstructions(model, images, args.out, mean=dataset.mean, std=dataset.std, seed=args.seed)
     console.print(f"wrote {path} (columns: original | masked | reconstruction | reconstruction + visible)")

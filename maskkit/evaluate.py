@@ -5,6 +5,7 @@ by ``maskkit eval``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
 from maskkit.builder import build_dataset, build_model
-from maskkit.data.loading import AugmentedDataset, make_loader
+from maskkit.data.loading import AugmentedDataset, BadBatch, make_loader
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine.run_folder import write_text_atomic
 from maskkit.eval import extract_features, knn_accuracy, linear_probe
@@ -45,17 +46,38 @@ def subset(dataset: Any, count: int | None, seed: int = 0) -> Any:
     return SubsetView(dataset, order.sort().values)
 
 
-def eval_loader(dataset: Any, img_size: tuple[int, int], batch_size: int, num_workers: int = 0):
-    """A loader over ``dataset`` in its natural order with the deterministic eval transform."""
-    data = AugmentedDataset(dataset, EvalTransform(img_size, dataset.mean, dataset.std))
+def eval_loader(dataset: Any, img_size: tuple[int, int], batch_size: int, num_workers: int = 0, *,
+                skipped: dict[str, str] | None = None) -> Iterable[Any]:
+    """A loader over ``dataset`` in its natural order with the deterministic eval transform, yielding
+    ``(images [B, C, H, W], labels [B])``. An unreadable image raises
+    :class:`~maskkit.errors.UnreadableImageError` naming it, unless ``skipped`` is given
+    (``data.on_bad_image: skip``): it is then left out of its batch and recorded there (path -> reason)."""
+    data = AugmentedDataset(dataset, EvalTransform(img_size, dataset.mean, dataset.std),
+                            catch_bad=skipped is not None)
     batches = BatchSampler(SequentialSampler(data), batch_size, drop_last=False)
-    return make_loader(data, batches, num_workers=num_workers)
+    loader = make_loader(data, batches, num_workers=num_workers)
+    return loader if skipped is None else _readable(loader, skipped)
+
+
+def _readable(loader: Iterable[Any], skipped: dict[str, str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``loader`` (over an ``AugmentedDataset(catch_bad=True)``) without their unreadable images,
+    which go into ``skipped``; a batch of unreadable images only is left out whole."""
+    for batch in loader:
+        if isinstance(batch[-1], BadBatch):
+            images, labels, info = batch
+            skipped.update((bad.path, bad.reason) for bad in info.bad)
+            if images is None:
+                continue
+            batch = (images, labels)
+        yield batch
 
 
 def frozen_features(model: MaskedModel, dataset: Any, *, device: torch.device, pool: str, batch_size: int,
-                    amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled encoder features ``[M, D]`` and labels ``[M]`` of ``dataset`` (no augmentation)."""
-    loader = eval_loader(dataset, model.encoder.img_size, batch_size)
+                    amp_dtype: torch.dtype | None = None,
+                    skipped: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled encoder features ``[M, D]`` and labels ``[M]`` of ``dataset`` (no augmentation); ``skipped``: see
+    :func:`eval_loader`."""
+    loader = eval_loader(dataset, model.encoder.img_size, batch_size, skipped=skipped)
     return extract_features(model.encoder, loader, device=device, pool=pool, amp_dtype=amp_dtype)
 
 
@@ -65,7 +87,8 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
     """kNN top-1 (k, temperature, pooling from the recipe's ``eval`` section) of the model's frozen encoder;
     with ``baseline`` also of the same architecture at its initialisation (built from the recipe's seed),
     with ``linear`` a linear probe. ``train_images`` / ``test_images`` score on a fixed subset of that many
-    images (a quick look; :func:`subset`). Writes ``eval.json`` and ``reconstructions.png`` into ``run_dir``."""
+    images (a quick look; :func:`subset`). Writes ``eval.json`` and ``reconstructions.png`` into ``run_dir``.
+    With ``data.on_bad_image: skip`` unreadable images are left out, their count in ``unreadable_images``."""
     registry = registry or default_registry()
     cfg = recipe.eval
     baseline = cfg.random_init_baseline if baseline is None else baseline
@@ -75,12 +98,15 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
     amp = torch.bfloat16 if device.type == "cuda" else None
     results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,
                                "train_images": len(train_set), "test_images": len(test_set)}
+    skipped: dict[str, str] | None = {} if recipe.on_bad_image == "skip" else None
 
     def score(candidate: MaskedModel, prefix: str) -> None:
         train_f, train_y = frozen_features(candidate, train_set, device=device, pool=cfg.pool,
-                                           batch_size=cfg.batch_size, amp_dtype=amp)
+                                           batch_size=cfg.batch_size, amp_dtype=amp, skipped=skipped)
         test_f, test_y = frozen_features(candidate, test_set, device=device, pool=cfg.pool,
-                                         batch_size=cfg.batch_size, amp_dtype=amp)
+                                         batch_size=cfg.batch_size, amp_dtype=amp, skipped=skipped)
+        if skipped:
+            results["unreadable_images"] = len(skipped)
         if train_y.min() < 0:
             results[f"{prefix}knn_top1"] = None  # unlabelled data
             return
@@ -101,7 +127,7 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
         run_dir = Path(run_dir)
         if cfg.reconstructions:
             count = min(cfg.reconstructions, len(test_set))
-            images = next(iter(eval_loader(test_set, model.encoder.img_size, count)))[0].to(device)
+            images = next(iter(eval_loader(test_set, model.encoder.img_size, count, skipped=skipped)))[0].to(device)
             try:
                 save_reconstructions(model, images, run_dir / "reconstructions.png", mean=test_set.mean,
                                      std=test_set.std, seed=recipe.seed)

@@ -722,6 +722,35 @@ def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, ima
     assert (out / "bad_images.txt").read_text().splitlines() == listed
 
 
+def test_the_evaluation_and_the_picture_skip_unreadable_images_as_training_does(tmp_path, image_folder,
+                                                                              builtin_registry):
+    """With data.on_bad_image: skip, the kNN evaluation after training (and `maskkit eval`, `maskkit visualize`)
+    leaves the unreadable images out and counts them, instead of failing on the first one once training is done;
+    with stop it names it."""
+    from maskkit.evaluate import evaluate
+
+    tree = tiny_tree(data={"name": "image_folder", "root": str(image_folder), "in_chans": 1})
+    model = maskkit.build_model(load_recipe(tree), builtin_registry)
+    with pytest.raises(UnreadableImageError, match=r"(corrupt|cut|empty|text)\.(jpg|png): unreadable image"):
+        evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry, baseline=False)
+    tree["data"]["on_bad_image"] = "skip"
+    scores = evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry,
+                      baseline=False, run_dir=tmp_path)
+    assert scores["unreadable_images"] == 4 and scores["knn_top1"] is None  # a flat folder has no labels
+    assert json.loads((tmp_path / "eval.json").read_text())["unreadable_images"] == 4
+
+    first_bad = tmp_path / "pictures"  # the picture's first batch is unreadable images only, then one good
+    first_bad.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (first_bad / name).write_bytes((image_folder / "cut.jpg").read_bytes())
+    (first_bad / "c.png").write_bytes((image_folder / "01.png").read_bytes())
+    tree["train"].update(max_steps=1)
+    Trainer(load_recipe(tree), tmp_path / "run", registry=builtin_registry, progress=False).fit()
+    assert cli.main(["visualize", str(tmp_path / "run" / "checkpoint.pth"), "--images", str(first_bad), "--count", "2",
+                     "--out", str(tmp_path / "recon.png")]) == 0
+    assert (tmp_path / "recon.png").stat().st_size > 0
+
+
 def test_a_runs_loader_workers_end_with_the_run_even_while_its_trainer_is_kept(tmp_path, image_folder,
                                                                              builtin_registry):
     """Persistent loader workers stop when ``fit`` returns or raises, not when the trainer is collected: a failed
