@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else _default_run_dir(args.recipe))
     # the trainer locks `out`, refuses one that holds a run (unless resumed) and reuses one left by a crash
     trainer = Trainer(recipe, out, registry=registry, resume=args.resume, console=console,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, check_test_split=recipe.eval.knn and not args.no_eval)
     result = trainer.fit()
     if not trainer.dist.is_main:
         trainer.dist.shutdown()

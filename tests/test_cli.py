@@ -127,6 +127,29 @@ def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys, changes, fragment):
     assert not (tmp_path / "out" / "checkpoint.pth").exists()
 
 
+def test_a_missing_test_split_is_refused_before_training_when_an_evaluation_follows(tmp_path, capsys):
+    """A data.test_root that is not there stops the run before its first step (not after training it, when the
+    evaluation reads the test split); with --no-eval, or no evaluation in the recipe, the split is not needed."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (28, 28), 30 * i).save(images / label / f"{i}.png")
+    data = {"name": "image_folder", "root": str(images), "in_chans": 1, "test_root": str(tmp_path / "nope")}
+    path = _tiny_file(tmp_path, data__name="image_folder")
+    tree = yaml.safe_load(path.read_text())
+    tree.update(data=data, eval={"knn": True})
+    path.write_text(yaml.safe_dump(tree))
+    code = main(["train", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"maskkit: error: {path}: data: {tmp_path / 'nope'}: no such directory"), err
+    assert not (tmp_path / "out" / "checkpoint.pth").exists()
+    assert main(["train", str(path), "--out", str(tmp_path / "skipped"), "--no-progress", "--no-eval"]) == 0
+
+
 def test_yaml_error_and_missing_file(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("masker: {name: random\n")

@@ -137,6 +137,9 @@ class Trainer:
     Plugins observe and act through the engine hooks (``maskkit_step_end`` and friends), called with
     ``trainer=self``; public attributes they may read: ``recipe``, ``model``, ``optimizer``, ``step``,
     ``total_steps``, ``steps_per_epoch``, ``device``, ``dist``, ``run_dir``.
+
+    ``check_test_split``: build the recipe's test split at set-up too (on rank 0), so that an evaluation planned
+    after training (a ``data.test_root`` that is not there, say) fails before any step is trained, not after.
     """
 
     #: with ``data.decode: device``, batches decoded ahead of the step in a thread (0: in the training thread;
@@ -144,8 +147,10 @@ class Trainer:
     decode_ahead: int = DEFAULT_DEPTH
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, registry: Registry | None = None,
-                 resume: str | Path | None = None, console: Console | None = None, progress: bool = True):
+                 resume: str | Path | None = None, console: Console | None = None, progress: bool = True,
+                 check_test_split: bool = False):
         self.recipe = recipe
+        self.check_test_split = check_test_split
         self.cfg = recipe.train
         self.registry = recipe_registry(recipe, registry, require=True)  # the recipe's plugins, all loaded
         self.console = console or make_console(stderr=True)
@@ -195,6 +200,8 @@ class Trainer:
             self.forward_model = parallelize(self.model, self.dist, self.dist_cfg, self.device)
         self.grid = self.model.grid
         train_set = build_dataset(recipe, "train", self.registry, in_chans=self.model.encoder.in_chans)
+        if self.check_test_split and self.dist.is_main:
+            build_dataset(recipe, "test", self.registry, in_chans=self.model.encoder.in_chans)
         aug = recipe.augment
         # the workers crop and flip; the bytes cross processes as uint8 and are normalised on the device
         self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,
