@@ -227,6 +227,21 @@ def test_image_folder_with_classes(tmp_path: Path) -> None:
     assert img[0, 0, 0].item() == round(0.299 * 255)  # PIL's L = 0.299 R + 0.587 G + 0.114 B
 
 
+def test_image_folder_reads_a_linked_folder_once_even_in_a_cycle(tmp_path: Path) -> None:
+    """Links are followed (a linked file, a linked folder), but a link back into the tree (``cat/again -> .``)
+    does not repeat the class's images once per level of ``cat/again/again/...`` until the OS refuses the path."""
+    _png(tmp_path / "cat" / "a.png", (1, 2, 3))
+    _png(tmp_path / "elsewhere" / "b.png", (4, 5, 6))
+    (tmp_path / "cat" / "again").symlink_to(".", target_is_directory=True)
+    (tmp_path / "cat" / "c.png").symlink_to(tmp_path / "elsewhere" / "b.png")
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    ds = ImageFolder(tmp_path)
+    assert ds.classes == ("cat", "dog", "elsewhere")
+    assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in ds.samples] == [
+        ("cat/a.png", 0), ("cat/c.png", 0), ("dog/linked/b.png", 1), ("elsewhere/b.png", 2)]
+
+
 def test_image_folder_flat_and_errors(tmp_path: Path) -> None:
     for i in (2, 0, 1):
         _png(tmp_path / "flat" / f"img{i}.jpg", (i * 100, 0, 0))

@@ -32,10 +32,18 @@ def _unreadable(path: Path, exc: Exception) -> UnreadableImageError:
 
 
 def _images_under(folder: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
-    """Image files in ``folder`` (and its subfolders when ``recursive``), sorted by relative path."""
+    """Image files in ``folder`` (and its subfolders when ``recursive``), sorted by relative path. Links to
+    folders are followed, each folder read once: a link back up the tree (``cat/all -> ..``) does not repeat
+    its images once per level until the OS refuses the path."""
     if recursive:
         found = []
+        seen: set[tuple[int, int]] = set()  # (device, inode) of the folders read
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             found += [Path(dirpath) / f for f in filenames
                       if not f.startswith(".") and f.lower().endswith(extensions)]
