@@ -249,8 +249,10 @@ def test_image_folder_flat_and_errors(tmp_path: Path) -> None:
     assert ds.classes == () and len(ds) == 3
     assert [ds[i][1] for i in range(3)] == [-1, -1, -1]
     assert [p.name for p, _ in ds.samples] == ["img0.jpg", "img1.jpg", "img2.jpg"]
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(FileNotFoundError, match="nope: no such directory"):
         ImageFolder(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"img0\.jpg: a file, not a directory \(expected a folder"):
+        ImageFolder(tmp_path / "flat" / "img0.jpg")  # data.root naming one image instead of its folder
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty"):
         ImageFolder(tmp_path / "empty")

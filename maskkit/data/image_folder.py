@@ -75,7 +75,8 @@ class ImageFolder(Dataset):
         self.in_chans = in_chans
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: no such directory (expected a folder of images, or of "
+            what = "a file, not a directory" if self.root.exists() else "no such directory"
+            raise FileNotFoundError(f"{self.root}: {what} (expected a folder of images, or of "
                                     f"one subfolder per class)")
         subdirs = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.classes: tuple[str, ...] = tuple(subdirs)
