@@ -6,6 +6,7 @@ import gzip
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
@@ -225,6 +226,19 @@ def test_image_folder_with_classes(tmp_path: Path) -> None:
     img, _ = gray[0]
     assert img.shape == (1, 4, 6) and gray.mean == (0.5,) and gray.std == (0.5,)
     assert img[0, 0, 0].item() == round(0.299 * 255)  # PIL's L = 0.299 R + 0.587 G + 0.114 B
+
+
+def test_image_folder_scales_16_bit_grey_images_to_8_bits(tmp_path: Path) -> None:
+    """A 16-bit grey PNG (Pillow mode I;16: scientific and medical images) keeps its contrast: value v becomes
+    v >> 8 in every channel, where Pillow's convert() clips everything above 255 to white."""
+    values = np.array([[0, 255, 256, 32768], [40000, 65280, 65535, 1000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    expected = (values >> 8).astype(np.uint8)
+    for in_chans in (1, 3):
+        img = ImageFolder(tmp_path, in_chans=in_chans)[0][0]
+        assert img.dtype == torch.uint8 and img.shape == (in_chans, 2, 4)
+        assert (img == torch.from_numpy(expected)).all()
 
 
 def test_image_folder_reads_a_linked_folder_once_even_in_a_cycle(tmp_path: Path) -> None:

@@ -62,7 +62,8 @@ class ImageFolder(Dataset):
     files and folders are skipped; order is sorted and deterministic.
 
     ``ds[i]`` is ``(image uint8 [C, H, W], label int)`` with ``C = in_chans`` (1: PIL mode "L",
-    3: "RGB"). ``mean``/``std``: ImageNet statistics for 3 channels, ``(0.5,)``/``(0.5,)`` for 1.
+    3: "RGB"; an alpha channel is dropped, and a 16-bit grey image keeps the high byte of each value).
+    ``mean``/``std``: ImageNet statistics for 3 channels, ``(0.5,)``/``(0.5,)`` for 1.
     ``samples`` lists ``(path, label)``. A file that does not decode raises
     :class:`~maskkit.errors.UnreadableImageError` naming it (training stops or skips it: ``data.on_bad_image``).
     """
@@ -127,6 +128,8 @@ class ImageFolder(Dataset):
         mode = "RGB" if self.in_chans == 3 else "L"
         try:
             with Image.open(source) as img:
+                if img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I"): Pillow's convert() would clip at 255
+                    img = Image.fromarray((np.asarray(img, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8))
                 array = np.array(img if img.mode == mode else img.convert(mode))  # convert() to the same mode copies
         except _PIL_ERRORS as exc:
             raise _unreadable(path, exc) from None
