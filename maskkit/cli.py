@@ -209,6 +209,10 @@ def _print_eval(console: Console, scores: dict) -> None:
         table.add_row("random init", fmt(scores["random_init_knn_top1"]),
                       *([fmt(scores.get("random_init_linear_top1"))] if has_linear else []))
     console.print(table)
+    if scores.get("test_is_train"):
+        console.print("no separate test split (data.test_root, or val/ beside train/): each image was scored "
+                      "by its nearest other training images (leave-one-out kNN); a linear probe scores the "
+                      "images it was fit on")
     if scores.get("unreadable_images"):
         console.print(f"left out {scores['unreadable_images']} unreadable image(s) (data.on_bad_image: skip)")
 

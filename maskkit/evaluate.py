@@ -72,6 +72,12 @@ def _readable(loader: Iterable[Any], skipped: dict[str, str]) -> Iterator[tuple[
         yield batch
 
 
+def _same_images(train_set: Any, test_set: Any) -> bool:
+    """Whether two splits list the same image files (``samples``, as an ``ImageFolder`` has), in the same order."""
+    samples = getattr(train_set, "samples", None)
+    return samples is not None and samples == getattr(test_set, "samples", None)
+
+
 def frozen_features(model: MaskedModel, dataset: Any, *, device: torch.device, pool: str, batch_size: int,
                     amp_dtype: torch.dtype | None = None,
                     skipped: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,6 +105,11 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
     results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,
                                "train_images": len(train_set), "test_images": len(test_set)}
     skipped: dict[str, str] | None = {} if recipe.on_bad_image == "skip" else None
+    # no test split of its own (an image_folder without test_root or val/): each test image is its own nearest
+    # neighbour in the bank, so it is scored against the other images (the probe still scores what it fit)
+    test_is_train = _same_images(train_set, test_set)
+    if test_is_train:
+        results["test_is_train"] = True
 
     def score(candidate: MaskedModel, prefix: str) -> None:
         train_f, train_y = frozen_features(candidate, train_set, device=device, pool=cfg.pool,
@@ -112,7 +123,7 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
             return
         # the bank and the probe on the model's device: on a GPU, ImageNet-size kNN products take seconds there
         results[f"{prefix}knn_top1"] = knn_accuracy(train_f.to(device), train_y, test_f, test_y, k=cfg.k,
-                                                    temperature=cfg.temperature)
+                                                    temperature=cfg.temperature, leave_one_out=test_is_train)
         if linear:  # on the CPU, one thread: the probe's steps are small and threads only wait on each other
             results[f"{prefix}linear_top1"] = linear_probe(train_f, train_y, test_f, test_y, seed=recipe.seed,
                                                           device=device, num_threads=1).top1

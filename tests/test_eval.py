@@ -78,6 +78,22 @@ def test_knn_hand_checked_temperature_decides_between_nearest_and_majority():
     assert knn_predict(HAND_BANK, HAND_LABELS, HAND_QUERY, k=1, temperature=100.0).tolist() == [0]
 
 
+def test_knn_leave_one_out_classifies_each_bank_entry_by_the_others():
+    """Query i is bank entry i: its vote is that of the bank without it (by hand: entry 0's nearest other is
+    entry 1, class 1), for every entry of a random bank; a query set that is not the bank is refused."""
+    assert knn_predict(HAND_BANK, HAND_LABELS, HAND_BANK, k=1).tolist() == [0, 1, 1]  # each its own neighbour
+    assert knn_predict(HAND_BANK, HAND_LABELS, HAND_BANK, k=1, leave_one_out=True).tolist() == [1, 1, 1]
+    g = torch.Generator().manual_seed(0)
+    bank, labels = torch.randn(23, 5, generator=g), torch.randint(0, 3, (23,), generator=g)
+    loo = knn_predict(bank, labels, bank, k=4, temperature=0.5, num_classes=3, chunk_size=5, leave_one_out=True)
+    for i in range(23):
+        others = torch.arange(23) != i
+        alone = knn_predict(bank[others], labels[others], bank[i:i + 1], k=4, temperature=0.5, num_classes=3)
+        assert loo[i] == alone[0], i
+    with pytest.raises(ValueError, match="leave_one_out"):
+        knn_predict(bank, labels, bank[:3], leave_one_out=True)
+
+
 def test_knn_hand_checked_crossover_temperature():
     # Class 1 wins iff e^(0.8/T) + e^(0.6/T) > e^(1/T); solve for the crossover by bisection and check either side.
     lo, hi = 0.05, 5.0

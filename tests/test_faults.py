@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import random
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -749,6 +750,33 @@ def test_the_evaluation_and_the_picture_skip_unreadable_images_as_training_does(
     assert cli.main(["visualize", str(tmp_path / "run" / "checkpoint.pth"), "--images", str(first_bad), "--count", "2",
                      "--out", str(tmp_path / "recon.png")]) == 0
     assert (tmp_path / "recon.png").stat().st_size > 0
+
+
+def test_without_a_test_split_knn_scores_each_image_by_the_others(tmp_path, builtin_registry):
+    """An image_folder without test_root is its own test split: each test image is then in the kNN bank at
+    similarity 1, and k=1 scored 100% on any images. It is scored by the other images (leave-one-out), and
+    eval.json says so; a separate test split with the same pictures still finds them."""
+    from PIL import Image
+
+    from maskkit.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(4):  # noise: no class has anything in common
+            noise = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(noise).save(tmp_path / "images" / label / f"{i}.png")
+    shutil.copytree(tmp_path / "images", tmp_path / "copy")
+    tree = tiny_tree(data={"name": "image_folder", "root": str(tmp_path / "images"), "in_chans": 1},
+                     eval={"k": 1})
+    model = maskkit.build_model(load_recipe(tree), builtin_registry)
+    alone = evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry,
+                     baseline=False)
+    assert alone["test_is_train"] is True and alone["knn_top1"] < 1.0
+    tree["data"]["test_root"] = str(tmp_path / "copy")
+    copied = evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry,
+                      baseline=False)
+    assert "test_is_train" not in copied and copied["knn_top1"] == 1.0
 
 
 def test_a_runs_loader_workers_end_with_the_run_even_while_its_trainer_is_kept(tmp_path, image_folder,

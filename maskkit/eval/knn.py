@@ -43,6 +43,7 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk_size: int = 1024,
+    leave_one_out: bool = False,
 ) -> Tensor:
     """Predict a class per query by a temperature-weighted vote of its k nearest training features.
 
@@ -55,6 +56,8 @@ def knn_predict(
             large T approaches a plain majority vote among the k.
         num_classes: number of classes; ``max(train_labels) + 1`` when ``None``.
         chunk_size: queries per chunk; peak memory is about ``chunk_size * M`` floats.
+        leave_one_out: the queries are the bank's own images (query ``i`` is entry ``i``, ``Q == M``): each is
+            classified by the others, never by itself (which, at similarity 1, would decide its own vote).
 
     Returns:
         ``[Q]`` int64 predicted labels on ``query_feats.device``. Ties in the summed vote go to the
@@ -71,12 +74,19 @@ def knn_predict(
     elif max_label >= num_classes:
         raise ValueError(f"train_labels: label {max_label} is out of range for num_classes={num_classes}")
 
+    if leave_one_out and (query_feats.shape[0] != train_feats.shape[0] or train_feats.shape[0] < 2):
+        raise ValueError(f"leave_one_out: expected the bank's own features as queries (at least 2), got "
+                         f"{query_feats.shape[0]} queries for a bank of {train_feats.shape[0]}")
     bank = F.normalize(train_feats.float(), dim=1)
-    k = min(int(k), bank.shape[0])
+    k = min(int(k), bank.shape[0] - leave_one_out)
     preds = []
     for start in range(0, query_feats.shape[0], chunk_size):
         query = F.normalize(query_feats[start : start + chunk_size].to(bank.device).float(), dim=1)
-        sims, idx = (query @ bank.T).topk(k, dim=1)  # [c, k], sorted descending
+        scores = query @ bank.T  # [c, M]
+        if leave_one_out:  # query start + r is bank entry start + r
+            rows = torch.arange(query.shape[0], device=bank.device)
+            scores[rows, start + rows] = float("-inf")
+        sims, idx = scores.topk(k, dim=1)  # [c, k], sorted descending
         # Subtracting each row's best similarity scales that row's weights by one constant: the argmax
         # is unchanged and exp cannot overflow however small T is.
         weights = torch.exp((sims - sims[:, :1]) / temperature)
@@ -98,6 +108,7 @@ def knn_accuracy(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk_size: int = 1024,
+    leave_one_out: bool = False,
 ) -> float:
     """Top-1 accuracy in ``[0, 1]`` of :func:`knn_predict` on ``query_feats [Q, D]`` against ``query_labels [Q]``.
 
@@ -115,5 +126,6 @@ def knn_accuracy(
         temperature=temperature,
         num_classes=num_classes,
         chunk_size=chunk_size,
+        leave_one_out=leave_one_out,
     )
     return (preds.cpu() == query_labels.cpu().to(torch.int64)).double().mean().item()
