@@ -16,7 +16,9 @@ from maskkit.builder import build_dataset, build_model
 from maskkit.data.loading import AugmentedDataset, BadBatch, make_loader
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine.run_folder import write_text_atomic
+from maskkit.errors import ConfigError
 from maskkit.eval import extract_features, knn_accuracy, linear_probe
+from maskkit.finetune.data import align_test_classes
 from maskkit.model import MaskedModel
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry
@@ -99,8 +101,14 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
     cfg = recipe.eval
     baseline = cfg.random_init_baseline if baseline is None else baseline
     linear = cfg.linear if linear is None else linear
-    train_set = subset(build_dataset(recipe, "train", registry, in_chans=model.encoder.in_chans), train_images)
-    test_set = subset(build_dataset(recipe, "test", registry, in_chans=model.encoder.in_chans), test_images)
+    train_set = build_dataset(recipe, "train", registry, in_chans=model.encoder.in_chans)
+    test_set = build_dataset(recipe, "test", registry, in_chans=model.encoder.in_chans)
+    if getattr(train_set, "classes", None):  # labels index the training classes, matched by name (val/ lacking some)
+        try:
+            test_set = align_test_classes(train_set, test_set)
+        except ConfigError as exc:
+            raise exc.within(None, recipe.file) from None
+    train_set, test_set = subset(train_set, train_images), subset(test_set, test_images)
     amp = torch.bfloat16 if device.type == "cuda" else None
     results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,
                                "train_images": len(train_set), "test_images": len(test_set)}

@@ -752,22 +752,28 @@ def test_the_evaluation_and_the_picture_skip_unreadable_images_as_training_does(
     assert (tmp_path / "recon.png").stat().st_size > 0
 
 
+def _noise_classes(root: Path) -> Path:
+    """Classes a and b of 4 grey 28x28 noise images each (no class has anything in common), and a copy of them
+    (the same pictures at other paths) in ``root / "copy"``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            noise = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(noise).save(root / "images" / label / f"{i}.png")
+    shutil.copytree(root / "images", root / "copy")
+    return root / "images"
+
+
 def test_without_a_test_split_knn_scores_each_image_by_the_others(tmp_path, builtin_registry):
     """An image_folder without test_root is its own test split: each test image is then in the kNN bank at
     similarity 1, and k=1 scored 100% on any images. It is scored by the other images (leave-one-out), and
     eval.json says so; a separate test split with the same pictures still finds them."""
-    from PIL import Image
-
     from maskkit.evaluate import evaluate
 
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / "images" / label).mkdir(parents=True)
-        for i in range(4):  # noise: no class has anything in common
-            noise = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-            Image.fromarray(noise).save(tmp_path / "images" / label / f"{i}.png")
-    shutil.copytree(tmp_path / "images", tmp_path / "copy")
-    tree = tiny_tree(data={"name": "image_folder", "root": str(tmp_path / "images"), "in_chans": 1},
+    tree = tiny_tree(data={"name": "image_folder", "root": str(_noise_classes(tmp_path)), "in_chans": 1},
                      eval={"k": 1})
     model = maskkit.build_model(load_recipe(tree), builtin_registry)
     alone = evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry,
@@ -777,6 +783,24 @@ def test_without_a_test_split_knn_scores_each_image_by_the_others(tmp_path, buil
     copied = evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry,
                       baseline=False)
     assert "test_is_train" not in copied and copied["knn_top1"] == 1.0
+
+
+def test_knn_matches_the_test_classes_to_the_training_classes_by_name(tmp_path, builtin_registry):
+    """A test split with some of the training classes (a val/ folder without a) is scored with the training
+    classes' labels (b is class 1 there, not 0); a test class training lacks is refused in one line."""
+    from maskkit.evaluate import evaluate
+
+    tree = tiny_tree(data={"name": "image_folder", "root": str(_noise_classes(tmp_path)), "in_chans": 1,
+                           "test_root": str(tmp_path / "copy")}, eval={"k": 1})
+    model = maskkit.build_model(load_recipe(tree), builtin_registry)
+    shutil.rmtree(tmp_path / "copy" / "a")
+    scores = evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry,
+                      baseline=False)
+    assert scores["test_images"] == 4 and scores["knn_top1"] == 1.0  # each b image finds its copy, labelled b
+    (tmp_path / "copy" / "b").rename(tmp_path / "copy" / "c")
+    with pytest.raises(maskkit.ConfigError, match=r"^<recipe>: data: the test split .*copy against the train split "
+                                                  r".*images: test class\(es\) c missing from the training classes"):
+        evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry, baseline=False)
 
 
 def test_a_runs_loader_workers_end_with_the_run_even_while_its_trainer_is_kept(tmp_path, image_folder,
