@@ -126,6 +126,10 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
                                          batch_size=cfg.batch_size, amp_dtype=amp, skipped=skipped)
         if skipped:
             results["unreadable_images"] = len(skipped)
+            for split, features in (("train", train_f), ("test", test_f)):
+                if features.shape[0] == 0:
+                    raise ConfigError("data", f"the {split} split has no readable image to evaluate on "
+                                      f"(data.on_bad_image: skip left out {len(skipped)} unreadable)", file=recipe.file)
         if train_y.min() < 0:
             results[f"{prefix}knn_top1"] = None  # unlabelled data
             return

@@ -739,6 +739,14 @@ def test_the_evaluation_and_the_picture_skip_unreadable_images_as_training_does(
                       baseline=False, run_dir=tmp_path)
     assert scores["unreadable_images"] == 4 and scores["knn_top1"] is None  # a flat folder has no labels
     assert json.loads((tmp_path / "eval.json").read_text())["unreadable_images"] == 4
+    only_bad = tmp_path / "only_bad"  # a test split of unreadable images only: nothing to score, said in one line
+    only_bad.mkdir()
+    (only_bad / "cut.jpg").write_bytes((image_folder / "cut.jpg").read_bytes())
+    tree["data"]["test_root"] = str(only_bad)
+    with pytest.raises(maskkit.ConfigError, match=r"^<recipe>: data: the test split has no readable image to "
+                                                  r"evaluate on \(data.on_bad_image: skip left out 5 unreadable\)$"):
+        evaluate(model, load_recipe(tree), device=torch.device("cpu"), registry=builtin_registry, baseline=False)
+    del tree["data"]["test_root"]
 
     first_bad = tmp_path / "pictures"  # the picture's first batch is unreadable images only, then one good
     first_bad.mkdir()
