@@ -262,7 +262,11 @@ def cmd_visualize(args: argparse.Namespace, console: Console) -> int:
     else:
         dataset = build_dataset(recipe, "test", _registry(args), in_chans=model.encoder.in_chans)
     skipped = {} if recipe.on_bad_image == "skip" else None  # unreadable images left out, as in training
-    images = next(iter(eval_loader(dataset, model.encoder.img_size, args.count, skipped=skipped)))[0]
+    batch = next(iter(eval_loader(dataset, model.encoder.img_size, args.count, skipped=skipped)), None)
+    if batch is None:
+        raise MaskkitError(f"{dataset.root if args.images else 'the test split'}: no readable image to draw "
+                           f"(data.on_bad_image: skip left out {len(skipped or ())} unreadable)")
+    images = batch[0]
     with torch.no_grad():
         path = save_reconstructions(model, images, args.out, mean=dataset.mean, std=dataset.std, seed=args.seed)
     console.print(f"wrote {path} (columns: original | masked | reconstruction | reconstruction + visible)")

@@ -724,7 +724,7 @@ def test_unreadable_images_stop_by_path_or_are_skipped_and_counted(tmp_path, ima
 
 
 def test_the_evaluation_and_the_picture_skip_unreadable_images_as_training_does(tmp_path, image_folder,
-                                                                              builtin_registry):
+                                                                              builtin_registry, capsys):
     """With data.on_bad_image: skip, the kNN evaluation after training (and `maskkit eval`, `maskkit visualize`)
     leaves the unreadable images out and counts them, instead of failing on the first one once training is done;
     with stop it names it."""
@@ -758,6 +758,12 @@ def test_the_evaluation_and_the_picture_skip_unreadable_images_as_training_does(
     assert cli.main(["visualize", str(tmp_path / "run" / "checkpoint.pth"), "--images", str(first_bad), "--count", "2",
                      "--out", str(tmp_path / "recon.png")]) == 0
     assert (tmp_path / "recon.png").stat().st_size > 0
+    (first_bad / "c.png").unlink()  # nothing readable left: one line, exit 2
+    capsys.readouterr()
+    assert cli.main(["visualize", str(tmp_path / "run" / "checkpoint.pth"), "--images", str(first_bad),
+                     "--out", str(tmp_path / "none.png")]) == 2
+    assert capsys.readouterr().err == (f"maskkit: error: {first_bad}: no readable image to draw (data.on_bad_image: "
+                                       "skip left out 2 unreadable)\n")
 
 
 def _noise_classes(root: Path) -> Path:
