@@ -14,11 +14,11 @@ from torch.utils.data import BatchSampler, SequentialSampler
 
 from maskkit.builder import build_dataset, build_model
 from maskkit.data.loading import AugmentedDataset, BadBatch, make_loader
+from maskkit.data.splits import align_test_classes
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine.run_folder import write_text_atomic
 from maskkit.errors import ConfigError
 from maskkit.eval import extract_features, knn_accuracy, linear_probe
-from maskkit.finetune.data import align_test_classes
 from maskkit.model import MaskedModel
 from maskkit.recipe import Recipe
 from maskkit.registry import Registry, default_registry

@@ -34,6 +34,7 @@ from rich.console import Console
 from maskkit.builder import build_dataset
 from maskkit.console import make_console
 from maskkit.data.loading import AugmentedDataset, make_loader, stop_workers
+from maskkit.data.splits import align_test_classes
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -65,7 +66,6 @@ from maskkit.finetune.config import FinetuneRecipe
 from maskkit.finetune.data import (
     FinetuneTrainTransform,
     SeededMixup,
-    align_test_classes,
     check_train_classes,
     make_criterion,
 )
