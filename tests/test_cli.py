@@ -128,8 +128,9 @@ def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys, changes, fragment):
 
 
 def test_a_missing_test_split_is_refused_before_training_when_an_evaluation_follows(tmp_path, capsys):
-    """A data.test_root that is not there stops the run before its first step (not after training it, when the
-    evaluation reads the test split); with --no-eval, or no evaluation in the recipe, the split is not needed."""
+    """A data.test_root that is not there, or that holds a class training lacks, stops the run before its first
+    step (not after training it, when the evaluation reads the test split); with --no-eval, or no evaluation in
+    the recipe, the split is not needed."""
     from PIL import Image
 
     images = tmp_path / "images"
@@ -148,6 +149,15 @@ def test_a_missing_test_split_is_refused_before_training_when_an_evaluation_foll
     assert err.startswith(f"maskkit: error: {path}: data: {tmp_path / 'nope'}: no such directory"), err
     assert not (tmp_path / "out" / "checkpoint.pth").exists()
     assert main(["train", str(path), "--out", str(tmp_path / "skipped"), "--no-progress", "--no-eval"]) == 0
+    (tmp_path / "val" / "c").mkdir(parents=True)  # a test class training lacks: refused before training too
+    Image.new("L", (28, 28), 0).save(tmp_path / "val" / "c" / "0.png")
+    data["test_root"] = str(tmp_path / "val")
+    tree.update(data=data)
+    path.write_text(yaml.safe_dump(tree))
+    assert main(["train", str(path), "--out", str(tmp_path / "classes"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: data: " in err and "test class(es) c missing from the training" in err
+    assert not (tmp_path / "classes" / "checkpoint.pth").exists()
 
 
 def test_yaml_error_and_missing_file(tmp_path, capsys):

@@ -25,6 +25,7 @@ from maskkit.console import make_console
 from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
 from maskkit.data.loading import AugmentedDataset, BadImages, lift_open_files_limit, make_loader, stop_workers
+from maskkit.data.splits import align_test_classes
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -139,7 +140,8 @@ class Trainer:
     ``total_steps``, ``steps_per_epoch``, ``device``, ``dist``, ``run_dir``.
 
     ``check_test_split``: build the recipe's test split at set-up too (on rank 0), so that an evaluation planned
-    after training (a ``data.test_root`` that is not there, say) fails before any step is trained, not after.
+    after training (a ``data.test_root`` that is not there, or holds a class training lacks) fails before any
+    step is trained, not after.
     """
 
     #: with ``data.decode: device``, batches decoded ahead of the step in a thread (0: in the training thread;
@@ -200,8 +202,13 @@ class Trainer:
             self.forward_model = parallelize(self.model, self.dist, self.dist_cfg, self.device)
         self.grid = self.model.grid
         train_set = build_dataset(recipe, "train", self.registry, in_chans=self.model.encoder.in_chans)
-        if self.check_test_split and self.dist.is_main:
-            build_dataset(recipe, "test", self.registry, in_chans=self.model.encoder.in_chans)
+        if self.check_test_split and self.dist.is_main:  # it exists, its channels and its classes fit
+            test_set = build_dataset(recipe, "test", self.registry, in_chans=self.model.encoder.in_chans)
+            if getattr(train_set, "classes", None):
+                try:
+                    align_test_classes(train_set, test_set)
+                except ConfigError as exc:
+                    raise exc.within(None, recipe.file) from None
         aug = recipe.augment
         # the workers crop and flip; the bytes cross processes as uint8 and are normalised on the device
         self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,
