@@ -239,6 +239,12 @@ def test_image_folder_scales_16_bit_grey_images_to_8_bits(tmp_path: Path) -> Non
         img = ImageFolder(tmp_path, in_chans=in_chans)[0][0]
         assert img.dtype == torch.uint8 and img.shape == (in_chans, 2, 4)
         assert (img == torch.from_numpy(expected)).all()
+    # a 32-bit integer image (mode I, a TIFF) of 8-bit values keeps them: only 16-bit images are scaled down
+    (tmp_path / "deep.png").unlink()
+    Image.fromarray(values.astype(np.int32) // 257, mode="I").save(tmp_path / "wide.tif")
+    assert Image.open(tmp_path / "wide.tif").mode == "I"
+    img = ImageFolder(tmp_path, in_chans=1, extensions=(".tif",))[0][0]
+    assert (img[0] == torch.from_numpy((values // 257).astype(np.uint8))).all()
 
 
 def test_image_folder_reads_a_linked_folder_once_even_in_a_cycle(tmp_path: Path) -> None:

@@ -128,8 +128,8 @@ class ImageFolder(Dataset):
         mode = "RGB" if self.in_chans == 3 else "L"
         try:
             with Image.open(source) as img:
-                if img.mode.startswith("I"):  # 16-bit grey ("I;16", or "I"): Pillow's convert() would clip at 255
-                    img = Image.fromarray((np.asarray(img, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+                if img.mode.startswith("I;16"):  # 16-bit grey: Pillow's convert() would clip every value at 255
+                    img = Image.fromarray((np.asarray(img, dtype=np.int64) >> 8).astype(np.uint8))
                 array = np.array(img if img.mode == mode else img.convert(mode))  # convert() to the same mode copies
         except _PIL_ERRORS as exc:
             raise _unreadable(path, exc) from None
