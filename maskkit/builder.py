@@ -206,3 +206,19 @@ def build_dataset(recipe: Recipe, split: str, registry: Registry | None = None, 
         raise ConfigError("data", f"{spec.get('name')} gives {channels}-channel images, but the encoder takes "
                           f"{in_chans} (encoder.in_chans); make them agree", file=recipe.file)
     return dataset
+
+
+def build_test_split(recipe: Recipe, train_set: Any, registry: Registry | None = None, *,
+                     in_chans: int | None = None) -> Any:
+    """The recipe's test split (:func:`build_dataset`), its labels indexing ``train_set``'s classes, matched by
+    name (:func:`~maskkit.data.splits.align_test_classes`: a ``val/`` lacking some classes); a test class the
+    training split lacks is a one-line error naming the recipe's file and ``data``."""
+    from maskkit.data.splits import align_test_classes
+
+    test_set = build_dataset(recipe, "test", registry, in_chans=in_chans)
+    if not getattr(train_set, "classes", None):  # unlabelled, or a dataset that names no classes
+        return test_set
+    try:
+        return align_test_classes(train_set, test_set)
+    except ConfigError as exc:
+        raise exc.within(None, recipe.file) from None

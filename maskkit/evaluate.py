@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
-from maskkit.builder import build_dataset, build_model
+from maskkit.builder import build_dataset, build_model, build_test_split
 from maskkit.data.loading import AugmentedDataset, BadBatch, make_loader
-from maskkit.data.splits import align_test_classes
 from maskkit.data.transforms import EvalTransform
 from maskkit.engine.run_folder import write_text_atomic
 from maskkit.errors import ConfigError
@@ -102,12 +101,7 @@ def evaluate(model: MaskedModel, recipe: Recipe, *, device: torch.device, regist
     baseline = cfg.random_init_baseline if baseline is None else baseline
     linear = cfg.linear if linear is None else linear
     train_set = build_dataset(recipe, "train", registry, in_chans=model.encoder.in_chans)
-    test_set = build_dataset(recipe, "test", registry, in_chans=model.encoder.in_chans)
-    if getattr(train_set, "classes", None):  # labels index the training classes, matched by name (val/ lacking some)
-        try:
-            test_set = align_test_classes(train_set, test_set)
-        except ConfigError as exc:
-            raise exc.within(None, recipe.file) from None
+    test_set = build_test_split(recipe, train_set, registry, in_chans=model.encoder.in_chans)  # training's labels
     train_set, test_set = subset(train_set, train_images), subset(test_set, test_images)
     amp = torch.bfloat16 if device.type == "cuda" else None
     results: dict[str, Any] = {"k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool,

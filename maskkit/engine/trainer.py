@@ -20,12 +20,11 @@ import attrs
 import torch
 from rich.console import Console
 
-from maskkit.builder import build_dataset, build_model, recipe_registry
+from maskkit.builder import build_dataset, build_model, build_test_split, recipe_registry
 from maskkit.console import make_console
 from maskkit.data.ahead import DEFAULT_DEPTH, finish_ahead
 from maskkit.data.encoded import DeviceDecoder, EncodedView, supports_encoded
 from maskkit.data.loading import AugmentedDataset, BadImages, lift_open_files_limit, make_loader, stop_workers
-from maskkit.data.splits import align_test_classes
 from maskkit.data.transforms import TrainTransform
 from maskkit.engine import checkpoint as ckpt
 from maskkit.engine import run_folder
@@ -203,12 +202,7 @@ class Trainer:
         self.grid = self.model.grid
         train_set = build_dataset(recipe, "train", self.registry, in_chans=self.model.encoder.in_chans)
         if self.check_test_split and self.dist.is_main:  # it exists, its channels and its classes fit
-            test_set = build_dataset(recipe, "test", self.registry, in_chans=self.model.encoder.in_chans)
-            if getattr(train_set, "classes", None):
-                try:
-                    align_test_classes(train_set, test_set)
-                except ConfigError as exc:
-                    raise exc.within(None, recipe.file) from None
+            build_test_split(recipe, train_set, self.registry, in_chans=self.model.encoder.in_chans)
         aug = recipe.augment
         # the workers crop and flip; the bytes cross processes as uint8 and are normalised on the device
         self.transform = TrainTransform(self.model.encoder.img_size, scale=aug.scale, ratio=aug.ratio,

@@ -376,11 +376,9 @@ class FinetuneTrainer:
                 self.encoder_spec, self.num_classes, drop_path=cfg.drop_path, global_pool=cfg.global_pool
             ).to(self.device))
         wall = time.perf_counter() - start_time
-        kept = self._recorded_scores() if self.step == start_step else None  # a finished run resumed
-        if not self.dist.is_main:
-            scores = None
-        else:
-            scores = kept if kept is not None else self._evaluate(wall)
+        scores = None
+        if self.dist.is_main:  # a finished run resumed keeps the scores it recorded
+            scores = (self._recorded_scores() if self.step == start_step else None) or self._evaluate(wall)
         self.dist.barrier()
         return FinetuneResult(self.run_dir, self.step, last_loss, wall, self.step - start_step, scores)
 
